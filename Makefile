@@ -1,0 +1,33 @@
+# Two commands do all set-up themselves on a fresh machine:
+#   make demo   - runs the main job on the built-in data and models, outputs under demo_output/
+#   make test   - runs the test suite
+# Both create .venv and install what they need (CPU torch pinned; see README for a CUDA build).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test venv benchmarks clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q Testing
+
+demo: $(STAMP)
+	$(PY) -m VolGANCore.demo --out demo_output
+
+benchmarks: $(STAMP)
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache

@@ -1,0 +1,137 @@
+"""The ``volgan`` command-line frame.
+
+Subcommands are contributed by the packages through the ``volgan.commands`` entry-point group: each
+entry point names a ``register(subparsers)`` function that adds its parsers and sets ``func`` (a
+callable taking the parsed ``args`` and returning an exit code or None). The frame owns what every
+command shares: ``--version``, ``--debug``, ``--quiet``, and turning a :class:`VolGANError` into one line on
+stderr with exit status 2 (a traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import metadata
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import Cancelled, VolGANError
+
+ENTRY_POINT_GROUP = "volgan.commands"
+
+__all__ = ["main", "build_parser", "ENTRY_POINT_GROUP", "progress_from_args"]
+
+
+def _register_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print versions, compute devices and mixed-precision support")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .env import environment_report
+
+    rep = environment_report()
+    if args.json:
+        print(json.dumps(rep, indent=2))
+        return 0
+    print(f"volgan {rep['volgan']}  ({rep['platform']})")
+    print("packages: " + ", ".join(f"{k} {v or '-'}" for k, v in rep["packages"].items()))
+    comp = rep["compute"]
+    if comp.get("torch") is None:
+        print(comp["note"])
+        return 0
+    for dev in comp["devices"]:
+        d = comp[dev]
+        label = d.get("name", "")
+        extra = f", {d['memory_gib']} GiB, compute capability {d['capability']}" if "memory_gib" in d else ""
+        threads = f", {d['threads']} threads" if "threads" in d else ""
+        print(f"device {dev}: {label}{extra}{threads}; AMP dtypes: {', '.join(d['amp'])}")
+    if len(comp["devices"]) == 1:
+        print("no GPU visible: training and generation run on the CPU (see README > Troubleshooting > GPU not found)")
+    return 0
+
+
+def _register_dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dataset", help="inspect and validate folder datasets")
+    dsub = p.add_subparsers(dest="dataset_command", required=True)
+    v = dsub.add_parser("validate", help="read every volume of a folder and report shape, spacing and problems")
+    v.add_argument("folder")
+    v.add_argument("--labels", help="folder of label maps with the same file names")
+    v.add_argument("--label-scheme", choices=["topcow13", "aydin7"], help="check label ids against this scheme")
+    v.add_argument("--shape", type=int, nargs=3, metavar=("D", "H", "W"), help="required shape")
+    v.add_argument("--json", help="also write the full report to this JSON file")
+    v.set_defaults(func=_cmd_dataset_validate)
+
+
+def _cmd_dataset_validate(args: argparse.Namespace) -> int:
+    from .atomic import atomic_write_json
+    from .dataset import validate_dataset
+
+    report = validate_dataset(args.folder, labels_folder=args.labels, expect_shape=args.shape,
+                              label_scheme=args.label_scheme, progress=progress_from_args(args))
+    print(report.summary())
+    if args.json:
+        atomic_write_json(args.json, report.to_dict())
+    return 0 if report.ok else 1
+
+
+_BUILTIN: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_register_info, _register_dataset)
+
+
+def progress_from_args(args: argparse.Namespace):
+    """The CLI's progress callback: a tqdm bar unless ``--quiet``."""
+    from .progress import TqdmProgress
+
+    return TqdmProgress(disable=bool(getattr(args, "quiet", False)))
+
+
+def _plugin_registrars() -> list[tuple[str, Callable]]:
+    eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    out = []
+    for ep in sorted(eps, key=lambda e: e.name):
+        out.append((ep.name, ep.load()))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="volgan",
+        description="Train, generate, steer and evaluate 3-D GANs of anatomy (SlicerVolumetricGAN).",
+    )
+    parser.add_argument("--version", action="version", version=f"volgan {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for register in _BUILTIN:
+        register(sub)
+    for _name, register in _plugin_registrars():
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except VolGANError as exc:
+        if args.debug:
+            raise
+        print(f"volgan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Cancelled:
+        print(f"volgan {args.command}: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"volgan {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Run-time environment facts: package versions, compute devices and mixed-precision support."""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import sys
+from typing import Any
+
+__all__ = ["package_versions", "device_report", "pick_device", "environment_report"]
+
+_PACKAGES = ("numpy", "scipy", "SimpleITK", "nibabel", "torch", "monai", "tqdm", "slicer", "vtk")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages this extension uses (None where absent)."""
+    from importlib import metadata
+
+    dist_names = {"slicer": "slicer-core", "SimpleITK": "SimpleITK"}
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(dist_names.get(name, name))
+        except metadata.PackageNotFoundError:
+            try:
+                mod = importlib.import_module(name)
+                out[name] = getattr(mod, "__version__", "installed")
+            except Exception:
+                out[name] = None
+    return out
+
+
+def device_report() -> dict[str, Any]:
+    """Which devices torch can use and which autocast dtypes work on each (imports torch)."""
+    try:
+        import torch
+    except ImportError:
+        return {"torch": None, "devices": ["cpu"], "note": "torch is not installed: install torch to train or generate"}
+    rep: dict[str, Any] = {"torch": torch.__version__, "cuda_build": torch.version.cuda, "devices": ["cpu"]}
+    rep["cpu"] = {"threads": torch.get_num_threads(), "amp": ["bfloat16"]}
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            name = f"cuda:{i}"
+            rep["devices"].append(name)
+            amp = ["float16"] + (["bfloat16"] if torch.cuda.is_bf16_supported() else [])
+            rep[name] = {"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                         "capability": f"{props.major}.{props.minor}", "amp": amp}
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        rep["devices"].append("mps")
+        rep["mps"] = {"amp": ["float16"]}
+    return rep
+
+
+def pick_device(requested: str = "auto") -> str:
+    """Resolve ``auto`` to cuda > mps > cpu; validate an explicit device string with a clear error."""
+    from .errors import VolGANError
+
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    try:
+        dev = torch.device(requested)
+    except RuntimeError as exc:
+        raise VolGANError(f"--device {requested}: {exc} (use auto, cpu, cuda, cuda:N or mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VolGANError(f"--device {requested}: no CUDA GPU is visible to torch {torch.__version__} "
+                          f"(CUDA build: {torch.version.cuda}); install a CUDA build of torch or use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise VolGANError(f"--device {requested}: only {torch.cuda.device_count()} GPU(s) visible")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise VolGANError(f"--device {requested}: MPS is not available on this machine")
+    return str(dev)
+
+
+def environment_report() -> dict[str, Any]:
+    from . import __version__
+
+    return {
+        "volgan": __version__,
+        "platform": f"{platform.system()} {platform.release()} ({platform.machine()})",
+        "executable": sys.executable,
+        "packages": package_versions(),
+        "compute": device_report(),
+    }
