@@ -30,26 +30,13 @@ def _register_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .env import environment_report
+    from .env import environment_report, format_environment
 
     rep = environment_report()
     if args.json:
         print(json.dumps(rep, indent=2))
-        return 0
-    print(f"volgan {rep['volgan']}  ({rep['platform']})")
-    print("packages: " + ", ".join(f"{k} {v or '-'}" for k, v in rep["packages"].items()))
-    comp = rep["compute"]
-    if comp.get("torch") is None:
-        print(comp["note"])
-        return 0
-    for dev in comp["devices"]:
-        d = comp[dev]
-        label = d.get("name", "")
-        extra = f", {d['memory_gib']} GiB, compute capability {d['capability']}" if "memory_gib" in d else ""
-        threads = f", {d['threads']} threads" if "threads" in d else ""
-        print(f"device {dev}: {label}{extra}{threads}; AMP dtypes: {', '.join(d['amp'])}")
-    if len(comp["devices"]) == 1:
-        print("no GPU visible: training and generation run on the CPU (see README > Troubleshooting > GPU not found)")
+    else:
+        print("\n".join(format_environment(rep)))
     return 0
 
 

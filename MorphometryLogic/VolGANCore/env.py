@@ -7,7 +7,7 @@ import platform
 import sys
 from typing import Any
 
-__all__ = ["package_versions", "device_report", "pick_device", "environment_report"]
+__all__ = ["package_versions", "device_report", "pick_device", "environment_report", "format_environment"]
 
 _PACKAGES = ("numpy", "scipy", "SimpleITK", "nibabel", "torch", "monai", "tqdm", "slicer", "vtk")
 
@@ -37,7 +37,8 @@ def device_report() -> dict[str, Any]:
     except ImportError:
         return {"torch": None, "devices": ["cpu"], "note": "torch is not installed: install torch to train or generate"}
     rep: dict[str, Any] = {"torch": torch.__version__, "cuda_build": torch.version.cuda, "devices": ["cpu"]}
-    rep["cpu"] = {"threads": torch.get_num_threads(), "amp": ["bfloat16"]}
+    rep["cpu"] = {"name": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                  "amp": ["bfloat16"]}
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
@@ -88,3 +89,23 @@ def environment_report() -> dict[str, Any]:
         "packages": package_versions(),
         "compute": device_report(),
     }
+
+
+def format_environment(rep: dict[str, Any] | None = None) -> list[str]:
+    """Human-readable lines of :func:`environment_report` (used by `volgan info` and the module panels)."""
+    rep = rep or environment_report()
+    lines = [f"volgan {rep['volgan']}  ({rep['platform']})",
+             "packages: " + ", ".join(f"{k} {v or '-'}" for k, v in rep["packages"].items())]
+    comp = rep["compute"]
+    if comp.get("torch") is None:
+        lines.append(comp["note"])
+        return lines
+    for dev in comp["devices"]:
+        d = comp[dev]
+        extra = f", {d['memory_gib']} GiB, compute capability {d['capability']}" if "memory_gib" in d else ""
+        threads = f", {d['threads']} threads" if "threads" in d else ""
+        lines.append(f"device {dev}: {d.get('name', '')}{extra}{threads}; AMP dtypes: {', '.join(d['amp'])}")
+    if len(comp["devices"]) == 1:
+        lines.append("no GPU visible: training and generation run on the CPU "
+                     "(see README > Troubleshooting > GPU not found)")
+    return lines

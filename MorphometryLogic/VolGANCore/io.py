@@ -78,10 +78,14 @@ def read_volume(
     if path.is_dir():
         raise InputFileError(path, "is a folder, not a volume file", "pass a file, or use a folder dataset")
     _check_suffix(path)
+    if full_suffix(path).lower() in (".nii", ".nii.gz"):
+        _check_nifti_complete(path)  # ITK reads truncated NIfTI data silently (zeros/garbage): refuse it
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()[-1].replace("sitk::ERROR: ", "")
+        if "No such file" in detail:  # MetaImage reports short data this way
+            detail = "the image data is incomplete"
         raise InputFileError(path, f"cannot be read as a {full_suffix(path)} image: {detail}",
                              "the file is corrupt or truncated; re-export it") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -111,6 +115,46 @@ def read_volume(
             metadata[key[len("volgan_"):]] = image.GetMetaData(key)
     return Volume(array, spacing=spacing, origin=origin, direction=direction, label_scheme=scheme,
                   metadata=metadata)
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse a NIfTI file whose voxel data is shorter than its header promises.
+
+    Uncompressed: compare the file size. Gzipped: the gzip trailer holds the uncompressed size (mod 2³²);
+    if it does not match, decompress the stream to be sure (multi-member files, > 4 GiB).
+    """
+    import gzip
+    import struct
+    import zlib
+
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+        header = image.header  # nibabel resets vox_offset on this copy: the data offset is on the proxy
+        expected = int(image.dataobj.offset) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    except Exception as exc:  # nibabel's own message says what is wrong with the header
+        raise InputFileError(path, f"cannot be read as NIfTI: {str(exc).splitlines()[0]}",
+                             "the file is corrupt or not a NIfTI image; re-export it") from None
+    if full_suffix(path).lower() == ".nii":
+        actual = path.stat().st_size
+    else:
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            actual = struct.unpack("<I", fh.read(4))[0]
+        if actual == expected % 2**32:
+            return
+        actual = 0
+        try:
+            with gzip.open(path, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    actual += len(chunk)
+        except (EOFError, OSError, zlib.error):
+            raise InputFileError(path, "is truncated: the compressed stream ends before the image data does",
+                                 "the file is incomplete (interrupted copy or download); copy it again") from None
+    if actual < expected:
+        raise InputFileError(path, f"is truncated: the header promises {expected} bytes, the file holds {actual}",
+                             "the file is incomplete (interrupted copy or download); copy it again")
 
 
 def _geometry_3d(image) -> tuple[tuple, tuple, np.ndarray]:

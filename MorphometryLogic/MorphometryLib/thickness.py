@@ -1,0 +1,259 @@
+"""Exact local thickness (Hildebrand & Rüegsegger maximal spheres) with BoneJ LocalThickness conventions.
+
+Definition
+----------
+For a binary structure X on a voxel grid with spacing ``(sd, sh, sw)`` mm, let ``d(q)`` be the Euclidean
+distance (mm) from the centre of a structure voxel ``q`` to the nearest *background voxel centre* (the
+EDT, ``edt`` package; the image border is not background, as in BoneJ). The open ball ``B(q, d(q))``
+holds no background voxel centre. The local thickness of a structure voxel ``p`` is the diameter of the
+largest such ball that contains it::
+
+    τ(p) = 2 · max{ d(q) : q ∈ X, |p − q| < d(q) }
+
+(Hildebrand & Rüegsegger 1997; BoneJ/Fiji LocalThickness: diameter = 2·d). Tb.Th is the mean of τ over
+the bone voxels, Tb.Sp the same over the marrow (background) voxels.
+
+Algorithm (exact, no O(N·r³) painting of every voxel)
+----------------------------------------------------
+1. Squared EDT with the ``edt`` package (multi-threaded, anisotropic).
+2. Candidate centres: a ball contained in a neighbour's ball (``|q − n| + d(q) ≤ d(n)``) can never give a
+   larger maximum, so it is dropped — an exact pruning (it only removes provably redundant balls) that
+   leaves the distance ridge (a thin, surface-like set).
+3. The remaining balls are stamped, vectorised, in ascending radius order: offsets of the largest ball are
+   sorted by length once; a centre of radius ``d`` needs the prefix of offsets with ``|o|² < d²``; stamping
+   in ascending order makes the last write the maximum.
+The result is identical to a brute-force maximal-sphere computation (checked in the tests).
+
+References
+----------
+Hildebrand T, Rüegsegger P. A new method for the model-independent assessment of thickness in
+three-dimensional images. J Microsc 185:67–75, 1997.
+Doube M et al. BoneJ: free and extensible bone image analysis in ImageJ. Bone 47:1076–1079, 2010.
+Dougherty R, Kunzelmann K-H. Computing local thickness of 3D structures with ImageJ. Microsc Microanal
+13(S02):1678–1679, 2007.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Sequence
+
+import numpy as np
+
+from VolGANCore.errors import VolGANError
+from VolGANCore.progress import Progress
+
+__all__ = ["local_thickness", "squared_distance_map", "ridge_candidates", "thickness_statistics"]
+
+# Relative tolerance for "strictly inside the ball" with float32 squared distances (anisotropic spacing):
+# |o|² < d²·(1 − _TOL). Isotropic grids give integer squared distances, for which this is exact.
+_TOL = 1e-5
+_PAIRS_PER_CHUNK = 1 << 22
+
+
+def _threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _unit_spacing(spacing: Sequence[float]) -> tuple[np.ndarray, float]:
+    """Spacing scaled so the smallest axis is 1 (exact integer distances on isotropic grids) and the scale."""
+    sp = np.asarray(spacing, dtype=np.float64)
+    if sp.shape != (3,) or not np.all(np.isfinite(sp)) or sp.min() <= 0:
+        raise VolGANError(f"spacing: expected 3 positive numbers (mm, array order D,H,W), got {spacing!r}")
+    scale = float(sp.min())
+    return sp / scale, scale
+
+
+def squared_distance_map(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Squared EDT (in units of ``spacing``²) from each structure voxel to the nearest background voxel centre.
+
+    Parameters
+    ----------
+    mask : bool ndarray (D, H, W)
+        The structure.
+    spacing : 3 floats
+        Voxel size along the array axes (D, H, W).
+
+    Returns
+    -------
+    float32 ndarray (D, H, W), 0 on the background; +inf everywhere when there is no background.
+    """
+    import edt
+
+    mask = np.ascontiguousarray(mask, dtype=bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.float32)
+    if mask.all():
+        return np.full(mask.shape, np.inf, np.float32)
+    return edt.edtsq(mask, anisotropy=tuple(float(s) for s in spacing), black_border=False, parallel=_threads())
+
+
+def _neighbour_offsets(reach: int) -> np.ndarray:
+    """Half of the offsets in the (2·reach+1)³ cube (one of each ± pair), excluding 0."""
+    offs = []
+    for o in itertools.product(range(-reach, reach + 1), repeat=3):
+        if o > (0, 0, 0):
+            offs.append(o)
+    return np.asarray(offs, dtype=np.int64)
+
+
+def ridge_candidates(d2: np.ndarray, spacing: Sequence[float], reach: int = 1) -> np.ndarray:
+    """Boolean map of the balls not contained in a neighbouring ball (the distance ridge).
+
+    A ball ``B(q, d(q))`` with ``|q − n| + d(q) ≤ d(n)`` for a neighbour ``n`` within ``reach`` voxels lies
+    inside ``B(n, d(n))`` and cannot raise any voxel's maximum, so it is dropped. Exact by construction.
+
+    Parameters
+    ----------
+    d2 : float ndarray (D, H, W)
+        Squared distance map (0 on the background).
+    spacing : 3 floats
+        Spacing along (D, H, W) in the units of ``d2``'s square root.
+    reach : int
+        Neighbourhood half-width checked (1 = 26 neighbours).
+    """
+    d = np.sqrt(d2, dtype=np.float32)
+    keep = d2 > 0
+    sp = np.asarray(spacing, dtype=np.float64)
+    shape = d.shape
+    for o in _neighbour_offsets(reach):
+        step = np.float32(np.sqrt(np.sum((o * sp) ** 2)) * (1.0 - _TOL))
+        # slices pairing q (src) with n = q + o (dst) and, symmetrically, q with n = q − o
+        src, dst = [], []
+        for k in range(3):
+            if o[k] >= 0:
+                src.append(slice(0, shape[k] - o[k]))
+                dst.append(slice(o[k], shape[k]))
+            else:
+                src.append(slice(-o[k], shape[k]))
+                dst.append(slice(0, shape[k] + o[k]))
+        src, dst = tuple(src), tuple(dst)
+        if any(s.stop is not None and s.start >= s.stop for s in src):
+            continue
+        ds, dd = d[src], d[dst]
+        # q = src contained in n = dst, and q = dst contained in n = src
+        keep[src] &= ~(dd >= ds + step)
+        keep[dst] &= ~(ds >= dd + step)
+    return keep
+
+
+def _ball_offsets(max_r2: float, sp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer offsets (k, j, i) with physical |o|² < max_r2, sorted by |o|²; and their |o|²."""
+    reach = np.floor(np.sqrt(max_r2) / sp).astype(int)
+    axes = [np.arange(-r, r + 1) for r in reach]
+    g = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    n2 = np.sum((g * sp) ** 2, axis=1)
+    sel = n2 < max_r2
+    g, n2 = g[sel], n2[sel]
+    order = np.argsort(n2, kind="stable")
+    return g[order], n2[order]
+
+
+def _stamp(out: np.ndarray, centres: np.ndarray, d2c: np.ndarray, sp: np.ndarray, cancel=None) -> None:
+    """Stamp open balls (centres (n,3), squared radii d2c ascending) into ``out`` (flat view) as max."""
+    shape = out.shape
+    flat = out.reshape(-1)
+    offs, on2 = _ball_offsets(float(d2c.max()) * (1 - _TOL) + 1e-12, sp)
+    strides = np.array([shape[1] * shape[2], shape[2], 1], dtype=np.int64)
+    lin_off = offs @ strides
+    # prefix length per centre: offsets with |o|² < d²(1 − tol)
+    klen = np.searchsorted(on2, d2c.astype(np.float64) * (1 - _TOL), side="left")
+    dvals = np.sqrt(d2c).astype(np.float32)
+    lin_c = centres @ strides
+    n = len(centres)
+    start = 0
+    while start < n:
+        if cancel is not None:
+            cancel.raise_if_cancelled()
+        # take centres until the pair budget is used
+        csum = np.cumsum(klen[start:])
+        stop = start + max(1, int(np.searchsorted(csum, _PAIRS_PER_CHUNK, side="right")))
+        kmax = int(klen[start:stop].max())
+        k = klen[start:stop]
+        cc = centres[start:stop]
+        # offsets that may leave the image only occur for centres near the border; test all cheaply
+        rows = np.repeat(np.arange(stop - start), k)
+        cols = np.arange(rows.size) - np.repeat(np.cumsum(k) - k, k)
+        if kmax:
+            pos = cc[rows] + offs[cols]
+            inside = np.all((pos >= 0) & (pos < np.asarray(shape)), axis=1)
+            idx = (lin_c[start:stop][rows] + lin_off[cols])[inside]
+            vals = dvals[start:stop][rows][inside]
+            flat[idx] = vals  # ascending radius order: the last write is the maximum
+        start = stop
+
+
+def local_thickness(
+    mask: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    reach: int = 1,
+    progress=None,
+    cancel=None,
+) -> np.ndarray:
+    """Local thickness map (mm) of a binary structure: diameter of the largest inscribed ball holding each voxel.
+
+    Parameters
+    ----------
+    mask : array_like of bool, shape (D, H, W)
+        The structure (bone for Tb.Th, marrow/space for Tb.Sp).
+    spacing : 3 floats
+        Voxel size in mm along the array axes (D, H, W) (``Volume.array_spacing``).
+    reach : int
+        Neighbourhood half-width of the exact ridge pruning (1 or 2; a speed knob, the result is the same).
+    progress, cancel : optional
+        :data:`VolGANCore.progress.ProgressCallback` and :class:`VolGANCore.progress.CancelToken`.
+
+    Returns
+    -------
+    float32 ndarray (D, H, W): τ(p) = 2·max{d(q) : |p − q| < d(q)} in mm on the structure, 0 elsewhere.
+
+    Raises
+    ------
+    VolGANError
+        If the structure fills the whole image (no background: thickness undefined).
+
+    References
+    ----------
+    Hildebrand & Rüegsegger, J Microsc 185:67–75, 1997; Doube et al., Bone 47:1076–1079, 2010.
+
+    Example
+    -------
+    >>> m = np.zeros((20, 20, 20), bool); m[:, :, 6:10] = True       # a plate 4 voxels thick
+    >>> float(local_thickness(m, (0.5, 0.5, 0.5))[m].mean())
+    2.0
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise VolGANError(f"mask: expected a 3-D array (D, H, W), got shape {mask.shape}")
+    mask = mask.astype(bool, copy=False)
+    sp, scale = _unit_spacing(spacing)
+    out = np.zeros(mask.shape, np.float32)
+    if not mask.any():
+        return out
+    if mask.all():
+        raise VolGANError(
+            "mask: the structure fills the whole image, so its thickness is undefined "
+            "(check the threshold, or crop/mask a region that includes background)"
+        )
+    with Progress(3, "local thickness", progress, cancel) as prog:
+        d2 = squared_distance_map(mask, sp)
+        prog.advance(1, "distance map")
+        keep = ridge_candidates(d2, sp, reach=reach)
+        centres = np.argwhere(keep)
+        d2c = d2[keep].astype(np.float64)
+        del keep
+        prog.advance(1, f"{len(centres)} ridge balls")
+        order = np.argsort(d2c, kind="stable")
+        _stamp(out, centres[order], d2c[order], sp, cancel)
+        prog.advance(1, "stamped")
+    out *= np.float32(2.0 * scale)
+    return out
+
+
+def thickness_statistics(tmap: np.ndarray, where: np.ndarray) -> dict[str, float]:
+    """Mean, SD and max of a thickness map over ``where`` (BoneJ: population SD over the voxels)."""
+    vals = tmap[where].astype(np.float64)
+    if vals.size == 0:
+        return {"mean": float("nan"), "sd": float("nan"), "max": float("nan")}
+    return {"mean": float(vals.mean()), "sd": float(vals.std()), "max": float(vals.max())}

@@ -1,0 +1,222 @@
+"""Static checks of the Slicer tier, for CI machines that have no Slicer application.
+
+Each check returns a list of problems (empty = pass), so a test can assert on it and a developer can run
+``python Testing/slicer_static_checks.py`` to see everything at once:
+
+- every Python file of a module folder byte-compiles;
+- every ``.ui`` is well-formed Qt Designer XML (``<ui>`` root, ``<class>`` naming the top widget, unique
+  object names, every custom class declared in ``<customwidgets>``, connections between existing objects);
+- every ``self.ui.<name>`` used by a module's Python code exists in that module's ``.ui`` (the shared
+  widget mixin in VolGANSlicer is checked against every module's ``.ui``);
+- every file in a module folder is listed in that folder's CMakeLists.txt, and every listed file exists;
+- the top-level CMakeLists.txt sets the extension metadata and adds every module folder.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EXTENSION_FIELDS = ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS")
+SHARED_WIDGET_CODE = ("MorphometryLogic/VolGANSlicer/widgets.py",)
+_IGNORED_PARTS = {"__pycache__", ".pytest_cache"}
+
+
+def module_dirs(repo: Path = REPO) -> list[Path]:
+    """Folders holding a Slicer scripted module: ``<Name>/<Name>.py`` next to a CMakeLists.txt."""
+    return sorted(d for d in repo.iterdir()
+                  if d.is_dir() and (d / f"{d.name}.py").is_file() and (d / "CMakeLists.txt").is_file())
+
+
+def _module_files(module: Path) -> list[Path]:
+    out = []
+    for p in sorted(module.rglob("*")):
+        rel = p.relative_to(module)
+        if p.is_dir() or any(part in _IGNORED_PARTS or part.startswith(".") for part in rel.parts):
+            continue
+        if p.suffix == ".pyc":
+            continue
+        out.append(p)
+    return out
+
+
+# -- 1. byte-compilation --------------------------------------------------------------------------------
+def check_compiles(repo: Path = REPO) -> list[str]:
+    problems = []
+    for module in module_dirs(repo):
+        for p in _module_files(module):
+            if p.suffix == ".py":
+                try:
+                    compile(p.read_text(encoding="utf-8"), str(p), "exec")
+                except SyntaxError as exc:
+                    problems.append(f"{p.relative_to(repo)}:{exc.lineno}: {exc.msg}")
+    return problems
+
+
+# -- 2. .ui files ---------------------------------------------------------------------------------------
+def ui_object_names(ui_path: Path) -> set[str]:
+    root = ET.parse(ui_path).getroot()
+    return {el.get("name") for el in root.iter() if el.tag in ("widget", "layout", "action", "spacer")
+            and el.get("name")}
+
+
+def check_ui(ui_path: Path) -> list[str]:
+    where = str(ui_path)
+    try:
+        root = ET.parse(ui_path).getroot()
+    except ET.ParseError as exc:
+        return [f"{where}: not well-formed XML ({exc})"]
+    problems = []
+    if root.tag != "ui" or not root.get("version"):
+        problems.append(f"{where}: root element must be <ui version=...>, got <{root.tag}>")
+    top = root.find("widget")
+    cls = root.findtext("class")
+    if top is None:
+        return problems + [f"{where}: no top-level <widget>"]
+    if cls != top.get("name"):
+        problems.append(f"{where}: <class>{cls}</class> differs from the top widget's name '{top.get('name')}'")
+    if top.get("class") != "qMRMLWidget":
+        problems.append(f"{where}: the top widget must be a qMRMLWidget (got {top.get('class')})")
+    custom = {c.findtext("class") for c in root.iter("customwidget")}
+    names: dict[str, int] = {}
+    for el in root.iter():
+        if el.tag in ("widget", "layout", "action", "spacer"):
+            name = el.get("name")
+            if el.tag != "spacer" and not el.get("class"):
+                problems.append(f"{where}: <{el.tag} name='{name}'> has no class")
+            if not name:
+                problems.append(f"{where}: a <{el.tag} class='{el.get('class')}'> has no name")
+                continue
+            names[name] = names.get(name, 0) + 1
+            klass = el.get("class") or ""
+            if el.tag == "widget" and not klass.startswith("Q") and klass not in custom:
+                problems.append(f"{where}: widget '{name}' uses class {klass} that is not declared in <customwidgets>")
+    problems += [f"{where}: object name '{n}' is used {k} times" for n, k in names.items() if k > 1]
+    for conn in root.iter("connection"):
+        for role in ("sender", "receiver"):
+            target = conn.findtext(role)
+            if target not in names:
+                problems.append(f"{where}: connection {role} '{target}' is not an object of this .ui")
+    return problems
+
+
+def check_all_ui(repo: Path = REPO) -> list[str]:
+    problems = []
+    for module in module_dirs(repo):
+        uis = sorted((module / "Resources" / "UI").glob("*.ui"))
+        if not (module / "Resources" / "UI" / f"{module.name}.ui").is_file():
+            problems.append(f"{module.name}: Resources/UI/{module.name}.ui is missing")
+        for ui in uis:
+            problems += check_ui(ui)
+    return problems
+
+
+# -- 3. self.ui.<name> references ----------------------------------------------------------------------
+def ui_names_used(py_path: Path) -> dict[str, int]:
+    """``{name: first line}`` for every ``self.ui.<name>`` in a Python file."""
+    tree = ast.parse(py_path.read_text(encoding="utf-8"), str(py_path))
+    used: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and node.value.attr == "ui" and isinstance(node.value.value, ast.Name)
+                and node.value.value.id == "self"):
+            used.setdefault(node.attr, node.lineno)
+    return used
+
+
+def check_ui_references(repo: Path = REPO) -> list[str]:
+    problems = []
+    modules = module_dirs(repo)
+    for module in modules:
+        ui = module / "Resources" / "UI" / f"{module.name}.ui"
+        if not ui.is_file():
+            continue
+        names = ui_object_names(ui)
+        code = [module / f"{module.name}.py"] + [repo / s for s in SHARED_WIDGET_CODE if (repo / s).is_file()]
+        for py in code:
+            for name, line in sorted(ui_names_used(py).items()):
+                if name not in names:
+                    problems.append(f"{py.relative_to(repo)}:{line}: self.ui.{name} is not an object in "
+                                    f"{ui.relative_to(repo)}")
+    return problems
+
+
+# -- 4. CMakeLists listings ----------------------------------------------------------------------------
+_SET = re.compile(r"set\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s+(.*?)\)", re.S | re.I)
+
+
+def cmake_sets(text: str) -> dict[str, list[str]]:
+    text = re.sub(r"#[^\n]*", "", text)
+    values: dict[str, list[str]] = {}
+    for name, body in _SET.findall(text):
+        tokens = [t.strip('"') for t in body.split()]
+        values[name] = tokens
+    for name, tokens in values.items():
+        expanded = []
+        for t in tokens:
+            for var, val in values.items():
+                if len(val) == 1:
+                    t = t.replace("${" + var + "}", val[0])
+            expanded.append(t)
+        values[name] = expanded
+    return values
+
+
+def check_cmake_listing(repo: Path = REPO) -> list[str]:
+    problems = []
+    for module in module_dirs(repo):
+        cm = module / "CMakeLists.txt"
+        sets = cmake_sets(cm.read_text(encoding="utf-8"))
+        if sets.get("MODULE_NAME") != [module.name]:
+            problems.append(f"{cm.relative_to(repo)}: set(MODULE_NAME {module.name}) is missing")
+        listed = set(sets.get("MODULE_PYTHON_SCRIPTS", [])) | set(sets.get("MODULE_PYTHON_RESOURCES", []))
+        for p in _module_files(module):
+            rel = p.relative_to(module).as_posix()
+            if rel == "CMakeLists.txt":
+                continue
+            if rel not in listed:
+                problems.append(f"{p.relative_to(repo)} is not listed in {cm.relative_to(repo)} "
+                                "(add it to MODULE_PYTHON_SCRIPTS or MODULE_PYTHON_RESOURCES)")
+        for rel in sorted(listed):
+            if not (module / rel).is_file():
+                problems.append(f"{cm.relative_to(repo)} lists {rel}, which does not exist")
+        if "slicerMacroBuildScriptedModule" not in cm.read_text(encoding="utf-8"):
+            problems.append(f"{cm.relative_to(repo)}: no slicerMacroBuildScriptedModule call")
+    return problems
+
+
+def check_top_level_cmake(repo: Path = REPO) -> list[str]:
+    cm = repo / "CMakeLists.txt"
+    if not cm.is_file():
+        return ["CMakeLists.txt is missing at the top level"]
+    text = cm.read_text(encoding="utf-8")
+    sets = cmake_sets(text)
+    problems = [f"CMakeLists.txt: EXTENSION_{f} is not set" for f in EXTENSION_FIELDS
+                if not sets.get(f"EXTENSION_{f}")]
+    added = set(re.findall(r"add_subdirectory\s*\(\s*([^\s)]+)\s*\)", re.sub(r"#[^\n]*", "", text)))
+    for module in module_dirs(repo):
+        if module.name not in added:
+            problems.append(f"CMakeLists.txt does not add_subdirectory({module.name})")
+    for name in sorted(added - {m.name for m in module_dirs(repo)}):
+        problems.append(f"CMakeLists.txt adds {name}, which is not a module folder")
+    return problems
+
+
+ALL_CHECKS = (check_compiles, check_all_ui, check_ui_references, check_cmake_listing, check_top_level_cmake)
+
+
+def run_all(repo: Path = REPO) -> list[str]:
+    problems = []
+    for check in ALL_CHECKS:
+        problems += check(repo)
+    return problems
+
+
+if __name__ == "__main__":
+    found = run_all()
+    print("\n".join(found) or "all Slicer static checks pass")
+    sys.exit(1 if found else 0)
