@@ -79,12 +79,12 @@ WINDOW = (-350.0, 1100.0)    # intensity window mapped to [-1, 1] for the networ
 class BoneRendering:
     """HR-pQCT-like rendering parameters (means; per-sample values are drawn around them)."""
 
-    tissue: float = 560.0             # mean tissue mineral density of fully mineralised bone (paper units)
-    tissue_sd: float = 45.0           # between-sample spread of the tissue density
-    marrow: float = 74.0              # mean marrow level (DESIGN.md §9: ≈ 74 ± 16)
+    tissue: float = 370.0             # mean tissue mineral density of fully mineralised bone (paper units)
+    tissue_sd: float = 30.0           # between-sample spread of the tissue density
+    marrow: float = 60.0              # marrow level before partial volume (below-225 mean ≈ 74, DESIGN §9)
     marrow_sd: float = 12.0           # between-sample spread of the marrow level
-    psf_sigma_mm: float = 0.11        # Gaussian PSF sigma in mm (≈ 0.65 voxel at 164 µm)
-    noise_sd: float = 28.0            # noise standard deviation (paper units) after correlation
+    psf_sigma_mm: float = 0.06        # Gaussian PSF sigma in mm (≈ 0.37 voxel at 164 µm)
+    noise_sd: float = 24.0            # noise standard deviation (paper units) after correlation
     noise_corr_mm: float = 0.09       # Gaussian correlation length of the noise in mm
     marrow_texture_sd: float = 8.0    # slow marrow inhomogeneity (paper units)
 
@@ -116,16 +116,35 @@ def local_thickness(mask: np.ndarray, spacing_mm: float = 1.0, context: Optional
     full = np.asarray(full, dtype=bool)
     if not full.any():
         return float("nan")
-    dt = ndi.distance_transform_edt(full)
-    # centres: the distance ridge (local maxima of the distance map); each ball is in a larger one otherwise
-    ridge = full & (dt >= ndi.maximum_filter(dt, size=3) - 1e-6)
+    # squared distances are integers (voxel units): compare them exactly, no float rounding at ball edges
+    d2 = np.rint(ndi.distance_transform_edt(full) ** 2).astype(np.int64)
+    dt = np.sqrt(d2)
+    # Every bone voxel c is the centre of a ball of radius dt(c). A ball lying inside a face-neighbour's
+    # ball (dt(c') >= dt(c) + 1) adds nothing, so only the remaining centres are scattered, one radius
+    # level at a time: lt(x) = max over balls containing x of their diameter.
+    pad = np.pad(dt, 1)
+    inner = np.zeros(full.shape, dtype=bool)
+    core = (slice(1, -1),) * 3
+    for axis in range(3):
+        for step in (-1, 1):
+            inner |= np.roll(pad, step, axis=axis)[core] >= dt + 1.0 - 1e-4
+    centres = np.argwhere(full & ~inner)
+    radii2 = d2[tuple(centres.T)]
     lt = np.zeros(full.shape, dtype=np.float32)
-    levels = np.unique(dt[ridge])[::-1]
-    for r in levels:
-        centres = ridge & (dt == r)
-        near = ndi.distance_transform_edt(~centres) < r
-        upd = near & full & (lt < 2 * r)
-        lt[upd] = 2 * r
+    flat = lt.reshape(-1)
+    dims = np.asarray(full.shape)
+    strides = np.asarray([full.shape[1] * full.shape[2], full.shape[2], 1])
+    for r2 in np.unique(radii2):
+        c = centres[radii2 == r2]
+        r = math.sqrt(r2)
+        k = int(np.ceil(r))
+        g = np.mgrid[-k:k + 1, -k:k + 1, -k:k + 1].reshape(3, -1).T
+        off = g[(g ** 2).sum(1) < r2]
+        pts = (c[:, None, :] + off[None]).reshape(-1, 3)
+        ok = np.all((pts >= 0) & (pts < dims), axis=1)
+        idx = pts[ok] @ strides
+        flat[idx] = np.maximum(flat[idx], 2.0 * r)
+    lt *= full
     sel = full if region is None else np.zeros_like(full)
     if region is not None:
         sel[region] = full[region]
@@ -236,10 +255,11 @@ def bone_structure(
     kz, kxy2 = _kgrid(shape)
     region = (slice(pad, pad + size),) * 3
     th_vox = tbth_mm / spacing_mm
-    c_th, c_da = init if init is not None else (0.55 + 0.2 * rodness, 1.15)
+    c_th, c_da = init if init is not None else (0.21, 1.0)
     k0 = c_th / th_vox
     stretch = max(1.0, da * c_da)
     best = None
+    prev = None
     for it in range(1, max_iter + 1):
         f = _field_structure(spectra, kz, kxy2, shape, k0, stretch, bandwidth, rodness, bvtv)
         thr = float(np.quantile(f[region], bvtv))
@@ -252,9 +272,14 @@ def bone_structure(
             best = (err, f, thr, th, d, k0, stretch, it)
         if err < tol:
             break
-        # thickness ∝ 1/k0; MIL ratio grows with the stretch: multiplicative fixed-point updates
-        k0 = float(np.clip(k0 * (th / th_vox) ** 1.0, 0.01, 0.45))
-        stretch = float(np.clip(stretch * (da / d) ** 1.2, 0.5, 8.0))
+        # log-thickness vs log-k0: slope -1 in the continuum (thickness ∝ 1/k0), flatter near the two-voxel
+        # floor; a secant estimate of the slope once two points exist. MIL ratio grows ~ with the stretch.
+        slope = -1.0
+        if prev is not None and abs(math.log(k0 / prev[0])) > 1e-3:
+            slope = float(np.clip(math.log(th / prev[1]) / math.log(k0 / prev[0]), -3.0, -0.25))
+        prev = (k0, th)
+        k0 = float(np.clip(k0 * math.exp(math.log(th_vox / th) / slope), 0.01, 0.45))
+        stretch = float(np.clip(stretch * (da / d), 0.5, 8.0))
     err, f, thr, th, d, k0, stretch, it = best
     fc = f[region] - thr
     g = np.sqrt(sum(np.gradient(f, axis=a)[region] ** 2 for a in range(3)))

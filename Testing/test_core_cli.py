@@ -1,0 +1,78 @@
+"""The `volgan` CLI frame: version, info, subcommand discovery, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from VolGANCore import Volume, __version__, write_volume
+from VolGANCore import cli
+
+VOLGAN = [sys.executable, "-m", "VolGANCore.cli"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run(VOLGAN + list(args), capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_version_and_info():
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"volgan {__version__}"
+    info = run("info", "--json")
+    rep = json.loads(info.stdout)
+    assert rep["volgan"] == __version__
+    assert rep["packages"]["torch"] and rep["packages"]["SimpleITK"]
+    assert "cpu" in rep["compute"]["devices"]
+    assert "bfloat16" in rep["compute"]["cpu"]["amp"]
+    text = run("info").stdout
+    assert "device cpu" in text and "AMP dtypes" in text
+
+
+def test_console_script_is_installed():
+    exe = Path(sys.executable).with_name("volgan")
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == f"volgan {__version__}"
+
+
+def test_bad_input_is_one_line_exit_2_and_debug_shows_traceback(tmp_path):
+    (tmp_path / "bad.nii.gz").write_bytes(b"\x1f\x8b\x08 not really gzip")
+    out = run("dataset", "validate", str(tmp_path / "empty"))
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert out.stderr.startswith("volgan dataset: error: ") and "folder not found" in out.stderr
+    assert "Traceback" not in out.stderr
+    dbg = run("--debug", "dataset", "validate", str(tmp_path / "empty"))
+    assert dbg.returncode != 0 and "Traceback" in dbg.stderr
+
+
+def test_dataset_validate_reports_and_writes_json(tmp_path):
+    img = tmp_path / "images"
+    for k, shape in enumerate([(4, 5, 6), (4, 5, 6), (4, 5, 7)]):
+        write_volume(Volume(np.zeros(shape, np.float32), spacing=(0.3, 0.3, 0.6)), img / f"c{k}.nii.gz")
+    out = run("--quiet", "dataset", "validate", str(img), "--json", str(tmp_path / "r.json"))
+    assert out.returncode == 1, out.stderr
+    assert "3 volume(s)" in out.stdout and "c2.nii.gz: shape" in out.stdout
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["ok"] is False and len(rep["entries"]) == 3
+
+
+def test_plugin_commands_are_discovered(monkeypatch, capsys):
+    def register(sub):
+        p = sub.add_parser("hello")
+        p.set_defaults(func=lambda args: print("hello from plugin") or 0)
+
+    monkeypatch.setattr(cli, "_plugin_registrars", lambda: [("hello", register)])
+    assert cli.main(["hello"]) == 0
+    assert "hello from plugin" in capsys.readouterr().out
+
+
+def test_installed_entry_points_all_load():
+    """Every `volgan.commands` entry point in the installed metadata imports and registers cleanly."""
+    names = [name for name, _ in cli._plugin_registrars()]
+    assert {"morphometry", "phantom", "volumetricgan"} <= set(names)
+    parser = cli.build_parser()
+    assert parser.parse_args(["info"]).command == "info"

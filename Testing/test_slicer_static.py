@@ -1,0 +1,97 @@
+"""Static checks of the Slicer tier (CI has no Slicer application), and proof that they catch mistakes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import slicer_static_checks as checks
+
+REPO = checks.REPO
+
+
+@pytest.mark.parametrize("check", checks.ALL_CHECKS, ids=lambda c: c.__name__)
+def test_repository_passes(check):
+    assert check(REPO) == []
+
+
+def test_three_modules_are_found():
+    assert [m.name for m in checks.module_dirs(REPO)] == ["GANTrainer", "MorphometryLogic", "VolumetricGAN"]
+
+
+@pytest.fixture
+def repo_copy(tmp_path):
+    """A copy of the Slicer tier (CMakeLists, module folders) to break on purpose."""
+    dst = tmp_path / "repo"
+    dst.mkdir()
+    shutil.copy(REPO / "CMakeLists.txt", dst / "CMakeLists.txt")
+    for module in checks.module_dirs(REPO):
+        shutil.copytree(module, dst / module.name, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+def test_misspelled_widget_name_is_caught(repo_copy):
+    py = repo_copy / "GANTrainer" / "GANTrainer.py"
+    before = set(checks.check_ui_references(repo_copy))
+    py.write_text(py.read_text().replace("self.ui.validateButton.connect", "self.ui.validateButon.connect"))
+    new = set(checks.check_ui_references(repo_copy)) - before
+    assert len(new) == 1
+    assert "self.ui.validateButon is not an object in GANTrainer/Resources/UI/GANTrainer.ui" in new.pop()
+
+
+def test_widget_renamed_in_ui_only_is_caught(repo_copy):
+    ui = repo_copy / "VolumetricGAN" / "Resources" / "UI" / "VolumetricGAN.ui"
+    ui.write_text(ui.read_text().replace('name="createPhantomButton"', 'name="makePhantomButton"'))
+    assert any("self.ui.createPhantomButton" in p for p in checks.check_ui_references(repo_copy))
+
+
+def test_unlisted_file_and_missing_listed_file_are_caught(repo_copy):
+    (repo_copy / "MorphometryLogic" / "MorphometryLib" / "extra.py").write_text("x = 1\n")
+    cm = repo_copy / "VolumetricGAN" / "CMakeLists.txt"
+    cm.write_text(cm.read_text().replace("VolumetricGANLib/__init__.py", "VolumetricGANLib/__init__.py\n  VolumetricGANLib/gone.py"))
+    problems = checks.check_cmake_listing(repo_copy)
+    assert any("MorphometryLogic/MorphometryLib/extra.py is not listed" in p for p in problems)
+    assert any("lists VolumetricGANLib/gone.py, which does not exist" in p for p in problems)
+
+
+def test_module_not_added_at_top_level_is_caught(repo_copy):
+    top = repo_copy / "CMakeLists.txt"
+    top.write_text(top.read_text().replace("add_subdirectory(GANTrainer)", ""))
+    assert "CMakeLists.txt does not add_subdirectory(GANTrainer)" in checks.check_top_level_cmake(repo_copy)
+    top.write_text(top.read_text().replace('set(EXTENSION_DEPENDS "PyTorch")', ""))
+    assert "CMakeLists.txt: EXTENSION_DEPENDS is not set" in checks.check_top_level_cmake(repo_copy)
+
+
+def test_syntax_error_and_broken_ui_are_caught(repo_copy):
+    py = repo_copy / "MorphometryLogic" / "MorphometryLogic.py"
+    py.write_text(py.read_text() + "\ndef broken(:\n")
+    assert any("MorphometryLogic/MorphometryLogic.py" in p for p in checks.check_compiles(repo_copy))
+    ui = repo_copy / "GANTrainer" / "Resources" / "UI" / "GANTrainer.ui"
+    text = ui.read_text()
+    ui.write_text(text.replace("</ui>", ""))
+    assert any("not well-formed XML" in p for p in checks.check_all_ui(repo_copy))
+    ui.write_text(text.replace('name="statusLabel"', 'name="progressBar"'))
+    assert any("object name 'progressBar' is used 2 times" in p for p in checks.check_all_ui(repo_copy))
+    ui.write_text(text.replace('class="ctkPathLineEdit" name="labelsFolderPathLineEdit"',
+                               'class="ctkFancyEdit" name="labelsFolderPathLineEdit"'))
+    assert any("ctkFancyEdit that is not declared" in p for p in checks.check_all_ui(repo_copy))
+
+
+def test_extension_catalog_entry():
+    entry = json.loads((REPO / "Resources" / "SlicerVolumetricGAN.json").read_text())
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
+    for key in ("build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_url", "tier"):
+        assert key in entry
+    assert entry["build_dependencies"] == ["PyTorch"]
+    sets = checks.cmake_sets((REPO / "CMakeLists.txt").read_text())
+    assert sets["EXTENSION_CATEGORY"] == [entry["category"]] or " ".join(sets["EXTENSION_CATEGORY"]) == entry["category"]
+
+
+def test_every_module_has_icon_and_requirements():
+    for module in checks.module_dirs(REPO):
+        icon = module / "Resources" / "Icons" / f"{module.name}.png"
+        assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (module / "requirements.txt").read_text().strip()
