@@ -79,7 +79,7 @@ WINDOW = (-350.0, 1100.0)    # intensity window mapped to [-1, 1] for the networ
 class BoneRendering:
     """HR-pQCT-like rendering parameters (means; per-sample values are drawn around them)."""
 
-    tissue: float = 370.0             # mean tissue mineral density of fully mineralised bone (paper units)
+    tissue: float = 385.0             # mean tissue mineral density of fully mineralised bone (paper units)
     tissue_sd: float = 30.0           # between-sample spread of the tissue density
     marrow: float = 60.0              # marrow level before partial volume (below-225 mean ≈ 74, DESIGN §9)
     marrow_sd: float = 12.0           # between-sample spread of the marrow level
