@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q Testing
 
 demo: $(STAMP)
-	$(PY) -m VolGANCore.demo --out demo_output
+	$(PY) -m GANTrainerLib.demo --out demo_output
 
 benchmarks: $(STAMP)
 	$(PY) benchmarks/run.py

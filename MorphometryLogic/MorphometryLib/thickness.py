@@ -49,7 +49,7 @@ __all__ = ["local_thickness", "squared_distance_map", "ridge_candidates", "thick
 # Relative tolerance for "strictly inside the ball" with float32 squared distances (anisotropic spacing):
 # |o|² < d²·(1 − _TOL). Isotropic grids give integer squared distances, for which this is exact.
 _TOL = 1e-5
-_PAIRS_PER_CHUNK = 1 << 22
+_PAIRS_PER_CHUNK = 1 << 21
 
 
 def _threads() -> int:
@@ -98,24 +98,43 @@ def _neighbour_offsets(reach: int) -> np.ndarray:
     return np.asarray(offs, dtype=np.int64)
 
 
+def _ball_offsets(max_r2: float, sp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer offsets (k, j, i) with physical |o|² < max_r2, sorted by |o|²; and their |o|²."""
+    reach = np.floor(np.sqrt(max_r2) / sp).astype(int)
+    axes = [np.arange(-r, r + 1) for r in reach]
+    g = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    n2 = np.sum((g * sp) ** 2, axis=1)
+    sel = n2 < max_r2
+    g, n2 = g[sel], n2[sel]
+    order = np.argsort(n2, kind="stable")
+    return g[order], n2[order]
+
+
 def _prefix_lengths(d2: np.ndarray, on2: np.ndarray) -> np.ndarray:
     """For each squared radius, how many of the sorted offsets (|o|² = ``on2``) lie strictly inside."""
-    return np.searchsorted(on2, d2.astype(np.float64) * (1 - _TOL), side="left").astype(np.int64)
+    return np.searchsorted(on2, np.asarray(d2, np.float64) * (1 - _TOL), side="left").astype(np.int64)
+
+
+def _ordered_neighbours(reach: int) -> np.ndarray:
+    """All offsets of the (2·reach+1)³ cube but 0, nearest first (faces, edges, corners)."""
+    half = _neighbour_offsets(reach)
+    both = np.concatenate([half, -half])
+    return both[np.argsort(np.sum(both**2, axis=1), kind="stable")]
 
 
 def ridge_candidates(d2: np.ndarray, spacing: Sequence[float], reach: int = 1) -> np.ndarray:
-    """Boolean map of the centres of maximal (discrete) balls: balls not contained in a neighbour's ball.
+    """Linear indices (into ``d2``) of the centres of maximal discrete balls, ascending radius.
 
     The discrete ball of ``q`` is the set of voxel centres ``q + o`` with ``|o|² < d²(q)``. It lies inside
     the ball of ``n = q + e`` when ``max |o − e|²`` over its offsets is below ``d²(n)``; that maximum only
     depends on how many (length-sorted) offsets the ball holds, so it is a prefix maximum looked up per
     voxel. A contained ball (with ``d(n) > d(q)``) cannot raise any voxel's maximum and is dropped: the
-    pruning is exact (cf. the centres of maximal balls of Remy & Thiel 2005).
+    pruning is exact (cf. the centres of maximal balls, Remy & Thiel 2005).
 
     Parameters
     ----------
     d2 : float ndarray (D, H, W)
-        Squared distance map (0 on the background), in units where the spacing below applies.
+        Squared distance map (0 on the background), in units where ``spacing`` applies.
     spacing : 3 floats
         Spacing along (D, H, W) in the units of ``sqrt(d2)``.
     reach : int
@@ -123,27 +142,77 @@ def ridge_candidates(d2: np.ndarray, spacing: Sequence[float], reach: int = 1) -
 
     Returns
     -------
-    bool ndarray (D, H, W)
+    int64 ndarray of linear indices into ``d2`` (C order), sorted by ascending ``d2``.
     """
     sp = np.asarray(spacing, dtype=np.float64)
-    keep = d2 > 0
-    if not keep.any():
-        return keep
-    finite = d2[keep]
-    offs, on2 = _ball_offsets(float(finite.max()) + 1e-9, sp)
-    klen = _prefix_lengths(d2, on2)
-    shape = d2.shape
-    for e in _neighbour_offsets(reach):
-        for sign in (1, -1):
-            ee = sign * e
-            # lookup: prefix length k -> max over the first k offsets of |o − e|² (k = 0 -> −1)
-            pm = np.concatenate([[-1.0], np.maximum.accumulate(np.sum(((offs - ee) * sp) ** 2, axis=1))])
-            src = tuple(slice(max(0, -ee[i]), shape[i] - max(0, ee[i])) for i in range(3))
-            dst = tuple(slice(max(0, ee[i]), shape[i] - max(0, -ee[i])) for i in range(3))
-            dq, dn = d2[src], d2[dst]
-            contained = (dn > dq) & (pm[klen[src]] < dn * (1 - _TOL))
-            keep[src] &= ~contained
-    return keep
+    shape = np.asarray(d2.shape)
+    if not np.any(d2 > 0):
+        return np.zeros(0, np.int64)
+    pad = reach
+    d2p = np.pad(np.asarray(d2, np.float32), pad)
+    pshape = np.asarray(d2p.shape)
+    pstrides = np.array([pshape[1] * pshape[2], pshape[2], 1], np.int64)
+    flat = d2p.reshape(-1)
+    idx = np.flatnonzero(flat > 0)
+    dq = flat[idx]
+    offs, on2 = _ball_offsets(float(dq.max()) + 1e-9, sp)
+    klen = _prefix_lengths(dq, on2)
+    for e in _ordered_neighbours(reach):
+        pm = np.concatenate([[-1.0], np.maximum.accumulate(np.sum(((offs - e) * sp) ** 2, axis=1))])
+        pm = pm.astype(np.float32)
+        dn = flat[idx + int(e @ pstrides)]
+        contained = (dn > dq) & (pm[klen] < dn * np.float32(1 - _TOL))
+        if contained.any():
+            keep = ~contained
+            idx, dq, klen = idx[keep], dq[keep], klen[keep]
+    order = np.argsort(dq, kind="stable")
+    idx = idx[order]
+    # back to unpadded linear indices
+    ijk = np.stack(np.unravel_index(idx, tuple(pshape)), axis=1) - pad
+    return np.ravel_multi_index(tuple(ijk.T), tuple(shape)).astype(np.int64)
+
+
+def _stamp(out: np.ndarray, d2: np.ndarray, centres: np.ndarray, sp: np.ndarray, cancel=None) -> None:
+    """Stamp the open balls of ``centres`` (linear indices, ascending d²) into ``out`` as a running maximum.
+
+    ``out`` is written through a padded copy so no bounds checks are needed: a ball never leaves the
+    structure, but near the image border it may leave the image (the border is not background).
+    """
+    if centres.size == 0:
+        return
+    d2c = d2.reshape(-1)[centres].astype(np.float64)
+    offs, on2 = _ball_offsets(float(d2c.max()) * (1 - _TOL) + 1e-12, sp)
+    pad = np.abs(offs).max(axis=0)
+    shape = np.asarray(out.shape)
+    pshape = shape + 2 * pad
+    work = np.zeros(tuple(pshape), np.float32)
+    itype = np.int32 if work.size < 2**31 - 1 else np.int64
+    pstrides = np.array([pshape[1] * pshape[2], pshape[2], 1], np.int64)
+    lin_off = (offs @ pstrides).astype(itype)
+    ijk = np.stack(np.unravel_index(centres, tuple(shape)), axis=1) + pad
+    lin_c = (ijk @ pstrides).astype(itype)
+    klen = _prefix_lengths(d2c, on2)
+    dvals = np.sqrt(d2c).astype(np.float32)
+    flat = work.reshape(-1)
+    # centres are sorted by radius, so equal prefix lengths (identical offset sets) form runs
+    bounds = np.flatnonzero(np.diff(klen)) + 1
+    starts = np.concatenate([[0], bounds])
+    stops = np.concatenate([bounds, [len(klen)]])
+    for a, b in zip(starts, stops):
+        k = int(klen[a])
+        if k == 0:
+            continue
+        step = max(1, _PAIRS_PER_CHUNK // k)
+        offk = lin_off[:k]
+        for c in range(a, b, step):
+            if cancel is not None:
+                cancel.raise_if_cancelled()
+            e = min(b, c + step)
+            idx = lin_c[c:e, None] + offk[None, :]
+            # ascending radius order (C-order writes): the last write is the maximum
+            flat[idx] = np.broadcast_to(dvals[c:e, None], idx.shape)
+    core = tuple(slice(int(p), int(p + s)) for p, s in zip(pad, shape))
+    np.maximum(out, work[core], out=out)
 
 
 def local_thickness(
@@ -162,7 +231,7 @@ def local_thickness(
     spacing : 3 floats
         Voxel size in mm along the array axes (D, H, W) (``Volume.array_spacing``).
     reach : int
-        Neighbourhood half-width of the exact ridge pruning (1 or 2; a speed knob, the result is the same).
+        Neighbourhood half-width of the exact ridge pruning (a speed knob; the result is the same).
     progress, cancel : optional
         :data:`VolGANCore.progress.ProgressCallback` and :class:`VolGANCore.progress.CancelToken`.
 
@@ -201,13 +270,9 @@ def local_thickness(
     with Progress(3, "local thickness", progress, cancel) as prog:
         d2 = squared_distance_map(mask, sp)
         prog.advance(1, "distance map")
-        keep = ridge_candidates(d2, sp, reach=reach)
-        centres = np.argwhere(keep)
-        d2c = d2[keep].astype(np.float64)
-        del keep
-        prog.advance(1, f"{len(centres)} ridge balls")
-        order = np.argsort(d2c, kind="stable")
-        _stamp(out, centres[order], d2c[order], sp, cancel)
+        centres = ridge_candidates(d2, sp, reach=reach)
+        prog.advance(1, f"{len(centres)} maximal balls")
+        _stamp(out, d2, centres, sp, cancel)
         prog.advance(1, "stamped")
     out *= np.float32(2.0 * scale)
     return out

@@ -191,7 +191,7 @@ def default_provenance(**extra: Any) -> dict[str, Any]:
         "command": " ".join(sys.argv),
         "commit": _git_commit(),
         "volgan_version": __version__,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "python": platform.python_version(),
     }
     prov.update(extra)
@@ -231,11 +231,19 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate((version, tuple(int(k) for k in keys), None))
 
 
+def _json_number(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
 def _check_plain(obj: Any, where: str) -> None:
     """Refuse anything ``torch.load(weights_only=True)`` could not read back (NumPy arrays, objects)."""
     import torch
 
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.Size)):
+    if obj is None or type(obj) in (bool, int, float, str) or isinstance(obj, (torch.Tensor, torch.Size)):
         return
     if isinstance(obj, Mapping):
         for k, v in obj.items():
@@ -298,8 +306,8 @@ def save_checkpoint(
         "config": json.loads(json.dumps(dict(config))),
         "tensors": tensors,
         "training": None if training is None else dict(training),
-        "provenance": default_provenance(**dict(provenance or {})),
-        "metrics": dict(metrics or {}),
+        "provenance": json.loads(json.dumps(default_provenance(**dict(provenance or {})), default=str)),
+        "metrics": json.loads(json.dumps(dict(metrics or {}), default=_json_number)),
     }
     _check_plain(blob, "checkpoint")
     with atomic_path(path) as tmp:
@@ -311,6 +319,40 @@ def save_checkpoint(
 
 # -- load ----------------------------------------------------------------------------------------------------
 _PGAN_KEY = re.compile(r"^(blocks\.\d+\.conv\d|toRGBs\.\d+)\.conv\.(weight|bias)$")
+
+
+_SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset")
+
+
+def _pickle_globals(path: Path) -> list[str]:
+    """Globals (``module.name``) a pickle would import, found by a static opcode scan (nothing is executed).
+
+    Looks inside a torch zip archive (``*/data.pkl``) or at a raw pickle; tensors' own torch rebuild
+    functions are ignored. Returns [] for files that are not pickles at all.
+    """
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                names = [n for n in zf.namelist() if n.endswith("data.pkl")]
+                if not names:
+                    return []
+                data = zf.read(names[0])
+        else:
+            data = path.read_bytes()
+        found, strings = [], []
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                strings.append(str(arg))
+            elif op.name == "GLOBAL" or op.name == "INST":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+    except Exception:  # not a pickle (or a damaged one): nothing to report as unsafe
+        return []
+    return [g for g in dict.fromkeys(found) if not g.startswith(_SAFE_GLOBAL_PREFIXES)]
 
 
 def load_checkpoint(
@@ -337,20 +379,17 @@ def load_checkpoint(
         raise InputFileError(path, "checkpoint file not found", "check the path")
     try:
         blob = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        if "Weights only load failed" in msg or "Unsupported global" in msg or "Unsupported operand" in msg:
-            m = re.search(r"Unsupported (?:global|operand)[^\n]*", msg)
-            what = f" ({m.group(0).strip()})" if m else ""
+    except Exception as exc:  # refused by the safe unpickler, corrupt zip, truncated or foreign file
+        globals_ = _pickle_globals(path)
+        if globals_:
+            shown = ", ".join(globals_[:4]) + (" …" if len(globals_) > 4 else "")
             raise InputFileError(
-                path, f"unsafe file: unpickling it would run code or build arbitrary objects{what}; "
-                "it was refused and nothing in it was executed",
-                "use a volgan checkpoint (.vgan) or a plain state dict; re-export untrusted models from "
-                "their source code, never load them unsafely") from None
-        raise InputFileError(path, f"not a readable PyTorch file ({msg.splitlines()[0][:120]})",
-                             "pass a .vgan checkpoint written by volgan") from None
-    except Exception as exc:  # corrupt zip, truncated file, not a torch file at all
-        raise InputFileError(path, f"not a readable PyTorch file ({type(exc).__name__}: {str(exc)[:120]})",
+                path, f"unsafe file: unpickling it would import and call code ({shown}); it was refused and "
+                "nothing in it was executed",
+                "use a volgan checkpoint (.vgan) or a plain state dict; re-export untrusted models from their "
+                "source code, never load them unsafely") from None
+        first = (str(exc).strip().splitlines() or [""])[-1][:120] if isinstance(exc, pickle.UnpicklingError) else str(exc)[:120]
+        raise InputFileError(path, f"not a readable PyTorch file ({type(exc).__name__}: {first})",
                              "pass a .vgan checkpoint written by volgan (re-download it if truncated)") from None
 
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:

@@ -1,8 +1,104 @@
-"""`volgan import`, `volgan generate` (and later `steer`) subcommands."""
+"""`volgan import` and `volgan generate` subcommands (steering is added by a later issue).
+
+    volgan import --format miccai2020-pgan g_net.pth --out spongiosa.vgan
+    volgan generate --checkpoint spongiosa.vgan --n 16 --seed 0 --out samples/
+    volgan generate --checkpoint cow.vgan --mode interpolate --seeds 1 2 --steps 9 --out path/
+    volgan generate --checkpoint cow.vgan --mode variation --seed 3 --n 8 --out var/
+    volgan generate --checkpoint cow.vgan --mode mix --seed 3 --seeds 4 5 6 --cutoff 4 --out mix/
+"""
 
 from __future__ import annotations
+
+import argparse
+import json
+import sys
 
 
 def register(sub) -> None:
     """Add this package's subcommands to the ``volgan`` parser."""
-    # The generation subcommands are being added by the generation issue.
+    from .importers import IMPORTERS
+
+    p = sub.add_parser("import", help="convert published generator weights into a volgan checkpoint (.vgan)",
+                       description="Convert published generator weights into a self-describing volgan checkpoint "
+                                   "(config + tensors, safe to load) with a model card beside it.")
+    p.add_argument("source", help="the published weights file, e.g. g_net.pth")
+    p.add_argument("--format", required=True, choices=sorted(IMPORTERS), help="format of the source file")
+    p.add_argument("--out", required=True, help="checkpoint to write (.vgan)")
+    p.add_argument("--name", help="model name for the model card")
+    p.set_defaults(func=_cmd_import)
+
+    g = sub.add_parser("generate", help="sample volumes from a generator checkpoint",
+                       description="Sample volumes (one file each, numbered in latent order, geometry and physical "
+                                   "units from the checkpoint) plus latents.npz and manifest.json.")
+    g.add_argument("--checkpoint", required=True, help="a .vgan checkpoint")
+    g.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
+    g.add_argument("--mode", default="sample", choices=["sample", "interpolate", "variation", "mix"],
+                   help="sample (default); interpolate between two seeds/latents; variation: fixed w, N noise "
+                        "draws; mix: coarse styles of --seed, fine styles of each of --seeds")
+    g.add_argument("--n", type=int, help="number of samples (variation: number of noise draws)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--seeds", type=int, nargs="+", help="interpolate: two end seeds; mix: seeds of the fine styles")
+    g.add_argument("--latents", help="(N, z_dim) .npy or a latents.npz to use instead of the seed")
+    g.add_argument("--truncation", type=float, help="truncation ψ (StyleGAN; default from the checkpoint, 1 = off)")
+    g.add_argument("--truncation-cutoff", type=int, help="truncate only the first K w layers")
+    g.add_argument("--noise", choices=["random", "const", "none"], help="noise inputs (default from the checkpoint)")
+    g.add_argument("--steps", type=int, default=8, help="interpolate: volumes along the path (default 8)")
+    g.add_argument("--space", choices=["auto", "z", "w"], default="auto", help="interpolate: slerp in z or lerp in w")
+    g.add_argument("--cutoff", type=int, help="mix: first w layer taken from the --seeds styles")
+    g.add_argument("--batch", type=int, default=8, help="samples per forward pass (default 8)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
+                   help="mixed precision (auto: bf16/fp16 on GPU, off on CPU); NaN batches are re-run in fp32")
+    g.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd", "mha"], help="volume file format")
+    g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    g.set_defaults(func=_cmd_generate)
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from .importers import import_model
+
+    kwargs = {"name": args.name} if args.name else {}
+    out = import_model(args.format, args.source, args.out, **kwargs)
+    from .checkpoint import card_path
+
+    print(f"wrote {out} and its model card {card_path(out)}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from VolGANCore.cli import progress_from_args
+    from VolGANCore.errors import VolGANError
+
+    from . import generate as gen
+
+    common = dict(batch=args.batch, amp=args.amp, progress=progress_from_args(args))
+    model = gen.resolve_model(args.checkpoint, device=args.device)
+    sequence = False
+    if args.mode == "sample":
+        result = gen.generate(model, n=args.n, seed=args.seed, truncation=args.truncation, noise=args.noise,
+                              latents=args.latents, truncation_cutoff=args.truncation_cutoff,
+                              device=args.device, **common)
+    elif args.mode == "interpolate":
+        seeds = args.seeds if args.latents is None else None
+        if args.latents is None and (not args.seeds or len(args.seeds) != 2):
+            raise VolGANError("--mode interpolate: give --seeds A B or --latents with two rows")
+        result = gen.interpolate(model, steps=args.steps, seeds=seeds, latents=args.latents, space=args.space,
+                                 truncation=args.truncation, noise=args.noise, device=args.device, **common)
+        sequence = True
+    elif args.mode == "variation":
+        result = gen.variation(model, k=args.n or 8, seed=args.seed, truncation=args.truncation,
+                               device=args.device, **common)
+    else:
+        if not args.seeds or args.cutoff is None:
+            raise VolGANError("--mode mix: give --seeds (fine-style seeds) and --cutoff (first layer they drive)")
+        result = gen.mix(model, args.seed, args.seeds, args.cutoff, truncation=args.truncation, noise=args.noise,
+                         device=args.device, **common)
+    out = gen.write_generated(result, args.out, fmt=args.format, overwrite=args.overwrite, sequence=sequence)
+    info = result.info
+    if info.get("warning"):
+        print(f"volgan generate: warning: {info['warning']}", file=sys.stderr)
+    print(f"wrote {len(result.volumes)} volume(s) to {out} ({info['device']}, amp {info['amp'] or 'off'}, "
+          f"{info['seconds']:.2f} s)" + (f"; sequence file {out}/sequence.{args.format}" if sequence else ""))
+    if not getattr(args, "quiet", False):
+        print(json.dumps({k: info[k] for k in ("mode", "fp32_retries")}))
+    return 0

@@ -35,18 +35,20 @@ MICCAI2020_CITATION = ("Iarussi E., Thomsen F., Delrieux C. Generative Modelling
 
 
 def _read_state_dict(path: Path, what: str) -> dict[str, Any]:
-    import pickle
-
     import torch
 
     if not path.is_file():
         raise InputFileError(path, f"{what} file not found", "check the path")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise InputFileError(path, f"refused: not a plain tensor file, unpickling it would run code ({str(exc).splitlines()[0][:100]})",
-                             f"pass the original {what} state dict") from None
     except Exception as exc:
+        from .checkpoint import _pickle_globals
+
+        globals_ = _pickle_globals(path)
+        if globals_:
+            raise InputFileError(path, f"unsafe file: unpickling it would import and call code ({', '.join(globals_[:4])}); "
+                                 "it was refused and nothing in it was executed",
+                                 f"pass the original {what} state dict") from None
         raise InputFileError(path, f"not a readable PyTorch file ({type(exc).__name__})", f"pass the original {what} file") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]

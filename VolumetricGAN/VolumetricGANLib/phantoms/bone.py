@@ -345,7 +345,6 @@ def make_bone_phantom(
     da_sd: float = 0.0,                    # per-sample spread of the DA target
     rendering: BoneRendering = BoneRendering(),  # intensity model
     index: int = 0,                        # sample index within a dataset (seeds an independent stream)
-    _init: Optional[tuple[float, float]] = None,
 ) -> tuple[Volume, Volume, dict[str, Any]]:
     """One trabecular-bone patch: HR-pQCT-like image, ground-truth mask, and every parameter.
 
@@ -391,7 +390,7 @@ def make_bone_phantom(
                          size * spacing_mm / 4)) if tbth_sd_mm else float(tbth_mm)
     t_da = float(np.clip(da + da_sd * rng.standard_normal(), 1.0, 3.0)) if da_sd else float(da)
     st = bone_structure(rng, size=size, spacing_mm=spacing_mm, bvtv=t_bvtv, tbth_mm=t_th, da=t_da,
-                        rodness=rodness, init=_init)
+                        rodness=rodness)
     image, rparams = render_bone(rng, st, spacing_mm, rendering)
     spacing = (float(spacing_mm),) * 3
     img_vol = Volume(image, spacing=spacing)
@@ -407,7 +406,6 @@ def make_bone_phantom(
         "rendering": {**dataclasses.asdict(rendering), **rparams},
         "measured": {"bvtv": st["bvtv"], "tbth_mm": st["tbth_mm"], "da": st["da"]},
         "image_measures": image_measures(image),
-        "_constants": st["constants"],
     }
     return img_vol, mask_vol, params
 

@@ -1,0 +1,308 @@
+"""Training data: the papers' preprocessing, a cached memory-mapped dataset, and an infinite DDP-aware loader.
+
+Preprocessing (in this order, each optional; geometry is updated at every step so a cropped ROI keeps its
+place in the scanner frame):
+
+1. resample to ``target_spacing`` (linear for images, nearest neighbour for labels);
+2. crop/pad to ``roi_shape`` (D, H, W) around the volume centre, the label map's centroid, or a given
+   physical point (pad value: the volume's minimum);
+3. intensity normalisation to [-1, 1]: ``minmax`` per volume (the CoW recipe), ``percentile`` window
+   per volume, or a fixed ``window`` in physical units (the spongiosa recipe: [-350, 1100]).
+
+Bone: :func:`extract_patches` cuts cubes that lie inside a mask.
+
+:class:`CachedVolumeSet` runs the preprocessing once per folder and keeps the result as a ``.npy`` memory
+map keyed by a hash of the files (name, size, mtime) and the preprocessing parameters, so restarts and DDP
+ranks share it and RAM holds only what the loader touches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+
+from VolGANCore import VolGANError, Volume
+from VolGANCore.atomic import atomic_path, atomic_write_json
+from VolGANCore.dataset import case_id, list_volumes
+from VolGANCore.io import read_label_volume, read_volume
+from VolGANCore.progress import CancelToken, Progress, ProgressCallback
+
+__all__ = [
+    "Preprocess",
+    "resample",
+    "crop_or_pad",
+    "normalise",
+    "extract_patches",
+    "CachedVolumeSet",
+    "InfiniteSampler",
+]
+
+CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """Preprocessing recipe; JSON-serialisable so it can be stored in checkpoints and cache keys."""
+
+    target_spacing: Optional[tuple[float, float, float]] = None   # (x, y, z) mm; None keeps the spacing
+    roi_shape: Optional[tuple[int, int, int]] = None              # (D, H, W) voxels; None keeps the shape
+    roi_centre: Any = "centre"                                    # "centre", "label-centroid" or (x, y, z) LPS mm
+    intensity: str = "minmax"                                     # "minmax" | "percentile" | "window" | "none"
+    percentiles: tuple[float, float] = (0.5, 99.5)                # for intensity="percentile"
+    window: tuple[float, float] = (-350.0, 1100.0)                # for intensity="window" (physical units)
+
+    def __post_init__(self) -> None:
+        if self.intensity not in ("minmax", "percentile", "window", "none"):
+            raise VolGANError(f"intensity '{self.intensity}': choose minmax, percentile, window or none")
+        if self.window[1] <= self.window[0]:
+            raise VolGANError(f"window {self.window}: upper bound must exceed the lower bound")
+        if isinstance(self.roi_centre, str) and self.roi_centre not in ("centre", "label-centroid"):
+            raise VolGANError(f"roi_centre '{self.roi_centre}': use 'centre', 'label-centroid' or a point (x, y, z)")
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def apply(self, volume: Volume, labels: Optional[Volume] = None) -> tuple[Volume, Optional[Volume]]:
+        """Resample, crop/pad and normalise ``volume`` (and carry ``labels`` through the same geometry)."""
+        if self.target_spacing is not None:
+            volume = resample(volume, self.target_spacing)
+            if labels is not None:
+                labels = resample(labels, self.target_spacing, reference=volume, label=True)
+        if self.roi_shape is not None:
+            centre = self._centre_index(volume, labels)
+            pad = float(volume.array.min())
+            volume = crop_or_pad(volume, self.roi_shape, centre, pad_value=pad)
+            if labels is not None:
+                labels = crop_or_pad(labels, self.roi_shape, centre, pad_value=0)
+        return normalise(volume, self.intensity, self.percentiles, self.window), labels
+
+    def _centre_index(self, volume: Volume, labels: Optional[Volume]) -> np.ndarray:
+        """Centre of the ROI in array index order (D, H, W), continuous."""
+        if self.roi_centre == "centre":
+            return (np.asarray(volume.shape) - 1) / 2.0
+        if self.roi_centre == "label-centroid":
+            if labels is None:
+                raise VolGANError("roi_centre='label-centroid' needs a label folder")
+            idx = np.argwhere(labels.array > 0)
+            if idx.size == 0:
+                raise VolGANError("roi_centre='label-centroid': the label map is empty")
+            return idx.mean(axis=0)
+        ijk = volume.physical_to_index(np.asarray(self.roi_centre, dtype=float))
+        return np.asarray(ijk)[::-1]
+
+
+def resample(volume: Volume, spacing: Sequence[float], reference: Optional[Volume] = None,
+             label: bool = False) -> Volume:
+    """Resample to ``spacing`` (x, y, z) mm over the same physical extent (or onto ``reference``'s grid)."""
+    import SimpleITK as sitk
+
+    spacing = tuple(float(s) for s in spacing)
+    image = sitk.GetImageFromArray(volume.array)
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(tuple(volume.direction.reshape(-1)))
+    if reference is not None:
+        size = reference.shape[::-1]
+        origin, direction, spacing = reference.origin, reference.direction, reference.spacing
+    else:
+        extent = np.asarray(volume.shape[::-1]) * np.asarray(volume.spacing)
+        size = tuple(int(max(1, round(e / s))) for e, s in zip(extent, spacing))
+        # keep the physical centre of the volume fixed
+        old_centre = volume.index_to_physical((np.asarray(volume.shape[::-1]) - 1) / 2.0)
+        origin = tuple(old_centre - volume.direction @ ((np.asarray(size) - 1) / 2.0 * np.asarray(spacing)))
+        direction = volume.direction
+    f = sitk.ResampleImageFilter()
+    f.SetSize([int(s) for s in size])
+    f.SetOutputSpacing(spacing)
+    f.SetOutputOrigin(tuple(float(o) for o in origin))
+    f.SetOutputDirection(tuple(np.asarray(direction).reshape(-1)))
+    f.SetInterpolator(sitk.sitkNearestNeighbor if label else sitk.sitkLinear)
+    f.SetDefaultPixelValue(0 if label else float(volume.array.min()))
+    out = sitk.GetArrayFromImage(f.Execute(image))
+    return Volume(out.astype(volume.array.dtype, copy=False), spacing=spacing, origin=origin, direction=direction,
+                  label_scheme=volume.label_scheme, metadata=dict(volume.metadata))
+
+
+def crop_or_pad(volume: Volume, shape: Sequence[int], centre_index: Sequence[float], pad_value: float = 0.0) -> Volume:
+    """The ``shape`` (D, H, W) box centred at ``centre_index`` (array order), padded where it leaves the volume.
+
+    The origin moves to the box's first voxel, so physical positions of voxels are unchanged.
+    """
+    shape = tuple(int(s) for s in shape)
+    start = np.floor(np.asarray(centre_index, dtype=float) - (np.asarray(shape) - 1) / 2.0 + 1e-9).astype(int)
+    out = np.full(shape, pad_value, dtype=volume.array.dtype)
+    src_lo = np.maximum(start, 0)
+    src_hi = np.minimum(start + shape, volume.shape)
+    if np.all(src_hi > src_lo):
+        dst_lo = src_lo - start
+        dst_hi = dst_lo + (src_hi - src_lo)
+        out[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = \
+            volume.array[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
+    origin = volume.index_to_physical(start[::-1].astype(float))
+    return volume.with_array(out, spacing=volume.spacing, origin=tuple(origin))
+
+
+def normalise(volume: Volume, mode: str = "minmax", percentiles=(0.5, 99.5), window=(-350.0, 1100.0)) -> Volume:
+    """Map intensities linearly to [-1, 1] (clipped); the mapping is recorded in ``metadata``."""
+    a = volume.array.astype(np.float32)
+    if mode == "none":
+        return volume.with_array(a)
+    if mode == "minmax":
+        lo, hi = float(a.min()), float(a.max())
+    elif mode == "percentile":
+        lo, hi = (float(v) for v in np.percentile(a, percentiles))
+    elif mode == "window":
+        lo, hi = float(window[0]), float(window[1])
+    else:
+        raise VolGANError(f"intensity '{mode}': choose minmax, percentile, window or none")
+    if hi <= lo:
+        raise VolGANError(f"intensity normalisation '{mode}': the volume is constant ({lo:g}); nothing to learn from it")
+    out = np.clip((a - lo) / (hi - lo) * 2.0 - 1.0, -1.0, 1.0)
+    meta = dict(volume.metadata, intensity_mode=mode, intensity_lo=f"{lo:.9g}", intensity_hi=f"{hi:.9g}")
+    return volume.with_array(out.astype(np.float32), metadata=meta)
+
+
+def extract_patches(volume: Volume, mask: Optional[Volume] = None, size: int = 32, stride: Optional[int] = None,
+                    min_inside: float = 1.0) -> tuple[np.ndarray, list[tuple[float, float, float]]]:
+    """Cubes of ``size``³ on a grid with ``stride`` whose fraction of mask voxels is ≥ ``min_inside``.
+
+    Returns ``(patches (N, size, size, size), origins)`` — each patch's LPS origin, so patches keep geometry.
+    """
+    stride = stride or size
+    a = volume.array
+    if any(s < size for s in a.shape):
+        raise VolGANError(f"volume of shape {a.shape} is smaller than the {size}³ patch size")
+    m = None if mask is None else (mask.array > 0)
+    if m is not None and m.shape != a.shape:
+        raise VolGANError(f"mask shape {m.shape} differs from the volume's {a.shape}")
+    patches, origins = [], []
+    for z in range(0, a.shape[0] - size + 1, stride):
+        for y in range(0, a.shape[1] - size + 1, stride):
+            for x in range(0, a.shape[2] - size + 1, stride):
+                if m is not None and m[z:z + size, y:y + size, x:x + size].mean() < min_inside:
+                    continue
+                patches.append(a[z:z + size, y:y + size, x:x + size])
+                origins.append(tuple(volume.index_to_physical((x, y, z))))
+    if not patches:
+        return np.zeros((0, size, size, size), a.dtype), []
+    return np.stack(patches), origins
+
+
+class CachedVolumeSet:
+    """Preprocessed training volumes in one memory-mapped ``(N, D, H, W)`` float32 array.
+
+    Built once by :meth:`build` (progress + cancel), reused while the files and the recipe are unchanged.
+    ``set[i]`` is a ``(1, D, H, W)`` float32 array in [-1, 1]; ``meta`` records cases, geometry and recipe.
+    """
+
+    def __init__(self, array: np.ndarray, meta: dict, cache_dir: Path) -> None:
+        self.array = array
+        self.meta = meta
+        self.cache_dir = cache_dir
+
+    def __len__(self) -> int:
+        return int(self.array.shape[0])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.array[i], dtype=np.float32)[None]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape[1:])  # type: ignore[return-value]
+
+    @staticmethod
+    def key(files: Sequence[Path], recipe: dict) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps({"version": CACHE_VERSION, "recipe": recipe}, sort_keys=True).encode())
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+    @classmethod
+    def build(
+        cls,
+        folder: str | os.PathLike,
+        preprocess: Preprocess,
+        cache_root: str | os.PathLike,
+        labels_folder: str | os.PathLike | None = None,
+        patch_size: Optional[int] = None,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[CancelToken] = None,
+    ) -> "CachedVolumeSet":
+        """Preprocess every volume of ``folder`` (with ``patch_size``: cut patches inside the label mask)."""
+        files = list_volumes(folder)
+        label_files = {case_id(p): p for p in list_volumes(labels_folder)} if labels_folder else {}
+        recipe = {"preprocess": preprocess.to_dict(), "patch_size": patch_size, "labels": bool(labels_folder)}
+        key = cls.key(files + sorted(label_files.values()), recipe)
+        cache_dir = Path(cache_root) / key
+        data_path, meta_path = cache_dir / "data.npy", cache_dir / "meta.json"
+        if data_path.exists() and meta_path.exists():
+            return cls(np.load(data_path, mmap_mode="r"), json.loads(meta_path.read_text()), cache_dir)
+        items: list[np.ndarray] = []
+        cases: list[dict] = []
+        shape = None
+        with Progress(len(files), "preprocess", progress, cancel) as p:
+            for f in files:
+                labels = None
+                if labels_folder is not None:
+                    if case_id(f) not in label_files:
+                        raise VolGANError(f"{f}: no label map named {case_id(f)}.* in {labels_folder}")
+                    labels = read_label_volume(label_files[case_id(f)])
+                vol, labels = preprocess.apply(read_volume(f), labels)
+                if patch_size:
+                    patches, origins = extract_patches(vol, labels, size=patch_size)
+                    items.extend(patches)
+                    cases.extend({"case": case_id(f), "origin": o} for o in origins)
+                else:
+                    if shape is not None and vol.shape != shape:
+                        raise VolGANError(f"{f}: shape {vol.shape} after preprocessing differs from {shape} "
+                                          "(set an ROI shape or resample to one spacing)")
+                    shape = vol.shape
+                    items.append(vol.array)
+                    cases.append({"case": case_id(f), **vol.geometry_dict()})
+                p.advance(message=f.name)
+        if not items:
+            raise VolGANError(f"{folder}: preprocessing produced no training samples (patches outside the mask?)")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(data_path) as tmp:
+            np.save(tmp, np.stack(items).astype(np.float32))
+        meta = {"folder": str(folder), "recipe": recipe, "count": len(items), "cases": cases}
+        atomic_write_json(meta_path, meta)
+        return cls(np.load(data_path, mmap_mode="r"), meta, cache_dir)
+
+
+class InfiniteSampler:
+    """Endless shuffled indices, reproducible from ``seed``, split across DDP ranks without overlap.
+
+    Each epoch is a new permutation from ``(seed, epoch)``; rank ``r`` of ``world`` takes every world-th
+    index. :meth:`state_dict` / :meth:`load_state_dict` let a resumed run continue the same stream.
+    """
+
+    def __init__(self, size: int, seed: int = 0, rank: int = 0, world: int = 1) -> None:
+        if size <= 0:
+            raise VolGANError("the training set is empty")
+        self.size, self.seed, self.rank, self.world = size, seed, rank, world
+        self.epoch, self.pos = 0, 0
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+            mine = order[self.rank::self.world] if self.size >= self.world else order
+            while self.pos < len(mine):
+                i = int(mine[self.pos])
+                self.pos += 1
+                yield i
+            self.epoch, self.pos = self.epoch + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.pos, self.seed = int(state["epoch"]), int(state["pos"]), int(state["seed"])

@@ -1,0 +1,152 @@
+"""Bone surface (marching cubes) and the structure model index (SMI).
+
+Conventions
+-----------
+- The surface is the 0.5 iso-surface of the binary image (Lorensen & Cline marching cubes, scikit-image),
+  in mm with the voxel spacing. Faces cut by the image border or by a region-of-interest mask are *not*
+  bone surface: the image is padded by replicating its edge (so the structure continues through the
+  border) and only triangles whose centroid lies inside the image box (and inside the ROI) are kept.
+- SMI (Hildebrand & Rüegsegger 1997, mesh form): ``SMI = 6 · BV · (dBS/dr) / BS²``, with ``dBS/dr`` the
+  rate of change of the surface area when every vertex moves by ``dr`` along its (area-weighted) normal.
+  Ideal plates give 0, rods 3, spheres 4. Concave surfaces (e.g. marrow cavities in dense bone) make
+  ``dBS/dr`` negative and SMI negative or meaningless — see docs/morphometry.md (Jinnai 2002, Salmon 2015).
+
+References
+----------
+Lorensen WE, Cline HE. Marching cubes. SIGGRAPH 1987.
+Hildebrand T, Rüegsegger P. Quantification of bone microarchitecture with the structure model index.
+Comput Methods Biomech Biomed Engin 1:15–23, 1997.
+Salmon PL et al. Structure model index does not measure rods and plates in trabecular bone.
+Front Endocrinol 6:162, 2015.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from VolGANCore.errors import VolGANError
+
+SURFACE_SIGMA = 0.7  # voxels: Gaussian pre-smoothing before marching cubes (see surface_mesh)
+
+__all__ = ["SURFACE_SIGMA", "surface_mesh", "surface_area", "structure_model_index", "triangle_areas"]
+
+
+def triangle_areas(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Area of each triangle (units of ``verts``²)."""
+    a = verts[faces[:, 1]] - verts[faces[:, 0]]
+    b = verts[faces[:, 2]] - verts[faces[:, 0]]
+    return 0.5 * np.linalg.norm(np.cross(a, b), axis=1)
+
+
+def surface_mesh(
+    mask: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    roi: np.ndarray | None = None,
+    sigma: float = SURFACE_SIGMA,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Marching-cubes mesh of a binary structure, edge-aware (border and ROI cuts are not surface).
+
+    Parameters
+    ----------
+    mask : bool ndarray (D, H, W)
+        The structure.
+    spacing : 3 floats
+        Voxel size in mm along (D, H, W).
+    roi : bool ndarray (D, H, W), optional
+        Region of interest; triangles whose centroid falls in a voxel outside it are dropped.
+    sigma : float
+        Gaussian pre-smoothing of the binary image, in voxels (0 = raw binary marching cubes). The default
+        0.7 removes the staircase bias: flat faces are unchanged, rods of radius ≥ 3 voxels are within
+        3 % of 2/r in BS/BV (raw: up to +7 %) and SMI reads 3.0 ± 0.1 on rods, 4.0 on balls.
+
+    Returns
+    -------
+    verts : float64 (V, 3), mm, array-axis order (D, H, W), origin at the centre of voxel (0, 0, 0)
+    faces : int (F, 3)
+    """
+    from skimage.measure import marching_cubes
+
+    mask = np.asarray(mask, dtype=bool)
+    sp = np.asarray(spacing, np.float64)
+    if not mask.any() or mask.all():
+        return np.zeros((0, 3)), np.zeros((0, 3), np.int64)
+    padded = np.pad(mask, 1, mode="edge").astype(np.float32)
+    if sigma > 0:
+        from scipy.ndimage import gaussian_filter
+
+        padded = gaussian_filter(padded, sigma, mode="nearest", truncate=3.0)
+    verts, faces, _n, _v = marching_cubes(padded, level=0.5, allow_degenerate=True)
+    verts -= 1.0  # voxel-index coordinates of the unpadded image
+    cent = verts[faces].mean(axis=1)
+    shape = np.asarray(mask.shape)
+    keep = np.all((cent >= -0.5) & (cent <= shape - 0.5), axis=1)
+    if roi is not None:
+        ijk = np.clip(np.rint(cent).astype(np.int64), 0, shape - 1)
+        keep &= np.asarray(roi, bool)[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    faces = faces[keep]
+    return verts * sp, faces
+
+
+def surface_area(
+    mask: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    roi: np.ndarray | None = None,
+    sigma: float = SURFACE_SIGMA,
+) -> float:
+    """Bone surface BS (mm²) of the marching-cubes mesh (see :func:`surface_mesh`)."""
+    verts, faces = surface_mesh(mask, spacing, roi, sigma)
+    return float(triangle_areas(verts, faces).sum()) if len(faces) else 0.0
+
+
+def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    a = verts[faces[:, 1]] - verts[faces[:, 0]]
+    b = verts[faces[:, 2]] - verts[faces[:, 0]]
+    fn = np.cross(a, b)  # length = 2·area: area-weighted
+    vn = np.zeros_like(verts)
+    for k in range(3):
+        np.add.at(vn, faces[:, k], fn)
+    norm = np.linalg.norm(vn, axis=1, keepdims=True)
+    # marching_cubes orders triangles so that these normals point into the structure: flip them outward
+    return -vn / np.where(norm > 0, norm, 1.0)
+
+
+def structure_model_index(
+    mask: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    roi: np.ndarray | None = None,
+    dr: float | None = None,
+    mesh: tuple[np.ndarray, np.ndarray] | None = None,
+) -> float:
+    """Structure model index (Hildebrand & Rüegsegger 1997), mesh-dilation form.
+
+    Parameters
+    ----------
+    mask : bool ndarray (D, H, W)
+        The structure.
+    spacing : 3 floats
+        Voxel size in mm along (D, H, W).
+    roi : bool ndarray, optional
+        Region of interest (BV and the surface are taken inside it).
+    dr : float, optional
+        Normal displacement (mm) for the finite difference; default 1 % of the smallest spacing.
+    mesh : (verts, faces), optional
+        A mesh from :func:`surface_mesh` to reuse.
+
+    Returns
+    -------
+    float: ``6·BV·(dBS/dr)/BS²`` (0 plates, 3 rods, 4 spheres; negative for concave structures).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    sp = np.asarray(spacing, np.float64)
+    verts, faces = mesh if mesh is not None else surface_mesh(mask, sp, roi)
+    if len(faces) == 0:
+        raise VolGANError("SMI: the structure has no surface (empty or full mask); SMI is undefined")
+    if dr is None:
+        dr = 0.01 * float(sp.min())
+    normals = _vertex_normals(verts, faces)
+    s0 = triangle_areas(verts, faces).sum()
+    s1 = triangle_areas(verts + dr * normals, faces).sum()
+    bv = float((mask & roi).sum() if roi is not None else mask.sum()) * float(np.prod(sp))
+    return float(6.0 * bv * ((s1 - s0) / dr) / (s0 * s0))
