@@ -195,10 +195,10 @@ def _field_structure(spectra, kz, kxy2, shape, k0, stretch, bandwidth, rodness, 
     """Return (f, threshold) for wavenumber ``k0`` (cycles/voxel) and z stretch ``stretch``."""
     kmag = np.sqrt(kxy2 + (kz * stretch) ** 2)
     filt = np.exp(-0.5 * ((kmag - k0) / (bandwidth * k0)) ** 2).astype(np.float32)
-    g1 = np.fft.irfftn(spectra[0] * filt, s=shape)
+    g1 = np.fft.irfftn(spectra[0] * filt, s=shape, axes=(0, 1, 2))
     g1 /= g1.std() + 1e-12
     if rodness > 0:
-        g2 = np.fft.irfftn(spectra[1] * filt, s=shape)
+        g2 = np.fft.irfftn(spectra[1] * filt, s=shape, axes=(0, 1, 2))
         g2 /= g2.std() + 1e-12
         f = np.sqrt(g1 * g1 + rodness * g2 * g2)
     else:

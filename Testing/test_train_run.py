@@ -1,0 +1,78 @@
+"""Run-folder bookkeeping: pollable status, metrics, checkpoint retention (last K + best), signals, montages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from GANTrainerLib.run import GracefulStop, TrainingRun, read_metrics, read_status, save_montage
+
+
+def fake_ckpt(run, step):
+    p = run.checkpoint_path(step)
+    p.write_bytes(b"x")
+    p.with_suffix(".md").write_text("card")
+    return p
+
+
+def test_keeps_last_k_and_best(tmp_path):
+    run = TrainingRun(tmp_path / "run", keep_last=2, best_mode="min", tensorboard=False)
+    metrics = {1: 5.0, 2: 1.0, 3: 4.0, 4: 3.0, 5: 6.0}
+    for step, m in metrics.items():
+        run.register_checkpoint(fake_ckpt(run, step), step, metric=m)
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.vgan"))
+    assert kept == ["ckpt-0000002.vgan", "ckpt-0000004.vgan", "ckpt-0000005.vgan"]
+    assert not (tmp_path / "run" / "checkpoints" / "ckpt-0000001.md").exists()
+    status = read_status(tmp_path / "run")
+    assert status["best"]["step"] == 2 and len(status["checkpoints"]) == 3
+    assert run.latest_checkpoint().name == "ckpt-0000005.vgan"
+
+
+def test_status_and_metrics_survive_a_new_process(tmp_path):
+    run = TrainingRun(tmp_path / "run", tensorboard=True)
+    run.log_scalars(10, 0.08, {"loss/G": 1.5, "loss/D": 0.7})
+    run.log("resumed from step 10")
+    run.update_status(state="running", step=10)
+    run.close()
+    assert read_metrics(tmp_path / "run") == [{"step": 10, "kimg": 0.08, "loss/G": 1.5, "loss/D": 0.7}]
+    again = TrainingRun(tmp_path / "run", tensorboard=False)
+    assert again.status["state"] == "running" and again.status["latest"]["loss/G"] == 1.5
+    assert "resumed from step 10" in (tmp_path / "run" / "log.txt").read_text()
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 11, "kimg"')  # a line still being written by the trainer
+    assert len(read_metrics(tmp_path / "run")) == 1
+
+
+def test_graceful_stop_turns_sigterm_into_a_flag(tmp_path):
+    code = textwrap.dedent("""
+        import os, signal, sys, time
+        from GANTrainerLib.run import GracefulStop
+        with GracefulStop() as stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(100):
+                if stop.requested:
+                    break
+                time.sleep(0.01)
+            print("stopped by", stop.requested)
+        sys.exit(0)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "stopped by SIGTERM"
+    before = signal.getsignal(signal.SIGINT)
+    with GracefulStop():
+        pass
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_montage_png(tmp_path, rng):
+    path = save_montage(rng.uniform(-1, 1, size=(2, 1, 8, 16, 16)), tmp_path / "m.png", title="step 5")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert os.listdir(tmp_path) == ["m.png"]
