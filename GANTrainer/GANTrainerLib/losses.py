@@ -1,0 +1,164 @@
+"""GAN objectives; each loss object owns its regularisation schedule (STYLE.md, after StyleGAN2-ADA).
+
+:class:`StyleGAN2Loss` — non-saturating logistic loss (or hinge, the CoW anchor's choice), lazy R1 on reals
+every ``r1_interval`` D steps **multiplied by that interval** (Karras et al. 2020, "Analyzing and Improving
+the Image Quality of StyleGAN", §B; the CoW anchor forgot this scaling), path-length regularisation every
+``pl_interval`` G steps (also scaled), style mixing.
+
+:class:`WGANGPLoss` — Wasserstein loss with gradient penalty λ·(‖∇D(x̂)‖ − 1)² on random interpolates
+(Gulrajani et al. 2017) and the drift term ε·D(x)² of progressive GANs (Karras et al. 2018); λ = 10,
+ε = 1e-3 as in the MICCAI 2020 spongiosa recipe.
+
+Both take an optional augmentation applied identically (same family, independent draws) to reals and
+fakes before D, and return ``(loss, stats)`` where ``stats`` holds detached tensors — no host sync here;
+the training loop decides when to read them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["StyleGAN2Loss", "WGANGPLoss"]
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+class StyleGAN2Loss:
+    def __init__(
+        self,
+        G: torch.nn.Module,                    # generator with .mapping / .synthesis (has_w)
+        D: torch.nn.Module,                    # discriminator: (N, C, D, H, W) -> (N, 1)
+        augment: Optional[Callable] = None,    # applied to every D input (reals and fakes)
+        loss: str = "logistic",                # 'logistic' (non-saturating) or 'hinge'
+        r1_gamma: float = 1.0,                 # R1 weight γ; penalty = γ/2 · ‖∇D(x)‖²
+        r1_interval: int = 16,                 # lazy R1: every k-th D step, scaled by k
+        pl_weight: float = 2.0,                # path-length regularisation weight (0 disables)
+        pl_interval: int = 4,                  # lazy PL: every k-th G step, scaled by k
+        pl_decay: float = 0.01,                # decay of the running path-length mean
+        pl_batch_shrink: int = 2,              # PL on a smaller batch
+        pl_start_step: int = 0,                # no PL before this G step (the anchor waited 5k steps)
+        style_mixing_prob: float = 0.9,        # probability of mixing two latents at a random layer
+        noise_mode: str = "random",            # synthesis noise during training
+    ) -> None:
+        if loss not in ("logistic", "hinge"):
+            raise ValueError(f"loss '{loss}': choose 'logistic' or 'hinge'")
+        self.G, self.D = G, D
+        self.augment = augment or _identity
+        self.loss = loss
+        self.r1_gamma, self.r1_interval = float(r1_gamma), max(1, int(r1_interval))
+        self.pl_weight, self.pl_interval = float(pl_weight), max(1, int(pl_interval))
+        self.pl_decay, self.pl_batch_shrink, self.pl_start_step = float(pl_decay), int(pl_batch_shrink), int(pl_start_step)
+        self.style_mixing_prob = float(style_mixing_prob)
+        self.noise_mode = noise_mode
+        self.pl_mean = torch.zeros([])
+
+    # -- generator forward with style mixing -------------------------------------------------------------
+    def _ws(self, z: torch.Tensor) -> torch.Tensor:
+        ws = self.G.mapping(z, 1.0, None)
+        if self.style_mixing_prob > 0 and ws.shape[1] > 1:
+            n = ws.shape[0]
+            cutoff = torch.randint(1, ws.shape[1], (n, 1), device=ws.device)
+            use = torch.rand(n, 1, device=ws.device) < self.style_mixing_prob
+            cutoff = torch.where(use, cutoff, torch.full_like(cutoff, ws.shape[1]))
+            ws2 = self.G.mapping(torch.randn_like(z), 1.0, None)
+            layer = torch.arange(ws.shape[1], device=ws.device).view(1, -1)
+            ws = torch.where((layer < cutoff).unsqueeze(-1), ws, ws2)
+        return ws
+
+    def generate(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ws = self._ws(z)
+        return self.G.synthesis(ws, noise_mode=self.noise_mode), ws
+
+    def _d(self, x: torch.Tensor) -> torch.Tensor:
+        return self.D(self.augment(x))
+
+    # -- losses ----------------------------------------------------------------------------------------------
+    def generator_loss(self, z: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        fake, _ = self.generate(z)
+        logits = self._d(fake).float()
+        main = F.softplus(-logits).mean() if self.loss == "logistic" else (-logits).mean()
+        stats = {"loss/G": main.detach(), "scores/fake": logits.detach().mean()}
+        total = main
+        if self.pl_weight > 0 and step >= self.pl_start_step and step % self.pl_interval == 0:
+            pl = self.path_length_penalty(z[: max(1, z.shape[0] // self.pl_batch_shrink)])
+            total = total + pl * (self.pl_weight * self.pl_interval)
+            stats["reg/pl_penalty"] = pl.detach()
+            stats["reg/pl_mean"] = self.pl_mean.detach()
+        return total, stats
+
+    def path_length_penalty(self, z: torch.Tensor) -> torch.Tensor:
+        fake, ws = self.generate(z)
+        n_vox = fake[0].numel()
+        noise = torch.randn_like(fake) / (n_vox ** 0.5)
+        (grad,) = torch.autograd.grad((fake * noise).sum(), ws, create_graph=True)
+        lengths = grad.float().square().sum(2).mean(1).sqrt()
+        self.pl_mean = self.pl_mean.to(lengths.device)
+        mean = self.pl_mean.lerp(lengths.mean().detach(), self.pl_decay)
+        self.pl_mean = mean.detach()
+        return (lengths - mean).square().mean()
+
+    def discriminator_loss(self, reals: torch.Tensor, z: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        with torch.no_grad():
+            fake, _ = self.generate(z)
+        fake_logits = self._d(fake).float()
+        do_r1 = self.r1_gamma > 0 and step % self.r1_interval == 0
+        reals = reals.detach().requires_grad_(do_r1)
+        real_logits = self._d(reals).float()
+        if self.loss == "logistic":
+            main = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+        else:
+            main = F.relu(1 + fake_logits).mean() + F.relu(1 - real_logits).mean()
+        stats = {"loss/D": main.detach(), "scores/real": real_logits.detach().mean(),
+                 "scores/fake_D": fake_logits.detach().mean(), "real_logits": real_logits.detach()}
+        total = main
+        if do_r1:
+            (grad,) = torch.autograd.grad(real_logits.sum(), reals, create_graph=True)
+            r1 = grad.float().square().flatten(1).sum(1).mean()
+            total = total + r1 * (self.r1_gamma / 2 * self.r1_interval)
+            stats["reg/r1"] = r1.detach()
+        return total, stats
+
+
+class WGANGPLoss:
+    def __init__(
+        self,
+        G: torch.nn.Module,                    # progressive generator: G(z, progress)
+        D: torch.nn.Module,                    # progressive critic: D(x, progress)
+        augment: Optional[Callable] = None,    # applied to every D input
+        gp_lambda: float = 10.0,               # gradient-penalty weight λ
+        drift: float = 1e-3,                   # drift weight ε on D(real)²
+    ) -> None:
+        self.G, self.D = G, D
+        self.augment = augment or _identity
+        self.gp_lambda, self.drift = float(gp_lambda), float(drift)
+
+    def generate(self, z: torch.Tensor, progress: float | None = None) -> torch.Tensor:
+        return self.G(z, progress=progress)
+
+    def generator_loss(self, z: torch.Tensor, step: int, progress: float | None = None) -> tuple[torch.Tensor, dict]:
+        scores = self.D(self.augment(self.generate(z, progress)), progress=progress).float()
+        loss = -scores.mean()
+        return loss, {"loss/G": loss.detach(), "scores/fake": scores.detach().mean()}
+
+    def discriminator_loss(self, reals: torch.Tensor, z: torch.Tensor, step: int,
+                           progress: float | None = None) -> tuple[torch.Tensor, dict]:
+        with torch.no_grad():
+            fake = self.generate(z, progress)
+        reals_a, fake_a = self.augment(reals), self.augment(fake)
+        real_s = self.D(reals_a, progress=progress).float()
+        fake_s = self.D(fake_a, progress=progress).float()
+        wdist = real_s.mean() - fake_s.mean()
+        eps = torch.rand(reals.shape[0], 1, 1, 1, 1, device=reals.device, dtype=reals_a.dtype)
+        mix = (eps * reals_a.detach() + (1 - eps) * fake_a.detach()).requires_grad_(True)
+        mix_s = self.D(mix, progress=progress).float()
+        (grad,) = torch.autograd.grad(mix_s.sum(), mix, create_graph=True)
+        gp = (grad.float().flatten(1).norm(2, dim=1) - 1).square().mean()
+        loss = -wdist + self.gp_lambda * gp + self.drift * real_s.square().mean()
+        stats = {"loss/D": loss.detach(), "wdist": wdist.detach(), "reg/gp": gp.detach(),
+                 "scores/real": real_s.detach().mean(), "real_logits": real_s.detach()}
+        return loss, stats
