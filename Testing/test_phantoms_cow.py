@@ -81,9 +81,9 @@ def test_custom_frequencies_are_used():
 
 # plausible lumen radius (mm) ranges per class, from literature diameters (ICA ≈ 4, BA ≈ 3, M1 ≈ 2.8,
 # A1/P1 ≈ 2, Pcom/Acom ≈ 1–1.5 mm) with room for hypoplasia, asymmetry and 0.6-mm voxels
-RADIUS_RANGE = {1: (1.0, 2.2), 2: (0.55, 1.6), 3: (0.55, 1.6), 4: (1.3, 2.6), 6: (1.3, 2.6), 5: (0.8, 2.0),
-                7: (0.8, 2.0), 8: (0.25, 1.6), 9: (0.25, 1.6), 10: (0.25, 1.3), 11: (0.55, 1.6), 12: (0.55, 1.6),
-                15: (0.25, 1.3)}
+RADIUS_RANGE = {1: (1.0, 2.3), 2: (0.6, 1.7), 3: (0.6, 1.7), 4: (1.2, 2.7), 6: (1.2, 2.7), 5: (0.8, 2.1),
+                7: (0.8, 2.1), 8: (0.3, 1.7), 9: (0.3, 1.7), 10: (0.3, 1.4), 11: (0.6, 1.7), 12: (0.6, 1.7),
+                15: (0.3, 1.4)}
 
 
 def _subjects_to_render():
@@ -112,8 +112,9 @@ def test_labels_are_the_scheme_and_match_the_variant(rendered):
 def test_each_class_has_a_connected_component_of_plausible_radius(rendered):
     for i, img, lab, p in rendered:
         vessels = lab.array > 0
-        # distance to the nearest non-vessel voxel centre, minus half a voxel = radius estimate (mm)
-        dt = ndi.distance_transform_edt(vessels, sampling=lab.array_spacing) - 0.5 * min(lab.spacing)
+        # radius estimate (mm): largest distance from a voxel of the component to the nearest non-vessel voxel
+        # centre (exact for a digital disk to within a voxel; a one-voxel-wide vessel gives one voxel width)
+        dt = ndi.distance_transform_edt(vessels, sampling=lab.array_spacing)
         for c in p["variant"]["classes_present"]:
             comp, n = ndi.label(lab.array == c, structure=np.ones((3, 3, 3)))
             assert n >= 1

@@ -45,6 +45,20 @@ def test_label_resampling_is_nearest(rng):
     assert set(np.unique(out.array)) <= {0, 1, 2}
 
 
+def test_downsample_keeps_the_physical_region(rng):
+    from GANTrainerLib.data import downsample
+
+    vol = Volume(rng.normal(size=(4, 8, 8)).astype(np.float32), spacing=(0.3, 0.3, 0.6), origin=(1, 2, 3),
+                 direction=OBLIQUE)
+    out = downsample(vol, 2)
+    assert out.shape == (2, 4, 4) and out.spacing == (0.6, 0.6, 1.2)
+    assert out.array[1, 2, 3] == pytest.approx(vol.array[2:4, 4:6, 6:8].mean(), rel=1e-6)
+    # the first output voxel's centre is the centre of the first 2×2×2 block
+    np.testing.assert_allclose(out.index_to_physical((0, 0, 0)), vol.index_to_physical((0.5, 0.5, 0.5)))
+    with pytest.raises(VolGANError, match="not divisible"):
+        downsample(Volume(np.zeros((3, 4, 4), np.float32)), 2)
+
+
 def test_normalisation_modes():
     vol = Volume(np.linspace(-1000, 2000, 64, dtype=np.float32).reshape(4, 4, 4))
     assert normalise(vol, "minmax").array.min() == -1 and normalise(vol, "minmax").array.max() == 1

@@ -7,17 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 
+from VolumetricGANLib.checkpoint import card_path
 from GANTrainerLib.run import GracefulStop, TrainingRun, read_metrics, read_status, save_montage
 
 
 def fake_ckpt(run, step):
     p = run.checkpoint_path(step)
     p.write_bytes(b"x")
-    p.with_suffix(".md").write_text("card")
+    card_path(p).write_text("card")
     return p
 
 
@@ -28,7 +28,8 @@ def test_keeps_last_k_and_best(tmp_path):
         run.register_checkpoint(fake_ckpt(run, step), step, metric=m)
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.vgan"))
     assert kept == ["ckpt-0000002.vgan", "ckpt-0000004.vgan", "ckpt-0000005.vgan"]
-    assert not (tmp_path / "run" / "checkpoints" / "ckpt-0000001.md").exists()
+    assert not (tmp_path / "run" / "checkpoints" / "ckpt-0000001.card.md").exists()
+    assert (tmp_path / "run" / "checkpoints" / "ckpt-0000002.card.md").exists()
     status = read_status(tmp_path / "run")
     assert status["best"]["step"] == 2 and len(status["checkpoints"]) == 3
     assert run.latest_checkpoint().name == "ckpt-0000005.vgan"
@@ -51,18 +52,17 @@ def test_status_and_metrics_survive_a_new_process(tmp_path):
 
 
 def test_graceful_stop_turns_sigterm_into_a_flag(tmp_path):
-    code = textwrap.dedent("""
-        import os, signal, sys, time
-        from GANTrainerLib.run import GracefulStop
-        with GracefulStop() as stop:
-            os.kill(os.getpid(), signal.SIGTERM)
-            for _ in range(100):
-                if stop.requested:
-                    break
-                time.sleep(0.01)
-            print("stopped by", stop.requested)
-        sys.exit(0)
-    """)
+    code = "\n".join([
+        "import os, signal, sys, time",
+        "from GANTrainerLib.run import GracefulStop",
+        "with GracefulStop() as stop:",
+        "    os.kill(os.getpid(), signal.SIGTERM)",
+        "    for _ in range(100):",
+        "        if stop.requested:",
+        "            break",
+        "        time.sleep(0.01)",
+        "    print('stopped by', stop.requested)",
+    ])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "stopped by SIGTERM"
     before = signal.getsignal(signal.SIGINT)

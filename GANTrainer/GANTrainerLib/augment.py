@@ -205,10 +205,13 @@ class AdaptiveAugment:
         return self.p
 
     def state_dict(self) -> dict:
+        """Settings, ``p``, r_t and the partial accumulation (so a resumed run updates ``p`` identically)."""
         return {"target": self.target, "speed_kimg": self.speed_kimg, "interval": self.interval, "p": self.p,
-                "p_max": self.p_max, "rt": self.rt}
+                "p_max": self.p_max, "rt": self.rt, "count": self._count,
+                "sum": 0.0 if self._sum is None else float(self._sum)}
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("target", "speed_kimg", "interval", "p", "p_max", "rt"):
             setattr(self, key, type(getattr(self, key))(state[key]))
-        self._sum, self._count = None, 0
+        self._count = int(state.get("count", 0))
+        self._sum = torch.tensor(float(state.get("sum", 0.0))) if self._count else None

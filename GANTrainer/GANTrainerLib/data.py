@@ -38,6 +38,7 @@ __all__ = [
     "resample",
     "crop_or_pad",
     "normalise",
+    "downsample",
     "extract_patches",
     "CachedVolumeSet",
     "InfiniteSampler",
@@ -56,12 +57,15 @@ class Preprocess:
     intensity: str = "minmax"                                     # "minmax" | "percentile" | "window" | "none"
     percentiles: tuple[float, float] = (0.5, 99.5)                # for intensity="percentile"
     window: tuple[float, float] = (-350.0, 1100.0)                # for intensity="window" (physical units)
+    downsample: int = 1                                           # block-average by this factor after the ROI
 
     def __post_init__(self) -> None:
         if self.intensity not in ("minmax", "percentile", "window", "none"):
             raise VolGANError(f"intensity '{self.intensity}': choose minmax, percentile, window or none")
         if self.window[1] <= self.window[0]:
             raise VolGANError(f"window {self.window}: upper bound must exceed the lower bound")
+        if int(self.downsample) < 1:
+            raise VolGANError(f"downsample {self.downsample}: must be a positive integer")
         if isinstance(self.roi_centre, str) and self.roi_centre not in ("centre", "label-centroid"):
             raise VolGANError(f"roi_centre '{self.roi_centre}': use 'centre', 'label-centroid' or a point (x, y, z)")
 
@@ -80,6 +84,10 @@ class Preprocess:
             volume = crop_or_pad(volume, self.roi_shape, centre, pad_value=pad)
             if labels is not None:
                 labels = crop_or_pad(labels, self.roi_shape, centre, pad_value=0)
+        if self.downsample > 1:
+            volume = downsample(volume, self.downsample)
+            if labels is not None:
+                labels = downsample(labels, self.downsample, label=True)
         return normalise(volume, self.intensity, self.percentiles, self.window), labels
 
     def _centre_index(self, volume: Volume, labels: Optional[Volume]) -> np.ndarray:
@@ -146,6 +154,25 @@ def crop_or_pad(volume: Volume, shape: Sequence[int], centre_index: Sequence[flo
             volume.array[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
     origin = volume.index_to_physical(start[::-1].astype(float))
     return volume.with_array(out, spacing=volume.spacing, origin=tuple(origin))
+
+
+def downsample(volume: Volume, factor: int, label: bool = False) -> Volume:
+    """Block-average (images) or take the block's first voxel (labels) by ``factor`` on every axis.
+
+    The shape must be divisible by ``factor``; spacing grows by ``factor`` and the origin moves to the centre
+    of the first block, so the volume covers the same physical region.
+    """
+    f = int(factor)
+    if any(s % f for s in volume.shape):
+        raise VolGANError(f"downsample {f}: shape {volume.shape} is not divisible by {f}")
+    d, h, w = (s // f for s in volume.shape)
+    if label:
+        out = volume.array[::f, ::f, ::f]
+    else:
+        out = volume.array.astype(np.float32).reshape(d, f, h, f, w, f).mean(axis=(1, 3, 5))
+    origin = volume.index_to_physical(np.full(3, (f - 1) / 2.0))
+    return volume.with_array(np.ascontiguousarray(out), spacing=tuple(s * f for s in volume.spacing),
+                             origin=tuple(origin))
 
 
 def normalise(volume: Volume, mode: str = "minmax", percentiles=(0.5, 99.5), window=(-350.0, 1100.0)) -> Volume:
@@ -259,7 +286,8 @@ class CachedVolumeSet:
                 if patch_size:
                     patches, origins = extract_patches(vol, labels, size=patch_size)
                     items.extend(patches)
-                    cases.extend({"case": case_id(f), "origin": o} for o in origins)
+                    cases.extend({"case": case_id(f), "origin_lps_mm": list(o), "spacing_xyz_mm": list(vol.spacing)}
+                                 for o in origins)
                 else:
                     if shape is not None and vol.shape != shape:
                         raise VolGANError(f"{f}: shape {vol.shape} after preprocessing differs from {shape} "

@@ -27,8 +27,9 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from VolGANCore.atomic import atomic_path, atomic_write_json
+from VolumetricGANLib.checkpoint import card_path
 
-__all__ = ["TrainingRun", "GracefulStop", "read_status", "save_montage", "read_metrics"]
+__all__ = ["TrainingRun", "GracefulStop", "latest_checkpoint", "read_status", "save_montage", "read_metrics"]
 
 STATUS_NAME = "run.json"
 
@@ -121,7 +122,7 @@ class TrainingRun:
         removed = []
         for e in entries:
             if e["path"] not in keep:
-                for p in (Path(e["path"]), Path(e["path"]).with_suffix(".md")):
+                for p in (Path(e["path"]), card_path(e["path"])):
                     if p.exists():
                         p.unlink()
                 removed.append(Path(e["path"]))
@@ -132,8 +133,13 @@ class TrainingRun:
 
     def latest_checkpoint(self) -> Optional[Path]:
         """The newest checkpoint on disk (by step), whether or not run.json knew it (a killed run)."""
-        files = sorted((self.folder / "checkpoints").glob("ckpt-*.vgan"))
-        return files[-1] if files else None
+        return latest_checkpoint(self.folder)
+
+
+def latest_checkpoint(folder: str | os.PathLike) -> Optional[Path]:
+    """The newest ``checkpoints/ckpt-*.vgan`` of a run folder (names sort by step), or None."""
+    files = sorted((Path(folder) / "checkpoints").glob("ckpt-*.vgan"))
+    return files[-1] if files else None
 
 
 def read_status(folder: str | os.PathLike) -> Optional[dict[str, Any]]:

@@ -1,5 +1,16 @@
 """MorphometryLib: bone micro-structure and vessel morphometry in physical units (exact and differentiable).
 
-Layering: imports only :mod:`VolGANCore` below it; never Slicer. The measures themselves arrive with the
-MorphometryLogic issue; this package is the single home for them (no other package re-implements them).
+Layering: imports only :mod:`VolGANCore` below it; never Slicer. This package is the single home of these
+measures (no other package re-implements them). torch is imported only by :mod:`.differentiable`.
+
+Public API
+----------
+- :func:`bone_morphometry`, :func:`thickness_map`, :func:`segment_bone` (:mod:`.bone`)
+- :func:`batch_bone_morphometry` (:mod:`.batch`)
+- :mod:`.differentiable` — torch soft BV/TV, BMD, TMD, BS/TV, plate model, structure-tensor DA
+- :func:`vessel_morphometry`, :func:`cow_variants` (:mod:`.vessels`)
 """
+
+from .bone import ALL_PARAMETERS, PRESETS, bone_morphometry, segment_bone, thickness_map
+
+__all__ = ["ALL_PARAMETERS", "PRESETS", "bone_morphometry", "segment_bone", "thickness_map"]

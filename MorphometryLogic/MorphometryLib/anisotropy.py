@@ -128,10 +128,13 @@ def mesh_intercept_lengths(
     """
     a = verts[faces[:, 1]] - verts[faces[:, 0]]
     b = verts[faces[:, 2]] - verts[faces[:, 0]]
-    fn = 0.5 * np.cross(a, b)  # area-weighted normals
+    fn = (0.5 * np.cross(a, b)).astype(np.float32)  # area-weighted normals
+    dt = np.asarray(directions, np.float32).T
     pl = np.zeros(len(directions))
-    for c in range(0, len(fn), 1 << 16):
-        pl += np.abs(fn[c : c + (1 << 16)] @ directions.T).sum(axis=0)
+    for c in range(0, len(fn), 1 << 15):
+        prod = fn[c : c + (1 << 15)] @ dt
+        np.abs(prod, out=prod)
+        pl += prod.sum(axis=0, dtype=np.float64)
     pl /= float(volume_mm3)
     with np.errstate(divide="ignore"):
         return np.where(pl > 0, 1.0 / pl, np.inf)

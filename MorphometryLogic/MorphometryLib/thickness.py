@@ -86,7 +86,8 @@ def squared_distance_map(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0,
         return np.zeros(mask.shape, np.float32)
     if mask.all():
         return np.full(mask.shape, np.inf, np.float32)
-    return edt.edtsq(mask, anisotropy=tuple(float(s) for s in spacing), black_border=False, parallel=_threads())
+    threads = 1 if mask.size < (1 << 20) else _threads()  # thread start-up dominates on small patches
+    return edt.edtsq(mask, anisotropy=tuple(float(s) for s in spacing), black_border=False, parallel=threads)
 
 
 def _neighbour_offsets(reach: int) -> np.ndarray:

@@ -417,7 +417,7 @@ def _rasterise(tubes: list[_Tube], brightness: list[np.ndarray], shape, spacing_
     score = np.zeros(shape, np.float32)
     label = np.zeros(shape, np.int16)
     half_diag = 0.5 * float(np.linalg.norm(sp))
-    thin = 0.6 * float(sp.max())           # a vessel thinner than a voxel still labels its centreline voxels
+    thin = 0.72 * float(sp.max())          # a vessel thinner than a voxel still labels its centreline voxels
     sub = (np.arange(supersample) + 0.5) / supersample - 0.5
     offs = np.stack(np.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(-1, 3) * sp
     for tube, br in zip(tubes, brightness):

@@ -1,0 +1,45 @@
+"""`volgan train` (and `torchrun ... -m VolGANCore.cli train` for several GPUs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def register(sub) -> None:
+    from .presets import PRESETS
+
+    p = sub.add_parser("train", help="train a GAN on a folder of volumes (resumable, AMP, DDP under torchrun)",
+                       description="Train a GAN. Start several processes with "
+                                   "`torchrun --nproc_per_node G -m VolGANCore.cli train ...` for multi-GPU.")
+    p.add_argument("--preset", required=True, choices=sorted(PRESETS), help="recipe (tiny-* run in minutes on CPU)")
+    p.add_argument("--data", required=True, help="folder of training volumes (NIfTI/NRRD/MHA)")
+    p.add_argument("--labels", help="label folder: bone masks for patch extraction, or labels for ROI centring")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, run.json, samples, TensorBoard)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision (default: auto)")
+    p.add_argument("--batch", type=int, help="volumes per step and GPU")
+    p.add_argument("--accumulate", type=int, help="gradient-accumulation micro-batches per step")
+    p.add_argument("--kimg", type=float, help="training length in thousands of images")
+    p.add_argument("--snapshot-kimg", type=float, help="checkpoint interval in kimg")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from VolGANCore.cli import progress_from_args
+
+    from .train import settings_from_preset, train
+
+    settings = settings_from_preset(args.preset, amp=args.amp, batch=args.batch, accumulate=args.accumulate,
+                                    kimg=args.kimg, snapshot_kimg=args.snapshot_kimg, seed=args.seed)
+    rank = int(os.environ.get("RANK", "0"))
+    result = train(args.data, args.out, settings, labels=args.labels, resume=args.resume, device=args.device,
+                   max_steps=args.max_steps, progress=progress_from_args(args) if rank == 0 else None,
+                   log=print)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or rank == 0:
+        print(json.dumps(result))
+    return 0 if result["state"] in ("finished", "stopped") else 1

@@ -1,0 +1,63 @@
+"""Markdown rendering of an evaluation report (report.md)."""
+
+from __future__ import annotations
+
+__all__ = ["render_markdown"]
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    a = abs(v)
+    if a != 0 and (a < 1e-3 or a >= 1e5):
+        return f"{v:.3e}"
+    return f"{v:.4f}"
+
+
+def render_markdown(report: dict) -> str:
+    """One page: inputs, extractors, the metric table with CI and real-vs-real baseline, memorisation, notes."""
+    inp = report["inputs"]
+    lines = [
+        f"# Evaluation report ({report['protocol']} protocol)",
+        "",
+        f"- real: `{inp['real']['folder']}` — {inp['real']['n']} volumes of shape (D,H,W) {tuple(inp['real']['shape_dhw'])}",
+        f"- generated: `{inp['generated']['folder']}` — {inp['generated']['n']} volumes",
+        f"- seed {report['seed']}, bootstrap replicates {report['settings']['n_bootstrap']}, "
+        f"volgan {report['volgan_version']}, {report['created_utc']}",
+        "",
+        "## Feature extractors",
+        "",
+    ]
+    for role, ext in report["extractors"].items():
+        tag = " — **fallback (no weights given): not FID/MD**" if ext["fallback"] else ""
+        src = f", weights `{ext['weights']['path']}`" if ext.get("weights") else ""
+        lines.append(f"- {role}: `{ext['name']}` ({ext['dim']}-d{src}){tag}")
+    lines += ["", "## Distribution metrics", "",
+              "| Metric | Real vs generated | 95 % CI | Real vs real (halves) | Better | Extractor |",
+              "|---|---|---|---|---|---|"]
+    for m in report["metrics"].values():
+        ci = "–" if not m["ci95"] else f"[{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]"
+        lines.append(f"| {m['label']} | {_fmt(m['real_vs_generated'])} | {ci} | {_fmt(m['real_vs_real'])} | "
+                     f"{m['better']} | `{m['extractor']}` |")
+    mem = report["memorisation"]
+    thr = mem["thresholds"]
+    lines += ["", "## Memorisation", "",
+              f"Nearest training volume of each generated volume by NCC and by feature distance (`{mem['extractor']}`), "
+              f"against the real-vs-real nearest-neighbour distribution. Suspect: NCC > {thr['ncc_above']:.4f} or "
+              f"feature distance < {_fmt(thr['feature_distance_below'])} (the {thr['quantile']:g} tails of the "
+              "real-vs-real distribution).", ""]
+    if mem["suspects"]:
+        lines += [f"**{len(mem['suspects'])} suspected copies:**", "",
+                  "| Generated | Nearest (NCC) | NCC | Nearest (features) | Distance | Criteria |", "|---|---|---|---|---|---|"]
+        for s in mem["suspects"]:
+            lines.append(f"| {s['fake_case']} | {s['real_case_ncc']} | {s['ncc']:.4f} | {s['real_case_feature']} | "
+                         f"{_fmt(s['feature_distance'])} | {', '.join(s['criteria'])} |")
+    else:
+        lines.append("No suspected copies.")
+    plots = report.get("plots", {})
+    lines += ["", "## Figures", ""]
+    for name in ("prd_curve", "nn_histogram", "nn_montage"):
+        if name in plots:
+            lines.append(f"![{name}]({plots[name]})")
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"

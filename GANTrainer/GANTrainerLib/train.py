@@ -1,0 +1,576 @@
+"""The training loop for both GAN families: AMP, accumulation, EMA, ADA, lazy regularisers, DDP, resume.
+
+One function, :func:`train`, drives a run folder (:class:`GANTrainerLib.run.TrainingRun`). The loop
+knows nothing about architectures (networks come from the checkpoint family registry) and the loss objects
+own their regularisation schedules (STYLE.md).
+
+Mixed precision: ``amp="auto"`` is bf16 autocast on GPUs that support it (no scaler needed), fp16 with one
+GradScaler *per optimiser* otherwise (the CoW anchor shared one between G and D); the mapping network runs
+in fp32 (the generator casts its own inputs) and loss reductions are fp32 (the losses cast logits). A
+non-finite loss skips that optimiser step (and halves the fp16 loss scale); ``max_bad_steps`` consecutive
+failures stop the run with a message — it never trains on NaNs silently.
+
+Checkpoints every ``snapshot_kimg`` (and at least every ``snapshot_minutes``) and when stopped by
+SIGINT/SIGTERM; ``resume=True`` continues from the newest checkpoint of the run folder with the same step
+count, optimiser and scaler states, RNG streams, data order, EMA and augmentation probability — on CPU a
+resumed run is bit-for-bit the uninterrupted one (tested).
+
+Multi-GPU: start with ``torchrun --nproc_per_node G -m VolGANCore.cli train ...``: each rank seeds its own stream, gradients are all-reduced (sum / world) after every
+backward, rank 0 alone writes files. Works with the gloo backend on CPU (tested with 2 processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from VolGANCore import VolGANError
+from VolGANCore.progress import CancelToken, Progress, ProgressCallback
+
+__all__ = ["TrainSettings", "train", "settings_from_preset"]
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """Every knob of a run (presets in :mod:`GANTrainerLib.presets`); JSON-serialisable."""
+
+    family: str                                  # "stylegan2-3d" or "pgan-3d"
+    generator: dict                              # generator constructor kwargs
+    discriminator: dict                          # discriminator constructor kwargs
+    batch: int = 8                               # volumes per optimiser step and rank (before accumulation)
+    accumulate: int = 1                          # micro-batches per optimiser step
+    lr_g: float = 0.0025                         # generator learning rate
+    lr_d: float = 0.0025                         # discriminator learning rate (TTUR: different from lr_g)
+    betas: tuple = (0.0, 0.99)                   # Adam betas
+    ema_kimg: Optional[float] = 10.0             # EMA half-life in thousands of images (None: use ema_beta)
+    ema_rampup: Optional[float] = 0.05           # EMA half-life ≤ ramp-up × images seen (None: no ramp)
+    ema_beta: Optional[float] = None             # fixed EMA decay per step (the CoW anchor's 0.995)
+    loss: dict = dataclasses.field(default_factory=dict)      # {"kind": "stylegan2"|"wgan-gp", ...kwargs}
+    augment: dict = dataclasses.field(default_factory=dict)   # DiffAugment3D kwargs
+    ada_target: Optional[float] = None           # adaptive augmentation target r_t (None: fixed p)
+    ada_kimg: float = 100.0                      # ADA speed: p can move 0 → 1 in this many kimg
+    progressive: Optional[dict] = None           # {"kimg_per_phase", "fade_fraction"} for pgan-3d
+    preprocess: dict = dataclasses.field(default_factory=dict)  # GANTrainerLib.data.Preprocess kwargs
+    patch_size: Optional[int] = None             # cut cubes of this size inside the label mask (bone)
+    intensity: dict = dataclasses.field(default_factory=dict)  # network → physical units (checkpoint)
+    anatomy: str = ""
+    label_scheme: Optional[str] = None
+    latent: str = "normal"                       # "normal" or "hypersphere"
+    kimg: float = 1000.0                         # training length in thousands of real images shown to D
+    snapshot_kimg: float = 50.0                  # checkpoint interval
+    snapshot_minutes: Optional[float] = None     # also checkpoint at least this often (wall clock)
+    sample_kimg: float = 10.0                    # montage interval
+    log_steps: int = 10                          # scalar logging interval (one host sync per interval)
+    amp: str = "auto"                            # "auto" | "bf16" | "fp16" | "off"
+    channels_last: bool = True                   # channels-last-3d memory format on CUDA
+    seed: int = 0
+    keep_last: int = 3                           # checkpoints kept besides the best
+    max_bad_steps: int = 20                      # consecutive non-finite steps before giving up
+    preset: str = ""
+
+    def to_dict(self) -> dict:
+        return json_clean(dataclasses.asdict(self))
+
+
+def json_clean(obj):
+    import json
+
+    return json.loads(json.dumps(obj))
+
+
+def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
+    """A preset with field overrides (``None`` overrides are ignored, so CLI defaults can pass through)."""
+    from .presets import get_preset
+
+    cfg = get_preset(name)
+    cfg["preset"] = name
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in dataclasses.fields(TrainSettings)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise VolGANError(f"unknown training setting(s) {unknown}")
+    return TrainSettings(**cfg)
+
+
+# -- distributed helpers ------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> Dist:
+    """Join the torchrun process group if WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    import torch.distributed as tdist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _all_reduce_grads(params: list, dist: Dist) -> None:
+    """Average gradients over ranks in one flat buffer (one collective per optimiser step)."""
+    if dist.world <= 1:
+        return
+    import torch
+    import torch.distributed as tdist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    tdist.all_reduce(flat)
+    flat /= dist.world
+    torch.nan_to_num_(flat)  # a rank's NaN is caught by the finite check below, not spread as NaN weights
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _broadcast_params(module, dist: Dist) -> None:
+    if dist.world <= 1:
+        return
+    import torch.distributed as tdist
+
+    for t in list(module.parameters()) + list(module.buffers()):
+        tdist.broadcast(t.data, src=0)
+
+
+# -- mixed precision -----------------------------------------------------------------------------------------
+def resolve_amp(amp: str, device_type: str):
+    """(autocast dtype or None, use GradScaler) for the requested mode on this device."""
+    import torch
+
+    amp = amp.lower()
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise VolGANError(f"--amp {amp}: choose auto, bf16, fp16 or off")
+    if amp == "off" or (amp == "auto" and device_type != "cuda"):
+        return None, False
+    if amp == "auto":
+        return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
+    if amp == "bf16":
+        if device_type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise VolGANError("--amp bf16: this GPU has no bfloat16 support; use --amp fp16")
+        return torch.bfloat16, False
+    if device_type != "cuda":
+        raise VolGANError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16 or off")
+    return torch.float16, True
+
+
+# -- the loop -------------------------------------------------------------------------------------------------
+class _Phase:
+    """Progressive-growing schedule: progress value (0 … max_res) as a function of images shown."""
+
+    def __init__(self, settings: TrainSettings, max_res: int) -> None:
+        prog = settings.progressive or {}
+        self.kimg_per_phase = float(prog.get("kimg_per_phase", 0) or 0)
+        self.fade = float(prog.get("fade_fraction", 0.5))
+        self.max_res = max_res
+
+    def progress(self, nimg: int) -> Optional[float]:
+        if self.kimg_per_phase <= 0:
+            return None
+        phase_f = nimg / (self.kimg_per_phase * 1000.0)
+        level = int(phase_f)
+        within = phase_f - level
+        # each level after the first: fade in during the first `fade` of its phase, then stabilise
+        if level == 0:
+            return 0.0
+        if level > self.max_res:
+            return float(self.max_res)
+        # level L ≥ 1: fade from L−1 to L during the first `fade` of its phase, then stabilise at L
+        return float(level - 1) + within / self.fade if within < self.fade else float(level)
+
+    def reals_at(self, reals, progress: Optional[float]):
+        """Downsample reals to the current resolution (blending the fade-in like PGGAN)."""
+        import torch.nn.functional as F
+
+        if progress is None:
+            return reals
+        top = int(math.ceil(progress))
+        factor = 2 ** (self.max_res - top)
+        x = F.avg_pool3d(reals, factor) if factor > 1 else reals
+        alpha = progress - int(progress)
+        if alpha > 0:
+            low = F.interpolate(F.avg_pool3d(x, 2), scale_factor=2, mode="nearest")
+            x = alpha * x + (1 - alpha) * low
+        return x
+
+
+def _ema_beta(settings: TrainSettings, nimg: int, batch_total: int) -> float:
+    if settings.ema_beta is not None:
+        return float(settings.ema_beta)
+    ema_nimg = float(settings.ema_kimg or 0) * 1000.0
+    if settings.ema_rampup is not None:
+        ema_nimg = min(ema_nimg, nimg * float(settings.ema_rampup))
+    return 0.5 ** (batch_total / max(ema_nimg, 1e-8))
+
+
+def _update_ema(G_ema, G, beta: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        for pe, p in zip(G_ema.parameters(), G.parameters()):
+            pe.lerp_(p.detach(), 1.0 - beta)
+        for be, b in zip(G_ema.buffers(), G.buffers()):
+            be.copy_(b)
+
+
+def _checkpoint_config(settings: TrainSettings, spacing, name: str) -> dict:
+    from VolumetricGANLib.checkpoint import make_config
+
+    return make_config(
+        family=settings.family,
+        architecture=settings.generator,
+        spacing=spacing,
+        intensity=settings.intensity or None,
+        discriminator=settings.discriminator,
+        label_scheme=settings.label_scheme,
+        anatomy=settings.anatomy,
+        latent=settings.latent,
+        name=name,
+        description=f"Trained with `volgan train --preset {settings.preset or 'custom'}`.",
+    )
+
+
+def train(
+    data: str | os.PathLike,                      # folder of training volumes
+    out: str | os.PathLike,                       # run folder (created; resumed with resume=True)
+    settings: TrainSettings,
+    labels: str | os.PathLike | None = None,      # label folder (mask for bone patches, centroid for ROIs)
+    resume: bool = False,                         # continue from the newest checkpoint in ``out``
+    device: str = "auto",
+    max_steps: Optional[int] = None,              # stop after this many optimiser steps (tests, smoke runs)
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    log=print,
+) -> dict:
+    """Train a GAN on the volumes in ``data``; returns a summary (steps, kimg, last checkpoint, state)."""
+    import torch
+
+    from VolGANCore.env import pick_device
+    from VolumetricGANLib.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+    from VolumetricGANLib.networks import build_discriminator, build_generator
+
+    from .augment import AdaptiveAugment, DiffAugment3D
+    from .data import CachedVolumeSet, InfiniteSampler, Preprocess
+    from .losses import StyleGAN2Loss, WGANGPLoss
+    from .run import GracefulStop, TrainingRun, latest_checkpoint, save_montage
+
+    dev = torch.device(pick_device(device))
+    dist = init_distributed(dev.type)
+    if dist.world > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(dev)
+    autocast_dtype, use_scaler = resolve_amp(settings.amp, dev.type)
+    out = Path(out)
+    run = TrainingRun(out, keep_last=settings.keep_last) if dist.main else None
+
+    # -- data ------------------------------------------------------------------------------------------------
+    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.preprocess.items()})
+    dataset = CachedVolumeSet.build(data, pre, out / "cache", labels_folder=labels, patch_size=settings.patch_size,
+                                    progress=progress if dist.main else None, cancel=cancel)
+    # config first: building it instantiates a generator, which must not touch the training RNG streams
+    config = _checkpoint_config(settings, _data_spacing(dataset), settings.preset or "model") if dist.main else None
+    torch.manual_seed(int(settings.seed))  # identical initial weights on every rank (and rank 0 broadcasts)
+    G = build_generator(settings.family, settings.generator).to(dev)
+    D = build_discriminator(settings.family, settings.discriminator).to(dev)
+    if tuple(dataset.shape) != tuple(G.output_shape):
+        raise VolGANError(f"training volumes have shape {tuple(dataset.shape)} after preprocessing but the "
+                          f"generator makes {tuple(G.output_shape)} (set --roi / the preset's output shape)")
+    if dev.type == "cuda" and settings.channels_last:
+        G = G.to(memory_format=torch.channels_last_3d)
+        D = D.to(memory_format=torch.channels_last_3d)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(G.parameters(), lr=settings.lr_g, betas=tuple(settings.betas), eps=1e-8)
+    opt_d = torch.optim.Adam(D.parameters(), lr=settings.lr_d, betas=tuple(settings.betas), eps=1e-8)
+    scaler_g = torch.amp.GradScaler(dev.type, enabled=use_scaler)
+    scaler_d = torch.amp.GradScaler(dev.type, enabled=use_scaler)
+    augment = DiffAugment3D(**settings.augment) if settings.augment else None
+    ada = AdaptiveAugment(target=settings.ada_target, speed_kimg=settings.ada_kimg,
+                          p=augment.p if augment else 0.0) if (augment and settings.ada_target) else None
+    loss_kw = {k: v for k, v in settings.loss.items() if k != "kind"}
+    kind = settings.loss.get("kind", "stylegan2" if G.has_w else "wgan-gp")
+    loss = StyleGAN2Loss(G, D, augment, **loss_kw) if kind == "stylegan2" else WGANGPLoss(G, D, augment, **loss_kw)
+    phase = _Phase(settings, getattr(G, "max_res", 0))
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(int(settings.seed) * 1000 + dist.rank)
+    torch.manual_seed(int(settings.seed) * 1000 + dist.rank)
+    sampler = InfiniteSampler(len(dataset), seed=settings.seed, rank=dist.rank, world=dist.world)
+    step, nimg = 0, 0
+
+    # -- resume ---------------------------------------------------------------------------------------------
+    ckpt = latest_checkpoint(out) if resume else None
+    if resume and ckpt is None:
+        raise VolGANError(f"--resume: no checkpoint in {out / 'checkpoints'} (start without --resume)")
+    if ckpt is not None:
+        blob = load_checkpoint(ckpt, map_location="cpu", expect_family=settings.family)
+        tr = blob.get("training") or {}
+        if "G" not in blob["tensors"] or "D" not in blob["tensors"] or not tr:
+            raise VolGANError(f"{ckpt}: holds no training state (G, D, optimisers); it cannot be resumed")
+        G.load_state_dict(blob["tensors"]["G"])
+        D.load_state_dict(blob["tensors"]["D"])
+        G_ema.load_state_dict(blob["tensors"]["G_ema"])
+        opt_g.load_state_dict(tr["opt_g"])
+        opt_d.load_state_dict(tr["opt_d"])
+        scaler_g.load_state_dict(tr["scaler_g"])
+        scaler_d.load_state_dict(tr["scaler_d"])
+        step, nimg = int(tr["step"]), int(tr["nimg"])
+        sampler.load_state_dict(tr["sampler"][dist.rank] if dist.rank < len(tr["sampler"]) else tr["sampler"][0])
+        gen_states = tr["latent_rng"]
+        gen.set_state(gen_states[dist.rank] if dist.rank < len(gen_states) else gen_states[0])
+        if tr.get("rng") is not None:
+            restore_rng_state(tr["rng"])
+        if ada is not None and tr.get("ada"):
+            ada.load_state_dict(tr["ada"])
+        if augment is not None and tr.get("augment_p") is not None:
+            augment.p = float(tr["augment_p"])
+        if hasattr(loss, "pl_mean") and tr.get("pl_mean") is not None:
+            loss.pl_mean = tr["pl_mean"].to(dev)
+        msg = f"resumed from step {step} ({nimg / 1000:.2f} kimg) of {ckpt}"
+        if dist.main:
+            log(msg)
+            run.log(msg)
+    else:
+        _broadcast_params(G, dist)
+        _broadcast_params(D, dist)
+        G_ema.load_state_dict(G.state_dict())
+
+    batch_total = settings.batch * settings.accumulate * dist.world
+    total_steps = int(math.ceil(settings.kimg * 1000 / batch_total))
+    if max_steps is not None:
+        total_steps = min(total_steps, step + int(max_steps))
+    data_iter = iter(sampler)
+
+    def next_batch():
+        idx = [next(data_iter) for _ in range(settings.batch)]
+        x = torch.from_numpy(np.stack([dataset[i] for i in idx]))
+        if dev.type == "cuda":
+            x = x.pin_memory().to(dev, non_blocking=True)
+            if settings.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+    def latents(n):
+        z = torch.randn(n, G.z_dim, device=dev, generator=gen)
+        if settings.latent == "hypersphere":
+            z = z / z.norm(dim=1, keepdim=True)
+        return z
+
+    def autocast():
+        if autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(dev.type, dtype=autocast_dtype)
+
+    def save(reason: str) -> Optional[Path]:
+        """Every rank calls this at the same step (it gathers every rank's stream state); rank 0 writes."""
+        states = _gather_states(dist, sampler.state_dict(), gen.get_state())
+        if not dist.main:
+            return None
+        training = {
+            "step": step, "nimg": nimg, "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+            "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
+            "sampler": states[0], "latent_rng": states[1], "rng": capture_rng_state(),
+            "ada": ada.state_dict() if ada else None, "augment_p": augment.p if augment else None,
+            "pl_mean": getattr(loss, "pl_mean", None), "settings": settings.to_dict(),
+        }
+        training = {k: v for k, v in training.items() if v is not None}
+        path = run.checkpoint_path(step)
+        with torch.random.fork_rng(devices=[]):  # saving rebuilds the network: keep the training RNG untouched
+            save_checkpoint(path, config, G_ema=G_ema, G=G, D=D, training=training,
+                            provenance={"data": str(data), "cases": len(dataset), "reason": reason,
+                                        "kimg": nimg / 1000.0, "preset": settings.preset},
+                            metrics={"kimg": nimg / 1000.0, "step": step})
+        run.register_checkpoint(path, step)
+        run.log(f"checkpoint {path.name} ({reason}) at {nimg / 1000:.2f} kimg")
+        return path
+
+    bad_d = bad_g = 0
+    stats_acc: dict[str, Any] = {}
+    t_start = time.perf_counter()
+    last_snapshot_time = time.perf_counter()
+    snapshot_every = max(1, int(round(settings.snapshot_kimg * 1000 / batch_total)))
+    sample_every = max(1, int(round(settings.sample_kimg * 1000 / batch_total)))
+    fixed_gen = torch.Generator(device=dev)
+    fixed_gen.manual_seed(int(settings.seed))  # montage latents: the same every run, outside the training stream
+    z_fixed = torch.randn(min(4, settings.batch), G.z_dim, device=dev, generator=fixed_gen)
+    if settings.latent == "hypersphere":
+        z_fixed = z_fixed / z_fixed.norm(dim=1, keepdim=True)
+    saved_step = -1
+    sampled_step = -1
+
+    def montage(prog) -> None:
+        nonlocal sampled_step
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            kw = {"progress": prog} if kind == "wgan-gp" else {"noise_mode": "const"}
+            imgs = G_ema(z_fixed, **kw).float().cpu().numpy()
+        png = save_montage(imgs, out / "samples" / f"samples-{step:07d}.png",
+                           title=f"step {step}, {nimg / 1000:.2f} kimg")
+        run.log_image("samples", step, png)
+        sampled_step = step
+    state = "running"
+    last_path = None
+    if dist.main:
+        run.update_status(state="running", step=step, kimg=nimg / 1000.0, total_kimg=settings.kimg,
+                          preset=settings.preset, device=str(dev), world=dist.world, amp=str(autocast_dtype))
+    G.train()
+    D.train()
+    # cancellation is checked by the loop itself (so it can checkpoint first), not by the progress bar
+    with GracefulStop() as stop, Progress(total_steps, "train", progress if dist.main else None, None) as bar:
+        bar.set(step)
+        while step < total_steps:
+            prog = phase.progress(nimg)
+            # ---- discriminator step ----
+            D.requires_grad_(True)
+            opt_d.zero_grad(set_to_none=True)
+            for _ in range(settings.accumulate):
+                reals = phase.reals_at(next_batch(), prog)
+                z = latents(settings.batch)
+                with autocast():
+                    kw = {"progress": prog} if kind == "wgan-gp" else {}
+                    l_d, st_d = loss.discriminator_loss(reals, z, step, **kw)
+                scaler_d.scale(l_d / settings.accumulate).backward()
+                if ada is not None:
+                    ada.accumulate(st_d.pop("real_logits"))
+                st_d.pop("real_logits", None)
+            _all_reduce_grads(list(D.parameters()), dist)
+            ok_d = _finite_step(l_d, opt_d, scaler_d, dist)
+            bad_d = 0 if ok_d else bad_d + 1
+            # ---- generator step (D frozen: no parameter gradients wasted on it) ----
+            D.requires_grad_(False)
+            opt_g.zero_grad(set_to_none=True)
+            for _ in range(settings.accumulate):
+                z = latents(settings.batch)
+                with autocast():
+                    kw = {"progress": prog} if kind == "wgan-gp" else {}
+                    l_g, st_g = loss.generator_loss(z, step, **kw)
+                scaler_g.scale(l_g / settings.accumulate).backward()
+            _all_reduce_grads(list(G.parameters()), dist)
+            ok_g = _finite_step(l_g, opt_g, scaler_g, dist)
+            bad_g = 0 if ok_g else bad_g + 1
+            step += 1
+            nimg += batch_total
+            _update_ema(G_ema, G, _ema_beta(settings, nimg, batch_total))
+            if ada is not None and step % ada.interval == 0:
+                augment.p = ada.update(settings.batch * dist.world)
+            if max(bad_d, bad_g) >= settings.max_bad_steps:
+                state = "failed"
+                msg = (f"stopped: {max(bad_d, bad_g)} consecutive non-finite losses at step {step} "
+                       "(lower the learning rates, use --amp bf16 or off, or check the data for outliers)")
+                if dist.main:
+                    run.log(msg)
+                    run.update_status(state="failed", message=msg, step=step)
+                raise VolGANError(msg)
+            for k, v in {**st_d, **st_g}.items():
+                stats_acc[k] = stats_acc.get(k, 0.0) + v.float()
+            if dist.main and (step % settings.log_steps == 0 or step == total_steps):
+                n = settings.log_steps if step % settings.log_steps == 0 else (step % settings.log_steps)
+                scalars = {k: float(v) / n for k, v in stats_acc.items()}   # one host sync per interval
+                elapsed = time.perf_counter() - t_start
+                scalars.update({"augment/p": augment.p if augment else 0.0, "augment/rt": ada.rt if ada else 0.0,
+                                "speed/kimg_per_s": (nimg / 1000.0) / max(elapsed, 1e-9) if step else 0.0})
+                if prog is not None:
+                    scalars["progress/level"] = prog
+                if dev.type == "cuda":
+                    scalars["memory/gpu_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+                run.log_scalars(step, nimg / 1000.0, scalars)
+                run.update_status(state="running", step=step, kimg=nimg / 1000.0,
+                                  eta_s=elapsed / max(step, 1) * (total_steps - step))
+                stats_acc = {}
+            if dist.main and step % sample_every == 0:
+                montage(prog)
+            due_time = (settings.snapshot_minutes is not None
+                        and time.perf_counter() - last_snapshot_time > settings.snapshot_minutes * 60)
+            if dist.world > 1:
+                due_time = _any_rank(due_time, dist)
+            if step % snapshot_every == 0 or due_time:
+                last_path = save("periodic") or last_path
+                saved_step = step
+                last_snapshot_time = time.perf_counter()
+            requested = stop.requested or (cancel is not None and cancel.cancelled)
+            if dist.world > 1:
+                requested = _any_rank(bool(requested), dist)
+            if requested:
+                state = "stopped"
+                break
+            bar.set(step)
+    D.requires_grad_(True)
+    if dist.main and sampled_step != step:
+        montage(phase.progress(nimg))
+    if saved_step != step:
+        last_path = save("stopped" if state == "stopped" else "final") or last_path
+    final_state = "finished" if state == "running" else state
+    if dist.main:
+        run.update_status(state=final_state, step=step, kimg=nimg / 1000.0, last_checkpoint=str(last_path))
+        run.log(f"{final_state} at step {step} ({nimg / 1000:.2f} kimg)")
+        run.close()
+    with torch.no_grad():  # lets callers (and the DDP test) check that every rank holds the same weights
+        checksum = float(sum(p.double().sum() for p in G.parameters()))
+    return {"state": final_state, "step": step, "kimg": nimg / 1000.0, "checkpoint": str(last_path) if last_path else None,
+            "rank": dist.rank, "world": dist.world, "g_param_checksum": checksum}
+
+
+def _finite_step(loss_value, optimizer, scaler, dist: Dist) -> bool:
+    """Step if the loss is finite on every rank; otherwise skip (and halve an fp16 scale). One host sync."""
+    import torch
+
+    finite = torch.isfinite(loss_value.detach()).to(torch.float32)
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.all_reduce(finite, op=tdist.ReduceOp.MIN)
+    if finite.item() < 1:
+        optimizer.zero_grad(set_to_none=True)
+        if scaler.is_enabled():
+            scaler.update(scaler.get_scale() / 2)
+        return False
+    scaler.step(optimizer)
+    scaler.update()
+    return True
+
+
+def _any_rank(flag: bool, dist: Dist) -> bool:
+    import torch
+    import torch.distributed as tdist
+
+    t = torch.tensor([1.0 if flag else 0.0])
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _gather_states(dist: Dist, sampler_state: dict, gen_state) -> tuple[list, list]:
+    """Every rank's sampler position and latent-RNG state (so a resumed multi-rank run continues exactly)."""
+    if dist.world <= 1:
+        return [sampler_state], [gen_state]
+    import torch.distributed as tdist
+
+    box: list = [None] * dist.world
+    tdist.all_gather_object(box, (sampler_state, gen_state.cpu()))
+    return [b[0] for b in box], [b[1] for b in box]
+
+
+def _data_spacing(dataset) -> list[float]:
+    cases = dataset.meta.get("cases", [])
+    if cases and "spacing_xyz_mm" in cases[0]:
+        return [float(s) for s in cases[0]["spacing_xyz_mm"]]
+    sp = dataset.meta.get("spacing_xyz_mm")
+    if sp:
+        return [float(s) for s in sp]
+    raise VolGANError("cannot tell the voxel spacing of the training data")

@@ -1,0 +1,210 @@
+"""`aydin2024-stylegan` import: the Circle-of-Willis 3-D StyleGAN checkpoints of Aydin et al. 2024.
+
+The fixture ../shared/anchors/cow_stylegan_c24_tiny/ is a checkpoint in their exact on-disk format made
+with their code at a tiny size (image_size 64, network_capacity 1, depth 32 → 32×64×64), with
+``reference_io.npz`` = their ``GE(SE(z) repeated per block, noise)`` for two latents and two noise images.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from VolGANCore.errors import InputFileError, VolGANError
+from VolumetricGANLib.checkpoint import card_path, load_checkpoint, load_generator
+from VolumetricGANLib.import_aydin2024 import build_aydin2024, import_aydin2024
+from VolumetricGANLib.importers import IMPORTERS, import_model
+from VolumetricGANLib.networks.aydin2024 import FAMILY
+
+REPO = Path(__file__).resolve().parents[1]
+ANCHOR = REPO.parent / "shared" / "anchors" / "cow_stylegan_c24_tiny"
+MODEL = ANCHOR / "model_1.pt"
+pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"{ANCHOR} is absent: ../shared is not beside this checkout")
+
+TOL = 1e-4
+N_MEAN = 256  # truncation-mean latents in tests (the default 10 000 is for real imports)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    r = np.load(ANCHOR / "reference_io.npz")
+    return {k: torch.from_numpy(r[k]) for k in r.files}
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("aydin") / "cow_tiny.vgan"
+    path = import_aydin2024(MODEL, out, truncation_mean_samples=N_MEAN)
+    assert path == out
+    return out
+
+
+def _copy_with(tmp_path: Path, edit=None, config_edit=None) -> Path:
+    """Their checkpoint folder in tmp_path, with the state dict and/or config edited."""
+    folder = tmp_path / "models" / "tiny"
+    folder.mkdir(parents=True)
+    sd = dict(torch.load(MODEL, map_location="cpu", weights_only=True)["GAN"])
+    if edit is not None:
+        edit(sd)
+    torch.save({"GAN": sd}, folder / "model_1.pt")
+    cfg = json.loads((ANCHOR / ".config.json").read_text())
+    if config_edit is not None:
+        config_edit(cfg)
+    (folder / ".config.json").write_text(json.dumps(cfg))
+    return folder / "model_1.pt"
+
+
+# -- exactness -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fused", [True, False])
+def test_direct_model_reproduces_reference_output(ref, fused):
+    G, info = build_aydin2024(MODEL, output_layout="authors", truncation_mean_samples=N_MEAN)
+    assert info["fmap_inferred"] and "fmap_max" in info["fmap_note"]
+    G.synthesis.fused_modconv = fused
+    with torch.no_grad():
+        ws = G.mapping(ref["z"])
+        assert ws.shape == (2, 5, 512)
+        out = G.synthesis(ws, noise=ref["noise"])
+    assert out.shape == ref["output"].shape == (2, 1, 32, 64, 64)
+    err = float((out - ref["output"]).abs().max())
+    assert err <= TOL, f"max abs error {err:.3g} (fused={fused})"
+
+
+def test_round_trip_through_vgan_reproduces_reference_output(imported, ref):
+    G, cfg = load_generator(imported)
+    assert cfg["family"] == FAMILY and cfg["output_shape"] == [32, 64, 64]
+    with torch.no_grad():
+        out = G(ref["z"], noise=ref["noise"])              # mapping + synthesis, ψ = 1
+    # stored layout 'itk': the array is (z, y, x); their tensor is (z, x, y)
+    err = float((out - ref["output"].transpose(-1, -2)).abs().max())
+    assert err <= TOL, f"max abs error {err:.3g} after save/load"
+    G.synthesis.output_layout = "authors"
+    with torch.no_grad():
+        assert float((G(ref["z"], noise=ref["noise"]) - ref["output"]).abs().max()) <= TOL
+
+
+def test_converted_checkpoint_records_provenance_licence_and_fmap(imported):
+    blob = load_checkpoint(imported)
+    prov, cfg = blob["provenance"], blob["config"]
+    assert prov["source"]["format"] == "aydin2024-stylegan"
+    assert prov["source"]["config"]["image_size"] == 64 and prov["source"]["config"]["lr_mlp"] == 0.1
+    assert "MIT" in prov["license"] and "request" in prov["license"]
+    assert prov["fmap_max"]["inferred"] is True and "tensor shapes" in prov["fmap_max"]["how"]
+    assert cfg["architecture"]["fmap_max"] == 32 and cfg["architecture"]["lr_mlp"] == 0.1
+    assert cfg["intensity"]["network_range"] == [0.0, 1.0] and cfg["intensity"]["clip"] is False
+    assert cfg["spacing"] == [0.297, 0.297, 0.6]
+    assert set(blob["tensors"]) == {"G_ema"} and "mapping.w_avg" in blob["tensors"]["G_ema"]
+    card = card_path(imported).read_text()
+    assert "Aydin" in card and "MIT" in card and "aydin2024-stylegan3d" in card
+
+
+def test_fmap_max_is_inferred_when_capped_and_checked_when_given(tmp_path, ref):
+    # fmap_max given explicitly and consistent: same network, same output
+    G, info = build_aydin2024(MODEL, fmap_max=512, output_layout="authors", truncation_mean_samples=8)
+    assert not info["fmap_inferred"]
+    with torch.no_grad():
+        assert float((G.synthesis(G.mapping(ref["z"]), noise=ref["noise"]) - ref["output"]).abs().max()) <= TOL
+    # a cap that would change the channel counts is refused with the shape mismatches listed
+    with pytest.raises(InputFileError, match=r"shape mismatches .*GE\.initial_block \(1, 32, 4, 4, 4\) vs \(1, 16, 4, 4, 4\)"):
+        build_aydin2024(MODEL, fmap_max=16, truncation_mean_samples=8)
+
+
+# -- refusals ------------------------------------------------------------------------------------------------
+def test_missing_key_is_listed(tmp_path):
+    src = _copy_with(tmp_path, lambda sd: sd.pop("GE.blocks.2.conv1.weight"))
+    with pytest.raises(InputFileError, match=r"missing keys: GE\.blocks\.2\.conv1\.weight") as exc:
+        import_aydin2024(src, tmp_path / "x.vgan", truncation_mean_samples=8)
+    assert str(src) in str(exc.value) and not (tmp_path / "x.vgan").exists()
+
+
+def test_renamed_key_is_listed_as_missing_and_unexpected(tmp_path):
+    def rename(sd):
+        sd["GE.blocks.1.to_style_1.weight"] = sd.pop("GE.blocks.1.to_style1.weight")
+
+    src = _copy_with(tmp_path, rename)
+    with pytest.raises(InputFileError) as exc:
+        import_aydin2024(src, tmp_path / "x.vgan", truncation_mean_samples=8)
+    msg = str(exc.value)
+    assert "missing keys: GE.blocks.1.to_style1.weight" in msg
+    assert "unexpected keys: GE.blocks.1.to_style_1.weight" in msg
+
+
+def test_reshaped_tensor_is_listed(tmp_path):
+    def reshape(sd):
+        sd["GE.blocks.3.conv2.weight"] = torch.zeros(4, 4, 1, 3, 3)
+
+    src = _copy_with(tmp_path, reshape)
+    with pytest.raises(InputFileError, match=r"shape mismatches \(file vs expected\): "
+                                             r"GE\.blocks\.3\.conv2\.weight \(4, 4, 1, 3, 3\) vs \(4, 4, 3, 3, 3\)"):
+        import_aydin2024(src, tmp_path / "x.vgan", truncation_mean_samples=8)
+
+
+def test_checkpoint_of_another_size_lists_every_difference(tmp_path):
+    # the config says image_size 128: one more block is expected, and the 32-channel constant reads as a
+    # cap (fmap_max 32), so the later blocks expect twice the channels they have
+    src = _copy_with(tmp_path, config_edit=lambda c: c.update(image_size=128))
+    with pytest.raises(InputFileError) as exc:
+        import_aydin2024(src, tmp_path / "x.vgan", truncation_mean_samples=8)
+    msg = str(exc.value)
+    assert "missing keys: GE.blocks.4.to_grayscale.upsample.1.f, GE.blocks.5.to_style1.weight" in msg
+    assert "(14 in all)" in msg
+    assert "GE.blocks.1.conv1.weight (16, 32, 3, 3, 3) vs (32, 32, 3, 3, 3)" in msg
+    assert "image_size 128" in msg and "fmap_max 32" in msg and "--config" in msg
+
+
+def test_non_ema_tensors_are_ignored_and_foreign_files_refused(tmp_path):
+    def add_training_nets(sd):
+        for k in [k for k in sd if k.startswith(("SE.", "GE."))]:
+            sd[k[0] + k[2:]] = sd[k].clone() * 0   # S.*, G.* (non-EMA copies)
+        sd["D.final_conv.weight"] = torch.zeros(2, 2, 3, 3, 3)
+        sd["D_aug.D.final_conv.weight"] = torch.zeros(2, 2, 3, 3, 3)
+
+    src = _copy_with(tmp_path, add_training_nets)
+    out = import_aydin2024(src, tmp_path / "full.vgan", truncation_mean_samples=8)
+    ignored = load_checkpoint(out)["provenance"]["tensors_ignored"]
+    assert ignored["S"] == 16 and ignored["D"] == 1 and ignored["D_aug"] == 1 and ignored["G"] > 50
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(2)}, plain)
+    with pytest.raises(InputFileError, match=r"expected \{'GAN': state_dict\}"):
+        import_aydin2024(plain, tmp_path / "y.vgan", config=ANCHOR / ".config.json")
+    with pytest.raises(InputFileError, match="--config"):
+        import_aydin2024(MODEL, tmp_path / "y.vgan", config=tmp_path / "nope.json")
+    noconst = _copy_with(tmp_path / "nc", config_edit=lambda c: c.update(no_const=True))
+    with pytest.raises(InputFileError, match="no_const"):
+        import_aydin2024(noconst, tmp_path / "y.vgan")
+
+
+def test_checkpoint_without_config_beside_it_needs_config_argument(tmp_path):
+    lone = tmp_path / "model_7.pt"
+    shutil.copyfile(MODEL, lone)
+    with pytest.raises(InputFileError, match=r"\.config\.json was not found.*--config"):
+        import_aydin2024(lone, tmp_path / "z.vgan")
+    out = import_model("aydin2024-stylegan", lone, tmp_path / "z.vgan", config=ANCHOR / ".config.json",
+                       fmap_max=None, reference_image=None, truncation_mean_samples=8)
+    assert load_checkpoint(out)["config"]["family"] == FAMILY
+
+
+# -- registry ------------------------------------------------------------------------------------------------
+def test_format_and_family_are_registered():
+    assert IMPORTERS["aydin2024-stylegan"] is import_aydin2024
+    code = ("import VolumetricGANLib.networks as n, VolumetricGANLib.checkpoint as c; "
+            f"print({FAMILY!r} in n.FAMILIES)")
+    env_path = [str(REPO / "VolumetricGAN"), str(REPO / "MorphometryLogic")]
+    res = subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = {env_path!r}; {code}"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "True", "VolumetricGANLib.networks does not import the aydin2024 family"
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    with pytest.raises(VolGANError, match="fmap-max"):
+        import_aydin2024(MODEL, tmp_path / "a.vgan", fmap_max=0)
+    with pytest.raises(VolGANError, match="depth"):
+        import_aydin2024(MODEL, tmp_path / "a.vgan", depth=48)

@@ -1,0 +1,165 @@
+"""The training loop: bit-for-bit resume, NaN handling, graceful stop, progressive schedule, DDP with gloo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from GANTrainerLib.run import read_metrics, read_status
+from GANTrainerLib.train import TrainSettings, _Phase, train
+from VolGANCore import CancelToken, Volume, VolGANError, write_volume
+from VolumetricGANLib.checkpoint import load_checkpoint, load_generator
+
+TINY = dict(
+    family="stylegan2-3d",
+    generator=dict(z_dim=8, w_dim=8, output_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8, channel_max=8,
+                   mapping_layers=1),
+    discriminator=dict(img_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8, channel_max=8, mbstd_group_size=2),
+    batch=2, loss=dict(kind="stylegan2", r1_interval=2, pl_weight=1.0, pl_interval=2, style_mixing_prob=0.5),
+    augment=dict(p=0.5, translation=0.25, cutout=0.25), ada_target=0.6, ada_kimg=0.01, kimg=1.0,
+    snapshot_kimg=1.0, sample_kimg=1.0, log_steps=1, preprocess=dict(intensity="minmax"), ema_kimg=0.01,
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train") / "data"
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        write_volume(Volume(rng.normal(size=(4, 8, 8)).astype(np.float32), spacing=(0.5, 0.5, 1.0)), folder / f"c{k}.nrrd")
+    return folder
+
+
+def settings(**kw):
+    return TrainSettings(**{**TINY, **kw})
+
+
+def tensors(path):
+    return load_checkpoint(path)["tensors"]
+
+
+def test_resumed_run_is_bit_for_bit_the_uninterrupted_one(data, tmp_path):
+    straight = train(data, tmp_path / "a", settings(), max_steps=4, log=lambda m: None)
+    first = train(data, tmp_path / "b", settings(), max_steps=2, log=lambda m: None)
+    messages = []
+    second = train(data, tmp_path / "b", settings(), resume=True, max_steps=2, log=messages.append)
+    assert first["step"] == 2 and second["step"] == straight["step"] == 4
+    assert messages and messages[0].startswith("resumed from step 2 (0.00 kimg)")
+    a, b = tensors(straight["checkpoint"]), tensors(second["checkpoint"])
+    for part in ("G", "D", "G_ema"):
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+    ta, tb = load_checkpoint(straight["checkpoint"])["training"], load_checkpoint(second["checkpoint"])["training"]
+    assert ta["augment_p"] == tb["augment_p"] and ta["nimg"] == tb["nimg"] == 8
+    assert "resumed from step 2" in (tmp_path / "b" / "log.txt").read_text()
+
+
+def test_run_folder_is_observable_and_checkpoint_generates(data, tmp_path):
+    out = train(data, tmp_path / "r", settings(), max_steps=3, log=lambda m: None)
+    status = read_status(tmp_path / "r")
+    assert status["state"] == "finished" and status["step"] == 3
+    rows = read_metrics(tmp_path / "r")
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert {"loss/G", "loss/D", "augment/p", "scores/real"} <= set(rows[-1])
+    assert any("reg/r1" in r for r in rows) and any("reg/pl_penalty" in r for r in rows)
+    assert list((tmp_path / "r" / "samples").glob("*.png"))
+    G, cfg = load_generator(out["checkpoint"])
+    assert cfg["spacing"] == [0.5, 0.5, 1.0] and G(torch.randn(1, 8)).shape == (1, 1, 4, 8, 8)
+
+
+def test_non_finite_losses_stop_the_run_with_a_message(data, tmp_path, monkeypatch):
+    from GANTrainerLib import losses
+
+    real = losses.StyleGAN2Loss.discriminator_loss
+
+    def nan_loss(self, *a, **k):
+        total, stats = real(self, *a, **k)
+        return total * float("nan"), stats
+
+    monkeypatch.setattr(losses.StyleGAN2Loss, "discriminator_loss", nan_loss)
+    with pytest.raises(VolGANError, match="3 consecutive non-finite losses"):
+        train(data, tmp_path / "n", settings(max_bad_steps=3), max_steps=10, log=lambda m: None)
+    assert read_status(tmp_path / "n")["state"] == "failed"
+
+
+def test_cancel_checkpoints_and_marks_stopped(data, tmp_path):
+    token = CancelToken()
+
+    def cancel_after_two(event):
+        if event.description == "train" and event.done >= 2:
+            token.cancel()
+
+    out = train(data, tmp_path / "s", settings(), max_steps=50, progress=cancel_after_two, cancel=token,
+                log=lambda m: None)
+    assert out["state"] == "stopped" and out["step"] == 3  # the step in flight finishes, then it stops
+    assert read_status(tmp_path / "s")["state"] == "stopped"
+    assert load_checkpoint(out["checkpoint"])["provenance"]["reason"] == "stopped"
+
+
+def test_resume_without_checkpoint_is_a_clear_error(data, tmp_path):
+    with pytest.raises(VolGANError, match="--resume: no checkpoint"):
+        train(data, tmp_path / "empty", settings(), resume=True, max_steps=1)
+
+
+def test_progressive_schedule_fades_in_every_level():
+    ph = _Phase(TrainSettings(family="pgan-3d", generator={}, discriminator={},
+                              progressive=dict(kimg_per_phase=1.0, fade_fraction=0.5)), max_res=3)
+    at = lambda k: ph.progress(int(k * 1000))  # noqa: E731
+    assert at(0.5) == 0.0
+    assert at(1.25) == pytest.approx(0.5) and at(1.75) == 1.0
+    assert at(2.25) == pytest.approx(1.5) and at(3.25) == pytest.approx(2.5) and at(3.6) == 3.0
+    assert at(9.0) == 3.0
+    reals = torch.randn(2, 1, 32, 32, 32)
+    assert ph.reals_at(reals, 1.0).shape[-1] == 8
+    faded = ph.reals_at(reals, 1.5)
+    assert faded.shape[-1] == 16
+
+
+def test_progressive_gan_trains(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "bone"
+    for k in range(3):
+        write_volume(Volume(rng.uniform(-350, 1100, size=(8, 8, 8)).astype(np.float32), spacing=(0.164,) * 3),
+                     folder / f"b{k}.nrrd")
+    s = TrainSettings(family="pgan-3d", generator=dict(max_res=1, nch=1), discriminator=dict(max_res=1, nch=1),
+                      batch=2, lr_g=1e-3, lr_d=1e-3, betas=[0.0, 0.99], loss=dict(kind="wgan-gp"),
+                      progressive=dict(kimg_per_phase=0.004, fade_fraction=0.5), latent="hypersphere",
+                      preprocess=dict(intensity="window", window=[-350.0, 1100.0]), kimg=1.0, snapshot_kimg=1.0,
+                      sample_kimg=1.0, log_steps=1, ema_kimg=0.01,
+                      intensity={"network_range": [-1, 1], "physical_range": [-350, 1100], "units": "density"})
+    out = train(folder, tmp_path / "run", s, max_steps=4, log=lambda m: None)
+    levels = [r["progress/level"] for r in read_metrics(tmp_path / "run")]
+    assert levels[0] == 0.0 and levels[-1] > 0.0
+    G, cfg = load_generator(out["checkpoint"])
+    assert cfg["latent"]["distribution"] == "hypersphere" and cfg["intensity"]["physical_range"] == [-350, 1100]
+
+
+def test_ddp_two_processes_with_gloo(data, tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys
+        from GANTrainerLib.train import TrainSettings, train
+        s = TrainSettings(**json.loads({json.dumps(json.dumps(TINY))}))
+        out = train({str(data)!r}, {str(tmp_path / 'ddp')!r}, s, max_steps=3, device="cpu", log=lambda m: None)
+        print("RESULT " + json.dumps(out), flush=True)
+    """))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", str(script)], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
+    assert sorted(r["rank"] for r in results) == [0, 1] and all(r["world"] == 2 for r in results)
+    assert results[0]["g_param_checksum"] == results[1]["g_param_checksum"]   # gradients were averaged
+    ckpt = load_checkpoint(next(r["checkpoint"] for r in results if r["rank"] == 0))
+    assert ckpt["training"]["nimg"] == 3 * 2 * 2                              # batch × world per step
+    assert len(ckpt["training"]["latent_rng"]) == 2                            # both ranks' streams saved
