@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from VolGANCore.errors import InputFileError, VolGANError
 from VolumetricGANLib.checkpoint import card_path, load_checkpoint, load_generator
@@ -30,6 +31,59 @@ pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"{ANCHOR} is absent
 
 TOL = 1e-4
 N_MEAN = 256  # truncation-mean latents in tests (the default 10 000 is for real imports)
+
+
+def reference_forward(sd: dict, z: torch.Tensor, noise: torch.Tensor, lr_mlp: float = 0.1, n_z: int = 3) -> torch.Tensor:
+    """Their ``GE(SE(z) per block, noise)`` written from their code's description with plain functional calls
+    on the raw state dict (not from VolumetricGANLib): L2-normalised z, 8 × (linear·lr_mlp, LeakyReLU 0.2);
+    constant → conv3d; blocks: trilinear ×2 (all axes for blocks 1..n_z, in-plane after), two modulated
+    convs (w·(s+1), demodulated) each + Linear(1, C)(noise crop) then LeakyReLU; grey-scale 1×1×1
+    modulated conv summed, trilinear ×2 + normalised [1,2,1]³ replicate blur between blocks."""
+    x = F.normalize(z, dim=1)
+    for i in range(8):
+        x = F.leaky_relu(F.linear(x, sd[f"SE.net.{2 * i}.weight"] * lr_mlp, sd[f"SE.net.{2 * i}.bias"] * lr_mlp), 0.2)
+    style = x
+
+    def modconv(h, weight, s, demod):
+        b = h.shape[0]
+        wts = weight[None] * (s[:, None, :, None, None, None] + 1)
+        if demod:
+            wts = wts * torch.rsqrt((wts ** 2).sum(dim=(2, 3, 4, 5), keepdim=True) + 1e-8)
+        y = F.conv3d(h.reshape(1, -1, *h.shape[2:]), wts.reshape(-1, *weight.shape[1:]),
+                     padding=weight.shape[-1] // 2, groups=b)
+        return y.reshape(b, -1, *y.shape[2:])
+
+    f = torch.tensor([1.0, 2.0, 1.0])
+    k = (f[:, None, None] * f[None, :, None] * f[None, None, :] / 64).reshape(1, 1, 3, 3, 3)
+    n = z.shape[0]
+    h = F.conv3d(sd["GE.initial_block"].expand(n, -1, -1, -1, -1), sd["GE.initial_conv.weight"],
+                 sd["GE.initial_conv.bias"], padding=1)
+    n_blocks = len({key.split(".")[2] for key in sd if key.startswith("GE.blocks.")})
+    rgb = None
+    for i in range(n_blocks):
+        p = f"GE.blocks.{i}."
+        if i > 0:
+            h = F.interpolate(h, scale_factor=(1, 2, 2) if i > n_z else (2, 2, 2), mode="trilinear", align_corners=False)
+        crop = noise[:, :h.shape[2], :h.shape[3], :h.shape[4], :]
+        for j in (1, 2):
+            nz = F.linear(crop, sd[p + f"to_noise{j}.weight"], sd[p + f"to_noise{j}.bias"]).permute(0, 4, 1, 2, 3)
+            s = F.linear(style, sd[p + f"to_style{j}.weight"], sd[p + f"to_style{j}.bias"])
+            h = F.leaky_relu(modconv(h, sd[p + f"conv{j}.weight"], s, True) + nz, 0.2)
+        s = F.linear(style, sd[p + "to_grayscale.to_style.weight"], sd[p + "to_grayscale.to_style.bias"])
+        y = modconv(h, sd[p + "to_grayscale.conv.weight"], s, False)
+        rgb = y if rgb is None else y + rgb
+        if i < n_blocks - 1:
+            rgb = F.interpolate(rgb, scale_factor=(1, 2, 2) if i >= n_z else (2, 2, 2), mode="trilinear",
+                                align_corners=False)
+            rgb = F.conv3d(F.pad(rgb, (1, 1, 1, 1, 1, 1), mode="replicate"), k)
+    return rgb
+
+
+def with_noise_weights(sd: dict) -> None:
+    """Give the (all-zero, as at their initialisation) noise scales and biases seeded random values."""
+    g = torch.Generator().manual_seed(7)
+    for key in [k for k in sd if ".to_noise" in k]:
+        sd[key] = torch.randn(sd[key].shape, generator=g) * (0.3 if key.endswith("weight") else 0.1)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +128,29 @@ def test_direct_model_reproduces_reference_output(ref, fused):
     assert out.shape == ref["output"].shape == (2, 1, 32, 64, 64)
     err = float((out - ref["output"]).abs().max())
     assert err <= TOL, f"max abs error {err:.3g} (fused={fused})"
+
+
+def test_reference_forward_is_their_output(ref):
+    sd = torch.load(MODEL, map_location="cpu", weights_only=True)["GAN"]
+    assert float((reference_forward(sd, ref["z"], ref["noise"]) - ref["output"]).abs().max()) <= TOL
+
+
+def test_noise_path_matches_reference_forward(tmp_path, ref):
+    # the fixture's noise scales are zero (their initialisation), so the noise crop is checked here
+    src = _copy_with(tmp_path, with_noise_weights)
+    sd = torch.load(src, map_location="cpu", weights_only=True)["GAN"]
+    want = reference_forward(sd, ref["z"], ref["noise"])
+    assert float((want - ref["output"]).abs().max()) > 1e-2          # the noise does change the output
+    for fused in (True, False):
+        G, _ = build_aydin2024(src, output_layout="authors", truncation_mean_samples=8)
+        G.synthesis.fused_modconv = fused
+        with torch.no_grad():
+            got = G(ref["z"], noise=ref["noise"])
+        assert float((got - want).abs().max()) <= TOL, f"fused={fused}"
+    out = import_aydin2024(src, tmp_path / "noisy.vgan", truncation_mean_samples=8)
+    G, _ = load_generator(out)
+    with torch.no_grad():
+        assert float((G(ref["z"], noise=ref["noise"]) - want.transpose(-1, -2)).abs().max()) <= TOL
 
 
 def test_round_trip_through_vgan_reproduces_reference_output(imported, ref):

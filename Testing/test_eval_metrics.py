@@ -134,13 +134,22 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_estimate(rng):
     a = rng.normal(size=200)
     b = rng.normal(size=150) + 1.0
     stat = lambda ri, fi: b[fi].mean() - a[ri].mean()  # noqa: E731
-    ci = bootstrap_ci(stat, 200, 150, n_boot=300, seed=3)
-    assert ci == bootstrap_ci(stat, 200, 150, n_boot=300, seed=3)
     est = stat(np.arange(200), np.arange(150))
-    assert ci["low"] < est < ci["high"] and ci["n_boot"] == 300
     se = np.sqrt(a.var(ddof=1) / 200 + b.var(ddof=1) / 150)
-    assert ci["sd"] == pytest.approx(se, rel=0.25)
+    for scheme in ("half", "replacement"):
+        ci = bootstrap_ci(stat, 200, 150, n_boot=400, seed=3, estimate=est, scheme=scheme)
+        assert ci == bootstrap_ci(stat, 200, 150, n_boot=400, seed=3, estimate=est, scheme=scheme)
+        assert ci["low"] < est < ci["high"] and ci["n_boot"] == 400
+        assert ci["sd"] == pytest.approx(se, rel=0.2)  # half-samples reproduce the full-size standard error
+        assert ci["high"] - ci["low"] == pytest.approx(2 * 1.96 * se, rel=0.25)
     assert bootstrap_ci(stat, 200, 150, n_boot=0)["low"] is None
+    # a statistic biased by the effective sample size (a Fréchet distance): the re-centred interval holds it
+    x = rng.normal(size=(60, 16))
+    y = rng.normal(size=(60, 16)) + 0.3
+    fd = lambda ri, fi: frechet_distance_from_features(x[ri], y[fi])  # noqa: E731
+    full = fd(np.arange(60), np.arange(60))
+    ci = bootstrap_ci(fd, 60, 60, n_boot=60, seed=0, estimate=full)
+    assert ci["low"] < full < ci["high"] and ci["bias"] > 0
     h1, h2 = split_halves(9, seed=1)
     assert len(h1) == len(h2) == 4 and not set(h1) & set(h2)
     with pytest.raises(ValueError, match="≥ 4"):

@@ -30,8 +30,121 @@ def step_environment(out: Path, log: list[str]) -> dict:
     return {"devices": rep["compute"].get("devices", [])}
 
 
+DEMO_COW = 4        # CoW phantoms (32×128×128)
+DEMO_BONE = 16      # bone phantom patches (32³ at 164 µm)
+
+
+def step_phantoms(out: Path, log: list[str]) -> dict:
+    from VolumetricGANLib.phantoms import write_bone_dataset, write_cow_dataset
+
+    from VolGANCore.progress import TqdmProgress
+
+    bar = TqdmProgress()
+    cow = write_cow_dataset(out / "phantoms" / "cow", n=DEMO_COW, seed=0, progress=bar)
+    bone = write_bone_dataset(out / "phantoms" / "bone", n=DEMO_BONE, seed=0, bvtv=0.18, bvtv_sd=0.05, progress=bar)
+    fig = overview_figure(cow, bone, out / "phantoms" / "overview.png")
+    manifest = json.loads((cow / "manifest.json").read_text())
+    variants = [_variant_text(c["variant"]) for c in manifest["cases"]]
+    log += [f"- {DEMO_COW} CoW TOF-MRA phantoms (32×128×128, TopCoW labels) in `phantoms/cow/`; variants: "
+            + "; ".join(variants),
+            f"- {DEMO_BONE} trabecular-bone patches (32³ at 164 µm, BV/TV 0.18 ± 0.05) in `phantoms/bone/`",
+            f"- figure: `phantoms/{fig.name}`"]
+    return {"cow": DEMO_COW, "bone": DEMO_BONE}
+
+
+def _variant_text(v: dict) -> str:
+    """One line per subject: what departs from a complete circle (from the phantom manifest)."""
+    if v.get("complete_circle"):
+        return "complete circle"
+    notes = [f"{side}-Pcom {v['pcom'][side]}" for side in ("R", "L") if v["pcom"][side] != "present"]
+    notes += [f"{side}-P1 {v['p1'][side]}" for side in ("R", "L") if v["p1"][side] != "normal"]
+    notes += [f"{side} fetal PCA" for side in ("R", "L") if v["fetal_pca"][side]]
+    notes += [f"{side}-A1 {v['a1'][side]}" for side in ("R", "L") if v["a1"][side] != "normal"]
+    notes += ["Acom " + v["acom"]] if v["acom"] != "present" else []
+    notes += ["3rd-A2"] if v["third_a2"] else []
+    return ", ".join(notes) or "incomplete circle"
+
+
+def step_validate(out: Path, log: list[str]) -> dict:
+    from VolGANCore.dataset import validate_dataset
+
+    figures = {}
+    for name, labels, scheme in (("cow", "labels", "topcow13"), ("bone", "masks", None)):
+        root = out / "phantoms" / name
+        report = validate_dataset(root / "images", labels_folder=root / labels, label_scheme=scheme)
+        atomic_write_json(root / "validation.json", report.to_dict())
+        log.append("    " + report.summary().replace("\n", "\n    ").replace(str(out) + "/", ""))
+        figures[name] = report.ok
+    return {"valid": figures}
+
+
+def step_train_smoke(out: Path, log: list[str]) -> dict:
+    """A few optimiser steps of each tiny preset: shows the whole training machinery, not a usable model."""
+    from .train import settings_from_preset, train
+
+    figures = {}
+    for preset, data, steps in (("tiny-spongiosa", "bone", 6), ("tiny-cow", "cow", 3)):
+        run = out / "runs" / preset
+        result = train(out / "phantoms" / data / "images", run, settings_from_preset(preset), max_steps=steps,
+                       log=lambda m: None)
+        result["checkpoint"] = str(Path(result["checkpoint"]).relative_to(out))
+        figures[preset] = {k: result[k] for k in ("state", "step", "kimg", "checkpoint")}
+        log.append(f"- `volgan train --preset {preset}`: {result['step']} steps, checkpoint `{result['checkpoint']}`, "
+                   f"samples in `runs/{preset}/samples/`, TensorBoard in `runs/{preset}/tensorboard/` "
+                   "(a smoke run on CPU — the shipped models are trained far longer)")
+    return figures
+
+
+def overview_figure(cow_dir: Path, bone_dir: Path, path: Path) -> Path:
+    """CoW phantom MIP with its TopCoW labels, and bone patches: the README's first figure."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+
+    from VolGANCore import TOPCOW13, read_label_volume, read_volume
+    from VolGANCore.atomic import atomic_path
+    from VolGANCore.dataset import list_volumes
+
+    img = read_volume(list_volumes(cow_dir / "images")[0])
+    lab = read_label_volume(list_volumes(cow_dir / "labels")[0], scheme="topcow13")
+    bones = [read_volume(p) for p in list_volumes(bone_dir / "images")[:3]]
+    fig, axes = plt.subplots(1, 5, figsize=(15, 3.4))
+    mip = img.array.max(axis=0)
+    # radiological view: anterior up (row 0 = anterior in LPS), patient's right on the left (column 0)
+    axes[0].imshow(mip, cmap="gray", origin="upper")
+    axes[0].set_title("CoW TOF-MRA phantom (axial MIP)", fontsize=9)
+    colours = np.zeros((16, 4))
+    for i, _name, rgb in TOPCOW13.classes:
+        colours[i] = (*rgb, 1.0)
+    lab_mip = np.zeros(lab.shape[1:], np.int16)
+    for i in TOPCOW13.ids:                        # later ids drawn over earlier ones: small vessels stay visible
+        lab_mip[(lab.array == i).any(axis=0)] = i
+    axes[1].imshow(mip, cmap="gray", origin="upper")
+    axes[1].imshow(np.ma.masked_equal(lab_mip, 0), cmap=ListedColormap(colours), vmin=0, vmax=15,
+                   origin="upper", interpolation="nearest", alpha=0.85)
+    axes[1].set_title("TopCoW artery labels", fontsize=9)
+    for k, b in enumerate(bones):
+        ax = axes[2 + k]
+        ax.imshow(b.array[:, b.shape[1] // 2, :], cmap="gray", vmin=-350, vmax=1100, origin="lower")
+        ax.set_title(f"bone patch {k} (coronal, 164 µm)", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    return path
+
+
 STEPS: list[tuple[str, Step]] = [
     ("Environment", step_environment),
+    ("Built-in phantoms", step_phantoms),
+    ("Dataset validation", step_validate),
+    ("Training (smoke runs of the tiny presets)", step_train_smoke),
 ]
 
 

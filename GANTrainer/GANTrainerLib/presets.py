@@ -74,11 +74,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Tiny presets: minutes on a CPU, first checkpoint within a minute (snapshot by wall time too).
 PRESETS["tiny-cow"] = dict(
     copy.deepcopy(PRESETS["cow-stylegan"]),
-    generator=dict(z_dim=64, w_dim=64, output_shape=[16, 64, 64], base_shape=[2, 8, 8], channel_base=64,
+    generator=dict(z_dim=64, w_dim=64, output_shape=[8, 32, 32], base_shape=[2, 8, 8], channel_base=32,
                    channel_max=32, mapping_layers=2, mapping_lr_multiplier=0.01, architecture="skip"),
-    discriminator=dict(img_shape=[16, 64, 64], base_shape=[2, 8, 8], channel_base=64, channel_max=32,
+    discriminator=dict(img_shape=[8, 32, 32], base_shape=[2, 8, 8], channel_base=32, channel_max=32,
                        architecture="resnet", mbstd_group_size=2),
-    preprocess=dict(roi_shape=[32, 128, 128], roi_centre="centre", intensity="minmax", downsample=2),
+    preprocess=dict(roi_shape=[32, 128, 128], roi_centre="centre", intensity="minmax", downsample=4),
     batch=4, lr_g=0.002, lr_d=0.002, ema_kimg=0.5, ema_rampup=0.05, kimg=2.0, snapshot_kimg=0.5,
     sample_kimg=0.5, snapshot_minutes=1.0,
     loss=dict(kind="stylegan2", loss="logistic", r1_gamma=0.5, r1_interval=4, pl_weight=0.0, style_mixing_prob=0.5),

@@ -11,6 +11,12 @@ Public API
 - :func:`vessel_morphometry`, :func:`cow_variants` (:mod:`.vessels`)
 """
 
+from .batch import batch_bone_morphometry, write_rows_csv
 from .bone import ALL_PARAMETERS, PRESETS, bone_morphometry, segment_bone, thickness_map
+from .vessels import binary_vessel_morphometry, cow_variants, vessel_morphometry
 
-__all__ = ["ALL_PARAMETERS", "PRESETS", "bone_morphometry", "segment_bone", "thickness_map"]
+__all__ = [
+    "ALL_PARAMETERS", "PRESETS", "bone_morphometry", "segment_bone", "thickness_map",
+    "batch_bone_morphometry", "write_rows_csv",
+    "vessel_morphometry", "cow_variants", "binary_vessel_morphometry",
+]

@@ -45,8 +45,7 @@ def register(sub) -> None:
 
 
 def _warn(args, message: str) -> None:
-    if not getattr(args, "quiet", False):
-        print(f"volgan morphometry: warning: {message}", file=sys.stderr)
+    print(f"volgan morphometry: warning: {message}", file=sys.stderr)
 
 
 def _nrrd_lacks_spacing(path: Path) -> bool:

@@ -1,14 +1,25 @@
-"""Bootstrap confidence intervals over samples (volumes), and the real-vs-real split.
+"""Resampling confidence intervals over samples (volumes), and the real-vs-real split.
 
-The resampling unit is the *volume*: a metric over slices resamples whole volumes (all their slices), since
-slices of one volume are not independent. Percentile intervals (Efron & Tibshirani 1993, ch. 13).
-k-NN metrics are undefined with duplicated points (a duplicate is its own nearest neighbour), so their
-replicates use the distinct resampled volumes only (about 63 % of each set); their intervals are
-therefore wider than a plain bootstrap's (conservative), which the report states.
+Set-distance metrics (Fréchet distances, MMD, PRD, k-NN metrics) are strongly biased by the *effective*
+sample size, and the ordinary bootstrap duplicates about 37 % of the samples: on 60 + 60 samples of 32-d
+features the with-replacement replicates of a Fréchet distance of 11.3 averaged 19.4, so neither the
+percentile nor the basic interval contained the estimate. The default scheme is therefore **half-sampling**
+(McCarthy 1969; subsampling, Politis & Romano 1994): each replicate draws ⌊n/2⌋ samples *without*
+replacement from each set. For a smooth statistic the spread of half-sample replicates estimates the
+sampling spread at full size (for a mean, Var(half-sample mean | data) = s²/n exactly up to the finite-
+population factor), and there are no duplicates (k-NN metrics stay defined). The interval is the replicates'
+2.5–97.5 % percentiles *re-centred on the full-sample estimate* (their mean shifted onto it), which removes
+the half-size bias; the shift is reported as ``bias``. ``scheme="replacement"`` gives the classic bootstrap
+with basic (reverse-percentile) intervals (Davison & Hinkley 1997, §5.2). Intervals are clipped to a
+metric's natural range when one is given. The resampling unit is the *volume*: a metric over slices
+resamples whole volumes (all their slices), since slices of one volume are not independent.
 
 References
 ----------
-Efron B., Tibshirani R. J., "An Introduction to the Bootstrap", Chapman & Hall 1993.
+McCarthy P. J., "Pseudo-replication: half samples", Rev. Int. Stat. Inst. 37, 1969.
+Politis D. N., Romano J. P., "Large sample confidence regions based on subsamples under minimal
+assumptions", Ann. Stat. 22, 1994.
+Davison A. C., Hinkley D. V., "Bootstrap Methods and their Application", Cambridge University Press 1997.
 """
 
 from __future__ import annotations
@@ -17,73 +28,15 @@ from typing import Callable, Optional
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "bootstrap_many", "split_halves"]
+__all__ = ["bootstrap_ci", "bootstrap_many", "split_halves", "SCHEMES"]
+
+SCHEMES = ("half", "replacement")
 
 
-def bootstrap_ci(
-    statistic: Callable[[np.ndarray, np.ndarray], float],
-    n_real: int,
-    n_fake: int,
-    n_boot: int = 200,
-    seed: int = 0,
-    alpha: float = 0.05,
-    unique: bool = False,
-    on_replicate: Optional[Callable[[], None]] = None,
-) -> dict:
-    """Percentile bootstrap interval of ``statistic(real_idx, fake_idx)`` resampling both sets.
-
-    Parameters
-    ----------
-    statistic : callable
-        Takes index arrays into the real and fake sets, returns a float.
-    n_real, n_fake : int
-        Set sizes.
-    n_boot : int
-        Replicates (0 disables: returns None bounds).
-    seed : int
-        Seed of the resampling generator (same seed → same interval).
-    alpha : float
-        1 − coverage (0.05 → 95 % interval).
-    unique : bool
-        Pass only the distinct resampled indices (for k-NN metrics, see module docstring).
-    on_replicate : callable or None
-        Called after each replicate (progress / cancellation).
-
-    Returns
-    -------
-    dict
-        ``low``, ``high``, ``sd`` of the replicates, ``n_boot``, ``level``.
-    """
-    if n_boot <= 0:
-        return {"low": None, "high": None, "sd": None, "n_boot": 0, "level": 1 - alpha}
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(int(n_boot)):
-        ri = rng.integers(0, n_real, n_real)
-        fi = rng.integers(0, n_fake, n_fake)
-        if unique:
-            ri, fi = np.unique(ri), np.unique(fi)
-        try:
-            values.append(float(statistic(ri, fi)))
-        except ValueError:  # a replicate too small for the metric (e.g. < 2 distinct samples): skip it
-            pass
-        if on_replicate:
-            on_replicate()
-    if not values:
-        return {"low": None, "high": None, "sd": None, "n_boot": 0, "level": 1 - alpha}
-    v = np.asarray(values)
-    lo, hi = np.quantile(v, [alpha / 2, 1 - alpha / 2])
-    return {"low": float(lo), "high": float(hi), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            "n_boot": int(v.size), "level": 1 - alpha}
-
-
-def split_halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint, seeded halves of ``range(n)`` (sizes ⌊n/2⌋ and ⌈n/2⌉ − odd one left out: equal sizes)."""
-    if n < 4:
-        raise ValueError(f"the real-vs-real baseline needs ≥ 4 real samples, got {n}")
-    perm = np.random.default_rng(seed).permutation(n)
-    h = n // 2
-    return np.sort(perm[:h]), np.sort(perm[h:2 * h])
+def _draw(rng: np.random.Generator, n: int, scheme: str) -> np.ndarray:
+    if scheme == "half":
+        return np.sort(rng.permutation(n)[: max(2, n // 2)])
+    return rng.integers(0, n, n)
 
 
 def bootstrap_many(
@@ -94,17 +47,46 @@ def bootstrap_many(
     seed: int = 0,
     alpha: float = 0.05,
     on_replicate: Optional[Callable[[], None]] = None,
+    estimates: Optional[dict] = None,
+    bounds: Optional[dict] = None,
+    scheme: str = "half",
 ) -> dict:
-    """Like :func:`bootstrap_ci` for a function returning several named floats: one interval per name.
+    """Resampling intervals of several named statistics ``statistics(real_idx, fake_idx) -> {name: float}``.
 
-    The same resamples serve every statistic (one pass). A statistic that raises ``ValueError`` on a
-    replicate, or returns None/NaN, is left out of that replicate. Returns ``{name: interval dict}``.
+    Parameters
+    ----------
+    statistics : callable
+        Takes index arrays into the real and fake sets, returns named floats (None/NaN entries are skipped).
+    n_real, n_fake : int
+        Set sizes.
+    n_boot : int
+        Replicates (0: no intervals, returns ``{}``).
+    seed : int
+        Seed of the resampling generator (same seed → same intervals).
+    alpha : float
+        1 − coverage (0.05 → 95 % intervals).
+    on_replicate : callable or None
+        Called after each replicate (progress / cancellation).
+    estimates : dict or None
+        Full-sample values by name; needed for the re-centred (half) and basic (replacement) intervals,
+        plain percentile intervals otherwise.
+    bounds : dict or None
+        name → (low, high) natural range (None for open ends); intervals are clipped to it.
+    scheme : {"half", "replacement"}
+        Half-sampling without replacement (default) or the classic bootstrap (module docstring).
+
+    Returns
+    -------
+    dict
+        name → ``{"low", "high", "sd", "bias", "n_boot", "level", "method"}``.
     """
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme: expected one of {SCHEMES}, got {scheme!r}")
     rng = np.random.default_rng(seed)
     collected: dict[str, list[float]] = {}
     for _ in range(max(0, int(n_boot))):
-        ri = rng.integers(0, n_real, n_real)
-        fi = rng.integers(0, n_fake, n_fake)
+        ri = _draw(rng, n_real, scheme)
+        fi = _draw(rng, n_fake, scheme)
         for name, value in statistics(ri, fi).items():
             if value is not None and np.isfinite(value):
                 collected.setdefault(name, []).append(float(value))
@@ -113,7 +95,47 @@ def bootstrap_many(
     out = {}
     for name, values in collected.items():
         v = np.asarray(values)
-        lo, hi = np.quantile(v, [alpha / 2, 1 - alpha / 2])
+        q_lo, q_hi = np.quantile(v, [alpha / 2, 1 - alpha / 2])
+        est = None if estimates is None else estimates.get(name)
+        if est is None:
+            lo, hi, method, bias = q_lo, q_hi, "percentile", None
+        elif scheme == "half":
+            shift = est - v.mean()
+            lo, hi, method, bias = q_lo + shift, q_hi + shift, "half-sampling, re-centred percentile", -shift
+        else:
+            lo, hi, method, bias = 2 * est - q_hi, 2 * est - q_lo, "basic bootstrap", v.mean() - est
+        lo_b, hi_b = (bounds or {}).get(name, (None, None))
+        lo = lo if lo_b is None else max(lo, lo_b)
+        hi = hi if hi_b is None else min(hi, hi_b)
         out[name] = {"low": float(lo), "high": float(hi), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-                     "n_boot": int(v.size), "level": 1 - alpha}
+                     "bias": None if bias is None else float(bias), "n_boot": int(v.size),
+                     "level": 1 - alpha, "method": method}
     return out
+
+
+def bootstrap_ci(
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    n_real: int,
+    n_fake: int,
+    n_boot: int = 200,
+    seed: int = 0,
+    alpha: float = 0.05,
+    estimate: Optional[float] = None,
+    scheme: str = "half",
+) -> dict:
+    """Interval of one statistic ``statistic(real_idx, fake_idx) -> float`` (see :func:`bootstrap_many`)."""
+    res = bootstrap_many(lambda a, b: {"s": statistic(a, b)}, n_real, n_fake, n_boot, seed, alpha,
+                         estimates=None if estimate is None else {"s": estimate}, scheme=scheme)
+    if "s" not in res:
+        return {"low": None, "high": None, "sd": None, "bias": None, "n_boot": 0, "level": 1 - alpha,
+                "method": None}
+    return res["s"]
+
+
+def split_halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint, seeded halves of ``range(n)`` of equal size ⌊n/2⌋ (one sample left out when n is odd)."""
+    if n < 4:
+        raise ValueError(f"the real-vs-real baseline needs ≥ 4 real samples, got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    h = n // 2
+    return np.sort(perm[:h]), np.sort(perm[h:2 * h])

@@ -43,9 +43,10 @@ def render_markdown(report: dict) -> str:
     thr = mem["thresholds"]
     lines += ["", "## Memorisation", "",
               f"Nearest training volume of each generated volume by NCC and by feature distance (`{mem['extractor']}`), "
-              f"against the real-vs-real nearest-neighbour distribution. Suspect: NCC > {thr['ncc_above']:.4f} or "
+              f"against the real-vs-real nearest-neighbour distribution. Suspect: NCC > {thr['ncc_above']:.4f} and "
               f"feature distance < {_fmt(thr['feature_distance_below'])} (the {thr['quantile']:g} tails of the "
-              "real-vs-real distribution).", ""]
+              "real-vs-real distribution). Met alone: NCC by "
+              f"{mem['criteria_counts']['ncc']}, features by {mem['criteria_counts']['feature']} generated volume(s).", ""]
     if mem["suspects"]:
         lines += [f"**{len(mem['suspects'])} suspected copies:**", "",
                   "| Generated | Nearest (NCC) | NCC | Nearest (features) | Distance | Criteria |", "|---|---|---|---|---|---|"]
