@@ -35,9 +35,15 @@ __all__ = ["SURFACE_SIGMA", "surface_mesh", "surface_area", "structure_model_ind
 
 def triangle_areas(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area of each triangle (units of ``verts``²)."""
-    a = verts[faces[:, 1]] - verts[faces[:, 0]]
-    b = verts[faces[:, 2]] - verts[faces[:, 0]]
-    return 0.5 * np.linalg.norm(np.cross(a, b), axis=1)
+    return 0.5 * np.sqrt(np.sum(_face_cross(verts, faces) ** 2, axis=1, dtype=np.float64))
+
+
+def _face_cross(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(v1 − v0) × (v2 − v0) per triangle: its direction is the normal, its length twice the area."""
+    v0 = verts[faces[:, 0]]
+    a = verts[faces[:, 1]] - v0
+    b = verts[faces[:, 2]] - v0
+    return np.cross(a, b)
 
 
 def surface_mesh(
@@ -63,7 +69,7 @@ def surface_mesh(
 
     Returns
     -------
-    verts : float64 (V, 3), mm, array-axis order (D, H, W), origin at the centre of voxel (0, 0, 0)
+    verts : float32 (V, 3), mm, array-axis order (D, H, W), origin at the centre of voxel (0, 0, 0)
     faces : int (F, 3)
     """
     from skimage.measure import marching_cubes
@@ -79,14 +85,23 @@ def surface_mesh(
         padded = gaussian_filter(padded, sigma, mode="nearest", truncate=3.0)
     verts, faces, _n, _v = marching_cubes(padded, level=0.5, allow_degenerate=True)
     verts -= 1.0  # voxel-index coordinates of the unpadded image
-    cent = verts[faces].mean(axis=1)
     shape = np.asarray(mask.shape)
-    keep = np.all((cent >= -0.5) & (cent <= shape - 0.5), axis=1)
+    # only triangles with a vertex beyond the image box can have their centroid outside it
+    v_out = np.any((verts < -0.5) | (verts > shape - 0.5), axis=1)
+    cand = np.flatnonzero(v_out[faces[:, 0]] | v_out[faces[:, 1]] | v_out[faces[:, 2]])
+    keep = np.ones(len(faces), bool)
+    if cand.size:
+        fc = faces[cand]
+        cent = (verts[fc[:, 0]] + verts[fc[:, 1]] + verts[fc[:, 2]]) / 3.0
+        keep[cand] = np.all((cent >= -0.5) & (cent <= shape - 0.5), axis=1)
     if roi is not None:
+        cent = (verts[faces[:, 0]] + verts[faces[:, 1]] + verts[faces[:, 2]]) / 3.0
         ijk = np.clip(np.rint(cent).astype(np.int64), 0, shape - 1)
         keep &= np.asarray(roi, bool)[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
-    faces = faces[keep]
-    return verts * sp, faces
+    if not keep.all():
+        faces = faces[keep]
+    verts = (verts * sp).astype(np.float32)
+    return verts, faces
 
 
 def surface_area(
@@ -101,12 +116,11 @@ def surface_area(
 
 
 def _vertex_normals(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    a = verts[faces[:, 1]] - verts[faces[:, 0]]
-    b = verts[faces[:, 2]] - verts[faces[:, 0]]
-    fn = np.cross(a, b)  # length = 2·area: area-weighted
-    vn = np.zeros_like(verts)
-    for k in range(3):
-        np.add.at(vn, faces[:, k], fn)
+    fn = _face_cross(verts, faces)  # length = 2·area: area-weighted
+    n = len(verts)
+    vn = np.empty((n, 3), np.float64)
+    for c in range(3):
+        vn[:, c] = sum(np.bincount(faces[:, k], weights=fn[:, c], minlength=n) for k in range(3))
     norm = np.linalg.norm(vn, axis=1, keepdims=True)
     # marching_cubes orders triangles so that these normals point into the structure: flip them outward
     return -vn / np.where(norm > 0, norm, 1.0)
