@@ -10,6 +10,7 @@ import os
 import pathlib
 from typing import Annotated
 
+import qt
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -22,7 +23,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from GANTrainerSceneLogic import GANTrainerSceneLogic
+from GANTrainerLib.presets import PRESETS
+from GANTrainerSceneLogic import GANTrainerSceneLogic, TrainingProcess, updateLossPlot
 from VolGANSlicer.widgets import PanelProgress, ParameterNodeWidgetMixin
 
 
@@ -47,6 +49,9 @@ class GANTrainerParameterNode:
     imagesFolder: pathlib.Path
     labelsFolder: pathlib.Path
     labelScheme: Annotated[str, Choice(["none", "topcow13", "aydin7"])] = "none"
+    preset: Annotated[str, Choice(sorted(PRESETS))] = "tiny-spongiosa"
+    runFolder: pathlib.Path
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
 
 
 class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -54,6 +59,10 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.pollTimer = None
+        self.lossChart = None
+        self.sampleNode = None
+        self.lastCheckpoint = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -65,14 +74,90 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
 
         self.observeSceneClose()
         self.ui.validateButton.connect("clicked(bool)", self.onValidateButton)
+        self.ui.startTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=False))
+        self.ui.resumeTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=True))
+        self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTraining)
+        self.pollTimer = qt.QTimer()
+        self.pollTimer.setInterval(2000)
+        self.pollTimer.connect("timeout()", self.onPollTraining)
         self.setupEnvironmentSection(needTorch=True)
         self.initializeParameterNode()
 
+    def enter(self) -> None:
+        super().enter()
+        # reopening the module re-attaches to a run that kept going while the panel was closed
+        p = self._parameterNode
+        if p and self.logic.training is None and str(p.runFolder) not in ("", "."):
+            proc = TrainingProcess.attach(p.runFolder)
+            if proc.isRunning():
+                self.logic.training = proc
+        if self.logic.training is not None:
+            self.pollTimer.start()
+            self.onPollTraining()
+
+    def exit(self) -> None:
+        self.pollTimer.stop()  # the run goes on; enter() picks it up again
+        super().exit()
+
     def updateButtonStates(self) -> None:
-        ready = bool(self._parameterNode) and str(self._parameterNode.imagesFolder) not in ("", ".")
+        p = self._parameterNode
+        ready = bool(p) and str(p.imagesFolder) not in ("", ".")
         self.ui.validateButton.enabled = ready
         self.ui.validateButton.toolTip = _("Read every volume and report problems") if ready else _(
             "Choose an images folder first")
+        running = self.logic.training is not None and self.logic.training.isRunning()
+        can_train = ready and bool(p) and str(p.runFolder) not in ("", ".") and not running
+        self.ui.startTrainingButton.enabled = can_train
+        self.ui.resumeTrainingButton.enabled = can_train
+        self.ui.stopTrainingButton.enabled = running
+
+    def onStartTraining(self, resume: bool) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Starting training failed."), waitCursor=True):
+            from VolGANSlicer.dependencies import ensure_all
+
+            if not ensure_all(self.resourcePath("../requirements.txt")):
+                return
+            labels = p.labelsFolder if str(p.labelsFolder) not in ("", ".") else None
+            self.logic.training = TrainingProcess.start(p.preset, p.imagesFolder, p.runFolder, labelsFolder=labels,
+                                                        resume=resume, device=p.device)
+            self.lastCheckpoint = None
+            self.ui.statusLabel.text = _("Training started (preset {preset})").format(preset=p.preset)
+            self.pollTimer.start()
+            self.updateButtonStates()
+
+    def onStopTraining(self) -> None:
+        if self.logic.training is not None:
+            self.logic.training.stop(timeout=None)
+            self.ui.statusLabel.text = _("Stopping: finishing the current step and writing a checkpoint…")
+
+    def onPollTraining(self) -> None:
+        proc = self.logic.training
+        if proc is None:
+            self.pollTimer.stop()
+            return
+        status = proc.poll()
+        total, kimg = status.get("total_kimg") or 0, status.get("kimg") or 0
+        self.ui.progressBar.setMaximum(1000)
+        self.ui.progressBar.setValue(int(1000 * kimg / total) if total else 0)
+        eta = status.get("eta_s")
+        eta_text = _(", about {m:.0f} min left").format(m=eta / 60) if eta and status.get("running") else ""
+        self.ui.statusLabel.text = _("{state}: step {step}, {kimg:.2f} of {total:g} kimg{eta}").format(
+            state=status.get("state", "?"), step=status.get("step", 0), kimg=kimg, total=total, eta=eta_text)
+        self.ui.trainingLogTextEdit.setPlainText(proc.lastLogLines(30))
+        chart = updateLossPlot(self.logic, proc.runFolder, chartNode=self.lossChart)
+        if chart is not None:
+            self.lossChart = chart
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+        ckpt = status.get("checkpoints", [{}])[-1].get("path") if status.get("checkpoints") else None
+        if ckpt and ckpt != self.lastCheckpoint:
+            self.lastCheckpoint = ckpt
+            self.sampleNode = self.logic.loadLatestSample(proc.runFolder, node=self.sampleNode)
+            if self.sampleNode is not None:
+                slicer.util.setSliceViewerLayers(background=self.sampleNode, fit=True)
+        if not status.get("running"):
+            self.pollTimer.stop()
+        self.updateButtonStates()
 
     def onValidateButton(self) -> None:
         p = self._parameterNode
@@ -88,11 +173,13 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
 
 
 class GANTrainerLogic(GANTrainerSceneLogic, ScriptedLoadableModuleLogic):
-    """Console use: ``slicer.util.getModuleLogic("GANTrainer").validateDataset(folder)``."""
+    """Console use: ``slicer.util.getModuleLogic("GANTrainer").validateDataset(folder)``;
+    ``TrainingProcess.start(preset, data, run)`` runs ``volgan train`` in the background."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         GANTrainerSceneLogic.__init__(self)
+        self.training = None  # the TrainingProcess the panel watches (kept while the module is closed)
 
     def getParameterNode(self):
         return GANTrainerParameterNode(super().getParameterNode())

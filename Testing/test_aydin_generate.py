@@ -168,3 +168,16 @@ def test_cli_generate_on_imported_model(model, tmp_path):
     files = sorted((tmp_path / "cli").glob("sample_*.nii.gz"))
     assert len(files) == 2
     _check_geometry(read_volume(files[0]))
+
+
+def test_gradients_flow_to_styles_for_inversion(model):
+    G, _ = model
+    ws = G.mapping(torch.randn(1, 512, generator=torch.Generator().manual_seed(1))).detach().requires_grad_(True)
+    for fused in (False, True):
+        G.synthesis.fused_modconv = fused
+        try:
+            img = G.synthesis(ws, noise_mode="const")
+            (grad,) = torch.autograd.grad(img.square().mean(), ws)
+        finally:
+            G.synthesis.fused_modconv = "auto"
+        assert torch.isfinite(grad).all() and float(grad.abs().sum()) > 0

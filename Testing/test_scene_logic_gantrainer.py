@@ -33,3 +33,62 @@ def test_validate_dataset_on_missing_folder_raises_readable_error(headless, tmp_
 
     with pytest.raises(InputFileError, match="folder not found"):
         GANTrainerSceneLogic(headless.scene).validateDataset(str(tmp_path / "missing"))
+
+
+@pytest.fixture(scope="module")
+def bone_patches(tmp_path_factory):
+    from VolumetricGANLib.phantoms import write_bone_dataset
+
+    return write_bone_dataset(tmp_path_factory.mktemp("bone") / "set", n=4, seed=0) / "images"
+
+
+def _wait(proc, condition, timeout=300):
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        status = proc.poll()
+        if condition(status):
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"timed out; last status {proc.poll()}\n{proc.lastLogLines()}")
+
+
+def test_background_training_runs_reports_and_plots(headless, bone_patches, tmp_path):
+    from GANTrainerSceneLogic import GANTrainerSceneLogic, TrainingProcess, updateLossPlot
+
+    run = tmp_path / "run"
+    proc = TrainingProcess.start("tiny-spongiosa", bone_patches, run, extraArgs=["--max-steps", "3"], device="cpu")
+    status = _wait(proc, lambda s: not s["running"])
+    assert status["returncode"] == 0, proc.lastLogLines()
+    assert status["state"] == "finished" and status["step"] == 3
+    # a new watcher (module reopened) sees the same finished run
+    again = TrainingProcess.attach(run).poll()
+    assert again["state"] == "finished" and not again["running"]
+    logic = GANTrainerSceneLogic(headless.scene)
+    chart = updateLossPlot(logic, run)
+    names = {chart.GetNthPlotSeriesNode(i).GetName() for i in range(chart.GetNumberOfPlotSeriesNodes())}
+    assert {"loss/G", "loss/D", "reg/gp"} <= names
+    chart2 = updateLossPlot(logic, run, chartNode=chart)          # refresh replaces, not piles up
+    assert headless.scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1 and chart2 is not None
+    bad = TrainingProcess.start("tiny-spongiosa", tmp_path / "nothing", tmp_path / "bad", device="cpu")
+    failed = _wait(bad, lambda s: not s["running"])
+    assert failed["returncode"] == 2 and failed["state"] == "failed"
+    assert "nothing: folder not found" in failed["message"]
+
+
+def test_background_training_stops_gracefully(bone_patches, tmp_path):
+    from GANTrainerSceneLogic import TrainingProcess
+
+    proc = TrainingProcess.start("tiny-spongiosa", bone_patches, tmp_path / "run", extraArgs=["--max-steps", "500"],
+                                 device="cpu")
+    _wait(proc, lambda s: s.get("step", 0) >= 1)
+    proc.stop()
+    status = proc.poll()
+    assert status["state"] == "stopped" and not status["running"], proc.lastLogLines()
+    assert status["step"] < 500 and list((tmp_path / "run" / "checkpoints").glob("*.vgan"))
+    resumed = TrainingProcess.start("tiny-spongiosa", bone_patches, tmp_path / "run", resume=True,
+                                    extraArgs=["--max-steps", "1"], device="cpu")
+    final = _wait(resumed, lambda s: not s["running"])
+    assert final["state"] == "finished" and final["step"] == status["step"] + 1
+    assert "resumed from step" in (tmp_path / "run" / "log.txt").read_text()

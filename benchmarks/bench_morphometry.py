@@ -6,7 +6,8 @@ traced memory), and 1000 patches of 32³ through the batched API (``--quick``: 2
 
 Peers are optional and looked for on ``sys.path`` and in the folders named by ``VOLGAN_BENCH_PEERS``
 (``os.pathsep``-separated ``pip install --target`` folders, appended after the project's own packages so
-its numpy/edt win): ``porespy`` (``porespy.filters.local_thickness``; whole-voxel sphere radii) and
+its numpy/edt win): ``porespy`` (``porespy.filters.local_thickness``, default method; integer sphere radii, ×2 for a
+diameter) and
 ``itk`` with ``itk-bonemorphometry`` (``BoneMorphometryFeaturesFilter``: plate-model BV/TV, Tb.N, Tb.Th,
 Tb.Sp, BS/BV). A peer that cannot be imported is skipped with a printed reason.
 """
@@ -97,11 +98,11 @@ def cases(quick: bool) -> list[Case]:
     out.append(Case(f"Tb.Sp {n}^3", "MorphometryLib (exact)", ours_sp, repeats=1 if not quick else 3))
     if ps_lt is not None:
         def ps_th():
-            t = ps_lt(m, sizes=40, mode="dt")
+            t = ps_lt(m)  # porespy 3.2 default (method "bf"): map of sphere radii in voxels
             return {"Tb.Th [vox]": float(2 * t[m].mean())}
 
         def ps_sp():
-            t = ps_lt(space, sizes=40, mode="dt")
+            t = ps_lt(space)
             return {"Tb.Sp [vox]": float(2 * t[space].mean())}
 
         out.append(Case(f"Tb.Th {n}^3", "porespy local_thickness", ps_th, repeats=1 if not quick else 3, reference=True))

@@ -21,7 +21,9 @@ Algorithm (exact, no O(N·r³) painting of every voxel)
    leaves the distance ridge (a thin, surface-like set).
 3. The remaining balls are stamped, vectorised, in ascending radius order: offsets of the largest ball are
    sorted by length once; a centre of radius ``d`` needs the prefix of offsets with ``|o|² < d²``; stamping
-   in ascending order makes the last write the maximum.
+   in ascending order makes the last write the maximum. A centre with a greater 26-neighbour stamps only
+   the crescent its ball adds to the neighbour's (exact by induction, see :func:`_stamp`), which cuts the
+   writes by about ``4r/3``.
 The result is identical to a brute-force maximal-sphere computation (checked in the tests).
 
 References
@@ -173,17 +175,47 @@ def ridge_candidates(d2: np.ndarray, spacing: Sequence[float], reach: int = 1) -
     return np.ravel_multi_index(tuple(ijk.T), tuple(shape)).astype(np.int64)
 
 
+def _greater_neighbour(d2: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """For each centre, the index (into :func:`_ordered_neighbours`) of its nearest 26-neighbour that is
+    greater in the strict order (d², linear index); −1 when it has none."""
+    shape = np.asarray(d2.shape)
+    d2p = np.pad(np.asarray(d2, np.float32), 1)
+    pshape = np.asarray(d2p.shape)
+    pstrides = np.array([pshape[1] * pshape[2], pshape[2], 1], np.int64)
+    flat = d2p.reshape(-1)
+    ijk = np.stack(np.unravel_index(centres, tuple(shape)), axis=1) + 1
+    lin = ijk @ pstrides
+    dq = flat[lin]
+    choice = np.full(len(centres), -1, np.int64)
+    todo = np.arange(len(centres))
+    for j, e in enumerate(_ordered_neighbours(1)):
+        if todo.size == 0:
+            break
+        off = int(e @ pstrides)
+        dn = flat[lin[todo] + off]
+        greater = (dn > dq[todo]) | ((dn == dq[todo]) & (off > 0))
+        choice[todo[greater]] = j
+        todo = todo[~greater]
+    return choice
+
+
 def _stamp(out: np.ndarray, d2: np.ndarray, centres: np.ndarray, sp: np.ndarray, cancel=None) -> None:
     """Stamp the open balls of ``centres`` (linear indices, ascending d²) into ``out`` as a running maximum.
 
-    ``out`` is written through a padded copy so no bounds checks are needed: a ball never leaves the
-    structure, but near the image border it may leave the image (the border is not background).
+    Crescents instead of balls: if a 26-neighbour ``g = q + e`` of ``q`` is greater in the strict order
+    (d², linear index), every voxel of ``B(g, d(q)) ⊆ B(g, d(g))`` receives at least ``d(g) ≥ d(q)`` anyway
+    (by induction down the order: a chain of greater neighbours ends at a ball stamped whole), so ``q``
+    stamps only ``B(q, d(q)) \\ B(q + e, d(q))`` — about ``3|e|/(4r)`` of the ball. In offset terms: the
+    offsets ``o`` of the length-sorted prefix of length ``k`` whose shifted offset ``o − e`` ranks ≥ ``k``.
+    Equal radii are stamped together (one value per write, so write order inside a call is irrelevant),
+    in ascending order, so later writes are maxima. ``out`` is written through a padded copy (a ball never
+    leaves the structure but may leave the image: the border is not background).
     """
     if centres.size == 0:
         return
     d2c = d2.reshape(-1)[centres].astype(np.float64)
     offs, on2 = _ball_offsets(float(d2c.max()) * (1 - _TOL) + 1e-12, sp)
-    pad = np.abs(offs).max(axis=0)
+    pad = np.abs(offs).max(axis=0) + 1
     shape = np.asarray(out.shape)
     pshape = shape + 2 * pad
     work = np.zeros(tuple(pshape), np.float32)
@@ -194,24 +226,37 @@ def _stamp(out: np.ndarray, d2: np.ndarray, centres: np.ndarray, sp: np.ndarray,
     lin_c = (ijk @ pstrides).astype(itype)
     klen = _prefix_lengths(d2c, on2)
     dvals = np.sqrt(d2c).astype(np.float32)
+    choice = _greater_neighbour(d2, centres)
+    neigh = _ordered_neighbours(1)
+    # rank of every offset in the sorted list, on a dense grid, to rank the shifted offsets o − e
+    reach = np.abs(offs).max(axis=0) + 1
+    grid = np.full(tuple(2 * reach + 1), np.iinfo(np.int64).max, np.int64)
+    grid[tuple((offs + reach).T)] = np.arange(len(offs))
     flat = work.reshape(-1)
-    # centres are sorted by radius, so equal prefix lengths (identical offset sets) form runs
-    bounds = np.flatnonzero(np.diff(klen)) + 1
+    # runs of equal radius (centres are sorted): one value per write
+    bounds = np.flatnonzero((np.diff(klen) != 0) | (np.diff(dvals) != 0)) + 1
     starts = np.concatenate([[0], bounds])
     stops = np.concatenate([bounds, [len(klen)]])
     for a, b in zip(starts, stops):
         k = int(klen[a])
         if k == 0:
             continue
-        step = max(1, _PAIRS_PER_CHUNK // k)
-        offk = lin_off[:k]
-        for c in range(a, b, step):
-            if cancel is not None:
-                cancel.raise_if_cancelled()
-            e = min(b, c + step)
-            idx = lin_c[c:e, None] + offk[None, :]
-            # ascending radius order (C-order writes): the last write is the maximum
-            flat[idx] = np.broadcast_to(dvals[c:e, None], idx.shape)
+        value = dvals[a]
+        ch = choice[a:b]
+        for j in np.unique(ch):
+            if j < 0:
+                offk = lin_off[:k]
+            else:
+                shifted = offs[:k] - neigh[j] + reach
+                offk = lin_off[:k][grid[tuple(shifted.T)] >= k]
+            if offk.size == 0:
+                continue
+            sel = lin_c[a:b][ch == j]
+            step = max(1, _PAIRS_PER_CHUNK // offk.size)
+            for c in range(0, len(sel), step):
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                flat[sel[c : c + step, None] + offk[None, :]] = value
     core = tuple(slice(int(p), int(p + s)) for p, s in zip(pad, shape))
     np.maximum(out, work[core], out=out)
 

@@ -166,11 +166,13 @@ class AydinMapping(nn.Module):
 
 
 def _modulated_conv(x: torch.Tensor, weight: torch.Tensor, style: torch.Tensor, demod: bool, fused: bool,
-                    padding: int) -> torch.Tensor:
+                    padding: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Their ``Conv3DMod``: weights ``w·(style + 1)`` per sample, optional demodulation, no bias.
 
     ``fused`` runs it as one grouped convolution over the batch (their implementation); otherwise the
-    equivalent activation-scaling form ``demod ⊙ conv(x ⊙ (style + 1), w)`` shares one weight tensor.
+    equivalent activation-scaling form ``conv(x ⊙ (style + 1), w)`` shares one weight tensor and the
+    demodulation coefficients (N, C_out) are returned separately, for the caller to fold into its next
+    element-wise operation. Returns ``(y, demod_coefficients or None)``.
     """
     n, c = x.shape[:2]
     s = style.to(torch.float32) + 1
@@ -181,13 +183,12 @@ def _modulated_conv(x: torch.Tensor, weight: torch.Tensor, style: torch.Tensor, 
         out_c = w.shape[1]
         y = F.conv3d(x.reshape(1, n * c, *x.shape[2:]), w.reshape(n * out_c, *w.shape[2:]).to(x.dtype),
                      padding=padding, groups=n)
-        return y.reshape(n, out_c, *y.shape[2:])
+        return y.reshape(n, out_c, *y.shape[2:]), None
     y = F.conv3d(x * s.to(x.dtype).reshape(n, c, 1, 1, 1), weight.to(x.dtype), padding=padding)
-    if demod:
-        wsq = weight.square().sum(dim=(2, 3, 4))                       # (out, in)
-        d = torch.rsqrt(s.square() @ wsq.t() + 1e-8)                    # (n, out)
-        y = y * d.to(y.dtype).reshape(n, -1, 1, 1, 1)
-    return y
+    if not demod:
+        return y, None
+    wsq = weight.square().sum(dim=(2, 3, 4))                       # (out, in)
+    return y, torch.rsqrt(s.square() @ wsq.t() + 1e-8)             # (n, out)
 
 
 class _ModConv(nn.Module):
@@ -199,7 +200,7 @@ class _ModConv(nn.Module):
         self.demod = demod
         self.padding = kernel // 2
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, fused: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, style: torch.Tensor, fused: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         return _modulated_conv(x, self.weight, style, self.demod, fused, self.padding)
 
 
@@ -236,7 +237,7 @@ class _GrayscaleBlock(nn.Module):
         self.upsample = nn.Sequential(_Upsample(rgb_up), _Blur()) if rgb_up is not None else None
 
     def forward(self, x, prev, w, fused):
-        y = self.conv(x, self.to_style(w), fused)
+        y, _ = self.conv(x, self.to_style(w), fused)           # not demodulated
         if prev is not None:
             y = y + prev
         if self.upsample is not None:
@@ -257,11 +258,15 @@ class _Block(nn.Module):
         self.to_grayscale = _GrayscaleBlock(latent_dim, out_ch, rgb_up)
 
     @staticmethod
-    def _noise(lin: nn.Linear, crop: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
-        b = lin.bias.reshape(1, -1, 1, 1, 1)
-        if crop is None:                                   # noise_mode 'none': a zero noise image
-            return b.to(like.dtype)
-        return crop * lin.weight.reshape(1, -1, 1, 1, 1) + b
+    def _conv_noise_act(conv: _ModConv, x, style, lin: nn.Linear, crop, fused):
+        """LeakyReLU(modconv(x) + noise·a + b) with a, b from ``lin`` (their ``Linear(1, C)``), in few passes."""
+        y, d = conv(x, style, fused)
+        n = y.shape[0]
+        b = lin.bias.reshape(1, -1, 1, 1, 1).to(y.dtype)
+        y = torch.addcmul(b, y, d.to(y.dtype).reshape(n, -1, 1, 1, 1)) if d is not None else y + b
+        if crop is not None:                               # noise_mode 'none' = a zero noise image: bias only
+            y.addcmul_(crop.to(y.dtype), lin.weight.reshape(1, -1, 1, 1, 1).to(y.dtype))
+        return F.leaky_relu_(y, 0.2)
 
     def forward(self, x, rgb, w, noise, fused):
         if self.up is not None:
@@ -270,8 +275,8 @@ class _Block(nn.Module):
         if noise is not None:
             d, h, ww = x.shape[2:]
             crop = noise[:, None, :d, :h, :ww, 0]          # (N, 1, D, H, W): their [:, :a, :b, :c, :] → channel
-        x = F.leaky_relu(self.conv1(x, self.to_style1(w), fused) + self._noise(self.to_noise1, crop, x), 0.2)
-        x = F.leaky_relu(self.conv2(x, self.to_style2(w), fused) + self._noise(self.to_noise2, crop, x), 0.2)
+        x = self._conv_noise_act(self.conv1, x, self.to_style1(w), self.to_noise1, crop, fused)
+        x = self._conv_noise_act(self.conv2, x, self.to_style2(w), self.to_noise2, crop, fused)
         return x, self.to_grayscale(x, rgb, w, fused)
 
 
