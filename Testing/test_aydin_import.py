@@ -285,3 +285,8 @@ def test_bad_arguments_are_refused(tmp_path):
         import_aydin2024(MODEL, tmp_path / "a.vgan", fmap_max=0)
     with pytest.raises(VolGANError, match="depth"):
         import_aydin2024(MODEL, tmp_path / "a.vgan", depth=48)
+    with pytest.raises(VolGANError, match="spacing"):
+        import_aydin2024(MODEL, tmp_path / "a.vgan", spacing=(0.3, -1, 0.6))
+    with pytest.raises(VolGANError, match="either"):
+        import_aydin2024(MODEL, tmp_path / "a.vgan", spacing=(0.3, 0.3, 0.6), reference_image=tmp_path / "r.nii.gz")
+    assert not (tmp_path / "a.vgan").exists()

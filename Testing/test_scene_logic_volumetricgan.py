@@ -38,3 +38,92 @@ def test_unknown_kind(headless):
 
     with pytest.raises(VolGANError, match="phantom kind 'lung'"):
         VolumetricGANSceneLogic(headless.scene).loadPhantom("lung")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    import torch
+
+    from VolumetricGANLib.checkpoint import make_config, save_checkpoint
+    from VolumetricGANLib.networks import build_generator
+
+    arch = dict(z_dim=8, w_dim=8, output_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8, channel_max=8,
+                mapping_layers=1)
+    torch.manual_seed(0)
+    G = build_generator("stylegan2-3d", arch)
+    with torch.no_grad():  # a fresh StyleGAN2 starts with zero noise strengths: make noise matter, as after training
+        for name, p in G.named_parameters():
+            if "noise" in name:
+                p.fill_(0.5)
+    cfg = make_config("stylegan2-3d", arch, spacing=(0.3, 0.3, 0.6), name="tinycow",
+                      intensity={"network_range": [-1, 1], "physical_range": [0, 1], "units": "normalised TOF"})
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.vgan", cfg, G_ema=G)
+
+
+def test_generate_samples_into_volume_nodes_reproducibly(headless, tiny_checkpoint):
+    from VolumetricGANSceneLogic import VolumetricGANSceneLogic
+
+    logic = VolumetricGANSceneLogic(headless.scene)
+    a = logic.generateVolumes(tiny_checkpoint, "sample", n=3, seed=5, device="cpu")
+    b = logic.generateVolumes(tiny_checkpoint, "sample", n=3, seed=5, device="cpu")
+    c = logic.generateVolumes(tiny_checkpoint, "sample", n=3, seed=6, device="cpu")
+    assert len(a["volumes"]) == 3 and a["sequence"] is None
+    first = mrml.node_to_volume(a["volumes"][0])
+    assert first.shape == (4, 8, 8) and first.spacing == pytest.approx((0.3, 0.3, 0.6))
+    assert np.array_equal(first.array, mrml.node_to_volume(b["volumes"][0]).array)
+    assert not np.array_equal(first.array, mrml.node_to_volume(c["volumes"][0]).array)
+    rows = mrml.rows_from_table(a["table"])
+    assert [r["index"] for r in rows] == [0, 1, 2] and rows[0]["seed"] == 5 and rows[0]["units"] == "normalised TOF"
+
+
+def test_interpolation_is_a_browsable_sequence(headless, tiny_checkpoint):
+    from VolumetricGANSceneLogic import VolumetricGANSceneLogic
+
+    out = VolumetricGANSceneLogic(headless.scene).generateVolumes(tiny_checkpoint, "interpolate", seed=1, seedB=2,
+                                                                  steps=5, device="cpu")
+    seq = out["sequence"]
+    assert seq.GetNumberOfDataNodes() == 5 and seq.GetNthIndexValue(4) == "1"
+    first = mrml.node_to_volume(seq.GetNthDataNode(0)).array
+    last = mrml.node_to_volume(seq.GetNthDataNode(4)).array
+    middle = mrml.node_to_volume(seq.GetNthDataNode(2)).array
+    assert not np.array_equal(first, last)
+    assert np.abs(middle - first).max() > 0 and np.abs(middle - last).max() > 0
+
+
+def test_variation_and_mix_and_bad_mode(headless, tiny_checkpoint):
+    from VolumetricGANSceneLogic import VolumetricGANSceneLogic
+
+    logic = VolumetricGANSceneLogic(headless.scene)
+    var = logic.generateVolumes(tiny_checkpoint, "variation", n=2, seed=3, device="cpu")
+    a, b = (mrml.node_to_volume(n).array for n in var["volumes"])
+    assert not np.array_equal(a, b)
+    mixed = logic.generateVolumes(tiny_checkpoint, "mix", seed=3, seedB=4, cutoff=1, device="cpu")
+    assert len(mixed["volumes"]) == 1
+    with pytest.raises(VolGANError, match="generation mode 'dream'"):
+        logic.generateVolumes(tiny_checkpoint, "dream")
+
+
+def test_import_published_spongiosa_model_then_generate(headless, tmp_path):
+    from conftest import shared_file
+    from VolumetricGANSceneLogic import VolumetricGANSceneLogic
+
+    src = shared_file("anchors", "spongiosa_g_net.pth")
+    logic = VolumetricGANSceneLogic(headless.scene)
+    out = logic.importPublishedModel(src, modelsFolder=tmp_path)
+    assert out.name == "miccai2020-pgan-spongiosa_g_net.vgan" and out.exists()
+    assert (tmp_path / "miccai2020-pgan-spongiosa_g_net.card.md").exists()
+    res = logic.generateVolumes(out, "sample", n=2, seed=0, device="cpu")
+    vol = mrml.node_to_volume(res["volumes"][0])
+    assert vol.shape == (32, 32, 32) and vol.spacing == pytest.approx((0.164,) * 3)
+    assert -350 <= vol.array.min() and vol.array.max() <= 1100
+
+
+def test_import_refuses_unknown_files(headless, tmp_path):
+    import torch
+
+    from VolGANCore import InputFileError
+    from VolumetricGANSceneLogic import VolumetricGANSceneLogic
+
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(InputFileError, match="other.pth: not a published generator format"):
+        VolumetricGANSceneLogic(headless.scene).importPublishedModel(tmp_path / "other.pth", modelsFolder=tmp_path)

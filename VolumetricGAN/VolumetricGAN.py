@@ -5,8 +5,10 @@ VolumetricGANLib / MorphometryLib (no Slicer imports); MRML-level logic in Volum
 """
 
 import logging
+import pathlib
 from typing import Annotated
 
+import qt
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -19,8 +21,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from VolGANSlicer.widgets import ParameterNodeWidgetMixin
-from VolumetricGANSceneLogic import VolumetricGANSceneLogic
+from VolGANSlicer.widgets import PanelProgress, ParameterNodeWidgetMixin
+from VolumetricGANSceneLogic import GENERATION_MODES, VolumetricGANSceneLogic
 
 
 class VolumetricGAN(ScriptedLoadableModule):
@@ -65,6 +67,14 @@ def registerSampleData():
 
 @parameterNodeWrapper
 class VolumetricGANParameterNode:
+    checkpoint: pathlib.Path
+    mode: Annotated[str, Choice(list(GENERATION_MODES))] = "sample"
+    count: Annotated[int, WithinRange(1, 256)] = 4
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+    seedB: Annotated[int, WithinRange(0, 2**31 - 1)] = 1
+    truncation: Annotated[float, WithinRange(0.0, 1.5)] = 1.0
+    noise: Annotated[str, Choice(["const", "random", "none"])] = "const"
+    steps: Annotated[int, WithinRange(2, 256)] = 8
     phantomKind: Annotated[str, Choice(["cow", "bone"])] = "cow"
     phantomSeed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
 
@@ -85,8 +95,52 @@ class VolumetricGANWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
 
         self.observeSceneClose()
         self.ui.createPhantomButton.connect("clicked(bool)", self.onCreatePhantom)
+        self.ui.generateButton.connect("clicked(bool)", self.onGenerate)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
         self.setupEnvironmentSection(needTorch=True)
         self.initializeParameterNode()
+
+    def updateButtonStates(self) -> None:
+        p = self._parameterNode
+        has_model = bool(p) and str(p.checkpoint) not in ("", ".") and p.checkpoint.is_file()
+        self.ui.generateButton.enabled = has_model
+        self.ui.generateButton.toolTip = _("Generate volumes into the scene") if has_model else _(
+            "Choose a .vgan model first (or import a published one)")
+        mode = p.mode if p else "sample"
+        self.ui.seedBSpinBox.enabled = mode in ("interpolate", "mix")
+        self.ui.stepsSpinBox.enabled = mode == "interpolate"
+        self.ui.countSpinBox.enabled = mode in ("sample", "variation")
+
+    def onGenerate(self) -> None:
+        p = self._parameterNode
+        progress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton)
+        with slicer.util.tryWithErrorDisplay(_("Generation failed."), waitCursor=True):
+            from VolGANSlicer.dependencies import ensure_all
+
+            if not ensure_all(self.resourcePath("../requirements.txt")):
+                return
+            out = self.logic.generateVolumes(str(p.checkpoint), p.mode, n=p.count, seed=p.seed,
+                                             truncation=p.truncation, noise=p.noise, seedB=p.seedB, steps=p.steps,
+                                             progress=progress, cancel=progress.token)
+            if out["sequence"] is not None:
+                browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForSequenceNode(out["sequence"])
+                slicer.modules.sequences.toolBar().setActiveBrowserNode(browser)
+                proxy = browser.GetProxyNode(out["sequence"])
+                slicer.util.setSliceViewerLayers(background=proxy, fit=True)
+                self.ui.statusLabel.text = _("Interpolation ready: use the Sequences toolbar to browse it")
+            else:
+                slicer.util.setSliceViewerLayers(background=out["volumes"][0], fit=True)
+                self.ui.statusLabel.text = _("{n} volume(s) generated").format(n=len(out["volumes"]))
+
+    def onImportModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Published generator weights"), "",
+                                              _("PyTorch weights (*.pth *.pt)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Import failed."), waitCursor=True):
+            out = self.logic.importPublishedModel(path)
+            self._parameterNode.checkpoint = pathlib.Path(out)
+            self.ui.statusLabel.text = _("Imported as {out} (model card beside it)").format(out=out)
 
     def onCreatePhantom(self) -> None:
         p = self._parameterNode

@@ -128,17 +128,23 @@ def mesh_intercept_lengths(
     """
     from .surface import _face_cross
 
-    fn = 0.5 * _face_cross(verts, faces).astype(np.float64)  # area-weighted normals
-    # Pool near-parallel normals (equal-area bins in (z, φ), 64 × 128): |Σn·v| = Σ|n·v| within a bin whose
-    # normals all lie on one side of every test plane, which holds up to the bin's ±1.4° spread.
-    area = np.linalg.norm(fn, axis=1)
-    ok = area > 0
-    fn, area = fn[ok], area[ok]
-    unit = fn / area[:, None]
-    zb = np.clip(((unit[:, 2] + 1.0) * 32.0).astype(np.int64), 0, 63)
-    pb = np.clip(((np.arctan2(unit[:, 1], unit[:, 0]) + np.pi) * (64.0 / np.pi)).astype(np.int64), 0, 127)
-    b = zb * 128 + pb
-    pooled = np.stack([np.bincount(b, weights=fn[:, c], minlength=64 * 128) for c in range(3)], axis=1)
+    fn = 0.5 * _face_cross(verts, faces)  # area-weighted normals (float32)
+    # Pool near-parallel normals on a cube map (6 faces × 32 × 32 bins by the ratios of the components):
+    # |Σn·v| = Σ|n·v| within a bin except for test directions nearly perpendicular to it, where both are
+    # small; the bins span ≤ 3.6°.
+    an = np.abs(fn)
+    k = np.argmax(an, axis=1)
+    rows = np.arange(len(fn))
+    big = an[rows, k]
+    ok = big > 0
+    fn, k, big, rows = fn[ok], k[ok], big[ok], np.arange(int(ok.sum()))
+    sign = (fn[rows, k] > 0).astype(np.int64)
+    i1 = fn[rows, (k + 1) % 3] / big
+    i2 = fn[rows, (k + 2) % 3] / big
+    b1 = np.clip(((i1 + 1.0) * 16.0).astype(np.int64), 0, 31)
+    b2 = np.clip(((i2 + 1.0) * 16.0).astype(np.int64), 0, 31)
+    b = ((k * 2 + sign) * 32 + b1) * 32 + b2
+    pooled = np.stack([np.bincount(b, weights=fn[:, c], minlength=6 * 32 * 32) for c in range(3)], axis=1)
     pl = np.abs(pooled @ np.asarray(directions, np.float64).T).sum(axis=0)
     pl /= float(volume_mm3)
     with np.errstate(divide="ignore"):

@@ -147,6 +147,16 @@ def infer_fmap_max(sd: Mapping[str, Any], image_size: int, network_capacity: int
                  f"fmap_max ≥ {top} gives this same generator; stored {top}")
 
 
+def _check_spacing(spacing) -> tuple[float, float, float]:
+    try:
+        sp = tuple(float(v) for v in spacing)
+    except (TypeError, ValueError):
+        sp = ()
+    if len(sp) != 3 or not all(math.isfinite(v) and v > 0 for v in sp):
+        raise VolGANError(f"spacing {spacing!r}: expected three positive numbers (x, y, z) in mm, e.g. 0.297 0.297 0.6")
+    return sp  # type: ignore[return-value]
+
+
 def _reference_geometry(reference_image, shape: Sequence[int]) -> tuple[tuple, tuple, list, str]:
     from VolGANCore.io import read_volume
     from VolGANCore.volume import Volume
@@ -298,6 +308,10 @@ def import_aydin2024(
     src = Path(src)
     if not (isinstance(truncation_psi, (int, float)) and math.isfinite(truncation_psi)):
         raise VolGANError(f"truncation_psi {truncation_psi!r}: expected a number (1 = off)")
+    if spacing is not None:
+        _check_spacing(spacing)
+        if reference_image is not None:
+            raise VolGANError("give either --reference-image (spacing, origin and direction from it) or a spacing, not both")
     G, info = build_aydin2024(src, config, fmap_max, depth, "itk", truncation_mean_samples, truncation_mean_seed)
     their, cfg_path, ema_count = info["their"], info["config_path"], info["n_ema"]
     latent_dim = G.z_dim
@@ -305,15 +319,11 @@ def import_aydin2024(
     origin = direction = None
     geometry_from = "default spacing of the TopCoW/CoW ROI (0.297, 0.297, 0.6) mm; volume centred on (0, 0, 0)"
     if reference_image is not None:
-        if spacing is not None:
-            raise VolGANError("give either --reference-image (spacing, origin and direction from it) or a spacing, not both")
         spacing, origin, direction, where = _reference_geometry(reference_image, G.output_shape)
         geometry_from = f"reference image {where}"
     elif spacing is not None:
         geometry_from = "spacing given at import; volume centred on (0, 0, 0)"
-    spacing = tuple(DEFAULT_SPACING if spacing is None else spacing)
-    if len(spacing) != 3 or not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in spacing):
-        raise VolGANError(f"spacing {spacing!r}: expected three positive numbers (x, y, z) in mm")
+    spacing = _check_spacing(DEFAULT_SPACING if spacing is None else spacing)
 
     digest = sha256_file(src)
     name = name or f"{src.parent.name or 'cow'}-{src.stem}"

@@ -27,14 +27,15 @@ from VolGANCore.errors import InputFileError
 
 from .checkpoint import make_config, save_checkpoint, sha256_file
 
-__all__ = ["IMPORTERS", "import_model", "import_miccai2020_pgan", "MICCAI2020_SHA256"]
+__all__ = ["IMPORTERS", "import_model", "detect_format", "import_miccai2020_pgan", "MICCAI2020_SHA256"]
 
 MICCAI2020_SHA256 = "70a4ae9d418f52052a08d6c2f0bfbb83fd8ff055a503664dd9f9874f8765a316"
 MICCAI2020_CITATION = ("Iarussi E., Thomsen F., Delrieux C. Generative Modelling of 3D in-silico Spongiosa with "
-                       "Controllable Micro-Structural Parameters. MICCAI 2020, LNCS 12264, pp. 785-794.")
+                       "Controllable Micro-Structural Parameters. MICCAI 2020.")
 
 
-def _read_state_dict(path: Path, what: str) -> dict[str, Any]:
+def _safe_load(path: Path, what: str) -> Any:
+    """``torch.load(weights_only=True)`` with one readable error per failure (unsafe pickles named, never run)."""
     import torch
 
     if not path.is_file():
@@ -50,6 +51,11 @@ def _read_state_dict(path: Path, what: str) -> dict[str, Any]:
                                  "it was refused and nothing in it was executed",
                                  f"pass the original {what} state dict") from None
         raise InputFileError(path, f"not a readable PyTorch file ({type(exc).__name__})", f"pass the original {what} file") from None
+    return sd
+
+
+def _read_state_dict(path: Path, what: str) -> dict[str, Any]:
+    sd = _safe_load(path, what)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
@@ -132,6 +138,18 @@ def import_miccai2020_pgan(
 IMPORTERS: dict[str, Callable[..., Path]] = {
     "miccai2020-pgan": import_miccai2020_pgan,
 }
+
+
+def detect_format(src: str | os.PathLike) -> str:
+    """Which published format ``src`` is in (read safely, nothing executed); a readable error otherwise."""
+    src = Path(src)
+    blob = _safe_load(src, "published generator")
+    if isinstance(blob, dict) and "GAN" in blob and isinstance(blob["GAN"], dict):
+        return "aydin2024-stylegan"
+    if isinstance(blob, dict) and blob and all(isinstance(k, str) and _MICCAI_KEY.match(k) for k in blob):
+        return "miccai2020-pgan"
+    raise InputFileError(src, "not a published generator format volgan can import",
+                         f"known formats: {', '.join(sorted(IMPORTERS))}; volgan checkpoints (.vgan) need no import")
 
 
 def import_model(fmt: str, src: str | os.PathLike, out: str | os.PathLike, **kwargs) -> Path:

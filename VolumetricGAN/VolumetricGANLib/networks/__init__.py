@@ -76,3 +76,5 @@ register_family(Family("stylegan2-3d", StyleGAN2Generator, StyleGAN2Discriminato
                        "StyleGAN2 in 3-D: mapping + modulated synthesis (skip/resnet), residual D"))
 register_family(Family("pgan-3d", ProgressiveGenerator, ProgressiveDiscriminator,
                        "progressive GAN in 3-D (WScale, PixelNorm, tanh); MICCAI 2020 spongiosa compatible"))
+
+from . import aydin2024  # noqa: E402,F401  (registers the "aydin2024-stylegan3d" family)
