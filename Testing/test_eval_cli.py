@@ -102,15 +102,17 @@ def test_bad_input_is_one_line_exit_2(folders, tmp_path, capsys):
         "shape": (["--fake", tmp_path / "small"], "shape"),
         "corrupt": (["--fake", tmp_path / "corrupt"], "bad.nii.gz"),
         "weights": (["--fake", folders / "fake", "--inception-weights", tmp_path / "nope.pth"], "weights file not found"),
+        "inside": (["--fake", folders / "fake", "--out", folders / "fake" / "report"], "inside the input folder"),
     }
     _folder(tmp_path / "small", 3, seed=4, shape=(8, 16, 16))
     _folder(tmp_path / "corrupt", 2, seed=5)
     (tmp_path / "corrupt" / "bad.nii.gz").write_bytes(b"\x1f\x8b\x08 not really gzip")
     for name, (args, needle) in cases.items():
-        argv = ["--quiet", "evaluate", "--real", folders / "real", *args, "--out", tmp_path / f"out_{name}"]
+        out_args = [] if "--out" in args else ["--out", tmp_path / f"out_{name}"]
+        argv = ["--quiet", "evaluate", "--real", folders / "real", *args, *out_args]
         rc = cli.main([str(a) for a in argv])  # in-process: the same frame as the console script, faster
         err = capsys.readouterr().err
         assert rc == 2, (name, err)
         assert err.startswith("volgan evaluate: error: ") and err.strip().count("\n") == 0, name
         assert needle in err, (name, err)
-        assert not (tmp_path / f"out_{name}").exists(), name
+        assert not (tmp_path / f"out_{name}").exists() and not (folders / "fake" / "report").exists(), name

@@ -242,3 +242,15 @@ def test_real_trabecular_crop_panel_is_consistent():
     assert 0.5 < r["Tb.Th [mm]"] / r["Tb.Th (plate model) [mm]"] < 2.0
     assert r["Tb.Th max [mm]"] >= r["Tb.Th [mm]"] > 0 and r["Tb.Sp [mm]"] > r["Tb.Th [mm]"]
     assert -1.0 < r["SMI"] < 4.0 and 0 <= r["DA"] <= 1
+
+
+def test_batch_over_arrays_in_worker_processes_keeps_order_and_reports_failures():
+    from MorphometryLib import batch_bone_morphometry
+
+    stack = np.stack([plates(2, 8, size=12), plates(4, 6, size=12), np.zeros((30, 12, 12), bool)])
+    rows = batch_bone_morphometry(stack, spacing=(0.1, 0.1, 0.1), parameters=["BV/TV", "Tb.Th"], workers=2, chunk_size=1)
+    assert [r["case"] for r in rows] == ["00000", "00001", "00002"]
+    assert rows[0]["Tb.Th [mm]"] == pytest.approx(0.2) and rows[1]["Tb.Th [mm]"] == pytest.approx(0.4)
+    assert rows[2]["error"].startswith("image: no bone voxel") and np.isnan(rows[2]["Tb.Th [mm]"])
+    with pytest.raises(VolGANError, match="spacing"):
+        batch_bone_morphometry(stack)

@@ -127,3 +127,34 @@ def test_import_refuses_unknown_files(headless, tmp_path):
     torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(InputFileError, match="other.pth: not a published generator format"):
         VolumetricGANSceneLogic(headless.scene).importPublishedModel(tmp_path / "other.pth", modelsFolder=tmp_path)
+
+
+def test_import_published_cow_model_in_the_panel_logic(headless, tmp_path):
+    """The panel's "Import published model…" recognises the CoW authors' format and keeps its provenance."""
+    from conftest import shared_file
+    from VolumetricGANSceneLogic import VolumetricGANSceneLogic
+
+    src = shared_file("anchors", "cow_stylegan_c24_tiny", "model_1.pt")
+    logic = VolumetricGANSceneLogic(headless.scene)
+    out = logic.importPublishedModel(src, modelsFolder=tmp_path)
+    assert out.name == "aydin2024-stylegan-model_1.vgan"
+    card = (tmp_path / "aydin2024-stylegan-model_1.card.md").read_text()
+    assert "MIT" in card and "Aydin" in card
+    res = logic.generateVolumes(out, "sample", n=1, seed=0, device="cpu")
+    vol = mrml.node_to_volume(res["volumes"][0])
+    assert vol.shape == (32, 64, 64) and vol.spacing == pytest.approx((0.297, 0.297, 0.6))
+
+
+def test_cli_import_of_the_cow_format_and_option_checks(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import shared_file
+
+    src = shared_file("anchors", "cow_stylegan_c24_tiny", "model_1.pt")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "VolGANCore.cli", *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=300)
+    ok = run("import", "--format", "aydin2024-stylegan", str(src), "--out", str(tmp_path / "cow.vgan"))
+    assert ok.returncode == 0, ok.stderr
+    bad = run("import", "--format", "miccai2020-pgan", str(src), "--out", str(tmp_path / "x.vgan"), "--fmap-max", "512")
+    assert bad.returncode == 2 and "--fmap-max: only for --format aydin2024-stylegan" in bad.stderr

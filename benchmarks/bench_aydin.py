@@ -202,7 +202,7 @@ def cases(quick: bool) -> list[Case]:
                     G(z[s:s + bs], noise_mode="random").numpy()
             return None
 
-        reps = 1 if quick else 3
+        reps = 1 if quick else 5
         out.append(Case(group, "authors' forward (re-implemented, grouped conv)", theirs, reference=True,
                         repeats=reps, unit_count=n, unit="volumes"))
         out.append(Case(group, "VolumetricGANLib generate", ours, repeats=reps, unit_count=n, unit="volumes"))

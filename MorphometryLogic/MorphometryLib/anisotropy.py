@@ -145,7 +145,14 @@ def mesh_intercept_lengths(
     b2 = np.clip(((i2 + 1.0) * 16.0).astype(np.int64), 0, 31)
     b = ((k * 2 + sign) * 32 + b1) * 32 + b2
     pooled = np.stack([np.bincount(b, weights=fn[:, c], minlength=6 * 32 * 32) for c in range(3)], axis=1)
-    pl = np.abs(pooled @ np.asarray(directions, np.float64).T).sum(axis=0)
+    pooled = pooled[np.any(pooled != 0, axis=1)]
+    dirs = np.asarray(directions, np.float64)
+    # three outer products, not a matmul: a (bins × 3)·(3 × dirs) product would wake OpenBLAS' thread pool,
+    # whose spinning threads slow down everything else on a small, busy machine
+    dots = pooled[:, 0, None] * dirs[None, :, 0]
+    dots += pooled[:, 1, None] * dirs[None, :, 1]
+    dots += pooled[:, 2, None] * dirs[None, :, 2]
+    pl = np.abs(dots, out=dots).sum(axis=0)
     pl /= float(volume_mm3)
     with np.errstate(divide="ignore"):
         return np.where(pl > 0, 1.0 / pl, np.inf)

@@ -89,7 +89,9 @@ def squared_distance_map(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0,
     if mask.all():
         return np.full(mask.shape, np.inf, np.float32)
     threads = 1 if mask.size < (1 << 20) else _threads()  # thread start-up dominates on small patches
-    return edt.edtsq(mask, anisotropy=tuple(float(s) for s in spacing), black_border=False, parallel=threads)
+    # uint8 (a zero-copy view of the bools) takes edt's fast path: ~5× faster than bool input
+    return edt.edtsq(mask.view(np.uint8), anisotropy=tuple(float(s) for s in spacing), black_border=False,
+                     parallel=threads)
 
 
 def _neighbour_offsets(reach: int) -> np.ndarray:
@@ -226,7 +228,8 @@ def _stamp(out: np.ndarray, d2: np.ndarray, centres: np.ndarray, sp: np.ndarray,
     lin_c = (ijk @ pstrides).astype(itype)
     klen = _prefix_lengths(d2c, on2)
     dvals = np.sqrt(d2c).astype(np.float32)
-    choice = _greater_neighbour(d2, centres)
+    small = int(klen.sum()) < _PAIRS_PER_CHUNK  # few pairs: plain balls, less bookkeeping
+    choice = np.full(len(centres), -1, np.int64) if small else _greater_neighbour(d2, centres)
     neigh = _ordered_neighbours(1)
     # rank of every offset in the sorted list, on a dense grid, to rank the shifted offsets o − e
     reach = np.abs(offs).max(axis=0) + 1
@@ -243,7 +246,7 @@ def _stamp(out: np.ndarray, d2: np.ndarray, centres: np.ndarray, sp: np.ndarray,
             continue
         value = dvals[a]
         ch = choice[a:b]
-        for j in np.unique(ch):
+        for j in (np.unique(ch) if not small else (-1,)):
             if j < 0:
                 offk = lin_off[:k]
             else:

@@ -86,19 +86,22 @@ def _euler_1d(m: np.ndarray) -> int:
     return int(np.count_nonzero(np.diff(np.concatenate([[0], m])) == 1))
 
 
-def delta_chi(mask: np.ndarray) -> float:
+def delta_chi(mask: np.ndarray, chi: int | None = None) -> float:
     """Edge-corrected Euler characteristic Δχ (Odgaard & Gundersen 1993) of a sample box.
 
     Parameters
     ----------
     mask : bool ndarray (D, H, W)
+    chi : int, optional
+        The Euler characteristic of ``mask`` if already known.
 
     Returns
     -------
     float (multiples of 1/8).
     """
     m = np.asarray(mask, dtype=bool)
-    chi = euler_characteristic(m)
+    if chi is None:
+        chi = euler_characteristic(m)
     faces = 0
     for ax in range(3):
         for idx in (0, -1):
@@ -134,6 +137,6 @@ def connectivity(mask: np.ndarray, spacing=(1.0, 1.0, 1.0), roi_volume_mm3: floa
     m = np.asarray(mask, dtype=bool)
     tv = float(roi_volume_mm3) if roi_volume_mm3 else float(m.size * np.prod(spacing))
     chi = euler_characteristic(m)
-    dchi = delta_chi(m)
+    dchi = delta_chi(m, chi)
     conn = 1.0 - dchi
     return {"euler": int(chi), "delta_chi": dchi, "connectivity": conn, "conn_density_per_mm3": conn / tv}

@@ -25,6 +25,15 @@ def register(sub) -> None:
     p.add_argument("--format", required=True, choices=sorted(IMPORTERS), help="format of the source file")
     p.add_argument("--out", required=True, help="checkpoint to write (.vgan)")
     p.add_argument("--name", help="model name for the model card")
+    p.add_argument("--config", help="aydin2024-stylegan: their .config.json (default: the one next to SOURCE)")
+    p.add_argument("--fmap-max", type=int,
+                   help="aydin2024-stylegan: channel cap used in training (default: inferred from tensor shapes)")
+    p.add_argument("--reference-image",
+                   help="aydin2024-stylegan: an ROI crop of the model's D×H×W; generated volumes get its geometry")
+    p.add_argument("--clamp", action="store_true",
+                   help="aydin2024-stylegan: clamp output to [0, 1] as the authors' script does")
+    p.add_argument("--truncation-mean-samples", type=int,
+                   help="aydin2024-stylegan: latents for the truncation mean (default 10000; the authors used 2000)")
     p.set_defaults(func=_cmd_import)
 
     g = sub.add_parser("generate", help="sample volumes from a generator checkpoint",
@@ -57,7 +66,17 @@ def register(sub) -> None:
 def _cmd_import(args: argparse.Namespace) -> int:
     from .importers import import_model
 
+    from VolGANCore.errors import VolGANError
+
     kwargs = {"name": args.name} if args.name else {}
+    aydin_only = {"config": args.config, "fmap_max": args.fmap_max, "reference_image": args.reference_image,
+                  "clamp": args.clamp or None, "truncation_mean_samples": args.truncation_mean_samples}
+    given = {k: v for k, v in aydin_only.items() if v is not None}
+    if args.format == "aydin2024-stylegan":
+        kwargs.update(given)
+    elif given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise VolGANError(f"{flags}: only for --format aydin2024-stylegan")
     out = import_model(args.format, args.source, args.out, **kwargs)
     from .checkpoint import card_path
 

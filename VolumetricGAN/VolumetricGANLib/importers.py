@@ -139,6 +139,8 @@ IMPORTERS: dict[str, Callable[..., Path]] = {
     "miccai2020-pgan": import_miccai2020_pgan,
 }
 
+from . import import_aydin2024  # noqa: E402,F401  (registers "aydin2024-stylegan"; needs IMPORTERS above)
+
 
 def detect_format(src: str | os.PathLike) -> str:
     """Which published format ``src`` is in (read safely, nothing executed); a readable error otherwise."""

@@ -22,8 +22,9 @@ import numpy as np
 __all__ = ["kmeans", "prd_from_histograms", "prd_from_features", "prd_auc", "prd_f_beta", "PRD"]
 
 
-def _sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    d = (x * x).sum(1)[:, None] + (c * c).sum(1)[None, :] - 2.0 * x @ c.T
+def _sq_dists(x: np.ndarray, c: np.ndarray, x_sq: np.ndarray | None = None) -> np.ndarray:
+    x_sq = (x * x).sum(1) if x_sq is None else x_sq
+    d = x_sq[:, None] + (c * c).sum(1)[None, :] - 2.0 * x @ c.T
     return np.maximum(d, 0.0)
 
 
@@ -57,34 +58,38 @@ def kmeans(x, k: int, seed: int = 0, n_init: int = 10, max_iter: int = 300):
     if not 1 <= k <= n:
         raise ValueError(f"k: expected 1 ≤ k ≤ n = {n}, got {k}")
     rng = np.random.default_rng(seed)
+    x_sq = (x * x).sum(1)
+    rows = np.arange(n)
     best = None
     for _ in range(max(1, int(n_init))):
         centres = np.empty((k, x.shape[1]))
         centres[0] = x[rng.integers(n)]
-        closest = _sq_dists(x, centres[:1])[:, 0]
+        closest = _sq_dists(x, centres[:1], x_sq)[:, 0]
         for j in range(1, k):
             total = closest.sum()
             idx = rng.choice(n, p=closest / total) if total > 0 else rng.integers(n)
             centres[j] = x[idx]
-            closest = np.minimum(closest, _sq_dists(x, centres[j:j + 1])[:, 0])
+            closest = np.minimum(closest, _sq_dists(x, centres[j:j + 1], x_sq)[:, 0])
         prev_labels = None
+        onehot = np.zeros((k, n))
         for _ in range(max_iter):
-            d = _sq_dists(x, centres)
+            d = _sq_dists(x, centres, x_sq)
             labels = d.argmin(1)
             if prev_labels is not None and np.array_equal(labels, prev_labels):
                 break  # Lloyd's algorithm has converged (assignments no longer change)
             prev_labels = labels
             counts = np.bincount(labels, minlength=k)
-            sums = np.zeros_like(centres)
-            np.add.at(sums, labels, x)
+            onehot[:] = 0.0
+            onehot[labels, rows] = 1.0
+            sums = onehot @ x  # per-cluster sums as one matrix product (np.add.at is ~100× slower)
             empty = counts == 0
             centres = np.where(empty[:, None], centres, sums / np.maximum(counts, 1)[:, None])
             if empty.any():  # re-seed empty clusters at the points farthest from their centres
                 far = np.argsort(-d[np.arange(n), labels], kind="stable")[: int(empty.sum())]
                 centres[np.flatnonzero(empty)] = x[far]
-        d = _sq_dists(x, centres)
+        d = _sq_dists(x, centres, x_sq)
         labels = d.argmin(1)
-        inertia = float(d[np.arange(n), labels].sum())
+        inertia = float(d[rows, labels].sum())
         if best is None or inertia < best[2]:
             best = (labels, centres.copy(), inertia)
     return best

@@ -197,8 +197,10 @@ def evaluate(
         raise VolGANError(f"--knn-k: expected ≥ 1, got {knn_k}")
     out_dir = Path(out_dir)
     for folder in (real_dir, fake_dir):
-        if Path(folder).resolve() == out_dir.resolve():
-            raise VolGANError(f"--out {out_dir}: is an input folder (choose a new report folder)")
+        f, o = Path(folder).resolve(), out_dir.resolve()
+        if o == f or f in o.parents:
+            raise VolGANError(f"--out {out_dir}: is inside the input folder {folder} (inputs are never modified; "
+                              "choose a report folder elsewhere)")
 
     real_paths, real = load_volume_set(real_dir, "real")
     fake_paths, fake = load_volume_set(fake_dir, "generated")

@@ -10,9 +10,9 @@ returns them from ``config()``, and offers the shared interface used by generati
 - if ``has_w``: ``mapping(z, psi, cutoff) -> ws (N, num_ws, w_dim)`` and
   ``synthesis(ws, noise_mode, noise)``; ``make_noise(n, generators, device)`` for reproducible noise.
 
-A later importer (e.g. the Circle-of-Willis 3-D StyleGAN of Aydin et al. 2024, a port of
-lucidrains/stylegan2-pytorch with different layer wiring) adds its own family with
-``register_family("cow-stylegan2-3d", ...)`` and needs no change here.
+Other families register themselves the same way: :mod:`.aydin2024` adds ``aydin2024-stylegan3d``, the
+Circle-of-Willis 3-D StyleGAN of Aydin et al. 2024 (a port of lucidrains/stylegan2-pytorch with its own layer
+wiring), imported from the authors' checkpoints.
 """
 
 from __future__ import annotations
