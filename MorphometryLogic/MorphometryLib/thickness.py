@@ -116,8 +116,18 @@ def _ball_offsets(max_r2: float, sp: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _prefix_lengths(d2: np.ndarray, on2: np.ndarray) -> np.ndarray:
-    """For each squared radius, how many of the sorted offsets (|o|² = ``on2``) lie strictly inside."""
-    return np.searchsorted(on2, np.asarray(d2, np.float64) * (1 - _TOL), side="left").astype(np.int64)
+    """For each squared radius, how many of the sorted offsets (|o|² = ``on2``) lie strictly inside.
+
+    Integer squared radii (isotropic grids) go through a lookup table, others through a binary search.
+    """
+    d2 = np.asarray(d2)
+    top = float(d2.max()) if d2.size else 0.0
+    if d2.size > 4096 and top < 1 << 20:
+        as_int = d2.astype(np.int32)
+        if np.array_equal(as_int, d2):
+            lut = np.searchsorted(on2, np.arange(int(top) + 1, dtype=np.float64) * (1 - _TOL), side="left")
+            return lut.astype(np.int32)[as_int]
+    return np.searchsorted(on2, d2.astype(np.float64) * (1 - _TOL), side="left").astype(np.int32)
 
 
 def _ordered_neighbours(reach: int) -> np.ndarray:
@@ -158,23 +168,37 @@ def ridge_candidates(d2: np.ndarray, spacing: Sequence[float], reach: int = 1) -
     pshape = np.asarray(d2p.shape)
     pstrides = np.array([pshape[1] * pshape[2], pshape[2], 1], np.int64)
     flat = d2p.reshape(-1)
-    idx = np.flatnonzero(flat > 0)
+    itype = np.int32 if flat.size < 2**31 - 1 else np.int64
+    idx = np.flatnonzero(flat > 0).astype(itype, copy=False)
     dq = flat[idx]
     offs, on2 = _ball_offsets(float(dq.max()) + 1e-9, sp)
     klen = _prefix_lengths(dq, on2)
+    # The ball's offset set is symmetric under sign flips of each axis, so max|o − e|² only depends on
+    # |e| per axis: 3 face, 3 edge and 1 corner class. Per class, q is contained in q + e's ball iff
+    # d²(q + e) > M(q) = max(d²(q), max|o − e|²/(1 − tol)): one gather and one compare per neighbour.
+    thresholds: dict[tuple[int, ...], np.ndarray] = {}
+    alive = np.ones(len(idx), bool)
     for e in _ordered_neighbours(reach):
-        pm = np.concatenate([[-1.0], np.maximum.accumulate(np.sum(((offs - e) * sp) ** 2, axis=1))])
-        pm = pm.astype(np.float32)
-        dn = flat[idx + int(e @ pstrides)]
-        contained = (dn > dq) & (pm[klen] < dn * np.float32(1 - _TOL))
+        key = tuple(int(v) for v in np.abs(e))
+        if key not in thresholds:
+            pm = np.concatenate([[-1.0], np.maximum.accumulate(np.sum(((offs - np.abs(e)) * sp) ** 2, axis=1))])
+            pm = (pm / (1 - _TOL)).astype(np.float32)
+            thresholds[key] = np.maximum(dq, pm[klen])
+        contained = flat[idx + itype(int(e @ pstrides))] > thresholds[key]
         if contained.any():
-            keep = ~contained
-            idx, dq, klen = idx[keep], dq[keep], klen[keep]
+            alive &= ~contained
+            if np.count_nonzero(~alive) > len(alive) // 8:  # compress once enough are gone
+                idx, dq, klen = idx[alive], dq[alive], klen[alive]
+                thresholds = {k: v[alive] for k, v in thresholds.items()}
+                alive = np.ones(len(idx), bool)
+    idx, dq = idx[alive], dq[alive]
     order = np.argsort(dq, kind="stable")
     idx = idx[order]
     # back to unpadded linear indices
-    ijk = np.stack(np.unravel_index(idx, tuple(pshape)), axis=1) - pad
-    return np.ravel_multi_index(tuple(ijk.T), tuple(shape)).astype(np.int64)
+    idx = idx.astype(np.int64)
+    i, rem = np.divmod(idx, int(pshape[1] * pshape[2]))
+    j, k = np.divmod(rem, int(pshape[2]))
+    return ((i - pad) * int(shape[1]) + (j - pad)) * int(shape[2]) + (k - pad)
 
 
 def _greater_neighbour(d2: np.ndarray, centres: np.ndarray) -> np.ndarray:

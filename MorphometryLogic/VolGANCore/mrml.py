@@ -28,6 +28,7 @@ __all__ = [
     "node_to_volume",
     "labelmap_to_segmentation",
     "segmentation_to_labelmap",
+    "segment_to_mask",
     "color_table_for_scheme",
     "table_from_rows",
     "rows_from_table",
@@ -240,44 +241,50 @@ def labelmap_to_segmentation(volume: Volume, scheme: str | None = None, scene=No
     return seg_node
 
 
-def segmentation_to_labelmap(seg_node, reference: Volume, scheme: str | None = None) -> Volume:
-    """Back from a segmentation node to a label :class:`Volume` on ``reference``'s grid.
-
-    Segment ids come from the ``VolumetricGAN.LabelValue`` tag or, failing that, from the segment name in
-    ``scheme``.
-    """
+def segment_to_mask(seg_node, segment_id: str, reference: Volume) -> Volume:
+    """One segment as a binary (uint8) :class:`Volume` on ``reference``'s grid."""
     import vtk
 
     slicer = _slicer()
     scene = seg_node.GetScene()
-    scheme_name = scheme or seg_node.GetAttribute("VolumetricGAN.LabelScheme")
+    if seg_node.GetSegmentation().GetSegment(segment_id) is None:
+        raise VolGANError(f"segmentation '{seg_node.GetName()}' has no segment '{segment_id}'")
     ref_node = volume_to_node(dataclasses.replace(reference, array=np.zeros(reference.shape, np.uint8)), scene,
                               name="__volgan_reference")
+    lab_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__volgan_export")
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(seg_node, ids, lab_node, ref_node)
+        mask = node_to_volume(lab_node).array > 0
+    finally:
+        scene.RemoveNode(lab_node)
+        scene.RemoveNode(ref_node)
+    return reference.with_array(mask.astype(np.uint8), label_scheme=None)
+
+
+def segmentation_to_labelmap(seg_node, reference: Volume, scheme: str | None = None) -> Volume:
+    """Back from a segmentation node to a label :class:`Volume` on ``reference``'s grid.
+
+    Segment ids come from the ``VolumetricGAN.LabelValue`` tag or, failing that, from the segment name in
+    ``scheme`` (default: the node's ``VolumetricGAN.LabelScheme`` attribute), else the segment's label value.
+    """
+    import vtk
+
+    scheme_name = scheme or seg_node.GetAttribute("VolumetricGAN.LabelScheme")
     out = np.zeros(reference.shape, np.int16)
     segmentation = seg_node.GetSegmentation()
-    try:
-        for k in range(segmentation.GetNumberOfSegments()):
-            seg_id = segmentation.GetNthSegmentID(k)
-            segment = segmentation.GetSegment(seg_id)
-            tag = ""
-            s = vtk.reference("")
-            if segment.GetTag("VolumetricGAN.LabelValue", s):
-                tag = str(s)
-            if tag:
-                label_id = int(tag)
-            elif scheme_name:
-                label_id = get_scheme(scheme_name).id_of(segment.GetName())
-            else:
-                label_id = int(segment.GetLabelValue())
-            lab_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__volgan_export")
-            ids = vtk.vtkStringArray()
-            ids.InsertNextValue(seg_id)
-            slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(seg_node, ids, lab_node, ref_node)
-            mask = node_to_volume(lab_node).array > 0
-            scene.RemoveNode(lab_node)
-            out[mask] = label_id
-    finally:
-        scene.RemoveNode(ref_node)
+    for k in range(segmentation.GetNumberOfSegments()):
+        seg_id = segmentation.GetNthSegmentID(k)
+        segment = segmentation.GetSegment(seg_id)
+        tag = vtk.reference("")
+        if segment.GetTag("VolumetricGAN.LabelValue", tag) and str(tag):
+            label_id = int(str(tag))
+        elif scheme_name:
+            label_id = get_scheme(scheme_name).id_of(segment.GetName())
+        else:
+            label_id = int(segment.GetLabelValue())
+        out[segment_to_mask(seg_node, seg_id, reference).array > 0] = label_id
     return reference.with_array(out, label_scheme=scheme_name)
 
 
