@@ -116,3 +116,27 @@ def test_bad_input_is_one_line_exit_2(folders, tmp_path, capsys):
         assert err.startswith("volgan evaluate: error: ") and err.strip().count("\n") == 0, name
         assert needle in err, (name, err)
         assert not (tmp_path / f"out_{name}").exists() and not (folders / "fake" / "report").exists(), name
+
+
+def test_real_tof_patches_copy_is_flagged_and_anchor_slices_cover_8_bits(tmp_path):
+    from conftest import shared_file
+    from GANTrainerLib.evaluation import preprocess
+    from GANTrainerLib.evaluation.report import evaluate
+    from VolGANCore import read_volume
+
+    tof = read_volume(shared_file("data", "topcow", "topcow_mra_crop.mha")).array  # (34, 123, 140)
+    s = preprocess.anchor_slices_uint8(tof)
+    assert s.shape == (32, 140, 123) and s.dtype == np.uint8
+    assert all(sl.min() == 0 and sl.max() == 255 for sl in s)  # real slices are never constant
+    rng = np.random.default_rng(0)
+    corners = [(int(rng.integers(0, 18)), int(rng.integers(0, 75)), int(rng.integers(0, 92))) for _ in range(12)]
+    patches = [tof[z:z + 16, y:y + 48, x:x + 48] for z, y, x in corners]
+    for k in range(6):
+        write_volume(Volume(patches[k], spacing=(0.297, 0.297, 0.6)), tmp_path / "real" / f"r{k}.nii.gz")
+    for k in range(6, 11):
+        write_volume(Volume(patches[k], spacing=(0.297, 0.297, 0.6)), tmp_path / "fake" / f"g{k}.nii.gz")
+    write_volume(Volume(patches[2] * 1.01 + 3.0, spacing=(0.297, 0.297, 0.6)), tmp_path / "fake" / "copy.nii.gz")
+    rep = evaluate(tmp_path / "real", tmp_path / "fake", tmp_path / "rep", n_bootstrap=0, seed=1)
+    top = rep["memorisation"]["suspects"][0]
+    assert top["fake_case"] == "copy" and top["real_case_ncc"] == "r2" and top["ncc"] > 0.999
+    assert rep["metrics"]["frechet_3d"]["ci95"] is None and rep["metrics"]["frechet_3d"]["real_vs_generated"] > 0

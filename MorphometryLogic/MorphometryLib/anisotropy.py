@@ -119,6 +119,7 @@ def mesh_intercept_lengths(
     faces: np.ndarray,
     volume_mm3: float,
     directions: np.ndarray,
+    fc: np.ndarray | None = None,
 ) -> np.ndarray:
     """MIL (mm) along each direction, exact in expectation over random test lines, from a surface mesh.
 
@@ -126,25 +127,20 @@ def mesh_intercept_lengths(
     ``V`` ``P_L(v) = (1/V)·∫_S |n·v| dA`` times per unit length, so ``MIL(v) = V / Σ_t A_t |n_t·v|`` over
     the mesh triangles. This is what line sampling estimates, without its sampling noise.
     """
-    from .surface import _face_cross
+    from .surface import face_cross
 
-    fn = 0.5 * _face_cross(verts, faces)  # area-weighted normals (float32)
-    # Pool near-parallel normals on a cube map (6 faces × 32 × 32 bins by the ratios of the components):
+    fn = 0.5 * (face_cross(verts, faces) if fc is None else fc)  # area-weighted normals (float32)
+    # Pool near-parallel normals: bins of a 32³ grid over the unit normal's components (≤ 3.6° wide).
     # |Σn·v| = Σ|n·v| within a bin except for test directions nearly perpendicular to it, where both are
-    # small; the bins span ≤ 3.6°.
-    an = np.abs(fn)
-    k = np.argmax(an, axis=1)
-    rows = np.arange(len(fn))
-    big = an[rows, k]
-    ok = big > 0
-    fn, k, big, rows = fn[ok], k[ok], big[ok], np.arange(int(ok.sum()))
-    sign = (fn[rows, k] > 0).astype(np.int64)
-    i1 = fn[rows, (k + 1) % 3] / big
-    i2 = fn[rows, (k + 2) % 3] / big
-    b1 = np.clip(((i1 + 1.0) * 16.0).astype(np.int64), 0, 31)
-    b2 = np.clip(((i2 + 1.0) * 16.0).astype(np.int64), 0, 31)
-    b = ((k * 2 + sign) * 32 + b1) * 32 + b2
-    pooled = np.stack([np.bincount(b, weights=fn[:, c], minlength=6 * 32 * 32) for c in range(3)], axis=1)
+    # small.
+    area2 = np.einsum("ij,ij->i", fn, fn)
+    ok = area2 > 0
+    if not ok.all():
+        fn, area2 = fn[ok], area2[ok]
+    unit = fn / np.sqrt(area2)[:, None]
+    q = np.clip(((unit + 1.0) * 16.0).astype(np.int32), 0, 31)
+    b = (q[:, 0] * 32 + q[:, 1]) * 32 + q[:, 2]
+    pooled = np.stack([np.bincount(b, weights=fn[:, c], minlength=32**3) for c in range(3)], axis=1)
     pooled = pooled[np.any(pooled != 0, axis=1)]
     dirs = np.asarray(directions, np.float64)
     # three outer products, not a matmul: a (bins × 3)·(3 × dirs) product would wake OpenBLAS' thread pool,
@@ -183,6 +179,7 @@ def mil_anisotropy(
     seed: int = 0,
     roi: np.ndarray | None = None,
     mesh: tuple[np.ndarray, np.ndarray] | None = None,
+    fc: np.ndarray | None = None,
 ) -> dict[str, object]:
     """Degree of anisotropy by the MIL ellipsoid (Harrigan & Mann 1984; BoneJ2): ``DA = 1 − λmin/λmax``.
 
@@ -203,6 +200,8 @@ def mil_anisotropy(
         Region of interest (``"mesh"`` only: the surface inside it over its volume).
     mesh : (verts, faces), optional
         A mesh from :func:`MorphometryLib.surface.surface_mesh` to reuse.
+    fc : (F, 3) array, optional
+        Its :func:`MorphometryLib.surface.face_cross`, to reuse.
 
     Returns
     -------
@@ -218,7 +217,7 @@ def mil_anisotropy(
         dirs = fibonacci_directions(n_directions)
         verts, faces = mesh if mesh is not None else surface_mesh(mask, sp, roi)
         tv = float((np.count_nonzero(roi) if roi is not None else np.asarray(mask).size) * np.prod(sp))
-        mil = mesh_intercept_lengths(verts, faces, tv, dirs) if len(faces) else np.full(len(dirs), np.inf)
+        mil = mesh_intercept_lengths(verts, faces, tv, dirs, fc) if len(faces) else np.full(len(dirs), np.inf)
     else:
         raise ValueError(f"method: expected 'mesh' or 'lines', got {method!r}")
     ok = ~np.isnan(mil)
@@ -255,12 +254,14 @@ def structure_tensor_anisotropy(
     u = np.asarray(mask, np.float32)
     if sigma > 0:
         u = gaussian_filter(u, sigma, mode="nearest")
-    g = np.gradient(u, *[float(s) for s in spacing])
-    sel = np.ones(u.shape, bool) if roi is None else np.asarray(roi, bool)
+    g = [np.asarray(c, np.float32) for c in np.gradient(u, *[float(s) for s in spacing])]
+    if roi is not None:
+        sel = np.asarray(roi, bool)
+        g = [c[sel] for c in g]
     t = np.empty((3, 3))
     for i in range(3):
         for j in range(i, 3):
-            t[i, j] = t[j, i] = float(np.sum((g[i] * g[j])[sel], dtype=np.float64))
+            t[i, j] = t[j, i] = float(np.add.reduce(np.multiply(g[i], g[j]).ravel(), dtype=np.float64))
     w, vec = np.linalg.eigh(t)
     da = float(1.0 - w[0] / w[-1]) if w[-1] > 0 else float("nan")
     return {"da": da, "eigenvalues": w.tolist(), "normal_direction": vec[:, -1].tolist()}

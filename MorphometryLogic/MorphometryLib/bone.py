@@ -293,8 +293,9 @@ def bone_morphometry(
     with Progress(steps, "bone morphometry", progress, cancel) as prog:
         if "BS" in chosen or "SMI" in chosen or "DA" in chosen or "plate" in chosen:
             mesh = surface.surface_mesh(bone, sp, roi)
+            fc = surface.face_cross(*mesh)
         if "BS" in chosen or "plate" in chosen:
-            bs = float(surface.triangle_areas(*mesh).sum())
+            bs = 0.5 * float(np.add.reduce(np.sqrt(np.einsum("ij,ij->i", fc, fc)), dtype=np.float64))
             res["BS [mm^2]"] = bs
             res["BS/BV [1/mm]"] = bs / res["BV [mm^3]"]
             res["BS/TV [1/mm]"] = bs / res["TV [mm^3]"]
@@ -330,10 +331,10 @@ def bone_morphometry(
             res["Conn.D [1/mm^3]"] = c["conn_density_per_mm3"]
             prog.advance(1, "connectivity")
         if "SMI" in chosen:
-            res["SMI"] = surface.structure_model_index(bone, sp, roi, mesh=mesh)
+            res["SMI"] = surface.structure_model_index(bone, sp, roi, mesh=mesh, fc=fc)
             prog.advance(1, "SMI")
         if "DA" in chosen:
-            res["DA"] = anisotropy.mil_anisotropy(bone, sp, n_directions=da_directions, roi=roi, mesh=mesh)["da"]
+            res["DA"] = anisotropy.mil_anisotropy(bone, sp, n_directions=da_directions, roi=roi, mesh=mesh, fc=fc)["da"]
             prog.advance(1, "DA")
         if "DA.ST" in chosen:
             res["DA (structure tensor)"] = anisotropy.structure_tensor_anisotropy(bone, sp, roi=roi)["da"]

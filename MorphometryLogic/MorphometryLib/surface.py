@@ -7,8 +7,8 @@ Conventions
   bone surface: the image is padded by replicating its edge (so the structure continues through the
   border) and only triangles whose centroid lies inside the image box (and inside the ROI) are kept.
 - SMI (Hildebrand & Rüegsegger 1997, mesh form): ``SMI = 6 · BV · (dBS/dr) / BS²``, with ``dBS/dr`` the
-  rate of change of the surface area when every vertex moves by ``±dr`` along its (area-weighted) normal
-  (central difference).
+  rate of change of the surface area when every vertex moves along its (area-weighted) unit normal
+  (computed analytically per triangle).
   Ideal plates give 0, rods 3, spheres 4. Concave surfaces (e.g. marrow cavities in dense bone) make
   ``dBS/dr`` negative and SMI negative or meaningless — see docs/morphometry.md (Jinnai 2002, Salmon 2015).
 
@@ -31,15 +31,15 @@ from VolGANCore.errors import VolGANError
 
 SURFACE_SIGMA = 0.7  # voxels: Gaussian pre-smoothing before marching cubes (see surface_mesh)
 
-__all__ = ["SURFACE_SIGMA", "surface_mesh", "surface_area", "structure_model_index", "triangle_areas"]
+__all__ = ["SURFACE_SIGMA", "face_cross", "surface_mesh", "surface_area", "structure_model_index", "triangle_areas"]
 
 
 def triangle_areas(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """Area of each triangle (units of ``verts``²)."""
-    return 0.5 * np.sqrt(np.sum(_face_cross(verts, faces) ** 2, axis=1, dtype=np.float64))
+    return 0.5 * np.sqrt(np.sum(face_cross(verts, faces) ** 2, axis=1, dtype=np.float64))
 
 
-def _face_cross(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
+def face_cross(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
     """(v1 − v0) × (v2 − v0) per triangle (float32, (F, 3)): the normal direction, length twice the area."""
     cols = [np.ascontiguousarray(verts[:, c], dtype=np.float32) for c in range(3)]
     f0, f1, f2 = (np.ascontiguousarray(faces[:, k]) for k in range(3))
@@ -122,7 +122,7 @@ def surface_area(
 
 
 def _vertex_normals(verts: np.ndarray, faces: np.ndarray, fc: np.ndarray | None = None) -> np.ndarray:
-    fn = _face_cross(verts, faces) if fc is None else fc  # length = 2·area: area-weighted
+    fn = face_cross(verts, faces) if fc is None else fc  # length = 2·area: area-weighted
     n = len(verts)
     vn = np.empty((n, 3), np.float64)
     for c in range(3):
@@ -132,12 +132,35 @@ def _vertex_normals(verts: np.ndarray, faces: np.ndarray, fc: np.ndarray | None 
     return -vn / np.where(norm > 0, norm, 1.0)
 
 
+def _area_derivative(verts: np.ndarray, faces: np.ndarray, normals: np.ndarray, fc: np.ndarray) -> float:
+    """d(area)/dr of the mesh when every vertex moves along its unit normal, analytically.
+
+    With ``c = a × b`` (``a = v1 − v0``, ``b = v2 − v0``) and the vertices moving by ``r·n_i``:
+    ``dc/dr = (n1 − n0) × b + a × (n2 − n0)`` and ``dA/dr = ½ (c · dc/dr) / |c|``.
+    """
+    cols = [np.ascontiguousarray(verts[:, c], dtype=np.float32) for c in range(3)]
+    nrm = [np.ascontiguousarray(normals[:, c], dtype=np.float32) for c in range(3)]
+    f0, f1, f2 = (np.ascontiguousarray(faces[:, k]) for k in range(3))
+    a = [c[f1] - c[f0] for c in cols]
+    b = [c[f2] - c[f0] for c in cols]
+    da = [c[f1] - c[f0] for c in nrm]
+    db = [c[f2] - c[f0] for c in nrm]
+    num = np.zeros(len(faces), np.float32)
+    for i in range(3):
+        j, k = (i + 1) % 3, (i + 2) % 3
+        dci = da[j] * b[k] - da[k] * b[j] + a[j] * db[k] - a[k] * db[j]
+        num += fc[:, i] * dci
+    den = np.sqrt(np.einsum("ij,ij->i", fc, fc))
+    ok = den > 0
+    return float(0.5 * np.add.reduce(num[ok] / den[ok], dtype=np.float64))
+
+
 def structure_model_index(
     mask: np.ndarray,
     spacing: Sequence[float] = (1.0, 1.0, 1.0),
     roi: np.ndarray | None = None,
-    dr: float | None = None,
     mesh: tuple[np.ndarray, np.ndarray] | None = None,
+    fc: np.ndarray | None = None,
 ) -> float:
     """Structure model index (Hildebrand & Rüegsegger 1997), mesh-dilation form.
 
@@ -149,27 +172,24 @@ def structure_model_index(
         Voxel size in mm along (D, H, W).
     roi : bool ndarray, optional
         Region of interest (BV and the surface are taken inside it).
-    dr : float, optional
-        Normal displacement (mm) for the central difference of the area; default 10 % of the smallest
-        spacing (the central difference cancels the dr² term, so a larger step is safe in float32).
     mesh : (verts, faces), optional
         A mesh from :func:`surface_mesh` to reuse.
+    fc : (F, 3) array, optional
+        :func:`face_cross` of that mesh, to reuse.
 
     Returns
     -------
-    float: ``6·BV·(dBS/dr)/BS²`` (0 plates, 3 rods, 4 spheres; negative for concave structures).
+    float: ``6·BV·(dBS/dr)/BS²`` with ``dBS/dr`` the exact derivative of the mesh area as the vertices
+    move along their area-weighted normals (0 plates, 3 rods, 4 spheres; negative for concave structures).
     """
     mask = np.asarray(mask, dtype=bool)
     sp = np.asarray(spacing, np.float64)
     verts, faces = mesh if mesh is not None else surface_mesh(mask, sp, roi)
     if len(faces) == 0:
         raise VolGANError("SMI: the structure has no surface (empty or full mask); SMI is undefined")
-    if dr is None:
-        dr = 0.1 * float(sp.min())
-    fc = _face_cross(verts, faces)
+    fc = face_cross(verts, faces) if fc is None else fc
     normals = _vertex_normals(verts, faces, fc)
-    s0 = 0.5 * np.sqrt(np.sum(fc.astype(np.float64) ** 2, axis=1)).sum()
-    s_plus = triangle_areas(verts + dr * normals, faces).sum()
-    s_minus = triangle_areas(verts - dr * normals, faces).sum()
+    s0 = 0.5 * float(np.add.reduce(np.sqrt(np.einsum("ij,ij->i", fc, fc)), dtype=np.float64))
+    ds = _area_derivative(verts, faces, normals, fc)
     bv = float((mask & roi).sum() if roi is not None else mask.sum()) * float(np.prod(sp))
-    return float(6.0 * bv * ((s_plus - s_minus) / (2.0 * dr)) / (s0 * s0))
+    return float(6.0 * bv * ds / (s0 * s0))

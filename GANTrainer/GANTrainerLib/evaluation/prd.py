@@ -28,7 +28,7 @@ def _sq_dists(x: np.ndarray, c: np.ndarray, x_sq: np.ndarray | None = None) -> n
     return np.maximum(d, 0.0)
 
 
-def kmeans(x, k: int, seed: int = 0, n_init: int = 10, max_iter: int = 300):
+def kmeans(x, k: int, seed: int = 0, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4):
     """Seeded k-means (k-means++ starts, Lloyd iterations, best of ``n_init``).
 
     Parameters
@@ -42,7 +42,11 @@ def kmeans(x, k: int, seed: int = 0, n_init: int = 10, max_iter: int = 300):
     n_init : int
         Number of starts; the solution with the lowest inertia is returned.
     max_iter : int
-        Lloyd iterations stop after ``max_iter`` or when the assignments no longer change.
+        Lloyd iterations stop after ``max_iter``, when the assignments no longer change, or when the centres
+        move less than ``tol`` (below).
+    tol : float
+        Convergence threshold on the summed squared centre shift, relative to the mean per-feature variance
+        of ``x`` (scikit-learn's ``KMeans`` convention).
 
     Returns
     -------
@@ -60,6 +64,7 @@ def kmeans(x, k: int, seed: int = 0, n_init: int = 10, max_iter: int = 300):
     rng = np.random.default_rng(seed)
     x_sq = (x * x).sum(1)
     rows = np.arange(n)
+    shift_tol = float(np.mean(np.var(x, axis=0))) * tol
     best = None
     for _ in range(max(1, int(n_init))):
         centres = np.empty((k, x.shape[1]))
@@ -83,10 +88,14 @@ def kmeans(x, k: int, seed: int = 0, n_init: int = 10, max_iter: int = 300):
             onehot[labels, rows] = 1.0
             sums = onehot @ x  # per-cluster sums as one matrix product (np.add.at is ~100× slower)
             empty = counts == 0
-            centres = np.where(empty[:, None], centres, sums / np.maximum(counts, 1)[:, None])
+            new = np.where(empty[:, None], centres, sums / np.maximum(counts, 1)[:, None])
             if empty.any():  # re-seed empty clusters at the points farthest from their centres
-                far = np.argsort(-d[np.arange(n), labels], kind="stable")[: int(empty.sum())]
-                centres[np.flatnonzero(empty)] = x[far]
+                far = np.argsort(-d[rows, labels], kind="stable")[: int(empty.sum())]
+                new[np.flatnonzero(empty)] = x[far]
+            shift = float(((new - centres) ** 2).sum())
+            centres = new
+            if shift <= shift_tol and not empty.any():
+                break
         d = _sq_dists(x, centres, x_sq)
         labels = d.argmin(1)
         inertia = float(d[rows, labels].sum())
