@@ -53,6 +53,7 @@ def test_cli_end_to_end_with_fallback_extractors(folders):
     out = run("evaluate", "--real", folders / "real", "--fake", folders / "fake", "--out", folders / "rep",
               "--bootstrap", 5, "--seed", 3)
     assert out.returncode == 0, out.stderr
+    assert "suspected copies: " in out.stdout and "fallback-random-resnet10-seed3" in out.stdout
     assert {k: _digest(folders / k) for k in ("real", "fake")} == before  # inputs untouched
     rep = json.loads((folders / "rep" / "report.json").read_text())
     assert rep["protocol"] == "default" and rep["inputs"]["real"]["n"] == 6

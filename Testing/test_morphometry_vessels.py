@@ -126,3 +126,22 @@ def test_real_topcow_label_crop():
     assert cv["anterior"][1] == int(10 in ids) and cv["anterior"][2] == int(15 in ids)
     assert cv["posterior"][0] == int(9 in ids) and cv["posterior"][3] == int(8 in ids)
     assert all(v in (0, 1) for v in cv["anterior"] + cv["posterior"])
+
+
+@pytest.mark.parametrize("seed", [1, 3, 4])  # no Acom; R-P1 aplastic (fetal PCA); L-Pcom absent
+def test_cow_phantom_variants_and_presence_match_its_parameters(seed):
+    from VolumetricGANLib.phantoms import make_cow_phantom
+
+    _img, labels, params = make_cow_phantom(seed, shape=(32, 128, 128), spacing_mm=0.6)
+    v = params["variant"]
+    expected_anterior = [int(v["a1"]["L"] != "aplastic"), int(v["acom"] == "present"), int(bool(v["third_a2"])),
+                         int(v["a1"]["R"] != "aplastic")]
+    expected_posterior = [int(v["pcom"]["L"] != "absent"), int(v["p1"]["L"] != "aplastic"),
+                          int(v["p1"]["R"] != "aplastic"), int(v["pcom"]["R"] != "absent")]
+    cv = cow_variants(labels)
+    assert cv["anterior"] == expected_anterior
+    assert cv["posterior"] == expected_posterior
+    rows = vessel_morphometry(labels)
+    assert [r["label"] for r in rows if r["present"]] == v["classes_present"]
+    ica = [r for r in rows if r["artery"] in ("R-ICA", "L-ICA")]
+    assert all(r["length [mm]"] > 3 and 0.6 < r["radius mean [mm]"] < 3.5 for r in ica)

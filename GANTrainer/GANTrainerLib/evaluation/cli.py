@@ -44,11 +44,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         n_bootstrap=args.bootstrap, seed=args.seed, device=pick_device(args.device), knn_k=args.knn_k,
         copy_quantile=args.copy_quantile, overwrite=args.overwrite, progress=progress_from_args(args),
     )
-    if not args.quiet:
-        for m in report["metrics"].values():
-            ci = "" if not m["ci95"] else f" [{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]"
-            print(f"{m['label']}: {_fmt(m['real_vs_generated'])}{ci}  (real vs real {_fmt(m['real_vs_real'])}; "
-                  f"{m['extractor']})")
-        print(f"suspected copies: {len(report['memorisation']['suspects'])}")
-        print(f"report: {args.out}/report.md")
+    for m in report["metrics"].values():  # the summary is the result, printed even with --quiet (no bars)
+        ci = "" if not m["ci95"] else f" [{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]"
+        print(f"{m['label']}: {_fmt(m['real_vs_generated'])}{ci}  (real vs real {_fmt(m['real_vs_real'])}; "
+              f"{m['extractor']})")
+    print(f"suspected copies: {len(report['memorisation']['suspects'])}")
+    print(f"report: {args.out}/report.md")
     return 0
