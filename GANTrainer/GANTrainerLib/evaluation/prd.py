@@ -64,44 +64,48 @@ def kmeans(x, k: int, seed: int = 0, n_init: int = 10, max_iter: int = 300, tol:
     rng = np.random.default_rng(seed)
     x_sq = (x * x).sum(1)
     rows = np.arange(n)
+    dim = x.shape[1]
     shift_tol = float(np.mean(np.var(x, axis=0))) * tol
-    best = None
-    for _ in range(max(1, int(n_init))):
-        centres = np.empty((k, x.shape[1]))
-        centres[0] = x[rng.integers(n)]
-        closest = _sq_dists(x, centres[:1], x_sq)[:, 0]
+    m = max(1, int(n_init))
+    centres = np.empty((m, k, dim))
+    for s in range(m):  # k-means++ seeding, one start after the other from the same generator
+        centres[s, 0] = x[rng.integers(n)]
+        closest = _sq_dists(x, centres[s, :1], x_sq)[:, 0]
         for j in range(1, k):
             total = closest.sum()
             idx = rng.choice(n, p=closest / total) if total > 0 else rng.integers(n)
-            centres[j] = x[idx]
-            closest = np.minimum(closest, _sq_dists(x, centres[j:j + 1], x_sq)[:, 0])
-        prev_labels = None
-        onehot = np.zeros((k, n))
-        for _ in range(max_iter):
-            d = _sq_dists(x, centres, x_sq)
-            labels = d.argmin(1)
-            if prev_labels is not None and np.array_equal(labels, prev_labels):
-                break  # Lloyd's algorithm has converged (assignments no longer change)
-            prev_labels = labels
-            counts = np.bincount(labels, minlength=k)
-            onehot[:] = 0.0
-            onehot[labels, rows] = 1.0
-            sums = onehot @ x  # per-cluster sums as one matrix product (np.add.at is ~100× slower)
-            empty = counts == 0
-            new = np.where(empty[:, None], centres, sums / np.maximum(counts, 1)[:, None])
-            if empty.any():  # re-seed empty clusters at the points farthest from their centres
-                far = np.argsort(-d[rows, labels], kind="stable")[: int(empty.sum())]
-                new[np.flatnonzero(empty)] = x[far]
-            shift = float(((new - centres) ** 2).sum())
-            centres = new
-            if shift <= shift_tol and not empty.any():
-                break
-        d = _sq_dists(x, centres, x_sq)
-        labels = d.argmin(1)
-        inertia = float(d[rows, labels].sum())
-        if best is None or inertia < best[2]:
-            best = (labels, centres.copy(), inertia)
-    return best
+            centres[s, j] = x[idx]
+            closest = np.minimum(closest, _sq_dists(x, centres[s, j:j + 1], x_sq)[:, 0])
+    # Lloyd iterations of all starts at once: one (n × starts·k) distance product per iteration
+    prev = np.full((n, m), -1)
+    active = np.ones(m, bool)
+    for _ in range(max_iter):
+        act = np.flatnonzero(active)
+        if act.size == 0:
+            break
+        a = act.size
+        d = _sq_dists(x, centres[act].reshape(a * k, dim), x_sq).reshape(n, a, k)
+        labels = d.argmin(2)
+        unchanged = (labels == prev[:, act]).all(0)  # converged: assignments no longer change
+        prev[:, act] = labels
+        flat = labels + (np.arange(a) * k)[None, :]
+        counts = np.bincount(flat.ravel(), minlength=a * k).reshape(a, k)
+        onehot = np.zeros((a * k, n))
+        onehot[flat.ravel(), np.repeat(rows, a)] = 1.0
+        sums = (onehot @ x).reshape(a, k, dim)  # per-cluster sums as one product (np.add.at is ~100× slower)
+        new = np.where(counts[:, :, None] > 0, sums / np.maximum(counts, 1)[:, :, None], centres[act])
+        empty = counts == 0
+        for s in np.flatnonzero(empty.any(1)):  # re-seed empty clusters at the points farthest from their centres
+            far = np.argsort(-d[rows, s, labels[:, s]], kind="stable")[: int(empty[s].sum())]
+            new[s, np.flatnonzero(empty[s])] = x[far]
+        shift = ((new - centres[act]) ** 2).sum((1, 2))
+        centres[act] = np.where(unchanged[:, None, None], centres[act], new)
+        active[act[unchanged | ((shift <= shift_tol) & ~empty.any(1))]] = False
+    d = _sq_dists(x, centres.reshape(m * k, dim), x_sq).reshape(n, m, k)
+    labels = d.argmin(2)
+    inertia = np.take_along_axis(d, labels[:, :, None], 2)[:, :, 0].sum(0)
+    best = int(np.argmin(inertia))
+    return labels[:, best], centres[best].copy(), float(inertia[best])
 
 
 def prd_from_histograms(eval_dist, ref_dist, num_angles: int = 1001, epsilon: float = 1e-10):
