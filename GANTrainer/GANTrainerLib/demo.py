@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -145,15 +146,35 @@ def step_generate(out: Path, log: list[str]) -> dict:
     for preset in ("tiny-spongiosa", "tiny-cow"):
         ckpt = latest_checkpoint(out / "runs" / preset)
         folder = out / "generated" / preset
-        result = generate(ckpt, n=4, seed=0, device="cpu")
+        result = generate(ckpt, n=16 if preset == "tiny-spongiosa" else 4, seed=0, device="cpu")
         write_generated(result, folder / "samples")
         path = interpolate(ckpt, steps=5, seeds=[0, 1], device="cpu")
         write_generated(path, folder / "interpolation", sequence=True)
         v = result.volumes[0]
         figures[preset] = {"shape": list(v.shape), "spacing_mm": list(v.spacing)}
-        log.append(f"- `volgan generate` with `{preset}`: 4 samples {v.shape} at {', '.join(f'{x:g}' for x in v.spacing)} mm "
+        log.append(f"- `volgan generate` with `{preset}`: {len(result.volumes)} samples {v.shape} at {', '.join(f'{x:g}' for x in v.spacing)} mm "
                    f"and a 5-step interpolation (also as one 4-D sequence file) in `generated/{preset}/`")
     return figures
+
+
+def step_evaluate(out: Path, log: list[str]) -> dict:
+    """A reduced `volgan evaluate` of the generated spongiosa patches against the phantom patches."""
+    from .evaluation.report import evaluate
+
+    here = os.getcwd()
+    os.chdir(out)  # relative paths, so the report names the folders as they are after the demo, not its temp dir
+    try:
+        report = evaluate(Path("phantoms/bone/images"), Path("generated/tiny-spongiosa/samples"),
+                          Path("evaluation/tiny-spongiosa"), n_bootstrap=0, seed=0, device="cpu")
+    finally:
+        os.chdir(here)
+    md = (out / "evaluation" / "tiny-spongiosa" / "report.md").read_text(encoding="utf-8")
+    log.append("`volgan evaluate --real phantoms/bone/images --fake generated/tiny-spongiosa/samples --bootstrap 0` "
+               "(fallback feature extractors: no Inception/MedicalNet weights are shipped; a smoke-trained model, "
+               "so expect large distances). Report: `evaluation/tiny-spongiosa/report.md`. Its summary:")
+    log.append("")
+    log += ["> " + line for line in md.splitlines()[:40]]
+    return {"report": "evaluation/tiny-spongiosa/report.json", "keys": sorted(report)[:12]}
 
 
 def overview_figure(cow_dir: Path, bone_dir: Path, path: Path) -> Path:
@@ -208,6 +229,7 @@ STEPS: list[tuple[str, Step]] = [
     ("Morphometry", step_morphometry),
     ("Training (smoke runs of the tiny presets)", step_train_smoke),
     ("Generation", step_generate),
+    ("Evaluation", step_evaluate),
 ]
 
 
