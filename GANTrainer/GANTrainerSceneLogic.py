@@ -12,19 +12,8 @@ from VolGANCore import mrml
 from VolGANCore.dataset import DatasetReport, validate_dataset
 
 
-class GANTrainerSceneLogic:
+class GANTrainerSceneLogic(mrml.SceneLogic):
     """Scene-facing operations of the GANTrainer panel."""
-
-    def __init__(self, scene=None):
-        self._scene = scene
-
-    @property
-    def scene(self):
-        if self._scene is not None:
-            return self._scene
-        import slicer
-
-        return slicer.mrmlScene
 
     def loadLatestSample(self, runFolder, node=None, seed: int = 0):
         """Generate one volume from the run's newest checkpoint into a volume node (created or updated)."""

@@ -15,19 +15,8 @@ import numpy as np
 from VolGANCore import VolGANError, mrml
 
 
-class MorphometrySceneLogic:
+class MorphometrySceneLogic(mrml.SceneLogic):
     """Scene-facing operations of the Morphometry panel."""
-
-    def __init__(self, scene=None):
-        self._scene = scene
-
-    @property
-    def scene(self):
-        if self._scene is not None:
-            return self._scene
-        import slicer
-
-        return slicer.mrmlScene
 
     # -- inputs -------------------------------------------------------------------------------------------
     def _mask(self, image, maskNode=None, segmentId: Optional[str] = None):

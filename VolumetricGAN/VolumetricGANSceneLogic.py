@@ -12,20 +12,12 @@ PHANTOM_KINDS = ("cow", "bone")
 GENERATION_MODES = ("sample", "interpolate", "variation", "mix")
 
 
-class VolumetricGANSceneLogic:
+class VolumetricGANSceneLogic(mrml.SceneLogic):
     """Scene-facing operations of the VolumetricGAN panel."""
 
     def __init__(self, scene=None):
-        self._scene = scene
+        super().__init__(scene)
         self._models: dict = {}  # checkpoint path -> (model, config, mtime): loaded once per file version
-
-    @property
-    def scene(self):
-        if self._scene is not None:
-            return self._scene
-        import slicer
-
-        return slicer.mrmlScene
 
     def loadPhantom(self, kind: str = "cow", seed: int = 0, name: str | None = None):
         """Generate a built-in phantom locally and add it to the scene.

@@ -21,6 +21,7 @@ from .volume import Volume, check_3d
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
+    "sha256_file",
     "is_volume_file",
     "read_volume",
     "read_label_volume",
@@ -32,6 +33,17 @@ _SCHEME_KEY = "volgan_label_scheme"
 _SKIP_KEYS_PREFIX = ("ITK_", "NRRD_", "dim[", "pixdim", "qto_", "sto_", "srow_", "qform", "sform", "quatern",
                      "qoffset", "scl_", "bitpix", "datatype", "intent", "descrip", "aux_file", "cal_",
                      "xyzt_units", "toffset", "slice_", "dim_info", "vox_offset", "magic", "nifti_type")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """SHA-256 hex digest of a file, read in chunks (provenance of weights, checkpoints and sources)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def is_volume_file(path: str | os.PathLike) -> bool:

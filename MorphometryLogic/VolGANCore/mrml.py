@@ -22,6 +22,7 @@ from .labels import get_scheme
 from .volume import Volume, check_3d
 
 __all__ = [
+    "SceneLogic",
     "HeadlessSlicer",
     "create_headless_scene",
     "volume_to_node",
@@ -45,6 +46,18 @@ def _slicer():
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise VolGANError("MRML is not available: run inside 3D Slicer or `pip install slicer-core`") from exc
     return slicer
+
+
+class SceneLogic:
+    """Base of the modules' MRML-level logic classes: works on ``scene`` when given, else ``slicer.mrmlScene``
+    (inside the Slicer application, or after :func:`create_headless_scene`)."""
+
+    def __init__(self, scene=None):
+        self._scene = scene
+
+    @property
+    def scene(self):
+        return _scene(self._scene)
 
 
 @dataclasses.dataclass

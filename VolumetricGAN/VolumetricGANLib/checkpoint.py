@@ -24,7 +24,6 @@ depends on pickled classes: a file that needs arbitrary code to unpickle is refu
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ import numpy as np
 
 from VolGANCore.atomic import atomic_path, atomic_write_text
 from VolGANCore.errors import InputFileError, VolGANError
+from VolGANCore.io import sha256_file  # noqa: F401  (re-exported: importers record sources with it)
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "SUFFIX",
@@ -163,14 +163,6 @@ def to_network(x, intensity: Mapping[str, Any]):
 
 
 # -- provenance and RNG states -------------------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,

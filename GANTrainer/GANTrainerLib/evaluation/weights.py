@@ -8,27 +8,18 @@ mis-shaped keys, so a user who passed the wrong file sees which file it is and w
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
 
 from VolGANCore.errors import InputFileError
+from VolGANCore.io import sha256_file
 
-__all__ = ["load_weights_file", "fit_state_dict", "file_sha256"]
+__all__ = ["load_weights_file", "fit_state_dict"]
 
 # BatchNorm counters: absent from files written before PyTorch 0.4.1, harmless either way.
 _OPTIONAL_SUFFIXES = ("num_batches_tracked",)
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    """SHA-256 hex digest of a file (recorded in reports as the weights' provenance)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _strip_prefix(state: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -136,5 +127,5 @@ def load_weights_file(
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     info = fit_state_dict(model, obj, path, expected, ignore_unexpected)
-    info.update(path=str(path), sha256=file_sha256(path))
+    info.update(path=str(path), sha256=sha256_file(path))
     return info
