@@ -2,7 +2,7 @@
 """Run the benchmark scripts and print a Markdown table (median of repeats, ratios against named peers).
 
     python benchmarks/run.py                 # every benchmarks/bench_*.py
-    python benchmarks/run.py phantoms        # only scripts whose name contains "phantoms"
+    python benchmarks/run.py phantoms        # only bench_phantoms.py (or scripts whose name contains it)
     python benchmarks/run.py --quick         # smaller sizes, for a smoke run
 
 Results are also written to benchmarks/results/<script>.json with the machine description.
@@ -60,8 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run)")
     args = ap.parse_args(argv)
     scripts = sorted(HERE.glob("bench_*.py"))
-    if args.filter:
-        scripts = [s for s in scripts if any(f in s.name for f in args.filter)]
+    if args.filter:  # a name picks bench_<name>.py exactly; otherwise every script whose name contains it
+        exact = [s for s in scripts if s.stem[len("bench_"):] in args.filter]
+        scripts = exact or [s for s in scripts if any(f in s.name for f in args.filter)]
     if not scripts:
         print("no benchmark scripts matched", file=sys.stderr)
         return 2

@@ -21,6 +21,8 @@ nothing pretends to be FID:
 
 from __future__ import annotations
 
+import abc
+
 import os
 from typing import Optional
 
@@ -48,18 +50,20 @@ class _Extractor:
         return {"name": self.name, "dim": self.dim, "fallback": self.fallback, "weights": self.weights}
 
 
-class SliceExtractor(_Extractor):
+class SliceExtractor(_Extractor, abc.ABC):
     """Maps a stack of 2-D slices (N, H, W) — uint8, or float in [0, 1] — to features (N, dim) float64."""
 
+    @abc.abstractmethod
     def __call__(self, slices: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Features of the slices, (N, dim) float64."""
 
 
-class VolumeExtractor(_Extractor):
+class VolumeExtractor(_Extractor, abc.ABC):
     """Maps a stack of normalised volumes (N, D, H, W) float32 to features (N, dim) float64."""
 
+    @abc.abstractmethod
     def __call__(self, volumes: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """Features of the volumes, (N, dim) float64."""
 
 
 def _as_unit_float(slices: np.ndarray):
