@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import ShapeError, assert_shape
+from .layers import MappedGenerator, ShapeError, assert_shape
 
 __all__ = ["FAMILY", "AydinGenerator", "AydinMapping", "AydinSynthesis", "aydin_channels", "aydin_plan"]
 
@@ -376,7 +376,7 @@ class AydinSynthesis(nn.Module):
         return rgb.float()
 
 
-class AydinGenerator(nn.Module):
+class AydinGenerator(MappedGenerator):
     """The CoW 3-D StyleGAN generator (Aydin et al. 2024): :class:`AydinMapping` + :class:`AydinSynthesis`.
 
     Output is linear, nominally in [0, 1] (their training data were min-max normalised per volume; their
@@ -391,7 +391,7 @@ class AydinGenerator(nn.Module):
     """
 
     family = FAMILY
-    has_w = True
+    default_noise_mode = "random"  # their generation script draws a new noise image per sample
     img_channels = 1
 
     def __init__(
@@ -429,25 +429,6 @@ class AydinGenerator(nn.Module):
         self.mapping = AydinMapping(latent_dim, style_depth, lr_mlp, self.num_ws)
         d, s = int(depth), int(image_size)
         self.output_shape = (d, s, s)
-
-    def config(self) -> dict[str, Any]:
-        """Every constructor argument (JSON-serialisable)."""
-        return dict(self._config)
-
-    def make_noise(self, n, generators=None, device="cpu"):
-        """Per-sample uniform noise images, see :meth:`AydinSynthesis.make_noise`."""
-        return self.synthesis.make_noise(n, generators, device)
-
-    def forward(
-        self,
-        z: torch.Tensor,                               # (N, latent_dim)
-        truncation_psi: float = 1.0,                   # truncation strength (1 = off)
-        truncation_cutoff: int | None = None,          # truncate only the first `cutoff` styles
-        noise_mode: str = "random",                    # 'random', 'const' or 'none'
-        noise=None,                                    # explicit noise image (N, ≥depth, ≥S, ≥S, 1)
-    ) -> torch.Tensor:
-        ws = self.mapping(z, truncation_psi, truncation_cutoff)
-        return self.synthesis(ws, noise_mode=noise_mode, noise=noise)
 
 
 def _register() -> None:

@@ -474,3 +474,34 @@ def minibatch_std(x: torch.Tensor, group_size: int = 4, num_channels: int = 1) -
     y = y.mean(dim=[2, 3, 4, 5])                         # (n/g, f)
     y = y.reshape(-1, f, 1, 1, 1).to(x.dtype).repeat(g, 1, d, h, w)
     return torch.cat([x, y], dim=1)
+
+
+class MappedGenerator(nn.Module):
+    """The generator contract shared by the w-space families (StyleGAN2-3D, the CoW StyleGAN of Aydin 2024).
+
+    A subclass sets ``self.mapping`` (z → ws, with truncation), ``self.synthesis`` (ws → volume, with
+    ``make_noise``), ``self._config`` (its constructor arguments) and ``num_ws`` / ``output_shape``;
+    ``default_noise_mode`` is the family's default for :meth:`forward`.
+    """
+
+    has_w = True
+    default_noise_mode = "const"
+
+    def config(self) -> dict:
+        """Every constructor argument (JSON-serialisable)."""
+        return dict(self._config)
+
+    def make_noise(self, n, generators=None, device="cpu"):
+        """Per-sample noise inputs of the synthesis network (reproducible with per-sample generators)."""
+        return self.synthesis.make_noise(n, generators, device)
+
+    def forward(
+        self,
+        z: torch.Tensor,                               # (N, z_dim)
+        truncation_psi: float = 1.0,                   # truncation strength (1 = off)
+        truncation_cutoff: int | None = None,          # truncate only the first `cutoff` ws
+        noise_mode: str | None = None,                 # 'random', 'const' or 'none' (None: the family default)
+        noise=None,                                    # explicit noise inputs
+    ) -> torch.Tensor:
+        ws = self.mapping(z, truncation_psi, truncation_cutoff)
+        return self.synthesis(ws, noise_mode=noise_mode or self.default_noise_mode, noise=noise)

@@ -28,6 +28,7 @@ from torch import nn
 from .layers import (
     EqualConv3d,
     EqualLinear,
+    MappedGenerator,
     ModulatedConv3d,
     Resample3d,
     ShapeError,
@@ -269,7 +270,7 @@ class SynthesisNetwork(nn.Module):
         return img
 
 
-class StyleGAN2Generator(nn.Module):
+class StyleGAN2Generator(MappedGenerator):
     """StyleGAN2-3D generator: :class:`MappingNetwork` + :class:`SynthesisNetwork`.
 
     Output is linear (no tanh), nominally in [-1, 1]; the checkpoint's intensity mapping turns it into
@@ -285,7 +286,6 @@ class StyleGAN2Generator(nn.Module):
     """
 
     family = FAMILY
-    has_w = True
 
     def __init__(
         self,
@@ -327,24 +327,6 @@ class StyleGAN2Generator(nn.Module):
         self.output_shape = self.synthesis.output_shape
         self.img_channels = self.synthesis.img_channels
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier, w_avg_beta)
-
-    def config(self) -> dict[str, Any]:
-        """Every constructor argument (JSON-serialisable)."""
-        return dict(self._config)
-
-    def make_noise(self, n, generators=None, device="cpu"):
-        return self.synthesis.make_noise(n, generators, device)
-
-    def forward(
-        self,
-        z: torch.Tensor,                               # (N, z_dim)
-        truncation_psi: float = 1.0,                   # truncation strength (1 = off)
-        truncation_cutoff: int | None = None,          # truncate only the first `cutoff` ws
-        noise_mode: str = "const",                     # 'random', 'const' or 'none'
-        noise: Sequence[torch.Tensor] | None = None,   # explicit noise inputs
-    ) -> torch.Tensor:
-        ws = self.mapping(z, truncation_psi, truncation_cutoff)
-        return self.synthesis(ws, noise_mode=noise_mode, noise=noise)
 
 
 class _DiscriminatorBlock(nn.Module):
