@@ -158,3 +158,14 @@ def test_cli_import_of_the_cow_format_and_option_checks(tmp_path):
     assert ok.returncode == 0, ok.stderr
     bad = run("import", "--format", "miccai2020-pgan", str(src), "--out", str(tmp_path / "x.vgan"), "--fmap-max", "512")
     assert bad.returncode == 2 and "--fmap-max: only for --format aydin2024-stylegan" in bad.stderr
+
+
+def test_invert_a_volume_node(headless, tiny_checkpoint):
+    from VolumetricGANSceneLogic import VolumetricGANSceneLogic
+
+    logic = VolumetricGANSceneLogic(headless.scene)
+    target = logic.generateVolumes(tiny_checkpoint, "sample", n=1, seed=9, device="cpu")["volumes"][0]
+    node, info = logic.invertVolume(tiny_checkpoint, target, steps=30, device="cpu")
+    assert info["space"] == "w+" and info["mse_network"] < info["mse_network_start"]
+    assert mrml.node_to_volume(node).same_geometry(mrml.node_to_volume(target))
+    assert "psnr_db" in node.GetAttribute("VolumetricGAN.Inversion")

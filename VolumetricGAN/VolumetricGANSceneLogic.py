@@ -6,6 +6,8 @@ the Python console, e.g. ``slicer.util.getModuleLogic("VolumetricGAN").loadPhant
 
 from __future__ import annotations
 
+import json
+
 from VolGANCore import VolGANError, mrml
 
 PHANTOM_KINDS = ("cow", "bone")
@@ -27,8 +29,6 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
         mask as a labelmap. Returns ``(image_node, label_node, parameters)``; the phantom's sampled
         parameters are stored as a JSON attribute ``VolumetricGAN.PhantomParameters`` on the image node.
         """
-        import json
-
         from VolumetricGANLib.phantoms import make_bone_phantom, make_cow_phantom
 
         if kind not in PHANTOM_KINDS:
@@ -130,3 +130,19 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
                  "min": float(v.array.min()), "max": float(v.array.max())} for k, v in enumerate(volumes)]
         out["table"] = mrml.table_from_rows(rows, self.scene, name=f"{name} {mode} results")
         return out
+
+    def invertVolume(self, checkpoint, volumeNode, space: str = "auto", steps: int = 300, resample: bool = False,
+                     device: str = "auto", progress=None, cancel=None):
+        """Project a volume node into the model's latent space; returns ``(reconstruction node, info dict)``.
+
+        The reconstruction lands on the model grid (the input's own grid when it already matches); ``info``
+        holds PSNR, NCC and RMSE in physical units and, with ``resample=True``, what was resampled.
+        """
+        from VolumetricGANLib.invert import invert
+
+        model = self.loadModel(checkpoint, device)
+        result = invert(model, mrml.node_to_volume(volumeNode), space=space, steps=steps, resample=resample,
+                        device=device, progress=progress, cancel=cancel)
+        node = mrml.volume_to_node(result.volume, self.scene, name=f"{volumeNode.GetName()} inverted ({result.space})")
+        node.SetAttribute("VolumetricGAN.Inversion", json.dumps(result.info))
+        return node, result.info

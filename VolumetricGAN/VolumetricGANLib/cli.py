@@ -5,6 +5,7 @@
     volgan generate --checkpoint cow.vgan --mode interpolate --seeds 1 2 --steps 9 --out path/
     volgan generate --checkpoint cow.vgan --mode variation --seed 3 --n 8 --out var/
     volgan generate --checkpoint cow.vgan --mode mix --seed 3 --seeds 4 5 6 --cutoff 4 --out mix/
+    volgan generate --checkpoint spongiosa.vgan --mode invert --target patch.nii.gz --out inverted/
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+import numpy as np
 
 
 def register(sub) -> None:
@@ -41,9 +44,10 @@ def register(sub) -> None:
                                    "units from the checkpoint) plus latents.npz and manifest.json.")
     g.add_argument("--checkpoint", required=True, help="a .vgan checkpoint")
     g.add_argument("--out", required=True, help="output folder (must be new or empty unless --overwrite)")
-    g.add_argument("--mode", default="sample", choices=["sample", "interpolate", "variation", "mix"],
+    g.add_argument("--mode", default="sample", choices=["sample", "interpolate", "variation", "mix", "invert"],
                    help="sample (default); interpolate between two seeds/latents; variation: fixed w, N noise "
-                        "draws; mix: coarse styles of --seed, fine styles of each of --seeds")
+                        "draws; mix: coarse styles of --seed, fine styles of each of --seeds; invert: project "
+                        "--target into the latent space")
     g.add_argument("--n", type=int, help="number of samples (variation: number of noise draws)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--seeds", type=int, nargs="+", help="interpolate: two end seeds; mix: seeds of the fine styles")
@@ -60,6 +64,11 @@ def register(sub) -> None:
                    help="mixed precision (auto: bf16/fp16 on GPU, off on CPU); NaN batches are re-run in fp32")
     g.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd", "mha"], help="volume file format")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    g.add_argument("--target", help="invert: the volume to reproduce (on the model's grid unless --resample)")
+    g.add_argument("--invert-space", default="auto", choices=["auto", "w+", "w", "z"],
+                   help="invert: latent space (auto: W+ for StyleGAN models, z otherwise)")
+    g.add_argument("--invert-steps", type=int, default=300, help="invert: optimisation steps (default 300)")
+    g.add_argument("--resample", action="store_true", help="invert: resample a target that is off the model grid")
     g.set_defaults(func=_cmd_generate)
 
 
@@ -93,6 +102,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     common = dict(batch=args.batch, amp=args.amp, progress=progress_from_args(args))
     model = gen.resolve_model(args.checkpoint, device=args.device)
     sequence = False
+    if args.mode == "invert":
+        return _invert(args, model)
     if args.mode == "sample":
         result = gen.generate(model, n=args.n, seed=args.seed, truncation=args.truncation, noise=args.noise,
                               latents=args.latents, truncation_cutoff=args.truncation_cutoff,
@@ -120,4 +131,29 @@ def _cmd_generate(args: argparse.Namespace) -> int:
           f"{info['seconds']:.2f} s)" + (f"; sequence file {out}/sequence.{args.format}" if sequence else ""))
     if not getattr(args, "quiet", False):
         print(json.dumps({k: info[k] for k in ("mode", "fp32_retries")}))
+    return 0
+
+
+def _invert(args: argparse.Namespace, model) -> int:
+    """`--mode invert`: reconstruction, latents.npz and report.json in an atomically written folder."""
+    from VolGANCore.atomic import atomic_directory, atomic_write_json
+    from VolGANCore.cli import progress_from_args
+    from VolGANCore.errors import VolGANError
+    from VolGANCore.io import read_volume, write_volume
+
+    from .invert import invert
+
+    if not args.target:
+        raise VolGANError("--mode invert: give --target VOLUME")
+    result = invert(model, read_volume(args.target), space=args.invert_space, steps=args.invert_steps,
+                    seed=args.seed, resample=args.resample, device=args.device, progress=progress_from_args(args))
+    with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
+        write_volume(result.volume, tmp / f"reconstruction.{args.format}")
+        np.savez(tmp / "latents.npz", **result.latents_dict(), **{f"noise{i}": n for i, n in enumerate(result.noise)})
+        atomic_write_json(tmp / "report.json", {"target": str(args.target), **result.info,
+                                                "mse_history_every_10_steps": result.history})
+    i = result.info
+    print(f"inverted {args.target} into {i['space']}: PSNR {i['psnr_db']:.2f} dB, NCC {i['ncc']:.4f}, "
+          f"RMSE {i['rmse_physical']:.4g} {i['units']}" + (f" ({i['resampled']})" if i["resampled"] else "")
+          + f"; wrote {args.out}")
     return 0
