@@ -174,7 +174,14 @@ def step_evaluate(out: Path, log: list[str]) -> dict:
                "so expect large distances). Report: `evaluation/tiny-spongiosa/report.md`. Its summary:")
     log.append("")
     log += ["> " + line for line in md.splitlines()[:40]]
-    return {"report": "evaluation/tiny-spongiosa/report.json", "keys": sorted(report)[:12]}
+    from .evaluation.fidelity import bone_fidelity, write_fidelity_report
+
+    fid = bone_fidelity(out / "phantoms" / "bone" / "images", out / "generated" / "tiny-spongiosa" / "samples")
+    write_fidelity_report(fid, out / "evaluation" / "tiny-spongiosa-morphometry")
+    log += ["", "Morphometric fidelity (`volgan evaluate-morphometry`, `evaluation/tiny-spongiosa-morphometry/`):", ""]
+    log += (out / "evaluation" / "tiny-spongiosa-morphometry" / "fidelity.md").read_text(encoding="utf-8").splitlines()[4:16]
+    return {"report": "evaluation/tiny-spongiosa/report.json", "keys": sorted(report)[:12],
+            "morphometric_fidelity": "evaluation/tiny-spongiosa-morphometry/fidelity.json"}
 
 
 def overview_figure(cow_dir: Path, bone_dir: Path, path: Path) -> Path:
