@@ -77,6 +77,13 @@ def _as_unit_float(slices: np.ndarray):
 
 
 class _TorchExtractor:
+    def _load(self, loader, weights_path, device: str, batch_size: int, label: str) -> None:
+        """Load published weights with ``loader`` (→ (net, provenance)) and name the extractor by their hash."""
+        self.net, self.weights = loader(weights_path)
+        self.device, self.batch_size = device, int(batch_size)
+        self.net.to(device)
+        self.name = f"{label}[sha256:{self.weights['sha256'][:8]}]"
+
     def _run(self, net, batches, device: str, batch_size: int) -> np.ndarray:
         import torch
 
@@ -101,10 +108,7 @@ class InceptionSliceExtractor(SliceExtractor, _TorchExtractor):
     ):
         from .inception import load_fid_inception
 
-        self.net, self.weights = load_fid_inception(weights_path)
-        self.device, self.batch_size = device, int(batch_size)
-        self.net.to(device)
-        self.name = f"inception-v3-fid[sha256:{self.weights['sha256'][:8]}]"
+        self._load(load_fid_inception, weights_path, device, batch_size, "inception-v3-fid")
 
     def __call__(self, slices: np.ndarray) -> np.ndarray:
         x = _as_unit_float(slices)[:, None]
@@ -168,10 +172,7 @@ class MedicalNetVolumeExtractor(VolumeExtractor, _TorchExtractor):
     ):
         from .medicalnet import load_medicalnet
 
-        self.net, self.weights = load_medicalnet(weights_path)
-        self.device, self.batch_size = device, int(batch_size)
-        self.net.to(device)
-        self.name = f"medicalnet-resnet10-23dataset[sha256:{self.weights['sha256'][:8]}]"
+        self._load(load_medicalnet, weights_path, device, batch_size, "medicalnet-resnet10-23dataset")
 
     def __call__(self, volumes: np.ndarray) -> np.ndarray:
         import torch
