@@ -254,3 +254,45 @@ def test_batch_over_arrays_in_worker_processes_keeps_order_and_reports_failures(
     assert rows[2]["error"].startswith("image: no bone voxel") and np.isnan(rows[2]["Tb.Th [mm]"])
     with pytest.raises(VolGANError, match="spacing"):
         batch_bone_morphometry(stack)
+
+
+@pytest.mark.parametrize("with_roi", [False, True])
+def test_surface_in_parallel_slabs_equals_one_pass(with_roi):
+    """Slabs (with one context cube layer each side) give the single-pass mesh's area, SMI flow and MIL."""
+    from skimage.measure import marching_cubes
+
+    from MorphometryLib.anisotropy import fibonacci_directions, mil_from_pooled_normals, pool_normals
+    from MorphometryLib.surface import _smoothed_padded, face_cross, surface_mesh, surface_statistics
+
+    mask = random_structure((100, 40, 44), 2.0, 0.3, seed=5)
+    sp = (0.05, 0.04, 0.03)
+    roi = None
+    if with_roi:
+        z, y, x = np.mgrid[:100, :40, :44]
+        roi = (y - 20) ** 2 + (x - 22) ** 2 < 18 ** 2
+    one = surface_statistics(mask, sp, roi, normal_bins=True, workers=1)
+    three = surface_statistics(mask, sp, roi, normal_bins=True, workers=3)
+    assert one["faces"] == three["faces"] > 0
+    assert three["area"] == pytest.approx(one["area"], rel=1e-6)
+    assert three["dadr"] == pytest.approx(one["dadr"], rel=1e-5)
+    dirs = fibonacci_directions(64)
+    mil = lambda pooled: mil_from_pooled_normals(pooled, 1.0, dirs)  # noqa: E731 - (normals on bin edges may
+    np.testing.assert_allclose(mil(three["pooled_normals"]), mil(one["pooled_normals"]), rtol=1e-5)  # swap bins)
+    # the assembled mesh has the same triangles whatever the slabs
+    v1, f1 = surface_mesh(mask, sp, roi, workers=1)
+    v3, f3 = surface_mesh(mask, sp, roi, workers=3)
+    assert len(f1) == len(f3) == one["faces"]
+    area = lambda v, f: 0.5 * np.linalg.norm(face_cross(v, f).astype(np.float64), axis=1).sum()  # noqa: E731
+    assert area(v3, f3) == pytest.approx(area(v1, f1), rel=1e-6) == pytest.approx(one["area"], rel=1e-6)
+    # and a plain single marching-cubes pass over the whole padded image, cut to the image box, agrees
+    verts, faces, _n, _v = marching_cubes(_smoothed_padded(mask, 0.7), 0.5, allow_degenerate=True)
+    verts -= 1.0
+    cent = verts[faces].mean(1)
+    keep = np.all((cent >= -0.5) & (cent <= np.asarray(mask.shape) - 0.5), axis=1)
+    if roi is not None:
+        ijk = np.clip(np.rint(cent).astype(int), 0, np.asarray(mask.shape) - 1)
+        keep &= roi[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
+    fc = face_cross((verts * np.asarray(sp)).astype(np.float32), faces[keep])
+    assert int(keep.sum()) == one["faces"]
+    assert 0.5 * np.linalg.norm(fc.astype(np.float64), axis=1).sum() == pytest.approx(one["area"], rel=1e-6)
+    np.testing.assert_allclose(mil(pool_normals(0.5 * fc)), mil(one["pooled_normals"]), rtol=1e-5)

@@ -15,7 +15,6 @@ Tb.Sp, BS/BV). A peer that cannot be imported is skipped with a printed reason.
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import tracemalloc
 
@@ -44,6 +43,43 @@ def _peak(fn):
     finally:
         tracemalloc.stop()
     return out, peak / 2**20
+
+
+_FRESH = """
+import sys
+import numpy as np
+from MorphometryLib.bone import bone_morphometry
+from VolGANCore import Volume
+
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return float(line.split()[1]) / 1024
+
+m = np.load(sys.argv[1])
+base = status("VmRSS:")
+try:
+    open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark to the current RSS
+except OSError:
+    pass
+bone_morphometry(Volume(m, spacing=(1.0, 1.0, 1.0)))
+print(base, status("VmHWM:"))
+"""
+
+
+def _panel_in_fresh_process(mask: np.ndarray) -> dict:
+    """Peak resident memory of the full panel in a new interpreter (so earlier cases cannot hide it):
+    the whole process (Linux VmHWM, reset after the imports), and its rise over the interpreter with the
+    libraries imported and the mask loaded."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "mask.npy")
+        np.save(path, mask)
+        out = subprocess.run([sys.executable, "-c", _FRESH, path], check=True, capture_output=True, text=True)
+    base, peak = (float(x) for x in out.stdout.split()[-2:])
+    return {"process peak RSS MiB": round(peak), "panel rise MiB": round(peak - base)}
 
 
 def _porespy():
@@ -122,10 +158,12 @@ def cases(quick: bool) -> list[Case]:
 
     def panel():
         r, peak = _peak(lambda: bone_morphometry(vol))
-        return {"Tb.Th": r["Tb.Th [mm]"], "Tb.Sp": r["Tb.Sp [mm]"], "SMI": r["SMI"], "DA": r["DA"], "peak MiB": peak,
-                "maxrss MiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+        return {"Tb.Th": r["Tb.Th [mm]"], "Tb.Sp": r["Tb.Sp [mm]"], "SMI": r["SMI"], "DA": r["DA"],
+                "traced peak MiB": peak}
 
     out.append(Case(f"full panel {n}^3", "MorphometryLib bone_morphometry", panel, repeats=1 if not quick else 2))
+    out.append(Case(f"full panel {n}^3 memory", "MorphometryLib bone_morphometry (fresh process)",
+                    lambda: _panel_in_fresh_process(m), repeats=1, warmup=0))
     if not quick:
         m128 = random_structure(128)
         v128 = Volume(m128, spacing=(1.0, 1.0, 1.0))

@@ -28,7 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["fibonacci_directions", "mean_intercept_lengths", "mesh_intercept_lengths", "fit_ellipsoid", "mil_anisotropy", "structure_tensor_anisotropy"]
+__all__ = ["fibonacci_directions", "mean_intercept_lengths", "mesh_intercept_lengths", "pool_normals",
+           "mil_from_pooled_normals", "fit_ellipsoid", "mil_anisotropy", "structure_tensor_anisotropy"]
 
 
 def fibonacci_directions(n: int) -> np.ndarray:
@@ -114,6 +115,45 @@ def mean_intercept_lengths(
     return dirs, mils
 
 
+def pool_normals(area_normals: np.ndarray) -> np.ndarray:
+    """Area-weighted triangle normals (F, 3) summed in bins of a 32³ grid over the unit normal (≤ 3.6° wide).
+
+    Pooled sums add up over parts of a mesh, so a mesh can be processed slab by slab. Within a bin
+    ``|Σn·v| = Σ|n·v|`` except for test directions nearly perpendicular to it, where both are small.
+    """
+    fn = np.asarray(area_normals, np.float32)
+    out = np.zeros((32**3, 3), np.float64)
+    for i in range(0, len(fn), 1 << 16):  # blocks that stay in cache
+        f = fn[i:i + (1 << 16)]
+        norm = np.sqrt(np.einsum("ij,ij->i", f, f))
+        ok = norm > 0
+        if not ok.all():
+            f, norm = f[ok], norm[ok]
+        q = (f / norm[:, None] + 1.0) * 16.0
+        q = np.clip(q.astype(np.int32), 0, 31)
+        b = (q[:, 0] * 32 + q[:, 1]) * 32 + q[:, 2]
+        for c in range(3):
+            out[:, c] += np.bincount(b, weights=f[:, c], minlength=32**3)
+    return out
+
+
+def mil_from_pooled_normals(pooled: np.ndarray, volume_mm3: float, directions: np.ndarray) -> np.ndarray:
+    """MIL (mm) along each direction, exact in expectation over random test lines (see
+    :func:`mesh_intercept_lengths`), from :func:`pool_normals` sums."""
+    pooled = np.asarray(pooled, np.float64)
+    pooled = pooled[np.any(pooled != 0, axis=1)]
+    dirs = np.asarray(directions, np.float64)
+    # three outer products, not a matmul: a (bins × 3)·(3 × dirs) product would wake OpenBLAS' thread pool,
+    # whose spinning threads slow down everything else on a small, busy machine
+    dots = pooled[:, 0, None] * dirs[None, :, 0]
+    dots += pooled[:, 1, None] * dirs[None, :, 1]
+    dots += pooled[:, 2, None] * dirs[None, :, 2]
+    pl = np.abs(dots, out=dots).sum(axis=0)
+    pl /= float(volume_mm3)
+    with np.errstate(divide="ignore"):
+        return np.where(pl > 0, 1.0 / pl, np.inf)
+
+
 def mesh_intercept_lengths(
     verts: np.ndarray,
     faces: np.ndarray,
@@ -130,28 +170,7 @@ def mesh_intercept_lengths(
     from .surface import face_cross
 
     fn = 0.5 * (face_cross(verts, faces) if fc is None else fc)  # area-weighted normals (float32)
-    # Pool near-parallel normals: bins of a 32³ grid over the unit normal's components (≤ 3.6° wide).
-    # |Σn·v| = Σ|n·v| within a bin except for test directions nearly perpendicular to it, where both are
-    # small.
-    area2 = np.einsum("ij,ij->i", fn, fn)
-    ok = area2 > 0
-    if not ok.all():
-        fn, area2 = fn[ok], area2[ok]
-    unit = fn / np.sqrt(area2)[:, None]
-    q = np.clip(((unit + 1.0) * 16.0).astype(np.int32), 0, 31)
-    b = (q[:, 0] * 32 + q[:, 1]) * 32 + q[:, 2]
-    pooled = np.stack([np.bincount(b, weights=fn[:, c], minlength=32**3) for c in range(3)], axis=1)
-    pooled = pooled[np.any(pooled != 0, axis=1)]
-    dirs = np.asarray(directions, np.float64)
-    # three outer products, not a matmul: a (bins × 3)·(3 × dirs) product would wake OpenBLAS' thread pool,
-    # whose spinning threads slow down everything else on a small, busy machine
-    dots = pooled[:, 0, None] * dirs[None, :, 0]
-    dots += pooled[:, 1, None] * dirs[None, :, 1]
-    dots += pooled[:, 2, None] * dirs[None, :, 2]
-    pl = np.abs(dots, out=dots).sum(axis=0)
-    pl /= float(volume_mm3)
-    with np.errstate(divide="ignore"):
-        return np.where(pl > 0, 1.0 / pl, np.inf)
+    return mil_from_pooled_normals(pool_normals(fn), volume_mm3, directions)
 
 
 def fit_ellipsoid(directions: np.ndarray, mil: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,6 +199,7 @@ def mil_anisotropy(
     roi: np.ndarray | None = None,
     mesh: tuple[np.ndarray, np.ndarray] | None = None,
     fc: np.ndarray | None = None,
+    pooled_normals: np.ndarray | None = None,
 ) -> dict[str, object]:
     """Degree of anisotropy by the MIL ellipsoid (Harrigan & Mann 1984; BoneJ2): ``DA = 1 − λmin/λmax``.
 
@@ -202,22 +222,30 @@ def mil_anisotropy(
         A mesh from :func:`MorphometryLib.surface.surface_mesh` to reuse.
     fc : (F, 3) array, optional
         Its :func:`MorphometryLib.surface.face_cross`, to reuse.
+    pooled_normals : (B, 3) array, optional
+        ``surface_statistics(..., normal_bins=True)["pooled_normals"]`` of the same mask, to reuse (``"mesh"``).
 
     Returns
     -------
     dict: ``da`` (NaN if undefined), ``eigenvalues`` (ascending, of M; 1/semi-axis²), ``main_direction``
     (unit vector in (D, H, W) axes along the longest MIL), ``method``.
     """
-    from .surface import surface_mesh
+    from .surface import surface_statistics
 
     sp = np.asarray(spacing, np.float64)
     if method == "lines":
         dirs, mil = mean_intercept_lengths(mask, sp, n_directions=n_directions, line_spacing=line_spacing, seed=seed)
     elif method == "mesh":
         dirs = fibonacci_directions(n_directions)
-        verts, faces = mesh if mesh is not None else surface_mesh(mask, sp, roi)
         tv = float((np.count_nonzero(roi) if roi is not None else np.asarray(mask).size) * np.prod(sp))
-        mil = mesh_intercept_lengths(verts, faces, tv, dirs, fc) if len(faces) else np.full(len(dirs), np.inf)
+        if mesh is not None:
+            verts, faces = mesh
+            mil = mesh_intercept_lengths(verts, faces, tv, dirs, fc) if len(faces) else np.full(len(dirs), np.inf)
+        else:
+            if pooled_normals is None:
+                pooled_normals = surface_statistics(mask, sp, roi, flow=False, normal_bins=True)["pooled_normals"]
+            mil = np.full(len(dirs), np.inf) if pooled_normals is None else \
+                mil_from_pooled_normals(pooled_normals, tv, dirs)
     else:
         raise ValueError(f"method: expected 'mesh' or 'lines', got {method!r}")
     ok = ~np.isnan(mil)

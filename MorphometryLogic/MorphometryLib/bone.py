@@ -212,6 +212,7 @@ def bone_morphometry(
     tmd_erosion: int = 0,
     da_directions: int = 256,
     return_maps: bool = False,
+    workers: int | None = None,
     progress=None,
     cancel=None,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, Volume]]:
@@ -238,6 +239,8 @@ def bone_morphometry(
         Directions of the MIL fit.
     return_maps : bool
         Also return the thickness maps (``{"Tb.Th": Volume, "Tb.Sp": Volume}``).
+    workers : int, optional
+        Threads for the surface (slabs along the first axis; default one per CPU, 1 for small volumes).
     progress, cancel : optional
         Progress callback and cancel token (VolGANCore protocol).
 
@@ -289,13 +292,13 @@ def bone_morphometry(
     res["BV [mm^3]"] = n_bone * vox
     res["BV/TV"] = n_bone / n_roi
     steps = len(chosen)
-    mesh = None
+    surf = None
     with Progress(steps, "bone morphometry", progress, cancel) as prog:
         if "BS" in chosen or "SMI" in chosen or "DA" in chosen or "plate" in chosen:
-            mesh = surface.surface_mesh(bone, sp, roi)
-            fc = surface.face_cross(*mesh)
+            surf = surface.surface_statistics(bone, sp, roi, flow="SMI" in chosen, normal_bins="DA" in chosen,
+                                              workers=workers)
         if "BS" in chosen or "plate" in chosen:
-            bs = 0.5 * float(np.add.reduce(np.sqrt(np.einsum("ij,ij->i", fc, fc)), dtype=np.float64))
+            bs = surf["area"]
             res["BS [mm^2]"] = bs
             res["BS/BV [1/mm]"] = bs / res["BV [mm^3]"]
             res["BS/TV [1/mm]"] = bs / res["TV [mm^3]"]
@@ -331,10 +334,11 @@ def bone_morphometry(
             res["Conn.D [1/mm^3]"] = c["conn_density_per_mm3"]
             prog.advance(1, "connectivity")
         if "SMI" in chosen:
-            res["SMI"] = surface.structure_model_index(bone, sp, roi, mesh=mesh, fc=fc)
+            res["SMI"] = surface.structure_model_index(bone, sp, roi, stats=surf)
             prog.advance(1, "SMI")
         if "DA" in chosen:
-            res["DA"] = anisotropy.mil_anisotropy(bone, sp, n_directions=da_directions, roi=roi, mesh=mesh, fc=fc)["da"]
+            res["DA"] = anisotropy.mil_anisotropy(bone, sp, n_directions=da_directions, roi=roi,
+                                                 pooled_normals=surf["pooled_normals"])["da"]
             prog.advance(1, "DA")
         if "DA.ST" in chosen:
             res["DA (structure tensor)"] = anisotropy.structure_tensor_anisotropy(bone, sp, roi=roi)["da"]
