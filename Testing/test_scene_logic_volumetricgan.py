@@ -169,3 +169,176 @@ def test_invert_a_volume_node(headless, tiny_checkpoint):
     assert info["space"] == "w+" and info["mse_network"] < info["mse_network_start"]
     assert mrml.node_to_volume(node).same_geometry(mrml.node_to_volume(target))
     assert "psnr_db" in node.GetAttribute("VolumetricGAN.Inversion")
+
+
+# -- steering, simulate change and the model catalogue -------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_bone_checkpoint(tmp_path_factory):
+    """A randomly initialised progressive GAN of 16³ spongiosa patches (fast to steer on a CPU)."""
+    import torch
+
+    from VolumetricGANLib.checkpoint import make_config, save_checkpoint
+    from VolumetricGANLib.networks import build_generator
+
+    torch.manual_seed(0)
+    arch = dict(max_res=2, nch=1)
+    G = build_generator("pgan-3d", arch)
+    cfg = make_config("pgan-3d", arch, spacing=(0.2, 0.2, 0.2), latent="hypersphere", anatomy="spongiosa",
+                      name="tinybone", defaults={"bone_threshold": 225.0},
+                      intensity={"network_range": [-1, 1], "physical_range": [-350, 1100], "units": "density"})
+    return save_checkpoint(tmp_path_factory.mktemp("bone") / "tinybone.vgan", cfg, G_ema=G)
+
+
+def _exact(node, threshold, names):
+    from MorphometryLib import bone_morphometry
+    from VolumetricGANLib.steer import STEERABLE
+
+    vals = bone_morphometry(mrml.node_to_volume(node), threshold=threshold,
+                            parameters=sorted({"BV/TV", *names} - {"DA"} | ({"DA.ST"} if "DA" in names else set())))
+    return {n: vals[STEERABLE[n][1]] for n in names}
+
+
+def test_steering_parameters_match_the_library():
+    from VolumetricGANLib.steer import STEERABLE
+    from VolumetricGANSceneLogic import STEERING_PARAMETERS, STEERING_UNITS
+
+    assert list(STEERING_PARAMETERS) == list(STEERABLE)
+    for name, (_proxy, exact_key) in STEERABLE.items():  # the units we print are the ones MorphometryLib measures in
+        unit = STEERING_UNITS[name]
+        assert (f"[{unit}]" in exact_key) if unit else ("[" not in exact_key)
+
+
+def test_steer_volumes_into_nodes_table_and_charts(headless, tiny_bone_checkpoint):
+    from VolumetricGANLib.generate import generate
+    from VolumetricGANSceneLogic import LATENT_ATTRIBUTE, VolumetricGANSceneLogic
+
+    logic = VolumetricGANSceneLogic(headless.scene)
+    out = logic.steerVolumes(tiny_bone_checkpoint, {"BV/TV": 0.01, "Tb.Th [mm]": 0.7}, n=2, seed=3, steps=4,
+                             checkEvery=2, device="cpu", namePrefix="st")
+    info = out["info"]
+    assert info["parameters"] == ["BV/TV", "Tb.Th"] and 0.0 <= info["success_rate"] <= 1.0
+    assert any("BV/TV" in w and "clamped" in w for w in info["warnings"])  # 0.01 is far below this model's range
+    assert [v.GetName() for v in out["volumes"]] == ["st-0", "st-1"]
+    rows = mrml.rows_from_table(out["table"])
+    assert len(rows) == 2
+    for col in ("sample", "volume", "success", "BV/TV target", "BV/TV start", "BV/TV proxy", "BV/TV exact",
+                "Tb.Th target [mm]", "Tb.Th start [mm]", "Tb.Th proxy [mm]", "Tb.Th exact [mm]",
+                "Tb.Th within tolerance"):
+        assert col in rows[0], col
+    assert rows[0]["BV/TV target"] > 0.01  # clamped into the model's range
+    model = logic.loadModel(tiny_bone_checkpoint, "cpu")
+    for node, row in zip(out["volumes"], rows):
+        vol = mrml.node_to_volume(node)
+        assert vol.shape == (16, 16, 16) and vol.spacing == pytest.approx((0.2, 0.2, 0.2))
+        exact = _exact(node, info["threshold"], ["BV/TV", "Tb.Th"])
+        assert row["BV/TV exact"] == pytest.approx(exact["BV/TV"], rel=1e-6)
+        assert row["Tb.Th exact [mm]"] == pytest.approx(exact["Tb.Th"], rel=1e-6)
+        z = np.array([float(v) for v in node.GetAttribute(LATENT_ATTRIBUTE).split(",")], np.float32)
+        again = generate(model, latents=z[None], device="cpu").volumes[0].array
+        assert np.allclose(again, vol.array, atol=1e-2)  # the stored latent reproduces the steered sample
+    chart = out["charts"]["Tb.Th"]
+    assert chart.GetNumberOfPlotSeriesNodes() == 4  # exact + target for each of the 2 samples
+    traj = mrml.rows_from_table(out["trajectoryTable"])
+    assert [r["check"] for r in traj] == [0, 1, 2]
+    assert traj[-1]["Tb.Th exact [mm] sample 1"] == pytest.approx(rows[1]["Tb.Th exact [mm]"], rel=1e-6)
+
+
+def test_simulate_change_reuses_the_latent_of_a_generated_node(headless, tiny_bone_checkpoint, monkeypatch):
+    import VolumetricGANLib.invert as inv
+    from VolumetricGANSceneLogic import VolumetricGANSceneLogic
+
+    logic = VolumetricGANSceneLogic(headless.scene)
+    node = logic.generateVolumes(tiny_bone_checkpoint, "sample", n=1, seed=4, device="cpu", name="b")["volumes"][0]
+
+    def no_inversion(*a, **k):
+        raise AssertionError("a generated node must not be inverted")
+
+    monkeypatch.setattr(inv, "invert", no_inversion)
+    out = logic.simulateChange(tiny_bone_checkpoint, node, {"BV/TV": -10, "Tb.Th": "0%"}, steps=4, checkEvery=2,
+                               device="cpu")
+    assert out["info"]["start"]["from"] == "latent"
+    assert out["volume"].GetName() == "b sample 4-0 BV/TV -10%"
+    assert out["info"]["keep"] == ["TMD", "Tb.Th"] and out["info"]["parameters"] == ["BV/TV", "TMD", "Tb.Th"]
+    rows = {r["parameter"]: r for r in mrml.rows_from_table(out["table"])}
+    before = _exact(node, out["info"]["threshold"], ["BV/TV", "TMD"])
+    assert rows["BV/TV"]["before (exact)"] == pytest.approx(before["BV/TV"], rel=1e-5)
+    assert rows["TMD"]["before (exact)"] == pytest.approx(before["TMD"], rel=1e-5)
+    after = _exact(out["volume"], out["info"]["threshold"], ["BV/TV"])["BV/TV"]
+    assert rows["BV/TV"]["after (exact)"] == pytest.approx(after, rel=1e-6)
+    assert rows["BV/TV"]["change %"] == pytest.approx(100 * (after / before["BV/TV"] - 1), rel=1e-5)
+    assert rows["BV/TV"]["target change %"] == pytest.approx(-10) and rows["TMD"]["target change %"] == 0
+
+
+def test_simulate_change_inverts_a_foreign_or_edited_volume(headless, tiny_bone_checkpoint):
+    from VolumetricGANSceneLogic import LATENT_ATTRIBUTE, VolumetricGANSceneLogic
+
+    logic = VolumetricGANSceneLogic(headless.scene)
+    node = logic.generateVolumes(tiny_bone_checkpoint, "sample", n=1, seed=5, device="cpu")["volumes"][0]
+    foreign = mrml.volume_to_node(mrml.node_to_volume(node), headless.scene, name="patch")  # no attributes
+    out = logic.simulateChange(tiny_bone_checkpoint, foreign, {"BV/TV": "-20%"}, keep=(), steps=2, checkEvery=2,
+                               invertSteps=3, device="cpu")
+    start = out["info"]["start"]
+    assert start["from"] == "inversion" and "not generated by this module" in start["reason"]
+    assert "psnr_db" in start["inversion"] and out["volume"].GetName() == "patch BV/TV -20%"
+    assert out["volume"].GetAttribute(LATENT_ATTRIBUTE)  # the result can be changed further without inversion
+    arr = mrml.node_to_volume(node)
+    mrml.volume_to_node(arr.with_array(arr.array + 200.0), headless.scene, node=node)  # edited after generation
+    edited = logic.simulateChange(tiny_bone_checkpoint, node, {"BV/TV": 10}, keep=(), steps=1, checkEvery=1,
+                                  invertSteps=2, device="cpu")
+    assert edited["info"]["start"]["from"] == "inversion" and "no longer matches" in edited["info"]["start"]["reason"]
+
+
+def test_steering_refuses_bad_requests_and_leaves_the_scene_clean(headless, tiny_bone_checkpoint, tmp_path,
+                                                                  monkeypatch):
+    import VolumetricGANSceneLogic as sl
+    from VolumetricGANLib.checkpoint import make_config, save_checkpoint
+    from VolumetricGANLib.networks import build_generator
+
+    logic = sl.VolumetricGANSceneLogic(headless.scene)
+    with pytest.raises(VolGANError, match="steering parameter 'SMI'"):
+        logic.steerVolumes(tiny_bone_checkpoint, {"SMI": 1.0})
+    with pytest.raises(VolGANError, match="positive"):
+        logic.steerVolumes(tiny_bone_checkpoint, {"Tb.Th": -0.1})
+    with pytest.raises(VolGANError, match="tolerance"):
+        logic.steerVolumes(tiny_bone_checkpoint, {"BV/TV": 0.2}, tolerance=5)
+    with pytest.raises(VolGANError, match="above -100"):
+        logic.simulateChange(tiny_bone_checkpoint, None, {"BV/TV": -120})
+    with pytest.raises(VolGANError, match="every change is 0"):
+        logic.simulateChange(tiny_bone_checkpoint, None, {"BV/TV": 0})
+    arch = dict(max_res=1, nch=1)
+    cfg = make_config("pgan-3d", arch, spacing=(0.3,) * 3, anatomy="circle-of-willis")
+    cow = save_checkpoint(tmp_path / "cow.vgan", cfg, G_ema=build_generator("pgan-3d", arch), write_card=False)
+    with pytest.raises(VolGANError, match="'circle-of-willis' model"):
+        logic.steerVolumes(cow, {"BV/TV": 0.2}, device="cpu")
+    count = headless.scene.GetNumberOfNodes()
+
+    def broken(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sl.mrml, "table_from_rows", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        logic.steerVolumes(tiny_bone_checkpoint, {"BV/TV": 0.6}, n=1, steps=1, device="cpu")
+    assert headless.scene.GetNumberOfNodes() == count  # the volumes made before the failure were removed
+
+
+def test_shipped_models_lists_vgan_files_with_cards_and_families(headless, tiny_bone_checkpoint, tiny_checkpoint,
+                                                                 tmp_path):
+    import shutil
+
+    from VolumetricGANSceneLogic import VolumetricGANSceneLogic
+
+    logic = VolumetricGANSceneLogic(headless.scene)
+    shutil.copy(tiny_bone_checkpoint, tmp_path / "bone.vgan")
+    shutil.copy(tiny_bone_checkpoint.with_name("tinybone.card.md"), tmp_path / "bone.card.md")
+    shutil.copy(tiny_checkpoint, tmp_path / "cow.vgan")  # no card beside it
+    (tmp_path / "broken.vgan").write_bytes(b"not a checkpoint")
+    (tmp_path / "notes.txt").write_text("ignored")
+    models = logic.shippedModels(tmp_path)
+    assert sorted(models) == ["bone", "broken", "cow"]
+    bone, cow = models["bone"], models["cow"]
+    assert bone["path"] == tmp_path / "bone.vgan" and bone["card"] == tmp_path / "bone.card.md"
+    assert bone["family"] == "pgan-3d" and bone["anatomy"] == "spongiosa" and bone["steerable"]
+    assert bone["outputShape"] == (16, 16, 16) and bone["spacing"] == pytest.approx((0.2, 0.2, 0.2))
+    assert cow["card"] is None and cow["family"] == "stylegan2-3d" and not cow["steerable"] and cow["styleControls"]
+    assert "not a readable PyTorch file" in models["broken"]["error"] and not models["broken"]["steerable"]
+    assert logic.shippedModels(tmp_path / "missing") == {}
