@@ -52,6 +52,12 @@ class GANTrainerParameterNode:
     preset: Annotated[str, Choice(sorted(PRESETS))] = "tiny-spongiosa"
     runFolder: pathlib.Path
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    evalRealFolder: pathlib.Path
+    evalFakeFolder: pathlib.Path
+    evalOutFolder: pathlib.Path
+    inceptionWeights: pathlib.Path
+    medicalnetWeights: pathlib.Path
+    evalProtocol: Annotated[str, Choice(["default", "aydin2024"])] = "default"
 
 
 class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -63,6 +69,7 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.lossChart = None
         self.sampleNode = None
         self.lastCheckpoint = None
+        self.loadedReport = None  # the evaluation/fidelity report shown in the scene (replaced by the next one)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -77,6 +84,9 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.ui.startTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=False))
         self.ui.resumeTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=True))
         self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTraining)
+        self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
+        self.ui.loadReportButton.connect("clicked(bool)", self.onLoadReportButton)
+        self.ui.cancelEvaluationButton.enabled = False
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(2000)
         self.pollTimer.connect("timeout()", self.onPollTraining)
@@ -110,6 +120,10 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.ui.startTrainingButton.enabled = can_train
         self.ui.resumeTrainingButton.enabled = can_train
         self.ui.stopTrainingButton.enabled = running
+        can_evaluate = bool(p) and all(str(f) not in ("", ".") for f in (p.evalRealFolder, p.evalFakeFolder, p.evalOutFolder))
+        self.ui.evaluateButton.enabled = can_evaluate
+        self.ui.evaluateButton.toolTip = _("Compare the generated with the real volumes and show the report") if \
+            can_evaluate else _("Choose the real, generated and output folders first")
 
     def onStartTraining(self, resume: bool) -> None:
         p = self._parameterNode
@@ -172,9 +186,54 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
             slicer.app.applicationLogic().PropagateTableSelection()
 
 
+    def onEvaluateButton(self) -> None:
+        from VolGANCore import Cancelled
+
+        p = self._parameterNode
+        progress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelEvaluationButton)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Evaluation failed."), waitCursor=True):
+                from VolGANSlicer.dependencies import ensure_all
+
+                if not ensure_all(self.resourcePath("../requirements.txt")):
+                    return
+                try:
+                    loaded = self.logic.runEvaluation(
+                        p.evalRealFolder, p.evalFakeFolder, p.evalOutFolder, progress=progress,
+                        cancel=progress.token, previous=self.loadedReport, protocol=p.evalProtocol,
+                        inception_weights=p.inceptionWeights, medicalnet_weights=p.medicalnetWeights, device=p.device)
+                except Cancelled:
+                    self.ui.statusLabel.text = _("Evaluation cancelled; no report was written.")
+                    return
+                self.showReport(loaded)
+        finally:
+            self.ui.cancelEvaluationButton.enabled = False
+
+    def onLoadReportButton(self) -> None:
+        p = self._parameterNode
+        start = str(p.evalOutFolder) if p and str(p.evalOutFolder) not in ("", ".") else ""
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Report folder"), start)
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Loading the report failed."), waitCursor=True):
+            self.showReport(self.logic.loadReport(folder, previous=self.loadedReport))
+
+    def showReport(self, loaded) -> None:
+        """Table and chart of a loaded report in the plot + table layout; a one-line summary below."""
+        self.loadedReport = loaded
+        slicer.app.layoutManager().setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetActiveTableID(loaded.table.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+        if loaded.chart is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(loaded.chart)
+        self.ui.statusLabel.text = loaded.summary()
+
+
 class GANTrainerLogic(GANTrainerSceneLogic, ScriptedLoadableModuleLogic):
-    """Console use: ``slicer.util.getModuleLogic("GANTrainer").validateDataset(folder)``;
-    ``TrainingProcess.start(preset, data, run)`` runs ``volgan train`` in the background."""
+    """Console use: ``slicer.util.getModuleLogic("GANTrainer").validateDataset(folder)``, ``.runEvaluation(real,
+    generated, out)``, ``.loadReport(folder)``; ``TrainingProcess.start(preset, data, run)`` runs ``volgan train``
+    in the background."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)

@@ -1,12 +1,16 @@
 """MRML-level logic of the GANTrainer module: no Qt, so it runs in Slicer and headless (slicer-core).
 
 The module's ``GANTrainerLogic`` (in GANTrainer.py) inherits these methods, so they are callable from the
-Slicer Python console: ``slicer.util.getModuleLogic("GANTrainer").validateDataset("/data/cow")``.
+Slicer Python console: ``slicer.util.getModuleLogic("GANTrainer").validateDataset("/data/cow")``,
+``.runEvaluation(real, generated, out)``, ``.loadReport(folder)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
+from typing import Any, Optional
 
 from VolGANCore import mrml
 from VolGANCore.dataset import DatasetReport, validate_dataset
@@ -59,6 +63,292 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         table.SetAttribute("GANTrainer.DatasetFolder", str(imagesFolder))
         table.SetAttribute("GANTrainer.DatasetValid", "true" if report.ok else "false")
         return report, table
+
+    # -- evaluation reports ---------------------------------------------------------------------------------
+    def runEvaluation(self, realFolder, fakeFolder, outFolder, progress=None, cancel=None, previous=None,
+                      **options) -> "LoadedReport":
+        """Run ``volgan evaluate`` synchronously (progress/cancel as every library call) and load its report.
+
+        ``options`` are :func:`GANTrainerLib.evaluation.report.evaluate`'s keywords (``protocol``,
+        ``inception_weights``, ``medicalnet_weights``, ``n_bootstrap``, ``seed``, ``device``, ``msssim_pairs``,
+        ``overwrite``, ...); empty weight paths mean "none" and ``device="auto"`` picks one. Cancelling raises
+        :class:`VolGANCore.Cancelled` and leaves no report folder behind.
+        """
+        from GANTrainerLib.evaluation.report import evaluate
+        from VolGANCore.env import pick_device
+
+        for key in ("inception_weights", "medicalnet_weights"):
+            if key in options and _empty_path(options[key]):
+                options[key] = None
+        options["device"] = pick_device(options.get("device") or "auto")
+        evaluate(str(realFolder), str(fakeFolder), str(outFolder), progress=progress, cancel=cancel, **options)
+        return self.loadEvaluationReport(outFolder, previous=previous)
+
+    def loadEvaluationReport(self, reportDir, previous=None) -> "LoadedReport":
+        """``report.json`` of ``volgan evaluate`` as a metrics table and a PR-curve chart.
+
+        Table ``metrics``: one row per metric (label, key, real vs generated, 95 % CI, real vs real baseline,
+        better, extractor, fallback flag) plus the MS-SSIM diversity (generated set; baseline = real set).
+        Chart: the PRD curves (real vs generated, real vs real halves) and, when the report has them, the
+        improved precision/recall k-NN values as points. ``previous`` (a LoadedReport) is removed first.
+        """
+        report = _read_report_json(reportDir, "report.json", "volgan-evaluation",
+                                   "a report folder written by volgan evaluate")
+        self.removeLoadedReport(previous)
+        rows = []
+        for key, m in report.get("metrics", {}).items():
+            ci = m.get("ci95") or [None, None]
+            rows.append({"metric": m["label"], "key": key, "real vs generated": m["real_vs_generated"],
+                         "CI 95% low": ci[0], "CI 95% high": ci[1], "real vs real": m.get("real_vs_real"),
+                         "better": m.get("better", ""), "extractor": m.get("extractor", ""),
+                         "fallback features": "yes" if m.get("fallback_features") else "no"})
+        div = (report.get("diversity") or {}).get("msssim")
+        if div:
+            ci = div["generated"].get("ci95") or [None, None]
+            rows.append({"metric": "MS-SSIM within set (generated; real vs real = within the real set)",
+                         "key": "msssim_diversity", "real vs generated": div["generated"]["mean"],
+                         "CI 95% low": ci[0], "CI 95% high": ci[1], "real vs real": div["real"]["mean"],
+                         "better": "lower = more diverse (≈ real)",
+                         "extractor": f"MS-SSIM 3-D, {div['settings']['n_scales']} scale(s)",
+                         "fallback features": "no"})
+        name = Path(reportDir).name
+        scene = self.scene
+        table = mrml.table_from_rows(rows, scene, name=f"Evaluation metrics ({name})")
+        table.SetAttribute("GANTrainer.ReportFolder", str(reportDir))
+        table.SetAttribute("GANTrainer.Protocol", str(report.get("protocol", "")))
+        table.SetAttribute("GANTrainer.SuspectedCopies", str(len(report.get("memorisation", {}).get("suspects", []))))
+        if div:
+            table.SetAttribute("GANTrainer.DiversityVerdict", div.get("verdict", ""))
+        curve = report.get("prd_curve", {})
+        series = {}
+        for key, label in (("real_vs_generated", "PRD real vs generated"), ("real_vs_real", "PRD real vs real (halves)")):
+            if key in curve:
+                series[label] = (curve[key]["recall"], curve[key]["precision"])
+        chart = mrml.plot_chart(series, scene, name=f"Precision-recall ({name})", x_label="recall",
+                                y_label="precision")
+        metrics = report.get("metrics", {})
+        if "precision" in metrics and "recall" in metrics:
+            _add_series(scene, chart, "k-NN precision/recall (real vs generated)", [metrics["recall"]["real_vs_generated"]],
+                        [metrics["precision"]["real_vs_generated"]], "recall", "scatter")
+            if metrics["recall"].get("real_vs_real") is not None and metrics["precision"].get("real_vs_real") is not None:
+                _add_series(scene, chart, "k-NN precision/recall (real vs real)", [metrics["recall"]["real_vs_real"]],
+                            [metrics["precision"]["real_vs_real"]], "recall", "scatter")
+        return LoadedReport("evaluation", report, {"metrics": table}, chart, Path(reportDir))
+
+    def loadFidelityReport(self, reportDir, parameter: Optional[str] = None, previous=None) -> "LoadedReport":
+        """``fidelity.json`` of ``volgan evaluate-morphometry`` (bone or CoW) as tables and a histogram chart.
+
+        Table ``parameters``: one row per parameter (real and generated mean ± SD, Wasserstein, W1/SD, KS and
+        their real-vs-real baselines); CoW reports add ``presence`` (per artery: frequencies, difference, Fisher
+        p, flag) and ``variants`` (variant-vector frequencies; the total-variation distances are the table's
+        attributes ``GANTrainer.TVAnterior`` / ``GANTrainer.TVPosterior``). Chart: bar-type histograms (fraction
+        of cases per bin, common bins) of the real and generated values of ``parameter`` (default: the one with
+        the largest W1/SD, i.e. the least faithful).
+        """
+        result = _read_report_json(reportDir, "fidelity.json", None,
+                                   "a report folder written by volgan evaluate-morphometry")
+        kind = result.get("kind", "bone")
+        params = result.get("parameters", [])
+        if parameter is not None and parameter not in {r["parameter"] for r in params}:
+            raise _error(f"{parameter!r} is not a parameter of the fidelity report in {reportDir} "
+                         f"(choose one of {[r['parameter'] for r in params]})")
+        self.removeLoadedReport(previous)
+        scene = self.scene
+        name = Path(reportDir).name
+        rows = []
+        for r in params:
+            row = {"parameter": r["parameter"]}
+            if kind == "cow":
+                row.update({"artery": r["artery"], "measure": r["measure"], "n real": r["n_real"],
+                            "n generated": r["n_generated"]})
+            row.update({"real mean": r.get("real_mean"), "real SD": r.get("real_sd"),
+                        "generated mean": r.get("generated_mean"), "generated SD": r.get("generated_sd"),
+                        "Wasserstein": r.get("wasserstein"), "W1/SD": r.get("wasserstein_over_sd"),
+                        "KS": r.get("ks"), "KS p": r.get("ks_p"),
+                        "Wasserstein real vs real": r.get("wasserstein_real_vs_real"),
+                        "W1/SD real vs real": r.get("wasserstein_over_sd_real_vs_real"),
+                        "KS real vs real": r.get("ks_real_vs_real")})
+            rows.append(row)
+        tables = {"parameters": mrml.table_from_rows(rows, scene, name=f"Morphometric fidelity ({name})")}
+        if kind == "cow":
+            tables["presence"] = mrml.table_from_rows(
+                [{"artery": r["artery"], "label": r["label"], "real frequency": r["real_frequency"],
+                  "generated frequency": r["generated_frequency"], "difference": r["difference"],
+                  "Fisher p": r["fisher_p"], "difference real vs real": r["difference_real_vs_real"],
+                  "flag": r["flag"]} for r in result["presence"]], scene, name=f"Artery presence ({name})")
+            vrows = []
+            for side, v in result["variants"].items():
+                for t in v["table"]:
+                    vrows.append({"side": side, "vector": t["vector"], "components": ", ".join(v["names"]),
+                                  "real frequency": t["real_frequency"], "generated frequency": t["generated_frequency"],
+                                  "real count": t["real_count"], "generated count": t["generated_count"]})
+            tables["variants"] = mrml.table_from_rows(vrows, scene, name=f"CoW variants ({name})")
+            for side in ("anterior", "posterior"):
+                tables["variants"].SetAttribute(f"GANTrainer.TV{side.capitalize()}",
+                                                f"{result['variants'][side]['tv_distance']:.6g}")
+                tables["variants"].SetAttribute(f"GANTrainer.TV{side.capitalize()}RealVsReal",
+                                                f"{result['variants'][side]['tv_distance_real_vs_real']:.6g}")
+        for t in tables.values():
+            t.SetAttribute("GANTrainer.ReportFolder", str(reportDir))
+            t.SetAttribute("GANTrainer.FidelityKind", kind)
+        if parameter is None:
+            parameter = _least_faithful(params)
+        chart = None
+        if parameter is not None:
+            real = result["values"]["real"].get(parameter, [])
+            gen = result["values"]["generated"].get(parameter, [])
+            centres, fr, fg = histogram_pair(real, gen)
+            chart = mrml.plot_chart({f"real (n = {len(real)})": (centres, fr), f"generated (n = {len(gen)})": (centres, fg)},
+                                    scene, name=f"Distribution of {parameter} ({name})", x_label=parameter,
+                                    y_label="fraction of cases", plot_type="bar")
+            chart.SetAttribute("GANTrainer.Parameter", parameter)
+        return LoadedReport("fidelity", result, tables, chart, Path(reportDir))
+
+    def loadReport(self, reportDir, previous=None) -> "LoadedReport":
+        """Load whichever report ``reportDir`` holds: ``report.json`` (evaluation) or ``fidelity.json``."""
+        folder = Path(reportDir)
+        if (folder / "report.json").is_file():
+            return self.loadEvaluationReport(folder, previous=previous)
+        if (folder / "fidelity.json").is_file():
+            return self.loadFidelityReport(folder, previous=previous)
+        from VolGANCore import InputFileError
+
+        raise InputFileError(folder, "holds neither report.json (volgan evaluate) nor fidelity.json "
+                             "(volgan evaluate-morphometry)", "choose the report folder itself")
+
+    def removeLoadedReport(self, loaded) -> None:
+        """Remove the table and chart nodes (with the chart's series and their data tables) of ``loaded``."""
+        if loaded is None:
+            return
+        scene = self.scene
+        for t in loaded.tables.values():
+            if t is not None and t.GetScene() is not None:
+                scene.RemoveNode(t)
+        if loaded.chart is not None and loaded.chart.GetScene() is not None:
+            _remove_chart(scene, loaded.chart)
+
+
+@dataclasses.dataclass
+class LoadedReport:
+    """A report shown in the scene: ``kind`` ("evaluation" or "fidelity"), the parsed JSON, its table nodes
+    by role, its plot chart node (None when there is nothing to plot) and the folder it came from."""
+
+    kind: str
+    report: dict
+    tables: dict
+    chart: Any
+    folder: Path
+
+    @property
+    def table(self):
+        """The main table (metrics, or per-parameter fidelity)."""
+        return next(iter(self.tables.values()))
+
+    def summary(self) -> str:
+        """One line for the panel's status label."""
+        r = self.report
+        if self.kind == "evaluation":
+            n = len(r.get("memorisation", {}).get("suspects", []))
+            div = (r.get("diversity") or {}).get("msssim")
+            tail = f"; generated set {div['verdict']} (MS-SSIM)" if div else ""
+            return (f"Evaluation ({r.get('protocol')}): {len(r.get('metrics', {}))} metrics, {n} suspected "
+                    f"cop{'y' if n == 1 else 'ies'}{tail} — {self.folder}")
+        if r.get("kind") == "cow":
+            flags = r.get("flags", [])
+            return (f"CoW fidelity: {r['n_generated']} generated vs {r['n_real']} real; "
+                    + (f"{len(flags)} flagged: " + "; ".join(flags) if flags else "no artery flagged"))
+        return f"Bone fidelity: {r['n_generated']} generated vs {r['n_real']} real patches — {self.folder}"
+
+
+def histogram_pair(real, generated, max_bins: int = 15):
+    """Common bins for two samples; returns (bin centres, fraction of ``real`` per bin, of ``generated``)."""
+    import numpy as np
+
+    a = np.asarray(real, float)
+    b = np.asarray(generated, float)
+    both = np.concatenate([a, b])
+    if both.size == 0:
+        return [], [], []
+    lo, hi = float(both.min()), float(both.max())
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    n_bins = int(min(max_bins, max(3, np.ceil(np.sqrt(both.size)))))
+    edges = np.linspace(lo, hi, n_bins + 1)
+    fa = np.histogram(a, edges)[0] / max(a.size, 1)
+    fb = np.histogram(b, edges)[0] / max(b.size, 1)
+    return ((edges[:-1] + edges[1:]) / 2).tolist(), fa.tolist(), fb.tolist()
+
+
+def _least_faithful(params: list) -> Optional[str]:
+    best, best_key = None, None
+    for r in params:
+        for k in ("wasserstein_over_sd", "wasserstein"):
+            v = r.get(k)
+            if v is not None and v == v:  # not None, not NaN
+                score = (k == "wasserstein_over_sd", v)
+                if best is None or score > best:
+                    best, best_key = score, r["parameter"]
+                break
+    return best_key
+
+
+def _empty_path(value) -> bool:
+    return value is None or str(value) in ("", ".")
+
+
+def _error(message: str):
+    from VolGANCore import VolGANError
+
+    return VolGANError(message)
+
+
+def _read_report_json(reportDir, filename: str, kind: Optional[str], what: str) -> dict:
+    from VolGANCore import InputFileError
+
+    folder = Path(reportDir)
+    path = folder / filename
+    if not folder.is_dir():
+        raise InputFileError(folder, "report folder not found", f"choose {what}")
+    if not path.is_file():
+        raise InputFileError(path, "not found", f"choose {what}")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputFileError(path, f"is not valid JSON ({exc})", "the report is damaged; write it again") from None
+    if not isinstance(report, dict) or (kind is not None and report.get("kind") != kind):
+        raise InputFileError(path, f"is not a {kind or 'fidelity'} report", f"choose {what}")
+    return report
+
+
+def _add_series(scene, chart, label, x, y, x_name: str, plot_type: str = "line"):
+    """One more plot series (its own data table) on ``chart``."""
+    import slicer
+
+    table = mrml.table_from_rows([{x_name: float(a), label: float(b)} for a, b in zip(x, y)], scene,
+                                 name=f"{chart.GetName()} {label} data")
+    ps = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", label)
+    ps.SetAndObserveTableNodeID(table.GetID())
+    ps.SetXColumnName(x_name)
+    ps.SetYColumnName(label)
+    ps.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter if plot_type == "scatter"
+                   else slicer.vtkMRMLPlotSeriesNode.PlotTypeLine)
+    ps.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+    ps.SetMarkerSize(10)
+    ps.SetUniqueColor()
+    chart.AddAndObservePlotSeriesNodeID(ps.GetID())
+    return ps
+
+
+def _remove_chart(scene, chart) -> None:
+    for i in range(chart.GetNumberOfPlotSeriesNodes() - 1, -1, -1):
+        ps = chart.GetNthPlotSeriesNode(i)
+        table = scene.GetNodeByID(ps.GetTableNodeID()) if ps is not None else None
+        chart.RemoveNthPlotSeriesNodeID(i)
+        if ps is not None:
+            scene.RemoveNode(ps)
+        if table is not None:
+            scene.RemoveNode(table)
+    scene.RemoveNode(chart)
 
 
 class TrainingProcess:

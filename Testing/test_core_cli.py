@@ -76,3 +76,19 @@ def test_installed_entry_points_all_load():
     assert {"morphometry", "phantom", "volumetricgan"} <= set(names)
     parser = cli.build_parser()
     assert parser.parse_args(["info"]).command == "info"
+
+
+def test_pyproject_lists_every_python_package_for_the_wheel():
+    """A non-editable install must ship every sub-package (evaluation, segmentation, networks, phantoms)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(cfg["packages"])
+    found = set()
+    for top, folder in cfg["package-dir"].items():
+        for init in (root / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(root / folder)
+            found.add(".".join((top,) + rel.parts))
+    assert found == listed, f"pyproject packages: missing {sorted(found - listed)}, stale {sorted(listed - found)}"

@@ -170,3 +170,12 @@ def test_memorisation_flags_a_planted_copy(rng):
     want = max(np.corrcoef(fake[0].ravel(), real[i].ravel())[0, 1] for i in range(10))
     assert out["fake_nn"]["ncc"][0] == pytest.approx(want, rel=1e-5)
     assert len(out["real_nn"]["ncc"]) == 10 and max(out["real_nn"]["ncc"]) < 0.5
+
+
+def test_prd_on_small_sets_of_different_sizes_caps_the_clusters_per_run(rng):
+    """6 real vs 5 generated: each run clusters 5 + 5 points, so at most 10 cells, never more than points."""
+    from GANTrainerLib.evaluation.prd import prd_from_features
+
+    p, r, info = prd_from_features(rng.normal(size=(5, 4)), rng.normal(size=(6, 4)), num_clusters=20, num_runs=3)
+    assert info["balanced_to"] == 5 and info["num_clusters"] == 10
+    assert np.all((p >= 0) & (p <= 1)) and np.all((r >= 0) & (r <= 1))

@@ -33,9 +33,21 @@ def test_parse_targets():
         parse_targets(["BV/TV=0.2", "BV/TV=-5%"])
 
 
+def test_pool_assignment_prefers_the_nearest_member_and_uses_each_once():
+    from VolumetricGANLib.steer import _assign
+
+    pool = np.array([[0.10, 1.0], [0.20, 2.0], [0.30, 3.0], [np.nan, 2.0], [0.21, 2.1]])
+    goal = np.array([[0.2, 2.0], [0.2, 2.0], [0.31, 3.1]])
+    order = _assign(pool, goal)
+    assert order[2, 0] == 2                      # the nearest member in relative error
+    assert sorted(order[:2, 0]) == [1, 4]        # two identical targets get the two nearest, once each
+    assert 3 not in order[:, :4]                 # a member that could not be measured comes last
+    assert order.shape == (3, 5) and all(sorted(r) == list(range(5)) for r in order)
+
+
 def test_bvtv_target_is_approached_as_measured_exactly(spongiosa):
     _, model = spongiosa
-    res = steer(model, targets={"BV/TV": 0.26}, n=2, seed=0, steps=40, check_every=10, lr=0.05, device="cpu")
+    res = steer(model, targets={"BV/TV": 0.26}, n=2, seed=0, steps=40, check_every=10, pool=24, device="cpu")
     for row in res.rows:
         before = abs(row["BV/TV start (exact)"] - 0.26)
         after = abs(row["BV/TV exact"] - 0.26)
@@ -56,7 +68,7 @@ def test_simulated_loss_lowers_bvtv_from_a_given_sample(spongiosa):
 
 def test_out_of_range_target_is_clamped_with_a_warning_and_bad_requests_refused(spongiosa):
     _, model = spongiosa
-    res = steer(model, targets={"BV/TV": 0.95}, n=1, steps=1, device="cpu")
+    res = steer(model, targets={"BV/TV": 0.95}, n=1, steps=1, pool=16, device="cpu")
     assert res.info["warnings"] and "clamped" in res.info["warnings"][0]
     assert res.rows[0]["BV/TV target"] < 0.95
     with pytest.raises(VolGANError, match="needs a starting sample"):
@@ -68,7 +80,7 @@ def test_out_of_range_target_is_clamped_with_a_warning_and_bad_requests_refused(
 def test_cli_writes_volumes_latents_report_and_plot(spongiosa, tmp_path):
     path, _ = spongiosa
     out = subprocess.run([sys.executable, "-m", "VolGANCore.cli", "--quiet", "steer", "--checkpoint", str(path),
-                          "--target", "BV/TV=0.24", "--n", "2", "--steps", "10", "--device", "cpu",
+                          "--target", "BV/TV=0.24", "--n", "2", "--steps", "10", "--pool", "16", "--device", "cpu",
                           "--out", str(tmp_path / "s")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "s" / "report.json").read_text())

@@ -33,6 +33,14 @@ def test_keeps_last_k_and_best(tmp_path):
     status = read_status(tmp_path / "run")
     assert status["best"]["step"] == 2 and len(status["checkpoints"]) == 3
     assert run.latest_checkpoint().name == "ckpt-0000005.vgan"
+    # paths relative to the run folder: the folder can be moved (the demo writes it aside, then renames it)
+    assert [e["path"] for e in status["checkpoints"]] == [f"checkpoints/ckpt-000000{i}.vgan" for i in (2, 4, 5)]
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+    run2 = TrainingRun(moved, keep_last=2, best_mode="min", tensorboard=False)
+    run2.register_checkpoint(fake_ckpt(run2, 6), 6, metric=9.0)
+    assert sorted(p.name for p in (moved / "checkpoints").glob("*.vgan")) == [
+        "ckpt-0000002.vgan", "ckpt-0000005.vgan", "ckpt-0000006.vgan"]
 
 
 def test_status_and_metrics_survive_a_new_process(tmp_path):

@@ -69,5 +69,8 @@ def attach_ratios(results: list[Result], cases: list[Case]) -> None:
     for r in results:
         ref_name = refs.get(r.group)
         if ref_name and ref_name != r.name and (r.group, ref_name) in by_key:
-            r.ratio_vs_reference = by_key[(r.group, ref_name)].median_s / r.median_s
+            ref = by_key[(r.group, ref_name)]
+            # per item when both count items (the calls may process different numbers), else per call
+            r.ratio_vs_reference = r.throughput / ref.throughput if r.throughput and ref.throughput \
+                else ref.median_s / r.median_s
             r.reference_name = ref_name

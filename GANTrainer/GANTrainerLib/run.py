@@ -105,13 +105,22 @@ class TrainingRun:
     def checkpoint_path(self, step: int) -> Path:
         return self.folder / "checkpoints" / f"ckpt-{int(step):07d}.vgan"
 
+    def relative(self, path: str | os.PathLike) -> str:
+        """``path`` relative to the run folder (posix), or as given when it lies outside it."""
+        try:
+            return Path(path).resolve().relative_to(self.folder.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
     def register_checkpoint(self, path: Path, step: int, metric: Optional[float] = None) -> list[Path]:
         """Record a written checkpoint; delete those that are neither among the last K nor the best.
 
-        Returns the deleted paths.
+        Paths in run.json are relative to the run folder, so a run folder can be moved (or written aside and
+        renamed into place) without its status going stale. Returns the deleted paths.
         """
-        entries = [e for e in self._status["checkpoints"] if e["path"] != str(path)]
-        entries.append({"path": str(path), "step": int(step), "metric": None if metric is None else float(metric)})
+        rel = self.relative(path)
+        entries = [e for e in self._status["checkpoints"] if e["path"] != rel]
+        entries.append({"path": rel, "step": int(step), "metric": None if metric is None else float(metric)})
         entries.sort(key=lambda e: e["step"])
         scored = [e for e in entries if e["metric"] is not None]
         best = None
@@ -122,10 +131,11 @@ class TrainingRun:
         removed = []
         for e in entries:
             if e["path"] not in keep:
-                for p in (Path(e["path"]), card_path(e["path"])):
+                full = self.folder / e["path"]  # (an absolute path from an older run.json stays as it is)
+                for p in (full, card_path(full)):
                     if p.exists():
                         p.unlink()
-                removed.append(Path(e["path"]))
+                removed.append(full)
         self._status["checkpoints"] = [e for e in entries if e["path"] in keep]
         self._status["best"] = best
         self.update_status()

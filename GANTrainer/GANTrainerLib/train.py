@@ -518,7 +518,7 @@ def train(
         last_path = save("stopped" if state == "stopped" else "final") or last_path
     final_state = "finished" if state == "running" else state
     if dist.main:
-        run.update_status(state=final_state, step=step, kimg=nimg / 1000.0, last_checkpoint=str(last_path))
+        run.update_status(state=final_state, step=step, kimg=nimg / 1000.0, last_checkpoint=run.relative(last_path) if last_path else None)
         run.log(f"{final_state} at step {step} ({nimg / 1000:.2f} kimg)")
         run.close()
     with torch.no_grad():  # lets callers (and the DDP test) check that every rank holds the same weights

@@ -85,6 +85,10 @@ def register(sub) -> None:
     st.add_argument("--seed", type=int, default=0)
     st.add_argument("--steps", type=int, default=200, help="maximum optimisation steps (default 200)")
     st.add_argument("--tolerance", type=float, default=0.05, help="relative tolerance of success (default 0.05)")
+    st.add_argument("--pool", type=int, default=None,
+                    help="targets mode: random latents measured exactly to start from (default max(128, 4·n))")
+    st.add_argument("--keep", action="append", default=None, metavar="NAME",
+                    help="change mode: parameter held at its start value (repeatable; default TMD)")
     st.add_argument("--device", default="auto")
     st.add_argument("--format", default="nii.gz", choices=["nii.gz", "nii", "nrrd", "mha"])
     st.add_argument("--out", required=True, help="output folder (new or empty unless --overwrite)")
@@ -190,8 +194,10 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     targets, changes = parse_targets(args.target + args.change)
     model = resolve_model(args.checkpoint, device=args.device)
     latents = read_latents(args.from_latents, model[0].z_dim, "--from") if args.from_latents else None
+    keep = tuple(args.keep) if args.keep is not None else ("TMD",)
     result = steer(model, targets, changes, n=args.n, seed=args.seed, latents=latents, steps=args.steps,
-                   tolerance=args.tolerance, device=args.device, progress=progress_from_args(args))
+                   tolerance=args.tolerance, pool=args.pool, keep=keep, device=args.device,
+                   progress=progress_from_args(args))
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
         for i, v in enumerate(result.volumes):
             write_volume(v, tmp / f"steered_{i:04d}.{args.format}")

@@ -8,6 +8,8 @@ Functional core (NumPy in, floats out) with small metric classes on top, MONAI s
 * :mod:`.mmd` — unbiased RBF MMD², ``MMD``
 * :mod:`.bootstrap` — percentile intervals, real-vs-real halves
 * :mod:`.memorisation` — nearest training volume by NCC and features, suspected copies
+* :mod:`.diversity` — intra-set diversity: mean 3-D MS-SSIM over distinct pairs (MONAI)
+* :mod:`.fidelity` — morphometric fidelity of bone patches and of CoW label maps
 * :mod:`.inception`, :mod:`.medicalnet`, :mod:`.features` — networks (published weights from file paths) and fallbacks
 * :mod:`.preprocess` — the anchor protocol's slices/normalisation and ours
 * :mod:`.report` — :func:`evaluate` (``volgan evaluate``), writing report.json / report.md / PNGs
@@ -16,6 +18,7 @@ Torch is imported only where a network or the Fréchet linear algebra runs.
 """
 
 from .bootstrap import bootstrap_ci, bootstrap_many, split_halves
+from .diversity import ms_ssim, msssim_diversity, msssim_settings
 from .frechet import FrechetDistance, feature_statistics, frechet_distance, frechet_distance_from_features
 from .knn import PRDC, precision_recall_density_coverage
 from .memorisation import memorisation_check, ncc_matrix, standardise_rows
@@ -29,6 +32,7 @@ __all__ = [
     "MMD", "mmd_rbf",
     "bootstrap_ci", "bootstrap_many", "split_halves",
     "memorisation_check", "ncc_matrix", "standardise_rows",
+    "ms_ssim", "msssim_diversity", "msssim_settings",
     "evaluate",
 ]
 

@@ -26,33 +26,66 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--knn-k", type=int, default=5, help="k of precision/recall/density/coverage")
     p.add_argument("--copy-quantile", type=float, default=0.01,
                    help="real-vs-real NN tail beyond which a generated volume is a suspected copy")
+    p.add_argument("--msssim-pairs", type=int, default=100, metavar="N",
+                   help="distinct pairs per set for the MS-SSIM diversity (all pairs if fewer; 0: skip)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     p.set_defaults(func=_cmd_evaluate)
 
     f = sub.add_parser(
         "evaluate-morphometry",
-        help="morphometric fidelity of generated bone: per-parameter distances with a real-vs-real baseline",
-        description="Measure the exact bone panel of every real and generated patch and compare the distributions "
-                    "per parameter (Wasserstein, KS), next to the real-vs-real baseline; writes fidelity.json, "
-                    "fidelity.md and violins.png to --out.",
+        help="morphometric fidelity of generated bone patches or CoW label maps, with a real-vs-real baseline",
+        description="bone: measure the exact bone panel of every real and generated patch and compare the "
+                    "distributions per parameter (Wasserstein, KS). cow: from TopCoW label maps (of the generated "
+                    "volumes: a teacher segmentation or joint generation), compare per artery the presence "
+                    "frequency (Fisher's exact test), radius and centreline-length distributions, and the variant-"
+                    "vector frequencies (total-variation distance). Every figure next to its real-vs-real baseline; "
+                    "writes fidelity.json, fidelity.md and PNG plots to --out.",
     )
-    f.add_argument("--real", required=True, help="folder of real patches")
-    f.add_argument("--fake", required=True, help="folder of generated patches")
+    f.add_argument("--real", required=True, help="folder of real patches (bone) or real TopCoW label maps (cow)")
+    f.add_argument("--fake", required=True, help="folder of generated patches, or label maps of generated volumes")
     f.add_argument("--out", required=True, help="report folder (must be new or empty unless --overwrite)")
-    f.add_argument("--threshold", default="miccai2020",
-                   help="bone threshold in image units, or 'miccai2020' (225; default)")
+    f.add_argument("--kind", choices=["auto", "bone", "cow"], default="auto",
+                   help="auto (default): cow when --real holds label maps (whole numbers, 3-20 distinct ids), "
+                        "else bone")
+    f.add_argument("--threshold", default=None,
+                   help="bone only: threshold in image units, or 'miccai2020' (225; default)")
+    f.add_argument("--alpha", type=float, default=0.05,
+                   help="cow only: Fisher's exact test level at which an artery's presence is flagged")
     f.add_argument("--seed", type=int, default=0, help="seed of the real-vs-real split")
     f.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     f.set_defaults(func=_cmd_fidelity)
 
+    from GANTrainerLib.segmentation.cli import register_segmentation_experiment
+
+    register_segmentation_experiment(sub)
+
 
 def _cmd_fidelity(args: argparse.Namespace) -> int:
     from VolGANCore.cli import progress_from_args
+    from VolGANCore.errors import VolGANError
 
-    from .fidelity import bone_fidelity, write_fidelity_report
+    from .fidelity import bone_fidelity, cow_fidelity, detect_fidelity_kind, write_fidelity_report
 
-    threshold = args.threshold if args.threshold == "miccai2020" else float(args.threshold)
+    kind = detect_fidelity_kind(args.real) if args.kind == "auto" else args.kind
+    if kind == "cow":
+        if args.threshold is not None:
+            raise VolGANError(f"--threshold {args.threshold}: applies to bone patches only, but --real {args.real} "
+                              "holds label maps (cow); drop --threshold, or pass --kind bone")
+        result = cow_fidelity(args.real, args.fake, seed=args.seed, alpha=args.alpha, progress=progress_from_args(args))
+        out = write_fidelity_report(result, args.out, overwrite=args.overwrite)
+        tv = result["variants"]
+        print(f"CoW morphometric fidelity of {result['n_generated']} generated vs {result['n_real']} real label maps "
+              f"written to {out}; variant TV distance anterior {tv['anterior']['tv_distance']:.3f} (real vs real "
+              f"{tv['anterior']['tv_distance_real_vs_real']:.3f}), posterior {tv['posterior']['tv_distance']:.3f} "
+              f"(real vs real {tv['posterior']['tv_distance_real_vs_real']:.3f})")
+        print("flagged: " + ("; ".join(result["flags"]) if result["flags"] else "none"))
+        return 0
+    threshold = args.threshold or "miccai2020"
+    try:
+        threshold = threshold if threshold == "miccai2020" else float(threshold)
+    except ValueError:
+        raise VolGANError(f"--threshold {args.threshold!r}: expected a number in image units or 'miccai2020'") from None
     result = bone_fidelity(args.real, args.fake, threshold=threshold, seed=args.seed,
                            progress=progress_from_args(args))
     out = write_fidelity_report(result, args.out, overwrite=args.overwrite)
@@ -74,12 +107,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.real, args.fake, args.out, protocol=args.protocol,
         inception_weights=args.inception_weights, medicalnet_weights=args.medicalnet_weights,
         n_bootstrap=args.bootstrap, seed=args.seed, device=pick_device(args.device), knn_k=args.knn_k,
-        copy_quantile=args.copy_quantile, overwrite=args.overwrite, progress=progress_from_args(args),
+        copy_quantile=args.copy_quantile, msssim_pairs=args.msssim_pairs, overwrite=args.overwrite,
+        progress=progress_from_args(args),
     )
     for m in report["metrics"].values():  # the summary is the result, printed even with --quiet (no bars)
         ci = "" if not m["ci95"] else f" [{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]"
         print(f"{m['label']}: {_fmt(m['real_vs_generated'])}{ci}  (real vs real {_fmt(m['real_vs_real'])}; "
               f"{m['extractor']})")
+    if report.get("diversity"):
+        d = report["diversity"]["msssim"]
+        ci = "" if not d["generated"]["ci95"] else f" [{_fmt(d['generated']['ci95'][0])}, {_fmt(d['generated']['ci95'][1])}]"
+        halves = " / ".join(_fmt(h) for h in d["real_halves"])
+        print(f"MS-SSIM diversity (mean over pairs, lower = more diverse): generated {_fmt(d['generated']['mean'])}{ci}"
+              f"  (real {_fmt(d['real']['mean'])}; real halves {halves}) — {d['verdict']}")
     print(f"suspected copies: {len(report['memorisation']['suspects'])}")
     print(f"report: {args.out}/report.md")
     return 0

@@ -174,14 +174,16 @@ def prd_from_features(
     if min(len(ev), len(rf)) < 1:
         raise ValueError("prd_from_features: both feature sets need at least one sample")
     n = min(len(ev), len(rf))
-    n_distinct = len(np.unique(np.vstack([ev, rf]), axis=0))
-    k = int(min(num_clusters, n_distinct))
+    k = int(num_clusters)
     precisions, recalls = [], []
     for r in range(int(num_runs)):
         rng = np.random.default_rng([seed, r])
         e = ev if len(ev) == n else ev[np.sort(rng.choice(len(ev), n, replace=False))]
         f = rf if len(rf) == n else rf[np.sort(rng.choice(len(rf), n, replace=False))]
-        labels, _, _ = kmeans(np.vstack([e, f]), k, seed=int(rng.integers(2**31)), n_init=n_init)
+        pooled = np.vstack([e, f])
+        # no more cells than distinct points in what this run clusters (balanced subsamples may be few)
+        k = int(min(num_clusters, len(np.unique(pooled, axis=0))))
+        labels, _, _ = kmeans(pooled, k, seed=int(rng.integers(2**31)), n_init=n_init)
         p, q = prd_from_histograms(*_histograms(labels, n, k), num_angles=num_angles)
         precisions.append(p)
         recalls.append(q)

@@ -12,8 +12,10 @@ Two protocols (see ``docs/evaluation.md``):
     F8/F1/8, improved precision/recall, density/coverage and MMD on the volume features.
 
 Both protocols add: a bootstrap 95 % interval for each real-vs-generated figure (volumes resampled), the
-same figure between two disjoint halves of the real set (the real-vs-real baseline), and the memorisation
-check. Every figure carries the name of the extractor it came from; fallbacks say so.
+same figure between two disjoint halves of the real set (the real-vs-real baseline), the memorisation
+check, and the intra-set diversity (mean 3-D MS-SSIM over distinct pairs of the generated set, next to the
+same mean over the real set; :mod:`.diversity`). Every figure carries the name of the extractor it came
+from; fallbacks say so.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from VolGANCore.progress import CancelToken, Progress, ProgressCallback
 
 from . import preprocess
 from .bootstrap import bootstrap_many, split_halves
+from .diversity import mean_over_subset, msssim_settings, normalise_for_msssim, pairwise_ms_ssim, sample_pairs
 from .features import make_slice_extractor, make_volume_extractor
 from .frechet import frechet_distance_from_features
 from .knn import precision_recall_density_coverage
@@ -145,6 +148,7 @@ def evaluate(
     device: str = "cpu",
     knn_k: int = 5,
     copy_quantile: float = 0.01,
+    msssim_pairs: int = 100,
     overwrite: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
@@ -174,6 +178,8 @@ def evaluate(
     copy_quantile : float
         Tail of the real-vs-real nearest-neighbour distribution beyond which a generated volume is a
         suspected copy.
+    msssim_pairs : int
+        Distinct pairs per set for the MS-SSIM diversity (all pairs when a set has fewer; 0: skip it).
     overwrite : bool
         Replace an existing non-empty ``out_dir``.
 
@@ -195,6 +201,8 @@ def evaluate(
         raise VolGANError(f"--copy-quantile: expected 0 < q < 0.5, got {copy_quantile}")
     if knn_k < 1:
         raise VolGANError(f"--knn-k: expected ≥ 1, got {knn_k}")
+    if isinstance(msssim_pairs, bool) or not isinstance(msssim_pairs, (int, np.integer)) or msssim_pairs < 0:
+        raise VolGANError(f"--msssim-pairs: expected a whole number ≥ 0 (0 skips the diversity), got {msssim_pairs!r}")
     out_dir = Path(out_dir)
     for folder in (real_dir, fake_dir):
         f, o = Path(folder).resolve(), out_dir.resolve()
@@ -222,7 +230,8 @@ def evaluate(
     allv = np.concatenate([real, fake])
     slice_feats: list[np.ndarray] = []
     vol_feats = np.zeros((n_r + n_f, vol_ext.dim))
-    total = (n_r + n_f) + n_bootstrap + 3
+    div_pairs = {"generated": sample_pairs(n_f, msssim_pairs, seed), "real": sample_pairs(n_r, msssim_pairs, seed + 1)}
+    total = (n_r + n_f) + n_bootstrap + 3 + sum(len(v) for v in div_pairs.values())
     with Progress(total, "evaluate", progress, cancel) as prog:
         for i, arr in enumerate(allv):
             if protocol == "aydin2024":
@@ -250,6 +259,10 @@ def evaluate(
         mem = memorisation_check(standardise_rows(real), standardise_rows(fake), vol_feats[ri], vol_feats[fi],
                                  copy_quantile)
         prog.advance(1, "memorisation")
+        diversity = None
+        if msssim_pairs > 0:
+            diversity = _msssim_diversity(real, fake, div_pairs, half_a, half_b, n_bootstrap, seed, device,
+                                          lambda k, what: prog.advance(k, f"MS-SSIM {what}"))
 
     metrics: dict[str, Any] = {}
     for key, (label, better, protos) in _META.items():
@@ -281,6 +294,13 @@ def evaluate(
         notes.append(f"k-NN metrics with k = {main.get('_knn_k', knn_k)}; their bootstrap replicates use the distinct "
                      "resampled volumes (conservative intervals). MMD² with σ = "
                      f"{bandwidth:.6g} (median heuristic on the full sets, kept fixed in the bootstrap).")
+    if diversity is not None:
+        d = diversity["msssim"]
+        notes.append(f"MS-SSIM diversity: mean 3-D MS-SSIM over {d['generated']['n_pairs']} generated and "
+                     f"{d['real']['n_pairs']} real distinct pairs (seeded), lower = more diverse; "
+                     f"{d['settings']['n_scales']} scale(s), {d['settings']['kernel_size']}-voxel Gaussian window "
+                     f"(σ {d['settings']['kernel_sigma']}), each volume windowed to its 0.5–99.5 % percentiles; "
+                     "real halves = the same mean over the sampled real pairs inside each half.")
     for ext in (slice_ext, vol_ext):
         if ext.fallback:
             notes.append(f"{ext.name}: FALLBACK features (no weights given) — values are not FID/MD and are "
@@ -301,7 +321,7 @@ def evaluate(
         "protocol": protocol,
         "seed": seed,
         "settings": {"n_bootstrap": n_bootstrap, "knn_k": knn_k, "copy_quantile": copy_quantile,
-                     "mmd_bandwidth": bandwidth, "device": device,
+                     "mmd_bandwidth": bandwidth, "device": device, "msssim_pairs": msssim_pairs,
                      "slices_per_volume": int(np.mean([len(s) for s in slice_feats]))},
         "inputs": {"real": _set_summary(real_dir, real_paths, real), "generated": _set_summary(fake_dir, fake_paths, fake)},
         "extractors": {"slices_2d": slice_ext.describe(), "volumes_3d": vol_ext.describe()},
@@ -310,6 +330,7 @@ def evaluate(
                       "real_vs_generated": {"precision": main["_prd_precision"], "recall": main["_prd_recall"]},
                       "real_vs_real": {"precision": base["_prd_precision"], "recall": base["_prd_recall"]}},
         "memorisation": {**mem, "extractor": vol_ext.name, "fake_cases": fake_ids, "real_cases": real_ids},
+        "diversity": diversity,
         "real_vs_real_split": {"half_a": [real_ids[i] for i in half_a], "half_b": [real_ids[i] for i in half_b]},
         "notes": notes,
     }
@@ -323,3 +344,41 @@ def evaluate(
                             slice_features_real=np.concatenate([slice_feats[i] for i in ri]),
                             slice_features_generated=np.concatenate([slice_feats[i] for i in fi]))
     return report
+
+
+def _msssim_diversity(real, fake, pairs, half_a, half_b, n_bootstrap, seed, device, advance) -> dict:
+    """Mean MS-SSIM within the generated and the real set, half-sampling intervals, halves and a verdict."""
+    settings = msssim_settings(real.shape[1:])
+    sets = {"generated": fake, "real": real}
+    values = {}
+    for name, arr in sets.items():
+        vols = [normalise_for_msssim(v) for v in arr]
+        values[name] = pairwise_ms_ssim(vols, pairs[name], settings, device, normalised=True,
+                                        on_batch=lambda k, name=name: advance(k, name))
+    cis = bootstrap_many(
+        lambda a, b: {"generated": mean_over_subset(pairs["generated"], values["generated"], b),
+                      "real": mean_over_subset(pairs["real"], values["real"], a)},
+        len(real), len(fake), n_bootstrap, seed,
+        estimates={k: float(v.mean()) for k, v in values.items()},
+        bounds={"generated": (0.0, 1.0), "real": (0.0, 1.0)})
+    out: dict[str, Any] = {"settings": settings}
+    for name in sets:
+        v = values[name]
+        ci = cis.get(name)
+        out[name] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                     "n_pairs": int(len(v)), "ci95": None if ci is None else [ci["low"], ci["high"]],
+                     "pairs": pairs[name].tolist(), "values": v.tolist()}
+    out["real_halves"] = [mean_over_subset(pairs["real"], values["real"], h) for h in (half_a, half_b)]
+    g, r = out["generated"], out["real"]
+    if g["ci95"] is None or r["ci95"] is None:
+        verdict = "undetermined (no intervals: --bootstrap 0)"
+    elif g["ci95"][0] > r["ci95"][1]:
+        verdict = "less diverse than the real set"
+    elif g["ci95"][1] < r["ci95"][0]:
+        verdict = "more diverse than the real set"
+    else:
+        verdict = "comparable to the real set"
+    out["verdict"] = verdict
+    out["less_diverse_than_real"] = verdict.startswith("less")
+    return {"msssim": out, "better": "lower = more diverse; ≈ real set",
+            "rule": "less/more diverse when the two 95 % intervals do not overlap"}

@@ -39,6 +39,7 @@ def render_markdown(report: dict) -> str:
         ci = "–" if not m["ci95"] else f"[{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]"
         lines.append(f"| {m['label']} | {_fmt(m['real_vs_generated'])} | {ci} | {_fmt(m['real_vs_real'])} | "
                      f"{m['better']} | `{m['extractor']}` |")
+    lines += _diversity_lines(report.get("diversity"))
     mem = report["memorisation"]
     thr = mem["thresholds"]
     lines += ["", "## Memorisation", "",
@@ -62,3 +63,28 @@ def render_markdown(report: dict) -> str:
             lines.append(f"![{name}]({plots[name]})")
     lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _ci(ci) -> str:
+    return "–" if not ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _diversity_lines(div) -> list:
+    """The MS-SSIM diversity section (empty when it was skipped with ``--msssim-pairs 0``)."""
+    if not div:
+        return []
+    d = div["msssim"]
+    st = d["settings"]
+    a, b = d["real_halves"]
+    return ["", "## Diversity (3-D MS-SSIM within each set)", "",
+            f"Mean MS-SSIM over distinct pairs of volumes of one set: **lower = more diverse**; a generator that "
+            f"collapses onto few modes has a higher value than the real set. {st['n_scales']} scale(s), "
+            f"{st['kernel_size']}-voxel Gaussian window (σ {st['kernel_sigma']}), weights "
+            f"{', '.join(f'{w:.3f}' for w in st['weights'])}; each volume windowed to its 0.5–99.5 % percentiles.", "",
+            "| Set | Mean MS-SSIM | 95 % CI | SD over pairs | Pairs |", "|---|---|---|---|---|",
+            f"| generated | {_fmt(d['generated']['mean'])} | {_ci(d['generated']['ci95'])} | "
+            f"{_fmt(d['generated']['sd'])} | {d['generated']['n_pairs']} |",
+            f"| real (baseline) | {_fmt(d['real']['mean'])} | {_ci(d['real']['ci95'])} | {_fmt(d['real']['sd'])} | "
+            f"{d['real']['n_pairs']} |",
+            f"| real halves A / B | {_fmt(a)} / {_fmt(b)} | – | – | – |", "",
+            f"Generated set: **{d['verdict']}** ({div['rule']})."]

@@ -1,0 +1,582 @@
+"""The downstream segmentation experiment of Aydin et al. 2024: do generated volumes help a CoW segmenter?
+
+Protocol (``docs/evaluation.md``, "Downstream segmentation experiment"):
+
+1. The real labelled set is split into k folds (seeded). For fold f the held-out real volumes are used only for
+   scoring: neither the teacher nor any student of fold f sees them.
+2. Labels for the synthetic volumes come from, in this order of precedence: ``synthetic_labels`` (e.g. joint
+   image + label generation), a saved ``teacher`` checkpoint (its training data are unknown to us: the report
+   warns that held-out volumes may have been among them), or a teacher DynUNet trained per fold on all real
+   training volumes of that fold (the paper's recipe, without leakage).
+3. Students are trained per regime: ``real`` (n_real real volumes of the fold's training part), ``synthetic``
+   (n_synthetic teacher-labelled synthetic volumes) and ``real+synthetic`` (both, sampled uniformly from the
+   pooled set). When the real-only student would see exactly the teacher's training set with the same recipe,
+   the teacher is reused as that student (``reuse_teacher``; recorded in the results).
+4. Every regime's student labels the held-out volumes (sliding window); each case is scored per class with Dice,
+   HD95 in mm, TopCoW detection (IoU ≥ 0.25) and variant vectors (:mod:`.metrics`, with its empty-class rules).
+5. Results: per class mean ± SD over folds per regime, detection rates, variant accuracy, and a paired Wilcoxon
+   signed-rank test between regimes over the per-case mean Dice (each real case is held out exactly once).
+
+The network is pluggable: ``trainer`` is any callable taking a :class:`TrainRequest` and returning a predictor
+``predict(image: Volume, case: str) -> label array``. The default is :class:`DynUNetTrainer`;
+:class:`OracleTrainer` returns known label maps and checks the bookkeeping (every score must be perfect).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import numpy as np
+
+from VolGANCore.dataset import case_id, list_volumes
+from VolGANCore.errors import InputFileError, VolGANError
+from VolGANCore.io import read_label_volume, read_volume, write_volume
+from VolGANCore.labels import convert_labels, get_scheme
+from VolGANCore.progress import CancelToken, Progress, ProgressCallback
+from VolGANCore.volume import Volume
+
+from .metrics import DETECTION_CLASSES, DETECTION_IOU, nanmean_or_nan, score_case
+
+__all__ = ["REGIMES", "Case", "TrainRequest", "Predictor", "DynUNetTrainer", "OracleTrainer",
+           "load_labelled_set", "load_image_set", "make_folds", "paired_wilcoxon", "summarise",
+           "run_segmentation_experiment", "EMPTY_CLASS_RULES"]
+
+REGIMES = ("real", "synthetic", "real+synthetic")
+
+EMPTY_CLASS_RULES = (
+    "A class absent from both prediction and ground truth is not scored (Dice and HD95 NaN, left out of every "
+    "mean). A class present in only one of them scores Dice 0 and HD95 = the volume diagonal in mm, "
+    "sqrt(Σ (n_i·s_i)²). HD95 is in mm (voxel spacing applied), the symmetric 95th percentile of surface distances "
+    "(MONAI). Detection (TopCoW): IoU ≥ 0.25 with the ground truth, rate over the cases where the class is present "
+    "in the ground truth."
+)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+@dataclasses.dataclass
+class Case:
+    """One volume of the experiment: its id, image, label map (scheme ids; None if unlabelled) and files."""
+
+    case: str
+    image: Volume
+    label: Optional[np.ndarray]
+    image_path: Path
+    label_path: Optional[Path] = None
+
+
+def _read_labels(path: Path, image: Volume, image_path: Path, scheme: str, input_scheme: str | None) -> np.ndarray:
+    lab = read_label_volume(path)
+    src = input_scheme or lab.label_scheme or "topcow13"
+    get_scheme(src).check(lab.array, f"{path}")
+    if not lab.same_geometry(image):
+        raise InputFileError(
+            path, f"geometry differs from its image {image_path} (shape {lab.shape} vs {image.shape}, spacing "
+                  f"{tuple(round(s, 5) for s in lab.spacing)} vs {tuple(round(s, 5) for s in image.spacing)} mm, "
+                  "or origin/direction)", "resample the label map onto its image's grid")
+    try:
+        return convert_labels(lab.array, src, scheme).astype(np.int16)
+    except VolGANError as exc:
+        raise InputFileError(path, f"labels in scheme '{src}' cannot be used for --label-scheme {scheme}: {exc}",
+                             f"use --label-scheme {src}") from None
+
+
+def load_labelled_set(images_dir: str | os.PathLike, labels_dir: str | os.PathLike, scheme: str,
+                      input_scheme: str | None = None, what: str = "real",
+                      progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> list[Case]:
+    """Read images and their label maps (same case ids), check ids and geometry, convert to ``scheme``.
+
+    ``input_scheme`` is the scheme of the files (default: the file header's ``volgan_label_scheme``, else TopCoW).
+    """
+    files = list_volumes(images_dir)
+    label_files = {case_id(p): p for p in list_volumes(labels_dir)}
+    cases = []
+    with Progress(len(files), f"read {what} set", progress, cancel) as prog:
+        for p in files:
+            cid = case_id(p)
+            lp = label_files.get(cid)
+            if lp is None:
+                raise InputFileError(p, f"has no label map named {cid}.* in {labels_dir}",
+                                     "add it, or remove the image from the folder")
+            img = read_volume(p)
+            cases.append(Case(cid, img, _read_labels(lp, img, p, scheme, input_scheme), p, lp))
+            prog.advance(1, cid)
+    return cases
+
+
+def load_image_set(images_dir: str | os.PathLike, what: str = "synthetic",
+                   progress: Optional[ProgressCallback] = None, cancel: Optional[CancelToken] = None) -> list[Case]:
+    """Read a folder of unlabelled images."""
+    files = list_volumes(images_dir)
+    out = []
+    with Progress(len(files), f"read {what} set", progress, cancel) as prog:
+        for p in files:
+            out.append(Case(case_id(p), read_volume(p), None, p))
+            prog.advance(1, p.name)
+    return out
+
+
+def _check_spacing(cases: Sequence[Case]) -> tuple[float, float, float]:
+    ref = cases[0]
+    for c in cases[1:]:
+        if not np.allclose(c.image.spacing, ref.image.spacing, rtol=1e-3, atol=1e-6):
+            raise InputFileError(
+                c.image_path, f"spacing {tuple(round(s, 5) for s in c.image.spacing)} mm differs from "
+                              f"{tuple(round(s, 5) for s in ref.image.spacing)} mm of {ref.image_path}",
+                "resample real and synthetic volumes to one spacing (the network is planned for one)")
+    return ref.image.array_spacing
+
+
+def make_folds(n: int, k: int, seed: int = 0) -> list[np.ndarray]:
+    """k disjoint, nearly equal folds of ``range(n)`` after a seeded shuffle (each index in exactly one fold)."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 2:
+        raise VolGANError(f"--folds: expected an integer ≥ 2, got {k!r}")
+    if k > n:
+        raise VolGANError(f"--folds {k}: only {n} real labelled volume(s); use at most {n} folds")
+    perm = np.random.default_rng(np.random.SeedSequence([int(seed), 0xF01D])).permutation(n)
+    return [np.sort(f) for f in np.array_split(perm, k)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pluggable networks
+class Predictor(Protocol):
+    def __call__(self, image: Volume, case: str) -> np.ndarray: ...
+
+
+@dataclasses.dataclass
+class TrainRequest:
+    """What a trainer gets: one network to train for one role in one fold."""
+
+    role: str                          # "teacher", "real", "synthetic" or "real+synthetic"
+    fold: int                          # 0-based fold index
+    cases: list[str]                   # training case ids (synthetic ones prefixed "syn:")
+    images: list[Volume]
+    labels: list[np.ndarray]           # label maps in scheme ids
+    label_ids: list[int]               # background first: the network's output channels
+    scheme: str
+    spacing: tuple[float, float, float]  # (D, H, W) mm
+    checkpoint: Optional[Path]         # where to save the trained network (None: do not save)
+    seed: int
+    progress: Optional[ProgressCallback] = None
+    cancel: Optional[CancelToken] = None
+
+
+class DynUNetTrainer:
+    """The default trainer: :func:`.network.train_network` with a named config; saves the checkpoint."""
+
+    def __init__(self, config: str = "small", epochs: int | None = None, device: str = "cpu", amp: str = "auto"):
+        from .network import get_config
+
+        self.config = get_config(config, epochs)
+        self.device = device
+        self.amp = amp
+
+    def describe(self) -> dict[str, Any]:
+        return {"network": "MONAI DynUNet", **dataclasses.asdict(self.config), "device": self.device, "amp": self.amp}
+
+    def __call__(self, req: TrainRequest) -> Predictor:
+        from .network import train_network
+
+        model = train_network(
+            [v.array for v in req.images], req.labels, req.label_ids, req.spacing, self.config, device=self.device,
+            seed=req.seed, description=f"fold {req.fold + 1} {req.role}", amp=self.amp,
+            provenance={"role": req.role, "fold": req.fold, "scheme": req.scheme, "training_cases": req.cases},
+            progress=req.progress, cancel=req.cancel)
+        if req.checkpoint is not None:
+            model.save(req.checkpoint)
+        return model
+
+
+class OracleTrainer:
+    """A stand-in "network" that returns the known label map of each case (pipeline checks: perfect scores).
+
+    ``truth`` maps case ids to label maps; synthetic cases are looked up under ``"syn:<case>"`` first, then
+    under their plain id.
+    """
+
+    def __init__(self, truth: dict[str, np.ndarray]):
+        self.truth = truth
+        self.requests: list[TrainRequest] = []
+
+    def describe(self) -> dict[str, Any]:
+        return {"network": "oracle (returns the known label maps)"}
+
+    def __call__(self, req: TrainRequest) -> Predictor:
+        self.requests.append(req)
+
+        def predict(image: Volume, case: str) -> np.ndarray:
+            lab = self.truth.get(case, self.truth.get(case.split(":", 1)[-1]))
+            if lab is None:
+                raise KeyError(f"oracle has no label map for case {case!r}")
+            return np.asarray(lab).copy()
+
+        return predict
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# statistics
+def paired_wilcoxon(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Two-sided Wilcoxon signed-rank test of paired values (``scipy.stats.wilcoxon``), with its caveats.
+
+    Pairs with a NaN are dropped; zero differences are dropped (Wilcoxon's convention). With fewer than 6 non-zero
+    differences the exact two-sided test cannot reach p < 0.05 (smallest p = 2/2^n), and the note says so.
+    """
+    from scipy.stats import wilcoxon
+
+    a = np.asarray(a, float)
+    b = np.asarray(b, float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    d = b - a
+    n = int(ok.sum())
+    nz = int(np.count_nonzero(d))
+    res: dict[str, Any] = {"n": n, "n_nonzero": nz, "median_difference": float(np.median(d)) if n else float("nan"),
+                           "mean_difference": float(np.mean(d)) if n else float("nan"),
+                           "statistic": None, "p_value": None, "note": ""}
+    if n == 0:
+        res["note"] = "no case has a finite mean Dice in both regimes: no test"
+        return res
+    if nz == 0:
+        res["p_value"] = 1.0
+        res["note"] = "all paired differences are zero"
+        return res
+    stat = wilcoxon(a, b, zero_method="wilcox", alternative="two-sided")
+    res["statistic"] = float(stat.statistic)
+    res["p_value"] = float(stat.pvalue)
+    if nz < 6:
+        res["note"] = (f"n = {nz} non-zero differences is too small: the exact two-sided test cannot reach p < 0.05 "
+                       f"(smallest possible p = {2 / 2 ** nz:.3g}); read the result as descriptive")
+    return res
+
+
+def _sd(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(np.std(x, ddof=1)) if x.size >= 2 else float("nan")
+
+
+def summarise(rows: list[dict[str, Any]], scheme: str, regimes: Sequence[str], n_folds: int) -> dict[str, Any]:
+    """Per regime: per class Dice/HD95 mean ± SD over folds (of the fold means), detection, variant accuracy."""
+    sch = get_scheme(scheme)
+    names = [sch.name_of(i) for i in sch.ids]
+    out: dict[str, Any] = {}
+    for reg in regimes:
+        rr = [r for r in rows if r["regime"] == reg]
+        per_class = {}
+        for n in names:
+            fd, fh, nc = [], [], 0
+            for f in range(n_folds):
+                fr = [r for r in rr if r["fold"] == f]
+                fd.append(nanmean_or_nan([r["dice"][n] for r in fr]))
+                fh.append(nanmean_or_nan([r["hd95_mm"][n] for r in fr]))
+                nc += sum(np.isfinite(r["dice"][n]) for r in fr)
+            fd_a, fh_a = np.asarray(fd), np.asarray(fh)
+            per_class[n] = {"dice_mean": nanmean_or_nan(fd_a), "dice_sd": _sd(fd_a),
+                            "hd95_mm_mean": nanmean_or_nan(fh_a), "hd95_mm_sd": _sd(fh_a),
+                            "n_folds": int(np.isfinite(fd_a).sum()), "n_cases": int(nc),
+                            "fold_dice": fd, "fold_hd95_mm": fh}
+        fm = np.asarray([nanmean_or_nan([r["mean_dice"] for r in rr if r["fold"] == f]) for f in range(n_folds)])
+        fhm = np.asarray([nanmean_or_nan([r["mean_hd95_mm"] for r in rr if r["fold"] == f]) for f in range(n_folds)])
+        detection = {}
+        for n in DETECTION_CLASSES.get(scheme, ()):
+            present = [r["detection"][n] for r in rr if r["detection"][n]["in_gt"]]
+            absent = [r["detection"][n] for r in rr if not r["detection"][n]["in_gt"]]
+            k = sum(bool(d["detected"]) for d in present)
+            detection[n] = {"rate": (k / len(present)) if present else float("nan"), "detected": k,
+                            "n_present": len(present), "false_positives": sum(d["false_positive"] for d in absent),
+                            "n_absent": len(absent)}
+        variants = None
+        vr = [r["variants"] for r in rr if r["variants"] is not None]
+        if vr:
+            ant = np.mean([v["anterior_match"] for v in vr])
+            post = np.mean([v["posterior_match"] for v in vr])
+            both = np.mean([v["anterior_match"] and v["posterior_match"] for v in vr])
+            variants = {"anterior_accuracy": float(ant), "posterior_accuracy": float(post),
+                        "both_accuracy": float(both), "n": len(vr)}
+        out[reg] = {"per_class": per_class, "mean_dice": nanmean_or_nan(fm), "mean_dice_sd": _sd(fm),
+                    "mean_hd95_mm": nanmean_or_nan(fhm), "mean_hd95_mm_sd": _sd(fhm),
+                    "fold_mean_dice": fm.tolist(), "n_cases": len(rr), "detection": detection, "variants": variants}
+    return out
+
+
+def _tests(rows: list[dict[str, Any]], regimes: Sequence[str]) -> list[dict[str, Any]]:
+    by = {reg: {r["case"]: r["mean_dice"] for r in rows if r["regime"] == reg} for reg in regimes}
+    out = []
+    for i, a in enumerate(regimes):
+        for b in regimes[i + 1:]:
+            cases = sorted(set(by[a]) & set(by[b]))
+            t = paired_wilcoxon([by[a][c] for c in cases], [by[b][c] for c in cases])
+            out.append({"a": a, "b": b, "quantity": "per-case mean Dice (b − a)", **t})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def _slug(regime: str) -> str:
+    return regime.replace("+", "_plus_")
+
+
+def _check_count(value: Any, name: str) -> None:
+    if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
+        raise VolGANError(f"{name}: expected an integer ≥ 1, got {value!r}")
+
+
+def run_segmentation_experiment(
+    real_images: str | os.PathLike,
+    real_labels: str | os.PathLike,
+    synthetic: str | os.PathLike,
+    out: str | os.PathLike,
+    synthetic_labels: str | os.PathLike | None = None,   # labels of the synthetic volumes (skips the teacher)
+    label_scheme: str = "topcow13",                       # scheme the networks learn and are scored in
+    input_label_scheme: str | None = None,                # scheme of the label files (default: header, else topcow13)
+    teacher: str | os.PathLike | None = None,             # saved teacher checkpoint (else one per fold is trained)
+    folds: int = 5,                                       # k of the k-fold split of the real set
+    n_real: int | None = None,                            # real training volumes per student (default: all of the fold)
+    n_synthetic: int | None = None,                       # synthetic training volumes per student (default: all)
+    config: str = "small",                                # "small" (CPU minutes) or "full" (GPU, nnU-Net-like)
+    epochs: int | None = None,                            # override the config's epochs
+    device: str = "auto",                                 # torch device ("auto": cuda > mps > cpu)
+    amp: str = "auto",                                    # "auto" (bf16/fp16 on CUDA) or "off"
+    regimes: Sequence[str] = REGIMES,                     # training regimes to compare
+    seed: int = 0,                                        # folds, subsets, network initialisation, sampling
+    reuse_teacher: bool = True,                           # teacher doubles as the real-only student when identical
+    save_predictions: bool = True,                        # write held-out predictions (NIfTI) per regime
+    export_nnunet: str | os.PathLike | None = None,       # also write nnU-Net v2 raw datasets here
+    nnunet_id: int = 900,                                 # first nnU-Net dataset id (one per regime)
+    nnunet_name: str = "VolGANCoW",                       # nnU-Net dataset name prefix
+    overwrite: bool = False,                              # replace a non-empty --out
+    trainer: Optional[Callable[[TrainRequest], Predictor]] = None,  # pluggable network (default DynUNetTrainer)
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> dict[str, Any]:
+    """Run the downstream experiment and write ``out`` (results.json, results.md, dice_boxplot.png, checkpoints,
+    teacher labels, held-out predictions); return the results dict. See the module docstring for the protocol.
+
+    Example (Slicer's Python console or any Python)::
+
+        from GANTrainerLib.segmentation import run_segmentation_experiment
+        res = run_segmentation_experiment("real/images", "real/labels", "generated", "seg_exp", folds=5,
+                                          n_real=50, n_synthetic=500, config="full", device="cuda")
+        res["summary"]["real+synthetic"]["mean_dice"]
+    """
+    from VolGANCore.atomic import atomic_directory, atomic_write_json, atomic_write_text
+    from VolGANCore.env import pick_device
+
+    from .report import render_markdown, write_boxplot
+
+    t0 = time.perf_counter()
+    say = log or (lambda s: None)
+    sch = get_scheme(label_scheme)
+    if input_label_scheme is not None:
+        get_scheme(input_label_scheme)
+    regimes = tuple(regimes)
+    bad = [r for r in regimes if r not in REGIMES]
+    if bad or not regimes or len(set(regimes)) != len(regimes):
+        raise VolGANError(f"regimes: choose distinct ones of {list(REGIMES)}, got {list(regimes)}")
+    _check_count(n_real, "--n-real")
+    _check_count(n_synthetic, "--n-synthetic")
+    if synthetic_labels is not None and teacher is not None:
+        raise VolGANError("pass either --synthetic-labels or --teacher, not both (given labels make the teacher unused)")
+    out = Path(out)
+    for folder in (real_images, real_labels, synthetic, synthetic_labels):
+        if folder is None:
+            continue
+        f, o = Path(folder).resolve(), out.resolve()
+        if o == f or f in o.parents:
+            raise VolGANError(f"--out {out}: is inside the input folder {folder} (choose an output folder elsewhere)")
+    if amp not in ("auto", "off"):
+        raise VolGANError(f"amp: choose 'auto' or 'off', got {amp!r}")
+    device = pick_device(device)
+    if trainer is None:
+        trainer = DynUNetTrainer(config, epochs, device, amp)
+    else:
+        from .network import get_config
+
+        get_config(config, epochs)  # still validated: it is recorded
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        raise VolGANError(f"{out}: output folder exists and is not empty (choose a new folder or pass --overwrite)")
+
+    real = load_labelled_set(real_images, real_labels, label_scheme, input_label_scheme, "real", progress, cancel)
+    syn_all = (load_labelled_set(synthetic, synthetic_labels, label_scheme, input_label_scheme, "synthetic", progress, cancel)
+               if synthetic_labels is not None else load_image_set(synthetic, "synthetic", progress, cancel))
+    spacing = _check_spacing(real + syn_all)
+    fold_idx = make_folds(len(real), folds, seed)
+    min_train = min(len(real) - len(f) for f in fold_idx)
+    if n_real is not None and n_real > min_train:
+        raise VolGANError(f"--n-real {n_real}: with {len(real)} real volumes in {folds} folds a fold trains on as few as "
+                          f"{min_train}; use --n-real ≤ {min_train} (or fewer folds)")
+    if n_synthetic is not None and n_synthetic > len(syn_all):
+        raise VolGANError(f"--n-synthetic {n_synthetic}: {synthetic} holds {len(syn_all)} volume(s); "
+                          f"use --n-synthetic ≤ {len(syn_all)}")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5B5]))
+    syn = [syn_all[i] for i in sorted(rng.permutation(len(syn_all))[: (n_synthetic or len(syn_all))])]
+    label_ids = [0, *sch.ids]
+
+    teacher_model = None
+    teacher_source = "given synthetic labels" if synthetic_labels is not None else "trained per fold on the fold's real training volumes"
+    notes: list[str] = []
+    if teacher is not None:
+        from .network import SegmentationModel
+
+        teacher_model = SegmentationModel.load(teacher, device)
+        tsch = teacher_model.config.get("scheme")
+        if tsch != label_scheme:
+            raise InputFileError(teacher, f"the teacher predicts scheme '{tsch}' but the experiment uses '{label_scheme}'",
+                                 f"pass --label-scheme {tsch}")
+        if not np.allclose(teacher_model.plan["spacing"], spacing, rtol=0.05):
+            raise InputFileError(teacher, f"the teacher was trained at spacing (D,H,W) {teacher_model.plan['spacing']} mm, "
+                                          f"the data have {tuple(round(s, 5) for s in spacing)} mm",
+                                 "resample the data or train a teacher on this spacing")
+        teacher_source = f"checkpoint {teacher}"
+        notes.append("The teacher is a given checkpoint: its training data are unknown here. If it saw any of the real "
+                     "volumes, the synthetic-label regimes are not independent of the held-out folds.")
+
+    trains_teacher = synthetic_labels is None and teacher is None
+    reuse = bool(reuse_teacher and trains_teacher and n_real is None and isinstance(trainer, DynUNetTrainer))
+    steps_per_fold = (2 if trains_teacher else (1 if teacher is not None else 0)) + 2 * len(regimes)
+    rows: list[dict[str, Any]] = []
+    fold_info: list[dict[str, Any]] = []
+    syn_labels_by_fold: dict[int, dict[str, np.ndarray]] = {}
+    train_sets: dict[str, list[dict[str, list[str]]]] = {r: [] for r in regimes}
+    checkpoints: list[str] = []
+
+    with atomic_directory(out, overwrite=overwrite) as tmp, \
+            Progress(folds * steps_per_fold, "segmentation experiment", progress, cancel) as prog:
+        if teacher_model is not None:
+            shared = {c.case: np.asarray(teacher_model(c.image, "syn:" + c.case), np.int16) for c in syn}
+            for c in syn:
+                write_volume(c.image.with_array(shared[c.case], label_scheme=label_scheme),
+                             tmp / "teacher_labels" / f"{c.case}.nii.gz")
+        elif synthetic_labels is not None:
+            shared = {c.case: c.label for c in syn}
+        else:
+            shared = None
+        for f, test in enumerate(fold_idx):
+            train = np.setdiff1d(np.arange(len(real)), test)
+            sub = np.sort(np.random.default_rng(np.random.SeedSequence([int(seed), f, 0x5EA])).permutation(train)[: (n_real or len(train))])
+            info: dict[str, Any] = {"fold": f, "test": [real[i].case for i in test],
+                                    "teacher_train": [real[i].case for i in train],
+                                    "student_real_train": [real[i].case for i in sub]}
+            say(f"fold {f + 1}/{folds}: {len(train)} real for training, {len(test)} held out")
+
+            def request(role: str, cases: list[Case], labels: list[np.ndarray], names: list[str]) -> TrainRequest:
+                ck = tmp / "checkpoints" / f"fold{f}_{_slug(role)}.pt"
+                if isinstance(trainer, DynUNetTrainer):
+                    checkpoints.append(str(ck.relative_to(tmp)))
+                return TrainRequest(role, f, names, [c.image for c in cases], labels, label_ids, label_scheme,
+                                    spacing, ck, int(seed) * 1000 + f * 10 + REGIMES_ROLE.index(role), progress, cancel)
+
+            fold_teacher = None
+            if trains_teacher:
+                tr = [real[i] for i in train]
+                fold_teacher = trainer(request("teacher", tr, [c.label for c in tr], [c.case for c in tr]))
+                prog.advance(1, f"fold {f + 1} teacher")
+                syn_labels = {}
+                for c in syn:
+                    syn_labels[c.case] = np.asarray(fold_teacher(c.image, "syn:" + c.case), np.int16)
+                prog.advance(1, f"fold {f + 1} teacher labels")
+                for c in syn:
+                    write_volume(c.image.with_array(syn_labels[c.case], label_scheme=label_scheme),
+                                 tmp / "teacher_labels" / f"fold{f}" / f"{c.case}.nii.gz")
+            else:
+                syn_labels = shared
+                if teacher is not None:
+                    prog.advance(1, "teacher labels")
+            if export_nnunet is not None:  # kept only for the export (per-fold copies can be large)
+                syn_labels_by_fold[f] = syn_labels
+            syn_prefix = f"syn_f{f}_" if trains_teacher else "syn_"
+
+            for reg in regimes:
+                rc = [real[i] for i in sub] if reg in ("real", "real+synthetic") else []
+                sc = syn if reg in ("synthetic", "real+synthetic") else []
+                train_sets[reg].append({"train": [c.case for c in rc] + [syn_prefix + c.case for c in sc],
+                                        "val": [real[i].case for i in test]})
+                if reg == "real" and reuse:
+                    model = fold_teacher
+                    info["real_student_is_teacher"] = True
+                else:
+                    model = trainer(request(reg, rc + sc, [c.label for c in rc] + [syn_labels[c.case] for c in sc],
+                                            [c.case for c in rc] + ["syn:" + c.case for c in sc]))
+                prog.advance(1, f"fold {f + 1} {reg}")
+                for i in test:
+                    c = real[i]
+                    pred = np.asarray(model(c.image, c.case))
+                    if pred.shape != c.image.shape:
+                        raise VolGANError(f"the {reg} network returned shape {pred.shape} for {c.image_path} "
+                                          f"of shape {c.image.shape}")
+                    if save_predictions:
+                        write_volume(c.image.with_array(pred.astype(np.int16), label_scheme=label_scheme),
+                                     tmp / "predictions" / f"fold{f}" / _slug(reg) / f"{c.case}.nii.gz")
+                    rows.append({"case": c.case, "fold": f, "regime": reg,
+                                 **score_case(pred, c.label, c.image.array_spacing, label_scheme)})
+                prog.advance(1, f"fold {f + 1} {reg} scored")
+            fold_info.append(info)
+
+        summary = summarise(rows, label_scheme, regimes, folds)
+        tests = _tests(rows, regimes)
+        describe = getattr(trainer, "describe", None)
+        from VolGANCore import __version__
+
+        if reuse:
+            notes.append("The real-only student of each fold is its teacher (same training volumes, same recipe).")
+        if label_scheme != "topcow13":
+            notes.append(f"Variant vectors need left/right classes: not available in scheme '{label_scheme}'.")
+        results: dict[str, Any] = {
+            "kind": "volgan-segmentation-experiment",
+            "volgan_version": __version__,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "settings": {"label_scheme": label_scheme, "input_label_scheme": input_label_scheme, "folds": int(folds),
+                         "n_real": n_real, "n_synthetic": n_synthetic, "n_synthetic_used": len(syn),
+                         "config": config, "epochs": epochs, "device": device, "amp": amp, "seed": int(seed),
+                         "regimes": list(regimes), "reuse_teacher": reuse,
+                         "spacing_dhw_mm": [float(s) for s in spacing],
+                         "network": describe() if callable(describe) else {"network": type(trainer).__name__},
+                         "detection_iou": DETECTION_IOU},
+            "inputs": {"real_images": str(real_images), "real_labels": str(real_labels), "synthetic": str(synthetic),
+                       "synthetic_labels": None if synthetic_labels is None else str(synthetic_labels),
+                       "n_real": len(real), "n_synthetic": len(syn_all),
+                       "real_cases": [c.case for c in real], "synthetic_cases_used": [c.case for c in syn]},
+            "teacher": teacher_source,
+            "folds": fold_info,
+            "summary": summary,
+            "tests": tests,
+            "cases": rows,
+            "checkpoints": checkpoints,
+            "empty_class_rules": EMPTY_CLASS_RULES,
+            "notes": notes,
+        }
+        results["plots"] = {"dice_boxplot": write_boxplot(tmp / "dice_boxplot.png", rows, label_scheme, regimes)}
+        results["runtime_s"] = round(time.perf_counter() - t0, 2)
+        atomic_write_json(tmp / "results.json", _finite_json(results))
+        atomic_write_text(tmp / "results.md", render_markdown(results))
+
+    if export_nnunet is not None:
+        from .nnunet import export_regimes
+
+        results["nnunet"] = export_regimes(export_nnunet, real, syn, syn_labels_by_fold, train_sets, label_scheme,
+                                           nnunet_id, nnunet_name, shared_synthetic=not trains_teacher,
+                                           overwrite=overwrite)
+        atomic_write_json(out / "results.json", _finite_json(results))
+        atomic_write_text(out / "results.md", render_markdown(results))
+    say(f"results: {out / 'results.md'}")
+    return results
+
+
+REGIMES_ROLE = ("teacher", *REGIMES)
+
+
+def _finite_json(obj: Any) -> Any:
+    """Replace NaN/Inf floats by None so that results.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_json(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _finite_json(obj.item())
+    return obj
