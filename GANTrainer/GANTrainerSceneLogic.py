@@ -475,15 +475,7 @@ def updateLossPlot(sceneLogic: GANTrainerSceneLogic, runFolder, chartNode=None,
             series[key] = ([p[0] for p in pts], [p[1] for p in pts])
     scene = sceneLogic.scene
     if chartNode is not None:
-        for i in range(chartNode.GetNumberOfPlotSeriesNodes() - 1, -1, -1):
-            ps = chartNode.GetNthPlotSeriesNode(i)
-            table = scene.GetNodeByID(ps.GetTableNodeID()) if ps is not None else None
-            chartNode.RemoveNthPlotSeriesNodeID(i)
-            if ps is not None:
-                scene.RemoveNode(ps)
-            if table is not None:
-                scene.RemoveNode(table)
-        scene.RemoveNode(chartNode)
+        _remove_chart(scene, chartNode)
     if not series:
         return None
     return mrml.plot_chart(series, scene, name=f"Training losses ({Path(runFolder).name})", x_label="kimg",

@@ -23,6 +23,12 @@ def register(sub) -> None:
     p.add_argument("--accumulate", type=int, help="gradient-accumulation micro-batches per step")
     p.add_argument("--kimg", type=float, help="training length in thousands of images")
     p.add_argument("--snapshot-kimg", type=float, help="checkpoint interval in kimg")
+    p.add_argument("--metrics-kimg", type=float,
+                   help="quick-metrics interval in kimg (picks the best checkpoint; 0 = off; presets: every snapshot)")
+    p.add_argument("--metrics-track", choices=["fd_quick", "morph_w1"],
+                   help="quick metric that picks the best checkpoint (default fd_quick; morph_w1: bone presets)")
+    p.add_argument("--inception-weights", help="pytorch-fid Inception weights file for the quick Fréchet distance")
+    p.add_argument("--medicalnet-weights", help="MedicalNet resnet_10_23dataset.pth for the quick Fréchet distance")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
@@ -35,7 +41,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import settings_from_preset, train
 
     settings = settings_from_preset(args.preset, amp=args.amp, batch=args.batch, accumulate=args.accumulate,
-                                    kimg=args.kimg, snapshot_kimg=args.snapshot_kimg, seed=args.seed)
+                                    kimg=args.kimg, snapshot_kimg=args.snapshot_kimg, seed=args.seed,
+                                    metrics_kimg=args.metrics_kimg, metrics_track=args.metrics_track,
+                                    metrics_inception_weights=args.inception_weights,
+                                    metrics_medicalnet_weights=args.medicalnet_weights)
     rank = int(os.environ.get("RANK", "0"))
     result = train(args.data, args.out, settings, labels=args.labels, resume=args.resume, device=args.device,
                    max_steps=args.max_steps, progress=progress_from_args(args) if rank == 0 else None,

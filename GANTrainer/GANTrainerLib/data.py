@@ -14,6 +14,13 @@ Bone: :func:`extract_patches` cuts cubes that lie inside a mask.
 :class:`CachedVolumeSet` runs the preprocessing once per folder and keeps the result as a ``.npy`` memory
 map keyed by a hash of the files (name, size, mtime) and the preprocessing parameters, so restarts and DDP
 ranks share it and RAM holds only what the loader touches.
+
+:class:`BatchFeeder` turns sampler indices into device batches. There is no ``torch.utils.data.DataLoader``
+(so no worker processes, ``persistent_workers`` or ``prefetch_factor``): items are slices of one memory map,
+which a single thread reads faster than worker processes could pickle them. On CUDA that thread reads the next
+batches into pinned memory and starts their copies on a side stream (``non_blocking``), so the training loop
+neither waits for the disk nor synchronises with the host for its data; on CPU batches are read when asked for,
+exactly as before.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ __all__ = [
     "extract_patches",
     "CachedVolumeSet",
     "InfiniteSampler",
+    "BatchFeeder",
 ]
 
 CACHE_VERSION = 1
@@ -265,3 +273,129 @@ class InfiniteSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.pos, self.seed = int(state["epoch"]), int(state["pos"]), int(state["seed"])
+
+
+class BatchFeeder:
+    """``(batch, 1, D, H, W)`` float32 tensors on ``device`` in sampler order, with a resumable position.
+
+    ``prefetch = 0`` (CPU): each batch is read from the dataset when :meth:`next` is called. ``prefetch = k``
+    (CUDA): a background thread keeps up to ``k`` batches ready: read from the memory map, pinned, copied to the
+    device on a side stream; :meth:`next` makes the current stream wait for that copy (an event, no host sync).
+    :meth:`state_dict` is the sampler position after the last batch *handed out*, not after the prefetched ones,
+    so a checkpoint resumes exactly. Use as a context manager (or call :meth:`close`) to stop the thread.
+    """
+
+    def __init__(self, dataset, sampler: InfiniteSampler, batch: int, device: Any = "cpu", channels_last: bool = False,
+                 prefetch: int = 0) -> None:
+        import torch
+
+        self.dataset, self.sampler, self.batch = dataset, sampler, int(batch)
+        self.device = torch.device(device)
+        self.channels_last = bool(channels_last)
+        self.prefetch = max(0, int(prefetch))
+        self._it = iter(sampler)
+        self._state = sampler.state_dict()
+        self._queue = None
+        self._thread = None
+        self._stop = None
+
+    # -- reading ---------------------------------------------------------------------------------------------
+    def _read(self):
+        import torch
+
+        idx = [next(self._it) for _ in range(self.batch)]
+        x = torch.from_numpy(np.stack([self.dataset[i] for i in idx]))
+        return x, self.sampler.state_dict()
+
+    def _to_device(self, x):
+        import torch
+
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+    def _produce(self) -> None:
+        import torch
+
+        try:
+            stream = torch.cuda.Stream(device=self.device) if self.device.type == "cuda" else None
+            while not self._stop.is_set():
+                x, state = self._read()
+                event = None
+                if stream is not None:
+                    x = x.pin_memory()
+                    with torch.cuda.stream(stream):
+                        x = x.to(self.device, non_blocking=True)
+                        if self.channels_last:
+                            x = x.contiguous(memory_format=torch.channels_last_3d)
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                self._put((x, state, event))
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(exc)
+
+    def _put(self, item) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _start(self) -> None:
+        import queue
+        import threading
+
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="volgan-batch-prefetch", daemon=True)
+        self._thread.start()
+
+    # -- public ----------------------------------------------------------------------------------------------
+    def next(self):
+        """The next batch on the device (the current CUDA stream may use it at once)."""
+        import torch
+
+        if self.prefetch == 0:
+            x, self._state = self._read()
+            return self._to_device(x)
+        if self._thread is None:
+            self._start()
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        x, state, event = item
+        if event is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(event)
+            x.record_stream(current)  # the side stream allocated it: keep the memory until this stream is done
+        self._state = state
+        return x
+
+    def state_dict(self) -> dict:
+        """Sampler position after the last batch returned by :meth:`next`."""
+        return dict(self._state)
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        import queue
+
+        self._stop.set()
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        self._thread.join(timeout=5)
+        self._thread = None
+
+    def __enter__(self) -> "BatchFeeder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

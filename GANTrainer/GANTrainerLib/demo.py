@@ -140,11 +140,9 @@ def step_generate(out: Path, log: list[str]) -> dict:
     """Sample and interpolate with the smoke-run checkpoints (the shipped models take their place once trained)."""
     from VolumetricGANLib.generate import generate, interpolate, write_generated
 
-    from .run import latest_checkpoint
-
     figures = {}
     for preset in ("tiny-spongiosa", "tiny-cow"):
-        ckpt = latest_checkpoint(out / "runs" / preset)
+        ckpt, source = demo_model(out, preset)
         folder = out / "generated" / preset
         result = generate(ckpt, n=16 if preset == "tiny-spongiosa" else 4, seed=0, device="cpu")
         write_generated(result, folder / "samples")
@@ -152,7 +150,7 @@ def step_generate(out: Path, log: list[str]) -> dict:
         write_generated(path, folder / "interpolation", sequence=True)
         v = result.volumes[0]
         figures[preset] = {"shape": list(v.shape), "spacing_mm": list(v.spacing)}
-        log.append(f"- `volgan generate` with `{preset}`: {len(result.volumes)} samples {v.shape} at {', '.join(f'{x:g}' for x in v.spacing)} mm "
+        log.append(f"- `volgan generate` with {source}: {len(result.volumes)} samples {v.shape} at {', '.join(f'{x:g}' for x in v.spacing)} mm "
                    f"and a 5-step interpolation (also as one 4-D sequence file) in `generated/{preset}/`")
     return figures
 
@@ -182,6 +180,55 @@ def step_evaluate(out: Path, log: list[str]) -> dict:
     log += (out / "evaluation" / "tiny-spongiosa-morphometry" / "fidelity.md").read_text(encoding="utf-8").splitlines()[4:16]
     return {"report": "evaluation/tiny-spongiosa/report.json", "keys": sorted(report)[:12],
             "morphometric_fidelity": "evaluation/tiny-spongiosa-morphometry/fidelity.json"}
+
+
+SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "VolumetricGAN" / "Resources" / "Models"
+
+
+def demo_model(out: Path, preset: str) -> tuple[Path, str]:
+    """The shipped model for ``preset``'s anatomy (``VolumetricGAN/Resources/Models/<preset>.vgan``) if the
+    extension has one, else the demo's own smoke-run checkpoint; returns (path, how it was obtained)."""
+    from .run import latest_checkpoint
+
+    shipped = SHIPPED_MODELS / f"{preset}.vgan"
+    if shipped.is_file():
+        return shipped, f"shipped model `{shipped.name}`"
+    return latest_checkpoint(out / "runs" / preset), f"the `{preset}` smoke-run checkpoint"
+
+
+def step_steer(out: Path, log: list[str]) -> dict:
+    """Steer two spongiosa patches to the exact morphometry of two other samples of the same model."""
+    import numpy as np
+
+    from VolGANCore.io import write_volume
+    from VolumetricGANLib.generate import generate
+    from VolumetricGANLib.steer import _exact, plot_trajectories, steer
+
+    ckpt, source = demo_model(out, "tiny-spongiosa")
+    names = ["BV/TV", "BMD", "TMD", "Tb.Th", "Tb.Sp"]
+    ref = generate(ckpt, n=2, seed=100, device="cpu")
+    arr = np.stack([v.array for v in ref.volumes])
+    exact = _exact(arr, tuple(ref.volumes[0].spacing), 225.0, names)
+    targets = {k: exact[:, j] for j, k in enumerate(names) if np.all(np.isfinite(exact[:, j]))}
+    folder = out / "steering"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not targets:
+        log.append(f"- steering skipped: {source} generates no measurable bone at threshold 225")
+        return {"skipped": True}
+    res = steer(ckpt, targets=targets, n=2, seed=0, steps=60, pool=32, device="cpu")
+    for i, v in enumerate(res.volumes):
+        write_volume(v, folder / f"steered_{i:04d}.nii.gz")
+    plot_trajectories(res, folder / "trajectories.png")
+    log.append(f"`volgan steer` with {source}: two patches to the exact {', '.join(targets)} of two other samples "
+               f"of the model; {res.info['success_rate']:.0%} within 5 % on every parameter after "
+               f"{res.info['steps']} steps ({res.info['seconds']:.1f} s). `steering/trajectories.png`:")
+    log.append("")
+    log.append("| sample | " + " | ".join(f"{k} target / exact" for k in targets) + " | success |")
+    log.append("|---|" + "---|" * (len(targets) + 1))
+    for row in res.rows:
+        log.append(f"| {row['sample']} | " + " | ".join(f"{row[f'{k} target']:.3g} / {row[f'{k} exact']:.3g}"
+                                                       for k in targets) + f" | {row['success']} |")
+    return {"success_rate": res.info["success_rate"], "model": source}
 
 
 def step_segmentation(out: Path, log: list[str]) -> dict:
@@ -252,6 +299,7 @@ STEPS: list[tuple[str, Step]] = [
     ("Training (smoke runs of the tiny presets)", step_train_smoke),
     ("Generation", step_generate),
     ("Evaluation", step_evaluate),
+    ("Steering", step_steer),
     ("Downstream segmentation (small CPU configuration)", step_segmentation),
 ]
 

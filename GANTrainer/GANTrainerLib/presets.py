@@ -34,7 +34,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                      rotation_deg=5.0, scaling=0.05),
         ada_target=0.6, ada_kimg=100.0,
         preprocess=dict(roi_shape=[32, 128, 128], roi_centre="centre", intensity="minmax"),
-        intensity=_COW_INTENSITY, kimg=5000.0, snapshot_kimg=50.0, sample_kimg=10.0,
+        intensity=_COW_INTENSITY, kimg=5000.0, snapshot_kimg=50.0, sample_kimg=10.0, metrics_kimg=50.0,
     ),
     # The CoW anchor's recipe (Aydin 2024 README): hinge loss, Adam (0.5, 0.9) lr 4e-5 with TTUR 1.5,
     # batch 8 × 4 accumulation, EMA 0.995, DiffAugment translation+cutout+contrast at p = 0.5, L-R flips,
@@ -53,7 +53,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         augment=dict(p=0.5, translation=0.125, cutout=0.5, flip_axes=[2], contrast=0.4),
         ada_target=None,
         preprocess=dict(roi_shape=[32, 128, 128], roi_centre="centre", intensity="minmax"),
-        intensity=_COW_INTENSITY, kimg=5000.0, snapshot_kimg=50.0, sample_kimg=10.0,
+        intensity=_COW_INTENSITY, kimg=5000.0, snapshot_kimg=50.0, sample_kimg=10.0, metrics_kimg=50.0,
     ),
     # Spongiosa: progressive WGAN-GP 4³ → 32³ as published (Adam 1e-3, β (0, 0.99), batch 16, GP 10,
     # drift 1e-3), with an EMA generator and adaptive augmentation added.
@@ -67,10 +67,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         ada_target=None,
         progressive=dict(kimg_per_phase=60.0, fade_fraction=0.5),
         preprocess=dict(intensity="window", window=[-350.0, 1100.0]), patch_size=32,
-        intensity=_BONE_INTENSITY, kimg=480.0, snapshot_kimg=20.0, sample_kimg=5.0,
+        intensity=_BONE_INTENSITY, kimg=480.0, snapshot_kimg=20.0, sample_kimg=5.0, metrics_kimg=20.0,
     ),
 }
 
+# Every preset measures the quick metrics (GANTrainerLib.quick_metrics) at every periodic snapshot
+# (metrics_kimg = snapshot_kimg), so each such checkpoint competes for "best".
 # Tiny presets: minutes on a CPU, first checkpoint within a minute (snapshot by wall time too).
 PRESETS["tiny-cow"] = dict(
     copy.deepcopy(PRESETS["cow-stylegan"]),
@@ -79,13 +81,13 @@ PRESETS["tiny-cow"] = dict(
     discriminator=dict(img_shape=[8, 32, 32], base_shape=[2, 8, 8], channel_base=32, channel_max=32,
                        architecture="resnet", mbstd_group_size=2),
     preprocess=dict(roi_shape=[32, 128, 128], roi_centre="centre", intensity="minmax", downsample=4),
-    batch=4, lr_g=0.002, lr_d=0.002, ema_kimg=0.5, ema_rampup=0.05, kimg=2.0, snapshot_kimg=0.5,
+    batch=4, lr_g=0.002, lr_d=0.002, ema_kimg=0.5, ema_rampup=0.05, kimg=2.0, snapshot_kimg=0.5, metrics_kimg=0.5,
     sample_kimg=0.5, snapshot_minutes=1.0,
     loss=dict(kind="stylegan2", loss="logistic", r1_gamma=0.5, r1_interval=4, pl_weight=0.0, style_mixing_prob=0.5),
 )
 PRESETS["tiny-spongiosa"] = dict(
     copy.deepcopy(PRESETS["spongiosa-pgan"]),
-    batch=8, progressive=dict(kimg_per_phase=0.4, fade_fraction=0.5), kimg=2.0, snapshot_kimg=0.5,
+    batch=8, progressive=dict(kimg_per_phase=0.4, fade_fraction=0.5), kimg=2.0, snapshot_kimg=0.5, metrics_kimg=0.5,
     sample_kimg=0.5, snapshot_minutes=1.0, ema_kimg=0.1,
 )
 

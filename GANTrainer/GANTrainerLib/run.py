@@ -75,14 +75,15 @@ class TrainingRun:
         self._status["message"] = message
 
     # -- metrics -------------------------------------------------------------------------------------------
-    def log_scalars(self, step: int, kimg: float, scalars: dict[str, float]) -> None:
+    def log_scalars(self, step: int, kimg: float, scalars: dict[str, float], status_key: str = "latest") -> None:
+        """One metrics.jsonl row and TensorBoard scalars; run.json keeps the row under ``status_key``."""
         row = {"step": int(step), "kimg": float(kimg), **{k: float(v) for k, v in scalars.items()}}
         with open(self.folder / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
         if self._writer is not None:
             for k, v in scalars.items():
                 self._writer.add_scalar(k, float(v), int(step))
-        self._status["latest"] = row
+        self._status[status_key] = row
 
     def log_image(self, tag: str, step: int, png_path: Path) -> None:
         if self._writer is None:
@@ -112,15 +113,19 @@ class TrainingRun:
         except ValueError:
             return str(path)
 
-    def register_checkpoint(self, path: Path, step: int, metric: Optional[float] = None) -> list[Path]:
+    def register_checkpoint(self, path: Path, step: int, metric: Optional[float] = None,
+                            metric_name: Optional[str] = None) -> list[Path]:
         """Record a written checkpoint; delete those that are neither among the last K nor the best.
 
-        Paths in run.json are relative to the run folder, so a run folder can be moved (or written aside and
-        renamed into place) without its status going stale. Returns the deleted paths.
+        ``metric`` (named ``metric_name``, e.g. ``"fd_quick"``) ranks checkpoints by ``best_mode``; run.json's
+        ``best`` is the entry with the best metric, name included. Paths in run.json are relative to the run
+        folder, so a run folder can be moved (or written aside and renamed into place) without its status going
+        stale. Returns the deleted paths.
         """
         rel = self.relative(path)
         entries = [e for e in self._status["checkpoints"] if e["path"] != rel]
-        entries.append({"path": rel, "step": int(step), "metric": None if metric is None else float(metric)})
+        entries.append({"path": rel, "step": int(step), "metric": None if metric is None else float(metric),
+                        "metric_name": metric_name if metric is not None else None})
         entries.sort(key=lambda e: e["step"])
         scored = [e for e in entries if e["metric"] is not None]
         best = None
@@ -140,6 +145,13 @@ class TrainingRun:
         self._status["best"] = best
         self.update_status()
         return removed
+
+    def clear_metrics(self) -> None:
+        """Forget every checkpoint's metric (they came from an incomparable measurement): no best until the next."""
+        for e in self._status["checkpoints"]:
+            e["metric"] = e["metric_name"] = None
+        self._status["best"] = None
+        self.update_status()
 
     def latest_checkpoint(self) -> Optional[Path]:
         """The newest checkpoint on disk (by step), whether or not run.json knew it (a killed run)."""

@@ -2,7 +2,8 @@
 
 One function, :func:`train`, drives a run folder (:class:`GANTrainerLib.run.TrainingRun`). The loop
 knows nothing about architectures (networks come from the checkpoint family registry) and the loss objects
-own their regularisation schedules (STYLE.md).
+own their regularisation schedules (STYLE.md). One iteration (D step, G step, EMA and ADA updates) is
+:func:`train_iteration` over the parts made by :func:`build_train_parts`, so benchmarks time the same code.
 
 Mixed precision: ``amp="auto"`` is bf16 autocast on GPUs that support it (no scaler needed), fp16 with one
 GradScaler *per optimiser* otherwise (the CoW anchor shared one between G and D); the mapping network runs
@@ -35,7 +36,7 @@ import numpy as np
 from VolGANCore import VolGANError
 from VolGANCore.progress import CancelToken, Progress, ProgressCallback
 
-__all__ = ["TrainSettings", "train", "settings_from_preset"]
+__all__ = ["TrainSettings", "train", "settings_from_preset", "TrainParts", "build_train_parts", "train_iteration"]
 
 
 @dataclasses.dataclass
@@ -68,6 +69,13 @@ class TrainSettings:
     snapshot_kimg: float = 50.0                  # checkpoint interval
     snapshot_minutes: Optional[float] = None     # also checkpoint at least this often (wall clock)
     sample_kimg: float = 10.0                    # montage interval
+    metrics_kimg: Optional[float] = None         # quick-metrics interval (GANTrainerLib.quick_metrics); None/0: off
+    metrics_n: int = 64                          # real and generated volumes in the quick Fréchet distance
+    metrics_morph_n: int = 16                    # bone presets: patches per set in the morphometric W1
+    metrics_track: str = "fd_quick"              # the quick metric that picks the best checkpoint (lower is better)
+    metrics_budget: Optional[float] = 0.1        # skip due evaluations while they took > this share of the time
+    metrics_inception_weights: Optional[str] = None   # pytorch-fid Inception weights file (slice features)
+    metrics_medicalnet_weights: Optional[str] = None  # MedicalNet ResNet-10 weights file (volume features; preferred)
     log_steps: int = 10                          # scalar logging interval (one host sync per interval)
     amp: str = "auto"                            # "auto" | "bf16" | "fp16" | "off"
     channels_last: bool = True                   # channels-last-3d memory format on CUDA
@@ -250,6 +258,109 @@ def _checkpoint_config(settings: TrainSettings, spacing, name: str) -> dict:
     )
 
 
+@dataclasses.dataclass
+class TrainParts:
+    """Everything one training iteration needs besides data and latents (built by :func:`build_train_parts`)."""
+
+    settings: TrainSettings
+    G: Any                                       # generator being trained
+    D: Any                                       # discriminator / critic
+    G_ema: Any                                   # moving average of G (no gradients)
+    opt_g: Any                                   # Adam over G
+    opt_d: Any                                   # Adam over D
+    scaler_g: Any                                # GradScaler of G (enabled for fp16 only)
+    scaler_d: Any                                # GradScaler of D (its own: the anchor shared one)
+    loss: Any                                    # StyleGAN2Loss or WGANGPLoss
+    kind: str                                    # "stylegan2" or "wgan-gp"
+    augment: Any = None                          # DiffAugment3D or None
+    ada: Any = None                              # AdaptiveAugment or None
+    device_type: str = "cpu"                     # autocast device type
+    autocast_dtype: Any = None                   # torch.bfloat16 / torch.float16 / None (fp32)
+
+    def autocast(self):
+        import torch
+
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+
+def build_train_parts(settings: TrainSettings, G, D, device_type: str = "cpu", autocast_dtype=None,
+                      use_scaler: bool = False) -> TrainParts:
+    """EMA copy, optimisers, scalers, augmentation, ADA and loss object for ``G`` and ``D`` (already on the device).
+
+    :func:`train` builds its parts here; benchmarks and tests use it to run the real training step on their own
+    networks. Consumes no random numbers.
+    """
+    import torch
+
+    from .augment import AdaptiveAugment, DiffAugment3D
+    from .losses import StyleGAN2Loss, WGANGPLoss
+
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(G.parameters(), lr=settings.lr_g, betas=tuple(settings.betas), eps=1e-8)
+    opt_d = torch.optim.Adam(D.parameters(), lr=settings.lr_d, betas=tuple(settings.betas), eps=1e-8)
+    scaler_g = torch.amp.GradScaler(device_type, enabled=use_scaler)
+    scaler_d = torch.amp.GradScaler(device_type, enabled=use_scaler)
+    augment = DiffAugment3D(**settings.augment) if settings.augment else None
+    ada = AdaptiveAugment(target=settings.ada_target, speed_kimg=settings.ada_kimg,
+                          p=augment.p if augment else 0.0) if (augment and settings.ada_target) else None
+    loss_kw = {k: v for k, v in settings.loss.items() if k != "kind"}
+    kind = settings.loss.get("kind", "stylegan2" if G.has_w else "wgan-gp")
+    loss = StyleGAN2Loss(G, D, augment, **loss_kw) if kind == "stylegan2" else WGANGPLoss(G, D, augment, **loss_kw)
+    return TrainParts(settings, G, D, G_ema, opt_g, opt_d, scaler_g, scaler_d, loss, kind, augment, ada,
+                      device_type, autocast_dtype)
+
+
+def train_iteration(
+    parts: TrainParts,
+    step: int,                                   # optimiser steps done so far (drives the lazy regularisers)
+    nimg: int,                                   # images shown so far (drives the EMA ramp-up)
+    batch_total: int,                            # images per iteration over all ranks and micro-batches
+    next_reals,                                  # () -> a micro-batch of reals at the current resolution
+    latents,                                     # (n) -> n latents
+    prog: Optional[float] = None,                # progressive-growing level (pgan-3d), None otherwise
+    dist: Optional[Dist] = None,
+) -> tuple[bool, bool, dict, dict]:
+    """One iteration of the training loop: a D step, a G step (D frozen), the EMA update and the ADA update.
+
+    Each step accumulates ``settings.accumulate`` micro-batches, all-reduces the gradients over ranks and is
+    skipped when its loss is not finite. Returns ``(ok_d, ok_g, stats_d, stats_g)``; the caller advances
+    ``step`` by 1 and ``nimg`` by ``batch_total``.
+    """
+    dist = dist or Dist()
+    settings, G, D, loss, kind = parts.settings, parts.G, parts.D, parts.loss, parts.kind
+    kw = {"progress": prog} if kind == "wgan-gp" else {}
+    # ---- discriminator step ----
+    D.requires_grad_(True)
+    parts.opt_d.zero_grad(set_to_none=True)
+    for _ in range(settings.accumulate):
+        reals = next_reals()
+        z = latents(settings.batch)
+        with parts.autocast():
+            l_d, st_d = loss.discriminator_loss(reals, z, step, **kw)
+        parts.scaler_d.scale(l_d / settings.accumulate).backward()
+        if parts.ada is not None:
+            parts.ada.accumulate(st_d.pop("real_logits"))
+        st_d.pop("real_logits", None)
+    _all_reduce_grads(list(D.parameters()), dist)
+    ok_d = _finite_step(l_d, parts.opt_d, parts.scaler_d, dist)
+    # ---- generator step (D frozen: no parameter gradients wasted on it) ----
+    D.requires_grad_(False)
+    parts.opt_g.zero_grad(set_to_none=True)
+    for _ in range(settings.accumulate):
+        z = latents(settings.batch)
+        with parts.autocast():
+            l_g, st_g = loss.generator_loss(z, step, **kw)
+        parts.scaler_g.scale(l_g / settings.accumulate).backward()
+    _all_reduce_grads(list(G.parameters()), dist)
+    ok_g = _finite_step(l_g, parts.opt_g, parts.scaler_g, dist)
+    _update_ema(parts.G_ema, G, _ema_beta(settings, nimg + batch_total, batch_total))
+    if parts.ada is not None and (step + 1) % parts.ada.interval == 0:
+        parts.augment.p = parts.ada.update(settings.batch * dist.world)
+    return ok_d, ok_g, st_d, st_g
+
+
 def train(
     data: str | os.PathLike,                      # folder of training volumes
     out: str | os.PathLike,                       # run folder (created; resumed with resume=True)
@@ -269,9 +380,7 @@ def train(
     from VolumetricGANLib.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
     from VolumetricGANLib.networks import build_discriminator, build_generator
 
-    from .augment import AdaptiveAugment, DiffAugment3D
-    from .data import CachedVolumeSet, InfiniteSampler, Preprocess
-    from .losses import StyleGAN2Loss, WGANGPLoss
+    from .data import BatchFeeder, CachedVolumeSet, InfiniteSampler, Preprocess
     from .run import GracefulStop, TrainingRun, latest_checkpoint, save_montage
 
     dev = torch.device(pick_device(device))
@@ -298,23 +407,20 @@ def train(
     if dev.type == "cuda" and settings.channels_last:
         G = G.to(memory_format=torch.channels_last_3d)
         D = D.to(memory_format=torch.channels_last_3d)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(G.parameters(), lr=settings.lr_g, betas=tuple(settings.betas), eps=1e-8)
-    opt_d = torch.optim.Adam(D.parameters(), lr=settings.lr_d, betas=tuple(settings.betas), eps=1e-8)
-    scaler_g = torch.amp.GradScaler(dev.type, enabled=use_scaler)
-    scaler_d = torch.amp.GradScaler(dev.type, enabled=use_scaler)
-    augment = DiffAugment3D(**settings.augment) if settings.augment else None
-    ada = AdaptiveAugment(target=settings.ada_target, speed_kimg=settings.ada_kimg,
-                          p=augment.p if augment else 0.0) if (augment and settings.ada_target) else None
-    loss_kw = {k: v for k, v in settings.loss.items() if k != "kind"}
-    kind = settings.loss.get("kind", "stylegan2" if G.has_w else "wgan-gp")
-    loss = StyleGAN2Loss(G, D, augment, **loss_kw) if kind == "stylegan2" else WGANGPLoss(G, D, augment, **loss_kw)
+    parts = build_train_parts(settings, G, D, dev.type, autocast_dtype, use_scaler)
+    G_ema, opt_g, opt_d, scaler_g, scaler_d = parts.G_ema, parts.opt_g, parts.opt_d, parts.scaler_g, parts.scaler_d
+    augment, ada, loss, kind = parts.augment, parts.ada, parts.loss, parts.kind
     phase = _Phase(settings, getattr(G, "max_res", 0))
     gen = torch.Generator(device=dev)
     gen.manual_seed(int(settings.seed) * 1000 + dist.rank)
     torch.manual_seed(int(settings.seed) * 1000 + dist.rank)
     sampler = InfiniteSampler(len(dataset), seed=settings.seed, rank=dist.rank, world=dist.world)
     step, nimg = 0, 0
+    quick = None  # quick metrics (rank 0): they pick the best checkpoint (GANTrainerLib.quick_metrics)
+    if settings.metrics_kimg and dist.main:
+        from .quick_metrics import QuickMetrics
+
+        quick = QuickMetrics(settings, dataset, out, dev, _data_spacing(dataset))
 
     # -- resume ---------------------------------------------------------------------------------------------
     ckpt = latest_checkpoint(out) if resume else None
@@ -348,6 +454,13 @@ def train(
         if dist.main:
             log(msg)
             run.log(msg)
+        if quick is not None and tr.get("quick_metrics"):
+            dropped = quick.load_state_dict(tr["quick_metrics"])
+            if dropped:
+                run.clear_metrics()
+            note = dropped or f"quick metrics: best {quick.track} so far {quick.best} at step {quick.best_step}"
+            log(note)
+            run.log(note)
     else:
         _broadcast_params(G, dist)
         _broadcast_params(D, dist)
@@ -357,16 +470,10 @@ def train(
     total_steps = int(math.ceil(settings.kimg * 1000 / batch_total))
     if max_steps is not None:
         total_steps = min(total_steps, step + int(max_steps))
-    data_iter = iter(sampler)
-
-    def next_batch():
-        idx = [next(data_iter) for _ in range(settings.batch)]
-        x = torch.from_numpy(np.stack([dataset[i] for i in idx]))
-        if dev.type == "cuda":
-            x = x.pin_memory().to(dev, non_blocking=True)
-            if settings.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-        return x
+    # CUDA: a thread keeps the next batches pinned and copied on a side stream (no host sync); CPU: read on demand
+    feeder = BatchFeeder(dataset, sampler, settings.batch, dev, channels_last=settings.channels_last,
+                         prefetch=2 * settings.accumulate if dev.type == "cuda" else 0)
+    next_batch = feeder.next
 
     def latents(n):
         z = torch.randn(n, G.z_dim, device=dev, generator=gen)
@@ -374,14 +481,9 @@ def train(
             z = z / z.norm(dim=1, keepdim=True)
         return z
 
-    def autocast():
-        if autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(dev.type, dtype=autocast_dtype)
-
     def save(reason: str) -> Optional[Path]:
         """Every rank calls this at the same step (it gathers every rank's stream state); rank 0 writes."""
-        states = _gather_states(dist, sampler.state_dict(), gen.get_state())
+        states = _gather_states(dist, feeder.state_dict(), gen.get_state())
         if not dist.main:
             return None
         training = {
@@ -390,19 +492,23 @@ def train(
             "sampler": states[0], "latent_rng": states[1], "rng": capture_rng_state(),
             "ada": ada.state_dict() if ada else None, "augment_p": augment.p if augment else None,
             "pl_mean": getattr(loss, "pl_mean", None), "settings": settings.to_dict(),
+            "quick_metrics": quick.state_dict() if quick is not None else None,
         }
         training = {k: v for k, v in training.items() if v is not None}
+        measured = quick_values[1] if quick_values and quick_values[0] == step else {}  # quick metrics of this step
         path = run.checkpoint_path(step)
         with torch.random.fork_rng(devices=[]):  # saving rebuilds the network: keep the training RNG untouched
             save_checkpoint(path, config, G_ema=G_ema, G=G, D=D, training=training,
                             provenance={"data": str(data), "cases": len(dataset), "reason": reason,
                                         "kimg": nimg / 1000.0, "preset": settings.preset},
-                            metrics={"kimg": nimg / 1000.0, "step": step})
-        run.register_checkpoint(path, step)
+                            metrics={"kimg": nimg / 1000.0, "step": step, **measured})
+        run.register_checkpoint(path, step, metric=measured.get(quick.track) if quick is not None else None,
+                                metric_name=quick.track if quick is not None else None)
         run.log(f"checkpoint {path.name} ({reason}) at {nimg / 1000:.2f} kimg")
         return path
 
     bad_d = bad_g = 0
+    worst_bad = torch.zeros((), device=dev)
     stats_acc: dict[str, Any] = {}
     t_start = time.perf_counter()
     last_snapshot_time = time.perf_counter()
@@ -415,6 +521,32 @@ def train(
         z_fixed = z_fixed / z_fixed.norm(dim=1, keepdim=True)
     saved_step = -1
     sampled_step = -1
+    metrics_every = max(1, int(round(settings.metrics_kimg * 1000 / batch_total))) if settings.metrics_kimg else 0
+    quick_values: Optional[tuple] = None  # (step, {name: value}) of the latest quick metrics (rank 0)
+    quick_step = -1                       # step of the latest attempt (every rank)
+
+    def measure_quick(prog) -> bool:
+        """Rank 0 measures the quick metrics (unless over budget); True on every rank if the tracked one improved."""
+        nonlocal quick_values, quick_step
+        quick_step, improved = step, False
+        if dist.main:
+            elapsed = time.perf_counter() - t_start
+            if quick.over_budget(elapsed):
+                run.log(f"quick metrics skipped at step {step}: they took {quick.spent_s:.1f} s of {elapsed:.1f} s "
+                        f"(budget {100 * quick.budget:g} %)")
+            else:
+                kw = {"progress": prog} if kind == "wgan-gp" else {"noise_mode": "const"}
+                values, improved = quick.evaluate(G_ema, kw, step)
+                quick_values = (step, {**{k: v for k, v in values.items() if k != "seconds"},
+                                       "quick_metrics_extractor": quick.extractor.name})
+                run.log_scalars(step, nimg / 1000.0, {f"metrics/{k}": v for k, v in values.items()},
+                                status_key="latest_metrics")
+                run.update_status(quick_metrics=quick.summary())
+                run.log(f"quick metrics at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
+                        + (" (best so far)" if improved else ""))
+        if dist.world > 1:
+            improved = _any_rank(improved, dist)
+        return improved
 
     def montage(prog) -> None:
         nonlocal sampled_step
@@ -433,46 +565,25 @@ def train(
     G.train()
     D.train()
     # cancellation is checked by the loop itself (so it can checkpoint first), not by the progress bar
-    with GracefulStop() as stop, Progress(total_steps, "train", progress if dist.main else None, None) as bar:
+    with GracefulStop() as stop, Progress(total_steps, "train", progress if dist.main else None, None) as bar, feeder:
         bar.set(step)
         while step < total_steps:
             prog = phase.progress(nimg)
-            # ---- discriminator step ----
-            D.requires_grad_(True)
-            opt_d.zero_grad(set_to_none=True)
-            for _ in range(settings.accumulate):
-                reals = phase.reals_at(next_batch(), prog)
-                z = latents(settings.batch)
-                with autocast():
-                    kw = {"progress": prog} if kind == "wgan-gp" else {}
-                    l_d, st_d = loss.discriminator_loss(reals, z, step, **kw)
-                scaler_d.scale(l_d / settings.accumulate).backward()
-                if ada is not None:
-                    ada.accumulate(st_d.pop("real_logits"))
-                st_d.pop("real_logits", None)
-            _all_reduce_grads(list(D.parameters()), dist)
-            ok_d = _finite_step(l_d, opt_d, scaler_d, dist)
-            bad_d = 0 if ok_d else bad_d + 1
-            # ---- generator step (D frozen: no parameter gradients wasted on it) ----
-            D.requires_grad_(False)
-            opt_g.zero_grad(set_to_none=True)
-            for _ in range(settings.accumulate):
-                z = latents(settings.batch)
-                with autocast():
-                    kw = {"progress": prog} if kind == "wgan-gp" else {}
-                    l_g, st_g = loss.generator_loss(z, step, **kw)
-                scaler_g.scale(l_g / settings.accumulate).backward()
-            _all_reduce_grads(list(G.parameters()), dist)
-            ok_g = _finite_step(l_g, opt_g, scaler_g, dist)
-            bad_g = 0 if ok_g else bad_g + 1
+            ok_d, ok_g, st_d, st_g = train_iteration(parts, step, nimg, batch_total,
+                                                     lambda: phase.reals_at(next_batch(), prog), latents, prog, dist)
+            bad_d = (bad_d + 1) * (1 - ok_d)  # CUDA: device tensors, read at logging intervals only
+            bad_g = (bad_g + 1) * (1 - ok_g)
             step += 1
             nimg += batch_total
-            _update_ema(G_ema, G, _ema_beta(settings, nimg, batch_total))
-            if ada is not None and step % ada.interval == 0:
-                augment.p = ada.update(settings.batch * dist.world)
-            if max(bad_d, bad_g) >= settings.max_bad_steps:
+            if dev.type == "cuda":
+                worst_bad = torch.maximum(worst_bad, torch.maximum(bad_d, bad_g))
+                sync_now = step % settings.log_steps == 0 or step == total_steps or step % snapshot_every == 0
+                worst, worst_bad = (int(worst_bad), torch.zeros((), device=dev)) if sync_now else (0, worst_bad)
+            else:
+                worst = max(bad_d, bad_g)
+            if worst >= settings.max_bad_steps:
                 state = "failed"
-                msg = (f"stopped: {max(bad_d, bad_g)} consecutive non-finite losses at step {step} "
+                msg = (f"stopped: {worst} consecutive non-finite losses at step {step} "
                        "(lower the learning rates, use --amp bf16 or off, or check the data for outliers)")
                 if dist.main:
                     run.log(msg)
@@ -496,17 +607,19 @@ def train(
                 stats_acc = {}
             if dist.main and step % sample_every == 0:
                 montage(prog)
+            best_now = bool(metrics_every) and step % metrics_every == 0 and measure_quick(prog)
             due_time = (settings.snapshot_minutes is not None
                         and time.perf_counter() - last_snapshot_time > settings.snapshot_minutes * 60)
+            agree = dev.type != "cuda" or step % settings.log_steps == 0  # CUDA: host syncs at log steps only
             if dist.world > 1:
-                due_time = _any_rank(due_time, dist)
-            if step % snapshot_every == 0 or due_time:
-                last_path = save("periodic") or last_path
+                due_time = _any_rank(due_time, dist) if agree else False
+            if step % snapshot_every == 0 or due_time or best_now:
+                last_path = save("periodic" if step % snapshot_every == 0 or due_time else "best") or last_path
                 saved_step = step
                 last_snapshot_time = time.perf_counter()
             requested = stop.requested or (cancel is not None and cancel.cancelled)
             if dist.world > 1:
-                requested = _any_rank(bool(requested), dist)
+                requested = _any_rank(bool(requested), dist) if agree else False
             if requested:
                 state = "stopped"
                 break
@@ -515,6 +628,8 @@ def train(
     if dist.main and sampled_step != step:
         montage(phase.progress(nimg))
     if saved_step != step:
+        if metrics_every and state != "stopped" and quick_step != step:
+            measure_quick(phase.progress(nimg))  # the final checkpoint competes for the best too (every rank calls)
         last_path = save("stopped" if state == "stopped" else "final") or last_path
     final_state = "finished" if state == "running" else state
     if dist.main:
@@ -527,8 +642,15 @@ def train(
             "rank": dist.rank, "world": dist.world, "g_param_checksum": checksum}
 
 
-def _finite_step(loss_value, optimizer, scaler, dist: Dist) -> bool:
-    """Step if the loss is finite on every rank; otherwise skip (and halve an fp16 scale). One host sync."""
+def _finite_step(loss_value, optimizer, scaler, dist: Dist, device_side: Optional[bool] = None):
+    """Step if the loss is finite on every rank; otherwise skip (and halve an fp16 scale).
+
+    Returns whether it stepped. On CPU (and other non-CUDA devices): a Python bool, after one host sync. On CUDA:
+    a 0-d float tensor on the device (1 = stepped) and no host sync: Adam runs its fused kernel, which skips the
+    update when told ``found_inf``; with an fp16 GradScaler a non-finite loss instead poisons one gradient with
+    NaN, so the scaler's own (device-side) inf check skips the step and backs off the scale. Count failures with
+    ``(bad + 1) * (1 - ok)``, which works for both kinds of result. ``device_side`` forces either path (tests).
+    """
     import torch
 
     finite = torch.isfinite(loss_value.detach()).to(torch.float32)
@@ -536,6 +658,23 @@ def _finite_step(loss_value, optimizer, scaler, dist: Dist) -> bool:
         import torch.distributed as tdist
 
         tdist.all_reduce(finite, op=tdist.ReduceOp.MIN)
+    if finite.device.type == "cuda" if device_side is None else device_side:
+        _set_fused_adam(optimizer, True)
+        finite = finite.reshape(())
+        if scaler.is_enabled():
+            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                smallest = min(grads, key=lambda t: t.numel())
+                smallest.add_(torch.where(finite > 0, 0.0, float("nan")).to(smallest.dtype))
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.found_inf = 1.0 - finite
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.found_inf
+        return finite
     if finite.item() < 1:
         optimizer.zero_grad(set_to_none=True)
         if scaler.is_enabled():
@@ -546,11 +685,28 @@ def _finite_step(loss_value, optimizer, scaler, dist: Dist) -> bool:
     return True
 
 
+def _set_fused_adam(optimizer, on: bool) -> None:
+    """Switch an Adam optimiser to its fused kernel (``on``) in place; moves its step counters to the parameters'
+    device. Needed once per optimiser (also after loading a state saved without it); a no-op afterwards."""
+    import torch
+
+    if bool(optimizer.param_groups[0].get("fused")) == on:
+        return
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = (True, None) if on else (None, None)
+        for p in group["params"]:
+            st = optimizer.state.get(p)
+            if st and torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(device=p.device if on else "cpu", dtype=torch.float32)
+    optimizer._step_supports_amp_scaling = on
+
+
 def _any_rank(flag: bool, dist: Dist) -> bool:
     import torch
     import torch.distributed as tdist
 
-    t = torch.tensor([1.0 if flag else 0.0])
+    on_gpu = tdist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+    t = torch.tensor([1.0 if flag else 0.0], device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu")
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     return bool(t.item() > 0)
 
