@@ -21,7 +21,8 @@ from VolumetricGANLib.checkpoint import load_checkpoint
 def bone(tmp_path_factory):
     from VolumetricGANLib.phantoms import write_bone_dataset
 
-    return write_bone_dataset(tmp_path_factory.mktemp("quick") / "bone", n=6, seed=0, bvtv=0.18, bvtv_sd=0.05) / "images"
+    folder = tmp_path_factory.mktemp("quick") / "bone"
+    return write_bone_dataset(folder, n=6, seed=0, bvtv=0.18, bvtv_sd=0.05) / "images"
 
 
 def tiny_bone(**kw):
@@ -79,14 +80,15 @@ def test_metrics_pick_the_best_checkpoint_and_resume_remembers_it(bone, tmp_path
     assert status["quick_metrics"]["last"]["fd_quick"] == 1e6 and status["quick_metrics"]["last"]["step"] == 5
     assert status["best"]["path"] == best["path"]
     assert ckpt_names(out) == {f"ckpt-{best['step']:07d}.vgan", "ckpt-0000005.vgan"}
-    assert load_checkpoint(out / "checkpoints" / "ckpt-0000005.vgan")["training"]["quick_metrics"]["best_step"] == best["step"]
+    resumed_state = load_checkpoint(out / "checkpoints" / "ckpt-0000005.vgan")["training"]["quick_metrics"]
+    assert resumed_state["best_step"] == best["step"]
 
 
 def test_a_new_best_between_snapshots_is_saved_and_kept(bone, tmp_path, monkeypatch):
     values = iter([3.0, 1.0, 2.0, 5.0])
     monkeypatch.setattr(quick_metrics, "quick_frechet", lambda a, b: next(values))
     out = tmp_path / "run"
-    train(bone, out, tiny_bone(snapshot_kimg=1.0), max_steps=4, device="cpu", log=lambda m: None)
+    train(bone, out, tiny_bone(snapshot_kimg=1.0, metrics_morph_n=0), max_steps=4, device="cpu", log=lambda m: None)
     assert [r["metrics/fd_quick"] for r in read_metrics(out) if "metrics/fd_quick" in r] == [3.0, 1.0, 2.0, 5.0]
     # steps 1 and 2 improved (each saved as "best"), 3 did not (no checkpoint), 4 is the final one;
     # keep_last = 1 pruned step 1, the best (step 2) stays
@@ -95,6 +97,34 @@ def test_a_new_best_between_snapshots_is_saved_and_kept(bone, tmp_path, monkeypa
     assert (status["best"]["step"], status["best"]["metric"], status["best"]["metric_name"]) == (2, 1.0, "fd_quick")
     assert load_checkpoint(out / "checkpoints" / "ckpt-0000002.vgan")["provenance"]["reason"] == "best"
     assert "quick metrics at step 3: fd_quick 2" in (out / "log.txt").read_text()
+
+
+def test_quick_metrics_leave_the_training_streams_untouched(bone, tmp_path):
+    s = tiny_bone(snapshot_kimg=1.0, metrics_morph_n=2)
+    with_metrics = train(bone, tmp_path / "a", s, max_steps=3, device="cpu", log=lambda m: None)
+    without = train(bone, tmp_path / "b", dataclasses.replace(s, metrics_kimg=None), max_steps=3, device="cpu",
+                    log=lambda m: None)
+    assert len([r for r in read_metrics(tmp_path / "a") if "metrics/fd_quick" in r]) == 3
+    assert not any("metrics/fd_quick" in r for r in read_metrics(tmp_path / "b"))
+    assert with_metrics["g_param_checksum"] == without["g_param_checksum"]
+
+
+def test_data_too_small_for_the_feature_network_trains_without_quick_metrics(tmp_path):
+    from GANTrainerLib.train import TrainSettings
+    from VolGANCore import Volume, write_volume
+
+    for k in range(3):
+        vol = Volume(np.random.default_rng(k).normal(size=(4, 8, 8)).astype(np.float32))
+        write_volume(vol, tmp_path / f"c{k}.nrrd")
+    s = TrainSettings(family="stylegan2-3d", batch=2, kimg=1.0, log_steps=1, metrics_kimg=0.002,
+                      generator=dict(z_dim=8, w_dim=8, output_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8,
+                                     channel_max=8, mapping_layers=1),
+                      discriminator=dict(img_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8, channel_max=8,
+                                         mbstd_group_size=2), preprocess=dict(intensity="minmax"))
+    messages = []
+    out = train(tmp_path, tmp_path / "run", s, max_steps=1, device="cpu", log=messages.append)
+    assert out["state"] == "finished" and any("quick metrics off" in m and "≥ 8 voxels" in m for m in messages)
+    assert not any("metrics/fd_quick" in r for r in read_metrics(tmp_path / "run"))
 
 
 class _Volumes:

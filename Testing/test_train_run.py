@@ -84,3 +84,12 @@ def test_montage_png(tmp_path, rng):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
     assert os.listdir(tmp_path) == ["m.png"]
+
+
+def test_keeping_no_checkpoint_is_refused(tmp_path):
+    import pytest
+
+    from VolGANCore import VolGANError
+
+    with pytest.raises(VolGANError, match="at least 1"):
+        TrainingRun(tmp_path / "run", keep_last=0, tensorboard=False)

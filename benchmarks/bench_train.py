@@ -633,6 +633,7 @@ class OursTrainer:
                  amp: str = "off", seed: int = 0, augment_p: Optional[float] = None, **overrides):
         from GANTrainerLib.train import build_train_parts, resolve_amp, settings_from_preset
         from VolumetricGANLib.networks import build_discriminator, build_generator
+        from VolumetricGANLib.networks.layers import to_channels_last_3d
 
         s = settings_from_preset(preset, amp=amp, **overrides)
         if generator is not None:
@@ -646,6 +647,9 @@ class OursTrainer:
         torch.manual_seed(seed)
         self.G = build_generator(s.family, s.generator)
         self.D = build_discriminator(s.family, s.discriminator)
+        if s.channels_last:                                   # as train() does
+            to_channels_last_3d(self.G)
+            to_channels_last_3d(self.D)
         self.parts = build_train_parts(s, self.G, self.D, "cpu", dtype, scaler)
         self.G.train()
         self.D.train()

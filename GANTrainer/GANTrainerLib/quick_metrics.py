@@ -1,4 +1,4 @@
-"""Quick metrics during training: a small Fréchet distance (and, for bone, morphometric W1) that picks the best checkpoint.
+"""Quick metrics during training: a small Fréchet distance (bone: also morphometric W1) picks the best checkpoint.
 
 Every ``metrics_kimg`` (the presets: at every snapshot) rank 0 generates ``n = min(metrics_n, training volumes)``
 volumes from fixed latents with the EMA generator (eval mode, ``torch.inference_mode``, fp32, constant noise;
@@ -123,6 +123,18 @@ def _isolated_rng():
 
 class QuickMetrics:
     """Quick metrics of one run (rank 0): the real reference (cached), evaluations, and the best value so far."""
+
+    @staticmethod
+    def unusable(settings, dataset) -> Optional[str]:
+        """Why quick metrics cannot run on this data (then training goes on without them), or None."""
+        if min(len(dataset), int(settings.metrics_n)) < 2:
+            return (f"quick metrics off: they need ≥ 2 training volumes and metrics_n ≥ 2 (have {len(dataset)}, "
+                    f"metrics_n {settings.metrics_n})")
+        volume_features = settings.metrics_medicalnet_weights or not settings.metrics_inception_weights
+        if volume_features and min(dataset.shape) < 8:
+            return (f"quick metrics off: volumes of shape {tuple(dataset.shape)} are too small for the 3-D feature "
+                    "network (each side must be ≥ 8 voxels)")
+        return None
 
     def __init__(self, settings, dataset, folder, device, spacing: Sequence[float]) -> None:
         self.track = str(settings.metrics_track)

@@ -26,6 +26,7 @@ from typing import Any, Iterable, Optional
 
 import numpy as np
 
+from VolGANCore import VolGANError
 from VolGANCore.atomic import atomic_path, atomic_write_json
 from VolumetricGANLib.checkpoint import card_path
 
@@ -45,6 +46,8 @@ class TrainingRun:
         (self.folder / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.folder / "samples").mkdir(exist_ok=True)
         self.keep_last = int(keep_last)
+        if self.keep_last < 1:  # the newest checkpoint is what a killed run resumes from: always keep it
+            raise VolGANError(f"keep_last: at least 1 checkpoint must be kept, got {keep_last}")
         self.best_mode = best_mode
         self._status: dict[str, Any] = read_status(self.folder) or {}
         self._status.setdefault("checkpoints", [])

@@ -40,6 +40,8 @@ __all__ = [
     "modulated_conv3d",
     "ModulatedConv3d",
     "minibatch_std",
+    "to_channels_last_3d",
+    "like_weight_layout",
     "LRELU_GAIN",
 ]
 
@@ -97,7 +99,13 @@ def bias_act(
 
     ``activation`` is ``"linear"`` or ``"lrelu"`` (slope ``alpha``; its default gain √2 is applied
     on top of ``gain``). Clamping bounds activations so that fp16 never overflows (stylegan2-ada).
+    ``"lrelu"`` runs as one fused autograd function (:class:`_BiasLReLU`: one new tensor, in-place
+    activation/gain/clamp, backward from the saved output in two passes), which matters on the CPU where
+    every extra pass over a large activation costs an allocation and a sweep of memory.
     """
+    if activation == "lrelu" and gain > 0 and alpha > 0:
+        return _BiasLReLU.apply(x, bias, float(alpha), float(gain * LRELU_GAIN),
+                                None if clamp is None or clamp < 0 else float(clamp))
     if bias is not None:
         shape = [1, -1] + [1] * (x.ndim - 2)
         x = x + bias.to(x.dtype).reshape(shape)
@@ -111,6 +119,69 @@ def bias_act(
     if clamp is not None and clamp >= 0:
         x = x.clamp(-clamp, clamp)
     return x
+
+
+def _lrelu_gain_clamp_grad(grad: torch.Tensor, y: torch.Tensor, alpha: float, gain: float,
+                           clamp: float | None) -> torch.Tensor:
+    """``grad · gain · slope · [|y| < clamp]`` where ``y`` is the *output* of bias + lrelu + gain + clamp.
+
+    The output carries the sign of the pre-activation (gain > 0), so it selects the slope, and it equals ±clamp
+    exactly where the clamp is active (no gradient there).
+    """
+    g = torch.ops.aten.leaky_relu_backward(grad, y, alpha, True)
+    if clamp is not None:
+        g = torch.ops.aten.hardtanh_backward(g, y, -clamp, clamp)
+    return g.mul_(gain) if gain != 1 else g
+
+
+class _LReLUGrad(torch.autograd.Function):
+    """The backward of :class:`_BiasLReLU` as a function of the incoming gradient.
+
+    It is linear in ``grad`` (``y`` only selects slopes; the second derivative of a piecewise-linear function
+    is zero almost everywhere), so its own backward is the same operation — double backward (R1, path length)
+    works through it.
+    """
+
+    @staticmethod
+    def forward(ctx, grad, y, alpha, gain, clamp):
+        ctx.save_for_backward(y)
+        ctx.args = (alpha, gain, clamp)
+        return _lrelu_gain_clamp_grad(grad, y, alpha, gain, clamp)
+
+    @staticmethod
+    def backward(ctx, gg):
+        (y,) = ctx.saved_tensors
+        return _LReLUGrad.apply(gg, y, *ctx.args), None, None, None, None
+
+
+class _BiasLReLU(torch.autograd.Function):
+    """``clamp(leaky_relu(x + bias, alpha) · gain, ±clamp)`` with one output allocation; saves only the output."""
+
+    @staticmethod
+    def forward(ctx, x, bias, alpha, gain, clamp):
+        if bias is not None:
+            y = x + bias.to(x.dtype).reshape([1, -1] + [1] * (x.ndim - 2))
+        else:
+            y = x.clone()
+        F.leaky_relu_(y, alpha)
+        if gain != 1:
+            y.mul_(gain)
+        if clamp is not None:
+            y.clamp_(-clamp, clamp)
+        ctx.save_for_backward(y)
+        ctx.args = (alpha, gain, clamp)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        gx = _LReLUGrad.apply(grad, y, *ctx.args)
+        gb = None
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[1]:
+            dims = [0] + list(range(2, gx.ndim))
+            gb = gx.sum(dim=dims, dtype=torch.float32).to(ctx.bias_dtype)
+        return gx if ctx.needs_input_grad[0] else None, gb, None, None, None
 
 
 def _fir_kernel(taps: Sequence[float]) -> torch.Tensor:
@@ -452,6 +523,32 @@ class ModulatedConv3d(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_channels} -> {self.out_channels}, shape={self.shape}, k={self.kernel_size}, "
                 f"noise={self.use_noise}, demodulate={self.demodulate}")
+
+
+def to_channels_last_3d(module: nn.Module) -> nn.Module:
+    """Store every 5-D parameter and buffer of ``module`` channels-last-3d, in place; returns ``module``.
+
+    Convolutions then run (and return) channels-last, which is several times faster for few channels on the
+    CPU (oneDNN) and is what tensor cores want on a GPU. Tensors of other ranks (e.g. a 4-D learned constant)
+    stay as they are — ``Module.to(memory_format=torch.channels_last_3d)`` would refuse them.
+    """
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.dim() == 5 and not t.is_contiguous(memory_format=torch.channels_last_3d):
+                t.data = t.data.contiguous(memory_format=torch.channels_last_3d)
+    return module
+
+
+def like_weight_layout(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last-3d if ``weight`` is unambiguously stored that way, else ``x`` unchanged.
+
+    A convolution with one input channel or a 1×1×1 kernel cannot tell the two layouts apart and returns
+    NCDHW; this puts its output back into the layout the following layers were stored in.
+    """
+    cl = torch.channels_last_3d
+    if x.dim() == 5 and weight.dim() == 5 and weight.is_contiguous(memory_format=cl) and not weight.is_contiguous():
+        return x.contiguous(memory_format=cl)
+    return x
 
 
 def minibatch_std(x: torch.Tensor, group_size: int = 4, num_channels: int = 1) -> torch.Tensor:

@@ -33,6 +33,7 @@ from .layers import (
     Resample3d,
     ShapeError,
     assert_shape,
+    like_weight_layout,
     minibatch_std,
     normalize_2nd_moment,
 )
@@ -416,6 +417,8 @@ class StyleGAN2Discriminator(nn.Module):
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         assert_shape(img, [None, self.img_channels, *self.img_shape], "StyleGAN2Discriminator input")
         x = self.fromrgb(img)
+        # fromrgb (1 input channel, 1×1×1 kernel) returns NCDHW whatever the layout: follow the next layer's
+        x = like_weight_layout(x, self.blocks[0].conv0.weight if len(self.blocks) else self.epilogue_conv.weight)
         for block in self.blocks:
             x = block(x)
         if self.mbstd_num_channels > 0:
