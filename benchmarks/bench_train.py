@@ -2,52 +2,64 @@
 
 Groups
 ------
-- ``CoW StyleGAN 32x64x64 bs2 (anchor size)``, fp32, batch 2:
+- ``CoW StyleGAN 32x64x64 bs2 (anchor size)``, fp32, batch 2, no accumulation — the size at which the CoW
+  anchor's CPU time was published (3.4 s per D+G iteration, ≈ 0.7 M generator parameters, one thread):
 
-  * reference peer ``CoW anchor (re-implemented)``: the training iteration of the Circle-of-Willis anchor
-    (claim-berlin/3D_StyleGAN_Circle_of_Willis, a 3-D port of lucidrains/stylegan2-pytorch), re-typed here in
-    its own structure (:class:`CowAnchor`): style vectoriser (8 × [linear with weight and bias × lr_mlp,
-    LeakyReLU]), learned 4³ constant + conv, generator blocks with trilinear up-sampling (isotropic to 32³, then
-    in-plane), one grouped conv per modulated layer with the demodulation computed per sample, ``Linear(1, C)``
-    noise on a uniform S³ noise image, grey-scale skip outputs up-sampled trilinearly and blurred ([1, 2, 1]³,
-    replicate border); residual D with blurred strided downsampling (its last-block broadcast quirk included);
-    style mixing 0.9; ``AugWrapper`` with p = 0.5 (flip, translation, cutout, brightness+contrast); hinge loss
-    as they wrote it; one-centred GP (λ = 10) on reals every 16 steps; path length only after 5k steps (so
-    never at the measured steps); EMA only after 20k steps (never here); Adam β = (0.5, 0.9), lr 4e-5, TTUR 1.5;
-    D is not frozen during the G step (as in their code). Sized to ≈ 0.7 M generator parameters (their
-    ``Generator`` class; the mapping network is a separate module there and is counted apart) with their
-    channel formula ``min(fmap_max, nc·2^(i+1))``: ``network_capacity = 2``, their default ``fmap_max = 512``.
-  * ``GANTrainerLib, anchor's schedule``: :func:`GANTrainerLib.train.train_iteration` (the loop's own code:
-    D step, G step with D frozen, EMA every step, ADA bookkeeping) on a StyleGAN2-3D generator of comparable
-    size (synthesis 0.58 M vs their 0.67 M; anisotropic 2×4×4 constant, four ×2 steps, channels 80-40-20-10-5;
-    z = w = 512, 8 mapping layers; D with the anchor's channel widths per level) with the
-    ``cow-stylegan-anchor`` preset's objective (hinge, R1 γ = 10 every 16 steps, path length from 5k steps,
-    style mixing 0.9, augmentation p = 0.5: translation, cutout, L-R flip, contrast).
-  * ``GANTrainerLib, cow-stylegan recipe``: same networks with the shipped ``cow-stylegan`` objective
-    (logistic loss, R1 γ = 1 every 16, path length every 4 steps from step 0, style mixing 0.9, every
-    augmentation of the preset incl. rotation/zoom, at p = 0.5).
+  * reference ``CoW anchor (re-implemented)``: the training iteration of claim-berlin/3D_StyleGAN_Circle_of_Willis
+    (a 3-D port of lucidrains/stylegan2-pytorch), re-typed here in its own structure (:class:`CowAnchor`):
+    style vectoriser (8 × [linear with weight and bias × lr_mlp 0.1, LeakyReLU]), learned 4³ constant + conv,
+    generator blocks with trilinear up-sampling (isotropic to 32³, then in-plane), one grouped conv per
+    modulated layer with the demodulation computed per sample, ``Linear(1, C)`` noise on a uniform S³ noise
+    image, grey-scale skip outputs up-sampled trilinearly and blurred ([1, 2, 1]³, replicate border); residual
+    D with blurred strided down-sampling (its last-block broadcast quirk included); style mixing 0.9;
+    ``AugWrapper`` with p = 0.5 (flip, translation, cutout, brightness + contrast); hinge loss as they wrote
+    it; one-centred GP (λ = 10) on reals every 16 steps; path length only after 5k steps and EMA only after
+    20k steps (so neither at the measured steps); Adam β = (0.5, 0.9), lr 4e-5, TTUR 1.5; D not frozen in
+    the G step; everything NCDHW, as their code runs. Size: their channel formula ``min(fmap_max,
+    nc·2^(i+1))`` with ``network_capacity = 2`` and their default ``fmap_max = 512``: G (their ``Generator``
+    class) 0.67 M parameters, channels 64-32-16-8-4 from 4³ to 32×64×64; the mapping network (2.1 M) is a
+    separate module there and is counted apart; D 5.9 M (channels 8 … 256).
+  * ``GANTrainerLib, anchor's schedule``: :func:`GANTrainerLib.train.train_iteration` — the training loop's
+    own code (D step, G step with D frozen, EMA every step, ADA bookkeeping) on parts from
+    :func:`~GANTrainerLib.train.build_train_parts`, with the weights stored channels-last as ``train()``
+    does — on a StyleGAN2-3D of comparable size: synthesis 0.58 M parameters (−13 %), anisotropic 2×4×4
+    constant and four ×2 steps, channels 80-40-20-10-5 (1.25× the anchor's per level), z = w = 512 with
+    8 mapping layers (2.1 M); D with the anchor's widths per level (8 at 32×64×64 … 128 at 2×4×4; 1.4 M).
+    Objective of the ``cow-stylegan-anchor`` preset: hinge, R1 γ = 10 every 16 steps, path length from 5k
+    steps (off here, as for the anchor), style mixing 0.9, augmentation p = 0.5 (translation, cutout, L-R
+    flip, contrast). The like-for-like comparison.
+  * ``GANTrainerLib, cow-stylegan recipe``: the same networks with the shipped ``cow-stylegan`` objective
+    (logistic loss, R1 γ = 1 every 16, path length every 4 steps from step 0 on half the batch, style mixing
+    0.9, every augmentation of the preset incl. rotation/zoom, at p = 0.5): our default costs more per
+    iteration than the anchor's early-training schedule because it regularises path length from the start.
 
-- ``CoW preset 32x128x128 bs{B}``: the shipped ``cow-stylegan`` preset (G 2×8×8 → 32×128×128) through
-  ``train_iteration``, fp32 vs bf16 autocast (``amp="bf16"``; CPU autocast). With ``--quick`` the channel
-  capacity is halved (``channel_base``/``channel_max`` × 0.5) and the batch is 2, since one full-size batch-8
-  iteration takes minutes on one CPU thread; the full run uses the preset as shipped (batch 8).
-- ``spongiosa PGAN 32^3 bs16``: the ``spongiosa-pgan`` preset at its final resolution (α = 1), fp32 and bf16,
-  against a re-implementation of the spongiosa anchor's training iteration (emmanueliarussi/generative3DSpongiosa
-  ``train.py``: WScale → Conv3d → LeakyReLU → PixelNorm blocks, nearest up-sampling, tanh; critic with
-  whole-batch minibatch-std and 4³ pooling conv; WGAN-GP λ = 10 with drift 1e-3; Adam lr 1e-3 β = (0, 0.99);
-  EMA every step; z on the unit hypersphere; batch 16) as the reference.
+- ``CoW preset 32x128x128 bs{B}``: the shipped ``cow-stylegan`` preset (G 2×8×8 → 32×128×128, channels
+  256-256-128-64-32, 8.2 M + 2.1 M; D 15.6 M) through ``train_iteration``, fp32 vs bf16 autocast
+  (``amp="bf16"``, CPU autocast; this CPU has AMX-BF16). B = 2 by default (``VOLGAN_BENCH_PRESET_BATCH=8``
+  for the shipped batch: ≈ 2 min and > 12 GB per iteration on one CPU thread). The full run times one
+  iteration of each kind (R1 + path length, plain, path length) and reports the amortised figures; with
+  ``--quick`` the capacity is halved (``channel_base``/``channel_max`` × 0.5: the full preset takes ≈ 30 s per
+  iteration) and a single plain iteration is timed per case.
+- ``spongiosa PGAN 32^3 bs16``: the ``spongiosa-pgan`` preset at its final resolution (α = 1, i.e. progress =
+  max_res), fp32 and bf16, against a re-implementation of the spongiosa anchor's training iteration
+  (emmanueliarussi/generative3DSpongiosa ``train.py``, :class:`SpongiosaAnchor`: WScale → Conv3d → LeakyReLU
+  → PixelNorm blocks, nearest up-sampling, tanh; critic with whole-batch minibatch-std and 4³ pooling conv;
+  WGAN-GP λ = 10 with drift 1e-3; Adam lr 1e-3 β = (0, 0.99); EMA every step; z on the unit hypersphere;
+  batch 16; NCDHW) as the reference. Same layout and parameter count (0.26 M + 0.26 M) on both sides.
 
 Protocol
 --------
-Everything runs on ``VOLGAN_BENCH_THREADS`` CPU threads (default 1, as the anchor's published 3.4 s per
-iteration was taken on one thread), from random weights on random volumes kept in memory (data loading is not
-timed for anyone). The lazy regularisers make iterations unequal, so a timed call in the full run covers one
-whole 16-step cycle (steps 16k … 16k+15: exactly the schedule of a long run); with ``--quick`` a call runs one
-iteration of each kind that occurs in the cycle (e.g. with GP / without), so the table's median over-weights
-the regularised iterations — read the figures ``s/it amortised`` (per-kind times weighted by how often each kind
-occurs in 16 steps) and ``amortised vs anchor`` instead. One untimed warm-up iteration precedes the timing.
-Figures: parameters of G (synthesis / mapping) and D, seconds per iteration of each kind, amortised seconds
-per iteration and the amortised throughput ratio against the group's reference.
+Everything runs on ``VOLGAN_BENCH_THREADS`` CPU threads (default 1, as the anchor's published time was taken
+on one thread), from random weights on random volumes held in memory (data loading is not timed for anyone).
+The lazy regularisers make iterations unequal, so a timed call of group 1 in the full run covers one whole
+16-step cycle (steps 16k … 16k+15, exactly the mix of a long run: the table's ratio is then the amortised
+one); with ``--quick`` a call runs one iteration of each kind in the cycle (e.g. with GP / without), so the
+table's per-call throughput over-weights regularised iterations — read the figures ``s/it amortised``
+(per-kind median times weighted by how often each kind occurs in 16 steps) and ``amortised ratio``
+(reference s/it ÷ this s/it) instead. Before the first timed call each implementation runs one untimed plain
+iteration. Medians of 2 calls (full) or 1 (``--quick``). Figures: parameters of G (synthesis / mapping) and D,
+seconds per iteration of each kind, amortised seconds per iteration and volumes/s, amortised ratio. Peak memory
+is not reported: on the CPU it cannot be separated per case cheaply.
 
     .venv/bin/python benchmarks/run.py train [--quick]
 """
@@ -694,20 +706,25 @@ class OursTrainer:
 class _Timed:
     """Runs an implementation's iterations at chosen steps and keeps per-kind timings."""
 
-    def __init__(self, impl, reals: torch.Tensor, batch: int, quick: bool):
+    def __init__(self, impl, reals: torch.Tensor, batch: int, quick: bool, mode: Optional[str] = None):
         self.impl, self.reals, self.batch, self.quick = impl, reals, batch, quick
         self.cycle = 1                                       # cycles start at 16: step 0 is nothing special
         self.times: dict[str, list[float]] = {}
         self.warmed = False
-        self.lazy = len({impl.kind(s) for s in range(CYCLE, 2 * CYCLE)}) > 1
+        lazy = len({impl.kind(s) for s in range(CYCLE, 2 * CYCLE)}) > 1
+        # "cycle": 16 consecutive steps per call; "kinds": one step of each kind; "plain": one plain step;
+        # "alike" (no lazy regularisers): 1 (quick) or 2 steps per call
+        self.mode = mode or (("kinds" if quick else "cycle") if lazy else "alike")
 
     def steps(self) -> list[int]:
         """Step numbers of the next timed call."""
         base = CYCLE * self.cycle
-        if not self.lazy:                                    # every iteration alike: 1 (quick) or 2 per call
+        if self.mode == "alike":
             return list(range(base, base + (1 if self.quick else 2)))
-        if not self.quick:
+        if self.mode == "cycle":
             return list(range(base, base + CYCLE))           # one whole cycle of the lazy regularisers
+        if self.mode == "plain":
+            return [next(s for s in range(base, base + CYCLE) if self.impl.kind(s) == "plain")]
         seen, out = set(), []
         for s in range(base, base + CYCLE):                  # one iteration of each kind in the cycle
             k = self.impl.kind(s)
@@ -745,22 +762,27 @@ class _Timed:
                 self.times.setdefault(k, []).append(dt)
         return self.figures()
 
-    def amortised(self) -> float:
+    def amortised(self) -> Optional[float]:
         """Seconds per iteration over a 16-step cycle: per-kind median times weighted by their frequency."""
         med = {k: statistics.median(v) for k, v in self.times.items()}
-        return sum(med.get(self.impl.kind(s), med.get("plain", 0.0)) for s in range(CYCLE, 2 * CYCLE)) / CYCLE
+        kinds = [self.impl.kind(s) for s in range(CYCLE, 2 * CYCLE)]
+        if any(k not in med for k in kinds):
+            return None                                      # not every kind measured ("plain" mode)
+        return sum(med[k] for k in kinds) / CYCLE
 
     def figures(self) -> dict:
         fig: dict = dict(self.impl.n_params())
         for k, v in sorted(self.times.items()):
             fig[f"s/it {k}"] = statistics.median(v)
-        fig["s/it amortised"] = self.amortised()
-        fig["volumes/s amortised"] = self.batch / fig["s/it amortised"]
+        am = self.amortised()
+        if am is not None:
+            fig["s/it amortised"] = am
+            fig["volumes/s amortised"] = self.batch / am
         return fig
 
 
 class _Group:
-    """Cases of one group; the reference's amortised time gives the others an ``amortised vs anchor`` figure.
+    """Cases of one group; the reference's amortised time gives the others an ``amortised ratio`` figure.
 
     Implementations are built lazily (on the first untimed warm-up), on ``THREADS`` threads.
     """
@@ -771,13 +793,13 @@ class _Group:
         self.cases: list[Case] = []
 
     def add(self, label: str, make: Callable[[], object], reals_fn: Callable[[], torch.Tensor], batch: int,
-            reference: bool = False, repeats: Optional[int] = None) -> None:
+            reference: bool = False, repeats: Optional[int] = None, mode: Optional[str] = None) -> None:
         state: dict = {}
 
         def timed() -> _Timed:
             if "t" not in state:
                 with _threads(THREADS):
-                    state["t"] = _Timed(make(), reals_fn(), batch, self.quick)
+                    state["t"] = _Timed(make(), reals_fn(), batch, self.quick, mode)
                 if reference:
                     self.ref = state["t"]
             return state["t"]
@@ -791,7 +813,9 @@ class _Group:
             t = timed()
             fig = t()
             if not reference and self.ref is not None and self.ref.times:
-                fig["amortised vs anchor"] = self.ref.amortised() / t.amortised()
+                a, b = self.ref.amortised(), t.amortised()
+                if a is not None and b is not None:
+                    fig["amortised ratio"] = a / b          # reference s/it ÷ this s/it (> 1: faster)
             return fig
 
         case = Case(self.name, label, fn, setup=setup, repeats=repeats or (1 if self.quick else 2), warmup=0,
@@ -825,23 +849,24 @@ def cases(quick: bool) -> list[Case]:
     from GANTrainerLib.presets import get_preset
 
     pre = get_preset("cow-stylegan")
-    scale, batch = (0.5, 2) if quick else (1.0, 8)
+    scale = 0.5 if quick else 1.0
+    batch = int(os.environ.get("VOLGAN_BENCH_PRESET_BATCH", "2"))
     gen, dis = dict(pre["generator"]), dict(pre["discriminator"])
     for d in (gen, dis):
         d["channel_base"] = int(d["channel_base"] * scale)
         d["channel_max"] = int(d["channel_max"] * scale)
-    label = "cow-stylegan" + ("" if scale == 1 else f" at {scale:g}× capacity")
-    g2 = _Group(f"CoW preset 32x128x128 bs{batch}" + ("" if scale == 1 else f" ({scale:g}x capacity)"), quick)
-    g2.add(f"GANTrainerLib {label}, fp32", lambda: OursTrainer("cow-stylegan", gen, dis, amp="off", batch=batch),
-           _reals(batch, (32, 128, 128), -1.0, 1.0), batch, reference=True)
-    g2.add(f"GANTrainerLib {label}, bf16 autocast",
-           lambda: OursTrainer("cow-stylegan", gen, dis, amp="bf16", batch=batch),
-           _reals(batch, (32, 128, 128), -1.0, 1.0), batch)
+    cap = "" if scale == 1 else f", {scale:g}x capacity"
+    g2 = _Group(f"CoW preset 32x128x128 bs{batch}{cap}", quick)
+    for amp, name in (("off", "fp32"), ("bf16", "bf16 autocast")):
+        g2.add(f"GANTrainerLib cow-stylegan, {name}",
+               lambda amp=amp: OursTrainer("cow-stylegan", gen, dis, amp=amp, batch=batch, augment_p=0.5),
+               _reals(batch, (32, 128, 128), -1.0, 1.0), batch, reference=amp == "off", repeats=1,
+               mode="plain" if quick else "kinds")
     out += g2.cases
 
     # ---- 3. spongiosa progressive WGAN-GP at 32³ (α = 1) ----
     g3 = _Group("spongiosa PGAN 32^3 bs16", quick)
-    reps = 1 if quick else 3
+    reps = 1 if quick else 2
     g3.add("spongiosa anchor (re-implemented)", lambda: SpongiosaAnchor(batch_size=16),
            _reals(16, (32, 32, 32), -1.0, 1.0), 16, reference=True, repeats=reps)
     g3.add("GANTrainerLib spongiosa-pgan, fp32", lambda: OursTrainer("spongiosa-pgan", amp="off"),

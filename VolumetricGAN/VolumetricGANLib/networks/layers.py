@@ -442,7 +442,7 @@ class ModulatedConv3d(nn.Module):
         Clamp activations to ±conv_clamp (fp16 safety).
     fused_modconv : bool or "auto"
         Force the grouped (True) or activation-scaling (False) path; "auto" picks grouped for batch ≤ 4
-        outside autocast.
+        outside autocast, unless the activations are channels-last (training with channels-last weights).
     """
 
     def __init__(
@@ -484,6 +484,8 @@ class ModulatedConv3d(nn.Module):
     def _fused(self, x: torch.Tensor) -> bool:
         if self.fused_modconv != "auto":
             return bool(self.fused_modconv)
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d):
+            return False  # channels-last activations: the grouped conv would copy them to NCDHW and run slower
         return x.shape[0] <= 4 and not torch.is_autocast_enabled(x.device.type) and x.dtype == torch.float32
 
     def forward(

@@ -158,7 +158,7 @@ class _SynthesisBlock(nn.Module):
         n = ws.shape[0]
         if self.is_first:
             x = self.const.to(ws.dtype).unsqueeze(0).repeat(n, 1, 1, 1, 1)
-            x = self.conv1(x, ws[:, 0], noise_mode, noise[0])
+            x = self.conv1(like_weight_layout(x, self.conv1.weight), ws[:, 0], noise_mode, noise[0])
         elif self.architecture == "resnet":
             y = self.skip(x, gain=math.sqrt(0.5))
             x = self.conv0(x, ws[:, 0], noise_mode, noise[0])

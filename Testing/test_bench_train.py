@@ -1,0 +1,92 @@
+"""benchmarks/bench_train.py: every implementation it times still trains (one tiny iteration each), so the
+re-implemented anchors cannot rot unnoticed."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+
+TINY_G = dict(z_dim=32, w_dim=32, output_shape=[8, 16, 16], base_shape=[2, 4, 4], channel_base=16, channel_max=16,
+              mapping_layers=2)
+TINY_D = dict(img_shape=[8, 16, 16], base_shape=[2, 4, 4], channel_base=16, channel_max=16, mbstd_group_size=2)
+
+
+@pytest.fixture(scope="module")
+def bt():
+    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _snapshot(*modules):
+    return [p.detach().clone() for m in modules for p in m.parameters()]
+
+
+def _changed(before, *modules) -> bool:
+    after = [p.detach() for m in modules for p in m.parameters()]
+    return any(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+def _check(out: dict) -> None:
+    assert math.isfinite(out["loss_D"]) and math.isfinite(out["loss_G"]), out
+    assert out.get("ok", True)
+
+
+def test_cow_anchor_reimplementation_trains(bt):
+    torch.manual_seed(0)
+    a = bt.CowAnchor(image_size=16, depth=8, network_capacity=2, fmap_max=16, latent_dim=32, style_depth=2,
+                     batch_size=2)
+    assert a.kind(0) == "gp" and a.kind(1) == "plain" and a.kind(5024) == "gp+pl"
+    reals = torch.rand(2, 1, 8, 16, 16)
+    before_g, before_d = _snapshot(a.G, a.S), _snapshot(a.D)
+    _check(a.iteration(reals))               # step 0: with the gradient penalty
+    assert _changed(before_g, a.G, a.S) and _changed(before_d, a.D)
+    a.steps = 5024                           # a path-length step of the late schedule
+    _check(a.iteration(reals))
+    _check(a.iteration(reals))               # and a second one, now against the running mean
+
+
+@pytest.mark.parametrize("preset, kw", [("cow-stylegan-anchor", dict(accumulate=1)),
+                                        ("cow-stylegan", dict(augment_p=0.5)),
+                                        ("cow-stylegan", dict(amp="bf16"))])
+def test_ours_stylegan_iteration_trains(bt, preset, kw):
+    o = bt.OursTrainer(preset, TINY_G, TINY_D, batch=2, **kw)
+    reals = torch.rand(2, 1, 8, 16, 16) * 2 - 1
+    before_g, before_d, before_ema = _snapshot(o.G), _snapshot(o.D), _snapshot(o.parts.G_ema)
+    o.steps = 0                              # R1 (and, for cow-stylegan, path length) at step 0
+    _check(o.iteration(reals))
+    assert _changed(before_g, o.G) and _changed(before_d, o.D) and _changed(before_ema, o.parts.G_ema)
+    assert o.n_params()["params_G_synthesis"] > 0
+
+
+def test_spongiosa_anchor_and_ours_train(bt):
+    torch.manual_seed(0)
+    a = bt.SpongiosaAnchor(max_res=1, batch_size=4)
+    reals = torch.rand(4, 1, 8, 8, 8) * 2 - 1
+    before = _snapshot(a.netG, a.netD)
+    _check(a.iteration(reals))
+    assert _changed(before, a.netG) and _changed(before, a.netD)
+    o = bt.OursTrainer("spongiosa-pgan", generator=dict(max_res=1, nch=1),
+                       discriminator=dict(max_res=1, nch=1, mbstd_group_size=0), batch=4)
+    assert o.n_params() == a.n_params()      # the same layout on both sides
+    before = _snapshot(o.G, o.D)
+    _check(o.iteration(reals))
+    assert _changed(before, o.G) and _changed(before, o.D)
+
+
+def test_timing_amortises_over_the_regulariser_cycle(bt):
+    a = bt.CowAnchor(image_size=16, depth=8, network_capacity=2, fmap_max=16, latent_dim=32, style_depth=2,
+                     batch_size=2)
+    t = bt._Timed(a, torch.rand(2, 1, 8, 16, 16), 2, quick=True)
+    assert t.steps() == [16, 17]             # one iteration of each kind: with GP, without
+    fig = t()
+    assert {"s/it gp", "s/it plain", "s/it amortised", "params_G_synthesis"} <= set(fig)
+    expect = (fig["s/it gp"] + 15 * fig["s/it plain"]) / 16
+    assert fig["s/it amortised"] == pytest.approx(expect)
