@@ -256,14 +256,18 @@ def test_batch_over_arrays_in_worker_processes_keeps_order_and_reports_failures(
         batch_bone_morphometry(stack)
 
 
-@pytest.mark.parametrize("with_roi", [False, True])
-def test_surface_in_parallel_slabs_equals_one_pass(with_roi):
+@pytest.mark.parametrize("with_roi,fork", [(False, True), (True, True), (True, False)])
+def test_surface_in_parallel_slabs_equals_one_pass(with_roi, fork, monkeypatch):
     """Slabs (with one context cube layer each side) give the single-pass mesh's area, SMI flow and MIL."""
     from skimage.measure import marching_cubes
 
     from MorphometryLib.anisotropy import fibonacci_directions, mil_from_pooled_normals, pool_normals
     from MorphometryLib.surface import _smoothed_padded, face_cross, surface_mesh, surface_statistics
 
+    from MorphometryLib.surface import _can_fork
+
+    monkeypatch.setenv("VOLGAN_NO_FORK", "0" if fork else "1")
+    assert _can_fork() == (fork and hasattr(__import__("os"), "fork"))  # forked processes, or threads
     mask = random_structure((100, 40, 44), 2.0, 0.3, seed=5)
     sp = (0.05, 0.04, 0.03)
     roi = None
@@ -296,3 +300,19 @@ def test_surface_in_parallel_slabs_equals_one_pass(with_roi):
     assert int(keep.sum()) == one["faces"]
     assert 0.5 * np.linalg.norm(fc.astype(np.float64), axis=1).sum() == pytest.approx(one["area"], rel=1e-6)
     np.testing.assert_allclose(mil(pool_normals(0.5 * fc)), mil(one["pooled_normals"]), rtol=1e-5)
+
+
+def test_a_failing_slab_worker_is_reported():
+    from MorphometryLib.surface import _can_fork, _fork_map
+
+    if not _can_fork():
+        pytest.skip("no fork on this platform: slabs run in threads (tested above)")
+
+    def fn(item):
+        if item == 0:
+            raise ValueError("broken slab")
+        return item * 2
+
+    assert _fork_map(fn, [1, 2, 3]) == [2, 4, 6]
+    with pytest.raises(RuntimeError, match="worker process failed: ValueError: broken slab"):
+        _fork_map(fn, [0, 1])

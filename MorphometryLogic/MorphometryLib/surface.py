@@ -117,9 +117,70 @@ def _slab_mesh(field: np.ndarray, z0: int, z1: int, shape: np.ndarray, roi):
     return verts, faces, own, normals
 
 
-def _map_slabs(fn, mask, sigma, workers, roi):
-    """Run ``fn(verts, faces, own, normals)`` (see :func:`_slab_mesh`) on every slab of the smoothed, padded ``mask`` in a thread pool
-    (marching cubes and the NumPy passes release the GIL), in slab order."""
+def _can_fork() -> bool:
+    """Whether slabs may run in forked processes: Linux/macOS ``fork``, the main thread, and not inside the
+    Slicer application (never fork a Qt GUI process); ``VOLGAN_NO_FORK=1`` turns it off."""
+    import multiprocessing as mp
+    import os
+    import sys
+    import threading
+
+    return (hasattr(os, "fork") and "fork" in mp.get_all_start_methods() and os.environ.get("VOLGAN_NO_FORK") != "1"
+            and threading.current_thread() is threading.main_thread()
+            and not any(name in sys.modules for name in ("qt", "PythonQt", "PyQt5", "PySide2", "PySide6")))
+
+
+def _fork_map(fn, items: list) -> list:
+    """``[fn(item) for item in items]`` with all but the last item in forked child processes (which inherit
+    the arrays ``fn`` closes over without copying); results come back pickled through pipes, so ``fn``
+    should return small values. A child that fails or dies raises here, naming what happened."""
+    import multiprocessing as mp
+    import warnings
+
+    ctx = mp.get_context("fork")
+    jobs = []
+
+    def child(item, conn):
+        try:
+            conn.send(("ok", fn(item)))
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        finally:
+            conn.close()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "multi-threaded process forked" (py ≥ 3.12)
+        for item in items[:-1]:
+            recv, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=child, args=(item, send), daemon=True)
+            proc.start()
+            send.close()
+            jobs.append((proc, recv))
+    try:
+        last = fn(items[-1])
+        out = []
+        for proc, recv in jobs:
+            try:
+                status, value = recv.recv()
+            except EOFError:
+                proc.join()
+                raise RuntimeError(f"surface: a worker process died (exit code {proc.exitcode})") from None
+            if status != "ok":
+                raise RuntimeError(f"surface: a worker process failed: {value}")
+            out.append(value)
+        return out + [last]
+    finally:
+        for proc, recv in jobs:
+            recv.close()
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+
+
+def _map_slabs(fn, mask, sigma, workers, roi, processes: bool = False):
+    """Run ``fn(verts, faces, own, normals)`` (see :func:`_slab_mesh`) on every slab of the smoothed, padded
+    ``mask``, in slab order: in forked processes when ``processes`` (and :func:`_can_fork`; ``fn`` must then
+    return small values — marching cubes holds the GIL for much of its time), else in a thread pool."""
     from concurrent.futures import ThreadPoolExecutor
 
     field = _smoothed_padded(mask, sigma)
@@ -132,6 +193,8 @@ def _map_slabs(fn, mask, sigma, workers, roi):
 
     if len(slabs) == 1:
         return [one(slabs[0])]
+    if processes and _can_fork():
+        return _fork_map(one, slabs)
     with ThreadPoolExecutor(len(slabs)) as ex:
         return list(ex.map(one, slabs))
 
@@ -231,7 +294,7 @@ def surface_statistics(
             pooled = pool_normals(0.5 * fco)
         return area, dadr, len(fo), pooled
 
-    parts = _map_slabs(stats, mask, sigma, workers, roi)
+    parts = _map_slabs(stats, mask, sigma, workers, roi, processes=True)
     pooled = None
     if normal_bins:
         got = [p[3] for p in parts if p[3] is not None]
