@@ -156,8 +156,13 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.ui.progressBar.setValue(int(1000 * kimg / total) if total else 0)
         eta = status.get("eta_s")
         eta_text = _(", about {m:.0f} min left").format(m=eta / 60) if eta and status.get("running") else ""
-        self.ui.statusLabel.text = _("{state}: step {step}, {kimg:.2f} of {total:g} kimg{eta}").format(
-            state=status.get("state", "?"), step=status.get("step", 0), kimg=kimg, total=total, eta=eta_text)
+        best = status.get("best") or {}
+        best_text = _("; best {name} {value:.4g} at step {step}").format(
+            name=best.get("metric_name") or _("metric"), value=best["metric"], step=best.get("step", "?")) \
+            if best.get("metric") is not None else ""
+        self.ui.statusLabel.text = _("{state}: step {step}, {kimg:.2f} of {total:g} kimg{eta}{best}").format(
+            state=status.get("state", "?"), step=status.get("step", 0), kimg=kimg, total=total, eta=eta_text,
+            best=best_text)
         self.ui.trainingLogTextEdit.setPlainText(proc.lastLogLines(30))
         chart = updateLossPlot(self.logic, proc.runFolder, chartNode=self.lossChart)
         if chart is not None:
