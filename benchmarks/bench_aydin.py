@@ -20,7 +20,6 @@ Extra figure: ``max_abs_diff_vs_peer`` on the same z and noise (their tensor lay
 
 from __future__ import annotations
 
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -35,119 +34,11 @@ ANCHOR = ROOT.parent / "shared" / "anchors" / "cow_stylegan_c24_tiny"
 
 
 def _authors_peer(sd: dict, image_size: int, network_capacity: int, lr_mlp: float, fmap_max: int = 512):
-    """Their generator as their code lays it out (re-typed from its description; not VolumetricGANLib)."""
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
+    """Their generator as their code lays it out: the anchor re-implementation of ``bench_train`` (re-typed from
+    their description; not VolumetricGANLib), loaded with their state dict (``strict=True``)."""
+    from bench_train import _AnchorGenerator, _StyleVectorizer
 
-    class EqualLinear(nn.Module):
-        def __init__(self, d, lr_mul):
-            super().__init__()
-            self.weight = nn.Parameter(torch.randn(d, d))
-            self.bias = nn.Parameter(torch.zeros(d))
-            self.lr_mul = lr_mul
-
-        def forward(self, x):
-            return F.linear(x, self.weight * self.lr_mul, bias=self.bias * self.lr_mul)
-
-    class StyleVectorizer(nn.Module):
-        def __init__(self, d, depth, lr_mul):
-            super().__init__()
-            layers = []
-            for _ in range(depth):
-                layers += [EqualLinear(d, lr_mul), nn.LeakyReLU(0.2, inplace=True)]
-            self.net = nn.Sequential(*layers)
-
-        def forward(self, x):
-            return self.net(F.normalize(x, dim=1))
-
-    class Blur(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.register_buffer("f", torch.tensor([1.0, 2.0, 1.0]))
-
-        def forward(self, x):
-            f = self.f
-            k = f[:, None, None] * f[None, :, None] * f[None, None, :]
-            k = (k / k.sum()).expand(x.shape[1], 1, 3, 3, 3)
-            return F.conv3d(F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
-
-    class Conv3DMod(nn.Module):
-        def __init__(self, cin, cout, k, demod=True):
-            super().__init__()
-            self.filters, self.demod = cout, demod
-            self.weight = nn.Parameter(torch.randn(cout, cin, k, k, k))
-
-        def forward(self, x, y):
-            b, c, d, h, w = x.shape
-            weights = self.weight[None] * (y[:, None, :, None, None, None] + 1)
-            if self.demod:
-                weights = weights * torch.rsqrt((weights ** 2).sum(dim=(2, 3, 4, 5), keepdim=True) + 1e-8)
-            x = x.reshape(1, -1, d, h, w)
-            weights = weights.reshape(b * self.filters, *weights.shape[2:])
-            x = F.conv3d(x, weights, padding=self.weight.shape[-1] // 2, groups=b)
-            return x.reshape(-1, self.filters, d, h, w)
-
-    class GrayscaleBlock(nn.Module):
-        def __init__(self, latent, cin, upsample, xy):
-            super().__init__()
-            self.to_style = nn.Linear(latent, cin)
-            self.conv = Conv3DMod(cin, 1, 1, demod=False)
-            self.upsample = nn.Sequential(nn.Upsample(scale_factor=(1, 2, 2) if xy else 2, mode="trilinear",
-                                                      align_corners=False), Blur()) if upsample else None
-
-        def forward(self, x, prev, istyle):
-            x = self.conv(x, self.to_style(istyle))
-            if prev is not None:
-                x = x + prev
-            return self.upsample(x) if self.upsample is not None else x
-
-    class GeneratorBlock(nn.Module):
-        def __init__(self, latent, cin, cout, upsample, upsample_rgb, xy, xy_rgb):
-            super().__init__()
-            self.upsample = nn.Upsample(scale_factor=2, mode="trilinear", align_corners=False) \
-                if upsample and not xy else None
-            self.xy_upsample = nn.Upsample(scale_factor=(1, 2, 2), mode="trilinear", align_corners=False) if xy else None
-            self.to_style1, self.to_noise1 = nn.Linear(latent, cin), nn.Linear(1, cout)
-            self.conv1 = Conv3DMod(cin, cout, 3)
-            self.to_style2, self.to_noise2 = nn.Linear(latent, cout), nn.Linear(1, cout)
-            self.conv2 = Conv3DMod(cout, cout, 3)
-            self.act = nn.LeakyReLU(0.2, inplace=True)
-            self.to_grayscale = GrayscaleBlock(latent, cout, upsample_rgb, xy_rgb)
-
-        def forward(self, x, prev_rgb, istyle, inoise):
-            if self.upsample is not None:
-                x = self.upsample(x)
-            elif self.xy_upsample is not None:
-                x = self.xy_upsample(x)
-            inoise = inoise[:, :x.shape[2], :x.shape[3], :x.shape[4], :]
-            n1 = self.to_noise1(inoise).permute((0, 4, 1, 2, 3))
-            n2 = self.to_noise2(inoise).permute((0, 4, 1, 2, 3))
-            x = self.act(self.conv1(x, self.to_style1(istyle)) + n1)
-            x = self.act(self.conv2(x, self.to_style2(istyle)) + n2)
-            return x, self.to_grayscale(x, prev_rgb, istyle)
-
-    class Generator(nn.Module):
-        def __init__(self, latent=512):
-            super().__init__()
-            self.num_layers = int(math.log2(image_size) - 1)
-            n_z = int(math.log2(32) - 2)
-            filters = [min(fmap_max, network_capacity * 2 ** (i + 1)) for i in range(self.num_layers)][::-1]
-            filters = [filters[0], *filters]
-            self.initial_block = nn.Parameter(torch.randn(1, filters[0], 4, 4, 4))
-            self.initial_conv = nn.Conv3d(filters[0], filters[0], 3, padding=1)
-            self.blocks = nn.ModuleList(
-                GeneratorBlock(latent, ci, co, ind != 0, ind != self.num_layers - 1, ind > n_z, ind >= n_z)
-                for ind, (ci, co) in enumerate(zip(filters[:-1], filters[1:])))
-
-        def forward(self, styles, noise):
-            x = self.initial_conv(self.initial_block.expand(styles.shape[0], -1, -1, -1, -1))
-            rgb = None
-            for style, block in zip(styles.transpose(0, 1), self.blocks):
-                x, rgb = block(x, rgb, style, noise)
-            return rgb
-
-    S, G = StyleVectorizer(512, 8, lr_mlp), Generator()
+    S, G = _StyleVectorizer(512, 8, lr_mlp), _AnchorGenerator(image_size, 32, 512, network_capacity, fmap_max)
     S.load_state_dict({k[3:]: v for k, v in sd.items() if k.startswith("SE.")}, strict=True)
     G.load_state_dict({k[3:]: v for k, v in sd.items() if k.startswith("GE.")}, strict=True)
     return S.eval(), G.eval()

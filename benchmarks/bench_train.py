@@ -118,17 +118,21 @@ def _threads(n: int):
 # =============================================================================================================
 # The CoW anchor's training iteration, re-typed in its own structure (lucidrains-style 3-D StyleGAN2).
 # =============================================================================================================
-def _blur3d(x: torch.Tensor) -> torch.Tensor:
+def _blur3d(x: torch.Tensor, f: torch.Tensor | None = None) -> torch.Tensor:
     """Their ``Blur``: kornia ``filter3d`` with a normalised [1, 2, 1]³ kernel and replicate borders."""
-    f = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
+    f = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device) if f is None else f.to(x.dtype)
     k = f[:, None, None] * f[None, :, None] * f[None, None, :]
     k = (k / k.sum()).expand(x.shape[1], 1, 3, 3, 3)
     return F.conv3d(F.pad(x, (1, 1, 1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
 
 
 class _Blur(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("f", torch.tensor([1.0, 2.0, 1.0]))  # a buffer, as theirs (it is in their state dicts)
+
     def forward(self, x):
-        return _blur3d(x)
+        return _blur3d(x, self.f)
 
 
 class _AnchorEqualLinear(nn.Module):
