@@ -307,7 +307,11 @@ def steer(
                 # with the exact measures themselves, a (1+K) evolution strategy with a 1/5-rule-like step size
                 near = stuck[best_err[stuck] < polish_within * tolerance]
                 if near.size and polish_rounds:
+                    searched = near.copy()
                     for _ in range(polish_rounds):
+                        near = near[best_err[near] > tolerance]  # done ones leave the search
+                        if not near.size:
+                            break
                         gen = torch.Generator(device="cpu").manual_seed(seed * 1000003 + step * 101 + _)
                         base = best_z[torch.as_tensor(near, device=dev)]
                         noise = torch.randn((len(near), polish_k, base.shape[1]), generator=gen).to(dev)
@@ -328,9 +332,9 @@ def steer(
                                 sigma[i] *= 0.6
                         polished += len(near)
                     with torch.no_grad():
-                        z[torch.as_tensor(near, device=dev)] = best_z[torch.as_tensor(near, device=dev)]
+                        idx = torch.as_tensor(searched, device=dev)
+                        z[idx] = best_z[idx]
                     success = best_err <= tolerance
-                    near = near[~success[near]]
                 # far and stuck: start again from the next-nearest pool member
                 far = np.setdiff1d(stuck, np.flatnonzero(best_err < polish_within * tolerance))
                 if order is not None and far.size:
