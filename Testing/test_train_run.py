@@ -93,3 +93,21 @@ def test_keeping_no_checkpoint_is_refused(tmp_path):
 
     with pytest.raises(VolGANError, match="at least 1"):
         TrainingRun(tmp_path / "run", keep_last=0, tensorboard=False)
+
+
+def test_demo_prefers_a_shipped_model_over_its_smoke_run(tmp_path, monkeypatch):
+    from GANTrainerLib import demo
+
+    smoke = tmp_path / "out" / "runs" / "tiny-spongiosa" / "checkpoints"
+    smoke.mkdir(parents=True)
+    (smoke / "ckpt-0000006.vgan").write_bytes(b"x")
+    shipped = tmp_path / "models"
+    shipped.mkdir()
+    monkeypatch.setattr(demo, "SHIPPED_MODELS", shipped)
+    path, how = demo.demo_model(tmp_path / "out", "tiny-spongiosa")
+    assert path.name == "ckpt-0000006.vgan" and "smoke-run" in how
+    (shipped / "tiny-spongiosa.vgan").write_bytes(b"x")
+    assert demo.demo_model(tmp_path / "out", "tiny-spongiosa")[0].name == "tiny-spongiosa.vgan"
+    (shipped / "spongiosa-pgan.vgan").write_bytes(b"x")  # the full preset's model wins over the tiny one
+    path, how = demo.demo_model(tmp_path / "out", "tiny-spongiosa")
+    assert path.name == "spongiosa-pgan.vgan" and "shipped" in how

@@ -185,14 +185,19 @@ def step_evaluate(out: Path, log: list[str]) -> dict:
 SHIPPED_MODELS = Path(__file__).resolve().parents[2] / "VolumetricGAN" / "Resources" / "Models"
 
 
+_SHIPPED_NAMES = {"tiny-spongiosa": ("spongiosa-pgan", "tiny-spongiosa"), "tiny-cow": ("cow-stylegan", "tiny-cow")}
+
+
 def demo_model(out: Path, preset: str) -> tuple[Path, str]:
-    """The shipped model for ``preset``'s anatomy (``VolumetricGAN/Resources/Models/<preset>.vgan``) if the
-    extension has one, else the demo's own smoke-run checkpoint; returns (path, how it was obtained)."""
+    """The shipped model for ``preset``'s anatomy (``VolumetricGAN/Resources/Models/<name>.vgan``, the full preset's
+    name first, then the tiny one's) if the extension has one, else the demo's own smoke-run checkpoint; returns
+    (path, how it was obtained)."""
     from .run import latest_checkpoint
 
-    shipped = SHIPPED_MODELS / f"{preset}.vgan"
-    if shipped.is_file():
-        return shipped, f"shipped model `{shipped.name}`"
+    for name in _SHIPPED_NAMES.get(preset, (preset,)):
+        shipped = SHIPPED_MODELS / f"{name}.vgan"
+        if shipped.is_file():
+            return shipped, f"shipped model `{shipped.name}`"
     return latest_checkpoint(out / "runs" / preset), f"the `{preset}` smoke-run checkpoint"
 
 
