@@ -3,7 +3,7 @@
 One dataset per training regime (``Dataset<id>_<name><Regime>``), so the real nnU-Net can be trained on exactly
 the same data and split::
 
-    DatasetXXX_Name/
+    Dataset<id>_<name><Regime>/
         dataset.json          channel_names, labels {name: id} incl. background, numTraining, file_ending
         imagesTr/<case>_0000.nii.gz
         labelsTr/<case>.nii.gz
@@ -12,7 +12,7 @@ the same data and split::
 
 nnU-Net v2 needs consecutive label values, so the TopCoW id 15 (3rd-A2) is written as 13; ``dataset.json`` keeps
 the original ids under ``volgan_original_label_ids`` (nnU-Net ignores unknown keys). nnU-Net reads the split from
-``nnUNet_preprocessed/DatasetXXX_Name/splits_final.json``: copy the file there after
+``nnUNet_preprocessed/Dataset<id>_<name><Regime>/splits_final.json``: copy the file there after
 ``nnUNetv2_plan_and_preprocess`` and train folds 0..k-1. Synthetic cases labelled by a per-fold teacher appear
 once per fold (``syn_f<k>_<case>``, identical images hard-linked where the file system allows).
 """
