@@ -104,6 +104,12 @@ def _render(model, intensity, hyper: bool):
     return render, render_np
 
 
+def _ratio(num: np.ndarray, den: np.ndarray, eps: float = 1e-9) -> np.ndarray:
+    """``num / den`` where ``den`` is finite and ``|den| > eps``, else 1 (no correction)."""
+    ok = np.isfinite(den) & (np.abs(den) > eps)
+    return np.where(ok, num / np.where(ok, den, 1.0), 1.0)
+
+
 def _assign(pool_vals: np.ndarray, goal: np.ndarray) -> np.ndarray:
     """Pool member for every target (rows of ``goal``), greedily by the squared relative errors (the success
     criterion's terms), each used once while enough remain. Returns (N, P) pool indices ordered by
@@ -234,8 +240,7 @@ def steer(
         scale = 0.1 * np.nanmean(np.abs(soft0), axis=0)
     scale = torch.as_tensor(np.maximum(scale, 1e-6), dtype=torch.float32, device=dev)
     # proxy targets: each proxy's start value moved by the exact measure's required ratio (calibrated later)
-    ratio = np.where(np.isfinite(exact0) & (np.abs(exact0) > 1e-9), soft0 / np.where(exact0 == 0, 1, exact0), 1.0)
-    proxy_goal = torch.as_tensor(goal * ratio, dtype=torch.float32, device=dev)
+    proxy_goal = torch.as_tensor(goal * _ratio(soft0, exact0), dtype=torch.float32, device=dev)
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.Adam([z], lr=lr)
     traj = {k: [exact0[:, j].tolist()] for j, k in enumerate(names)}
@@ -267,8 +272,6 @@ def steer(
             steps_run = step
             act = np.flatnonzero(~success)
             opt.zero_grad(set_to_none=False)
-            if z.grad is not None:
-                z.grad.zero_()
             for c0 in range(0, len(act), micro):
                 idx = torch.as_tensor(act[c0:c0 + micro], device=dev)
                 x = render(z[idx])
@@ -298,8 +301,7 @@ def steer(
                 best_err = np.where(better, worst, best_err)
                 success = best_err <= tolerance
                 stall = np.where(better, 0, stall + 1)
-                corr = np.clip(np.where(np.isfinite(exact) & (exact != 0), goal / np.where(exact == 0, 1, exact), 1.0),
-                               0.8, 1.25)
+                corr = np.clip(_ratio(goal, exact, eps=0.0), 0.8, 1.25)
                 corr[success] = 1.0
                 proxy_goal = proxy_goal * torch.as_tensor(corr, dtype=torch.float32, device=dev)
                 stuck = np.flatnonzero(~success & (stall >= 2))
@@ -345,9 +347,7 @@ def steer(
                             cand_i = int(order[i, next_candidate[i]])
                             next_candidate[i] += 1
                             z[i] = pool_z[cand_i]
-                            e0 = pool_exact[cand_i]
-                            s0 = pool_soft[cand_i]
-                            r0 = np.where(np.isfinite(e0) & (np.abs(e0) > 1e-9), s0 / np.where(e0 == 0, 1, e0), 1.0)
+                            r0 = _ratio(pool_soft[cand_i], pool_exact[cand_i])
                             proxy_goal[i] = torch.as_tensor(goal[i] * r0, dtype=torch.float32, device=dev)
                             stall[i] = 0
                             restarts += 1
