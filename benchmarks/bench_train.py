@@ -509,6 +509,14 @@ def _sp_channels(i, nch):
     return int(nch * 2 ** (8 - max(3, i)))
 
 
+def _sp_init(module: nn.Module) -> None:
+    """Their initialisation: N(0, 1) conv weights (WScale does the scaling), zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.normal_(m.weight, 0, 1)
+            nn.init.constant_(m.bias, 0)
+
+
 class _SpongiosaGenerator(nn.Module):
     def __init__(self, max_res=3, nch=1):
         super().__init__()
@@ -525,10 +533,7 @@ class _SpongiosaGenerator(nn.Module):
             self.blocks.append(nn.Sequential(OrderedDict([("conv0", _sp_conv(nin, nout, act=act, pn=True)),
                                                           ("conv1", _sp_conv(nout, nout, act=act, pn=True))])))
         self.pn = _PixelNorm()
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.normal_(m.weight, 0, 1)
-                nn.init.constant_(m.bias, 0)
+        _sp_init(self)
 
     def forward(self, z, progress=None):
         progress = self.max_res if progress is None else min(progress, self.max_res)
@@ -561,10 +566,7 @@ class _SpongiosaDiscriminator(nn.Module):
             nin, nout = _sp_channels(i + 1, nch), _sp_channels(i, nch)
             self.blocks.append(nn.Sequential(OrderedDict([("conv0", _sp_conv(nin, nin, act=act)),
                                                           ("conv1", _sp_conv(nin, nout, act=act))])))
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.normal_(m.weight, 0, 1)
-                nn.init.constant_(m.bias, 0)
+        _sp_init(self)
 
     def forward(self, x, progress=None):
         progress = self.max_res if progress is None else min(progress, self.max_res)
