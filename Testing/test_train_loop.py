@@ -163,3 +163,17 @@ def test_ddp_two_processes_with_gloo(data, tmp_path):
     ckpt = load_checkpoint(next(r["checkpoint"] for r in results if r["rank"] == 0))
     assert ckpt["training"]["nimg"] == 3 * 2 * 2                              # batch × world per step
     assert len(ckpt["training"]["latent_rng"]) == 2                            # both ranks' streams saved
+
+
+def test_phase_kimg_sets_the_progressive_schedule_and_is_refused_where_it_cannot_apply():
+    from GANTrainerLib.train import _Phase, settings_from_preset
+
+    s = settings_from_preset("tiny-spongiosa", phase_kimg=3)
+    assert s.progressive == {"kimg_per_phase": 3.0, "fade_fraction": 0.5}
+    phase = _Phase(s, 3)
+    assert [phase.progress(n) for n in (2999, 3000, 3750, 4500, 6000, 99000)] == [0.0, 0.0, 0.5, 1.0, 1.0, 3.0]
+    assert settings_from_preset("tiny-spongiosa").progressive["kimg_per_phase"] == 0.4  # preset untouched
+    with pytest.raises(VolGANError, match="does not grow progressively"):
+        settings_from_preset("tiny-cow", phase_kimg=1)
+    with pytest.raises(VolGANError, match="must be > 0"):
+        settings_from_preset("tiny-spongiosa", phase_kimg=0)

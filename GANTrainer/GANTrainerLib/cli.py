@@ -23,6 +23,8 @@ def register(sub) -> None:
     p.add_argument("--accumulate", type=int, help="gradient-accumulation micro-batches per step")
     p.add_argument("--kimg", type=float, help="training length in thousands of images")
     p.add_argument("--snapshot-kimg", type=float, help="checkpoint interval in kimg")
+    p.add_argument("--phase-kimg", type=float,
+                   help="progressive presets: kimg per resolution level (half fade-in, half stabilisation)")
     p.add_argument("--metrics-kimg", type=float,
                    help="quick-metrics interval in kimg (picks the best checkpoint; 0 = off; presets: every snapshot)")
     p.add_argument("--metrics-track", choices=["fd_quick", "morph_w1"],
@@ -41,7 +43,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import settings_from_preset, train
 
     settings = settings_from_preset(args.preset, amp=args.amp, batch=args.batch, accumulate=args.accumulate,
-                                    kimg=args.kimg, snapshot_kimg=args.snapshot_kimg, seed=args.seed,
+                                    kimg=args.kimg, snapshot_kimg=args.snapshot_kimg, phase_kimg=args.phase_kimg,
+                                    seed=args.seed,
                                     metrics_kimg=args.metrics_kimg, metrics_track=args.metrics_track,
                                     metrics_inception_weights=args.inception_weights,
                                     metrics_medicalnet_weights=args.medicalnet_weights)

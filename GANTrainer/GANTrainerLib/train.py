@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -100,7 +101,15 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
 
     cfg = get_preset(name)
     cfg["preset"] = name
+    phase_kimg = overrides.pop("phase_kimg", None)
     cfg.update({k: v for k, v in overrides.items() if v is not None})
+    if phase_kimg is not None:
+        if not cfg.get("progressive"):
+            raise VolGANError(f"--phase-kimg sets the progressive-growing schedule; preset '{name}' "
+                              f"({cfg.get('family')}) does not grow progressively")
+        if not phase_kimg > 0:
+            raise VolGANError(f"--phase-kimg must be > 0 (got {phase_kimg})")
+        cfg["progressive"] = dict(cfg["progressive"], kimg_per_phase=float(phase_kimg))
     known = {f.name for f in dataclasses.fields(TrainSettings)}
     unknown = sorted(set(cfg) - known)
     if unknown:
@@ -392,6 +401,9 @@ def train(
     autocast_dtype, use_scaler = resolve_amp(settings.amp, dev.type)
     out = Path(out)
     run = TrainingRun(out, keep_last=settings.keep_last) if dist.main else None
+    if run is not None:  # the log says how each session of the run was started (model cards quote it)
+        run.log(f"{'resume' if resume else 'start'}: {' '.join(sys.argv)} (device {dev}, world {dist.world}, "
+                f"amp {settings.amp}, torch threads {torch.get_num_threads()}, preset {settings.preset})")
 
     # -- data ------------------------------------------------------------------------------------------------
     pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.preprocess.items()})
