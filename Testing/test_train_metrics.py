@@ -26,9 +26,10 @@ def bone(tmp_path_factory):
 
 
 def tiny_bone(**kw):
-    """tiny-spongiosa (batch 8: one step = 0.008 kimg) with quick metrics at every step, last checkpoint kept."""
+    """tiny-spongiosa (batch 8: one step = 0.008 kimg) with quick metrics at every step, last checkpoint kept; at
+    full resolution from the start (below a progressive top level, quick metrics are not ranked)."""
     s = settings_from_preset("tiny-spongiosa", metrics_kimg=0.008, keep_last=1, metrics_n=6, metrics_morph_n=6)
-    return dataclasses.replace(s, snapshot_minutes=None, metrics_budget=None, **kw)
+    return dataclasses.replace(s, **{"snapshot_minutes": None, "metrics_budget": None, "progressive": None, **kw})
 
 
 def ckpt_names(out):

@@ -36,6 +36,19 @@ def register(sub) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke tests)")
     p.set_defaults(func=_cmd_train)
 
+    e = sub.add_parser("export", help="write a trained generator as a release model (.vgan + model card)",
+                       description="Keep the EMA generator of a run's best (or newest) checkpoint, drop the "
+                                   "discriminator and optimiser state, and write a model card quoting the run's "
+                                   "commands, quick metrics and log.")
+    e.add_argument("source", help="run folder (volgan train --out) or one checkpoint file")
+    e.add_argument("--out", required=True, help="model file to write (.vgan); the card goes beside it")
+    e.add_argument("--which", choices=["best", "latest"], default="best",
+                   help="from a run folder: best by the tracked quick metric (default) or the newest checkpoint")
+    e.add_argument("--name", help="model name for the config and card")
+    e.add_argument("--description", help="one paragraph for the model card")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    e.set_defaults(func=_cmd_export)
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from VolGANCore.cli import progress_from_args
@@ -55,3 +68,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or rank == 0:
         print(json.dumps(result))
     return 0 if result["state"] in ("finished", "stopped") else 1
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import describe, export_model
+
+    path = export_model(args.source, args.out, which=args.which, name=args.name, description=args.description,
+                        overwrite=args.overwrite)
+    print(describe(path))
+    return 0

@@ -274,8 +274,12 @@ class QuickMetrics:
         return (self.budget is not None and self.evaluations > 0
                 and self.spent_s > float(self.budget) * max(float(elapsed_s), 1e-9))
 
-    def evaluate(self, G, forward_kwargs: Mapping[str, Any], step: int) -> tuple[dict[str, float], bool]:
-        """Measure the quick metrics of ``G`` at ``step``; returns (values, whether the tracked one improved)."""
+    def evaluate(self, G, forward_kwargs: Mapping[str, Any], step: int,
+                 ranked: bool = True) -> tuple[dict[str, float], bool]:
+        """Measure the quick metrics of ``G`` at ``step``; returns (values, whether the tracked one improved).
+
+        ``ranked=False`` measures without competing for the best (a progressive generator below its top level).
+        """
         with _isolated_rng():
             ref = self.reference()
             t0 = time.perf_counter()
@@ -292,7 +296,8 @@ class QuickMetrics:
         self.evaluations += 1
         values["seconds"] = dt
         tracked = values.get(self.track)
-        improved = tracked is not None and math.isfinite(tracked) and (self.best is None or tracked < self.best)
+        improved = ranked and tracked is not None and math.isfinite(tracked) and (self.best is None
+                                                                                 or tracked < self.best)
         if improved:
             self.best, self.best_step = float(tracked), int(step)
         self.last = {"step": int(step), **{k: float(v) for k, v in values.items()}}

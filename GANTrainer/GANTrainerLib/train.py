@@ -513,17 +513,19 @@ def train(
             "ada": ada.state_dict() if ada else None, "augment_p": augment.p if augment else None,
             "pl_mean": getattr(loss, "pl_mean", None), "settings": settings.to_dict(),
             "quick_metrics": quick.state_dict() if quick is not None else None,
+            "progress": last_prog,  # progressive level the last step trained at (None: not progressive)
         }
         training = {k: v for k, v in training.items() if v is not None}
         measured = quick_values[1] if quick_values and quick_values[0] == step else {}  # quick metrics of this step
+        ranked = bool(measured) and quick_values[2]  # below a progressive top level: recorded, not ranked
         path = run.checkpoint_path(step)
         with torch.random.fork_rng(devices=[]):  # saving rebuilds the network: keep the training RNG untouched
             save_checkpoint(path, config, G_ema=G_ema, G=G, D=D, training=training,
                             provenance={"data": str(data), "cases": len(dataset), "reason": reason,
                                         "kimg": nimg / 1000.0, "preset": settings.preset},
                             metrics={"kimg": nimg / 1000.0, "step": step, **measured})
-        run.register_checkpoint(path, step, metric=measured.get(quick.track) if quick is not None else None,
-                                metric_name=quick.track if quick is not None else None)
+        run.register_checkpoint(path, step, metric=measured.get(quick.track) if quick is not None and ranked else None,
+                                metric_name=quick.track if quick is not None and ranked else None)
         run.log(f"checkpoint {path.name} ({reason}) at {nimg / 1000:.2f} kimg")
         return path
 
@@ -542,7 +544,7 @@ def train(
     saved_step = -1
     sampled_step = -1
     metrics_every = max(1, int(round(settings.metrics_kimg * 1000 / batch_total))) if metrics_on else 0
-    quick_values: Optional[tuple] = None  # (step, {name: value}) of the latest quick metrics (rank 0)
+    quick_values: Optional[tuple] = None  # (step, {name: value}, ranked) of the latest quick metrics (rank 0)
     quick_step = -1                       # step of the latest attempt (every rank)
 
     def measure_quick(prog) -> bool:
@@ -556,14 +558,18 @@ def train(
                         f"(budget {100 * quick.budget:g} %)")
             else:
                 kw = {"progress": prog} if kind == "wgan-gp" else {"noise_mode": "const"}
-                values, improved = quick.evaluate(G_ema, kw, step)
+                # a progressive generator below its top level is not what its checkpoint generates (that is
+                # the untrained top level), so it cannot be the best checkpoint
+                ranked = prog is None or prog >= phase.max_res
+                values, improved = quick.evaluate(G_ema, kw, step, ranked=ranked)
                 quick_values = (step, {**{k: v for k, v in values.items() if k != "seconds"},
-                                       "quick_metrics_extractor": quick.extractor.name})
+                                       "quick_metrics_extractor": quick.extractor.name}, ranked)
                 run.log_scalars(step, nimg / 1000.0, {f"metrics/{k}": v for k, v in values.items()},
                                 status_key="latest_metrics")
                 run.update_status(quick_metrics=quick.summary())
                 run.log(f"quick metrics at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
-                        + (" (best so far)" if improved else ""))
+                        + (" (best so far)" if improved else "" if ranked else
+                           f" (progressive level {prog:g} of {phase.max_res}: not ranked)"))
         if dist.world > 1:
             improved = _any_rank(improved, dist)
         return improved
@@ -584,11 +590,12 @@ def train(
                           preset=settings.preset, device=str(dev), world=dist.world, amp=str(autocast_dtype))
     G.train()
     D.train()
+    last_prog = phase.progress(nimg)
     # cancellation is checked by the loop itself (so it can checkpoint first), not by the progress bar
     with GracefulStop() as stop, Progress(total_steps, "train", progress if dist.main else None, None) as bar, feeder:
         bar.set(step)
         while step < total_steps:
-            prog = phase.progress(nimg)
+            prog = last_prog = phase.progress(nimg)
             ok_d, ok_g, st_d, st_g = train_iteration(parts, step, nimg, batch_total,
                                                      lambda: phase.reals_at(next_batch(), prog), latents, prog, dist)
             bad_d = (bad_d + 1) * (1 - ok_d)  # CUDA: device tensors, read at logging intervals only
@@ -649,7 +656,7 @@ def train(
         montage(phase.progress(nimg))
     if saved_step != step:
         if metrics_every and state != "stopped" and quick_step != step:
-            measure_quick(phase.progress(nimg))  # the final checkpoint competes for the best too (every rank calls)
+            measure_quick(last_prog)  # the final checkpoint competes for the best too (every rank calls)
         last_path = save("stopped" if state == "stopped" else "final") or last_path
     final_state = "finished" if state == "running" else state
     if dist.main:

@@ -276,6 +276,7 @@ def save_checkpoint(
     provenance: Mapping[str, Any] | None = None,    # merged into default_provenance()
     metrics: Mapping[str, Any] | None = None,       # measured figures
     write_card: bool = True,                        # write the Markdown model card beside the file
+    card_extra: str = "",                           # Markdown appended to the card (e.g. the training run)
 ) -> Path:
     """Write a checkpoint atomically (and its model card); returns the checkpoint path.
 
@@ -305,7 +306,8 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
     if write_card:
-        atomic_write_text(card_path(path), model_card(blob, path, n_params=sum(p.numel() for p in model.parameters())))
+        atomic_write_text(card_path(path), model_card(blob, path, n_params=sum(p.numel() for p in model.parameters()),
+                                                      extra=card_extra))
     return path
 
 
@@ -507,8 +509,10 @@ def load_discriminator(path: str | os.PathLike, device: str = "cpu"):
 
 
 # -- model card ----------------------------------------------------------------------------------------------
-def model_card(blob: Mapping[str, Any], path: str | os.PathLike, n_params: int | None = None) -> str:
-    """Markdown model card for a checkpoint container (written next to the file by save_checkpoint)."""
+def model_card(blob: Mapping[str, Any], path: str | os.PathLike, n_params: int | None = None,
+               extra: str = "") -> str:
+    """Markdown model card for a checkpoint container (written next to the file by save_checkpoint);
+    ``extra`` Markdown is appended."""
     cfg = blob["config"]
     prov = blob.get("provenance") or {}
     metrics = blob.get("metrics") or {}
@@ -545,4 +549,6 @@ def model_card(blob: Mapping[str, Any], path: str | os.PathLike, n_params: int |
               f"volgan generate --checkpoint {Path(path).name} --n 8 --seed 0 --out samples/", "```",
               "", "```python", "from VolumetricGANLib.generate import generate",
               f"result = generate('{Path(path).name}', n=8, seed=0)", "```", ""]
+    if extra:
+        lines += [extra.rstrip("\n"), ""]
     return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""Release a trained model: a generator-only ``.vgan`` whose model card tells how it was trained.
+
+A training checkpoint carries G, D, G_ema and the optimiser state (what ``--resume`` needs): several times
+the size of the generator, and nothing a user of the model wants. :func:`export_model` keeps the EMA
+generator, the config, the training provenance and the checkpoint's metrics, and writes a model card that
+quotes, from the run folder, every command that started or resumed the run, the quick-metric history, and
+the run's log. The shipped models in ``VolumetricGAN/Resources/Models`` are made this way.
+
+A progressive (PGAN) checkpoint written before the schedule reached its top level generates through
+untrained top layers, so it is refused; ``which="best"`` only considers checkpoints at the top level.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from VolGANCore import VolGANError
+from VolumetricGANLib.checkpoint import SUFFIX, card_path, load_checkpoint, save_checkpoint
+
+from .run import latest_checkpoint, read_metrics, read_status
+
+__all__ = ["export_model", "training_level"]
+
+_LOG_LINES = 400  # a longer log.txt is quoted as its first and last lines
+
+
+def training_level(blob: dict[str, Any]) -> Optional[tuple[float, int]]:
+    """``(progress, max_res)`` of a progressive training checkpoint: the level its last step trained at (from
+    the schedule in its settings for checkpoints that do not record it); None when it does not grow."""
+    from .train import TrainSettings, _Phase
+
+    tr = blob.get("training") or {}
+    max_res = (blob["config"].get("architecture") or {}).get("max_res")
+    if max_res is None or not tr:
+        return None
+    if "progress" in tr:
+        progress = tr["progress"]
+    elif tr.get("settings") and "nimg" in tr:
+        progress = _Phase(TrainSettings(**tr["settings"]), int(max_res)).progress(int(tr["nimg"]))
+    else:
+        return None
+    return None if progress is None else (float(progress), int(max_res))
+
+
+def _pick(run: Path, which: str) -> tuple[Path, str]:
+    """The checkpoint of run folder ``run`` to export, and why it was chosen."""
+    status = read_status(run) or {}
+    if which == "latest":
+        ckpt = latest_checkpoint(run)
+        if ckpt is None:
+            raise VolGANError(f"{run}: no checkpoints/ckpt-*.vgan in this run folder (is it a `volgan train --out` "
+                              f"folder?)")
+        return ckpt, "the newest checkpoint"
+    scored = [e for e in status.get("checkpoints", []) if e.get("metric") is not None
+              and (run / e["path"]).is_file()]
+    ranked = []
+    for e in scored:
+        level = training_level(load_checkpoint(run / e["path"]))
+        if level is None or level[0] >= level[1]:
+            ranked.append(e)
+    if not ranked:
+        raise VolGANError(f"{run}: no checkpoint with a quick metric at the full resolution to call 'best' "
+                          f"(run.json lists {len(scored)} scored); export the newest one with --which latest")
+    best = min(ranked, key=lambda e: e["metric"])
+    return run / best["path"], (f"the best of {len(ranked)} ranked checkpoints by `{best['metric_name']}` "
+                                f"({best['metric']:.4g})")
+
+
+def _run_section(run: Path, ckpt: Path, why: str, blob: dict[str, Any]) -> str:
+    """Markdown: how the run was started, which checkpoint this is, the quick-metric history and the log."""
+    log_path = run / "log.txt"
+    log = log_path.read_text(encoding="utf-8").splitlines() if log_path.is_file() else []
+    sessions = [line for line in log if " start: " in line or " resume: " in line]
+    tr = blob.get("training") or {}
+    status = read_status(run) or {}
+    lines = ["## Training run", "",
+             f"Exported from `{ckpt.relative_to(run).as_posix()}` (step {tr.get('step', '?')}, "
+             f"{tr.get('nimg', 0) / 1000:.2f} kimg): {why}. The run ended `{status.get('state', '?')}` at "
+             f"{status.get('kimg', float('nan')):.2f} kimg of {status.get('total_kimg', float('nan')):g}.", ""]
+    if sessions:
+        lines += ["Sessions of the run (time, how it was started):", "", "```"] + sessions + ["```", ""]
+    rows = [r for r in read_metrics(run) if any(k.startswith("metrics/") for k in r)]
+    if rows:
+        names = [k for k in rows[-1] if k.startswith("metrics/") and k != "metrics/seconds"]
+        lines += ["Quick metrics at the snapshots (lower is better; `volgan train` docs):", "",
+                  "| step | kimg | " + " | ".join(n[len("metrics/"):] for n in names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        lines += [f"| {r['step']} | {r['kimg']:.2f} | " + " | ".join(
+            f"{r[n]:.4g}" if n in r else "-" for n in names) + " |" for r in rows]
+        lines.append("")
+    if log:
+        shown = log if len(log) <= _LOG_LINES else (
+            log[:50] + [f"... ({len(log) - _LOG_LINES} lines left out) ..."] + log[-(_LOG_LINES - 50):])
+        lines += ["### Log (`log.txt`)", "", "```"] + shown + ["```", ""]
+    return "\n".join(lines)
+
+
+def export_model(
+    source: str | os.PathLike,          # a run folder (`volgan train --out`) or a checkpoint file
+    out: str | os.PathLike,             # the generator-only .vgan to write (its model card goes beside it)
+    which: str = "best",                # run folder: "best" (by the tracked quick metric) or "latest"
+    name: Optional[str] = None,         # model name in the config and card (default: keep)
+    description: Optional[str] = None,  # one paragraph for the card (default: keep)
+    overwrite: bool = False,            # replace an existing ``out``
+) -> Path:
+    """Write the EMA generator of a training checkpoint as a release model; returns ``out``."""
+    if which not in ("best", "latest"):
+        raise VolGANError(f"which: expected 'best' or 'latest', got {which!r}")
+    source, out = Path(source), Path(out)
+    if not out.name.endswith(SUFFIX):
+        raise VolGANError(f"{out}: a model file must end in {SUFFIX}")
+    if out.exists() and not overwrite:
+        raise VolGANError(f"{out} exists; choose another name or pass --overwrite")
+    if source.is_dir():
+        run = source
+        ckpt, why = _pick(run, which)
+    elif source.is_file():
+        ckpt, why = source, "the given checkpoint"
+        run = source.parent.parent if source.parent.name == "checkpoints" else None
+    else:
+        raise VolGANError(f"{source}: no such run folder or checkpoint")
+    blob = load_checkpoint(ckpt)
+    level = training_level(blob)
+    if level is not None and level[0] < level[1]:
+        raise VolGANError(f"{ckpt}: written at progressive level {level[0]:g} of {level[1]}, so its top levels are "
+                          f"untrained; export a checkpoint from after the schedule reached level {level[1]}")
+    tensors = blob["tensors"]
+    G_ema = tensors.get("G_ema", tensors.get("G"))
+    if G_ema is None:
+        raise VolGANError(f"{ckpt}: holds no generator weights")
+    config = dict(blob["config"])
+    config["discriminator"] = None  # the release has no discriminator
+    if name:
+        config["name"] = name
+    if description:
+        config["description"] = description
+    provenance = {**(blob.get("provenance") or {}),
+                  "exported_from": f"{ckpt.name} (step {(blob.get('training') or {}).get('step', '?')}; {why})",
+                  "export_command": " ".join(sys.argv)}
+    extra = _run_section(run, ckpt, why, blob) if run is not None and (run / "log.txt").is_file() else ""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, config, G_ema=G_ema, provenance=provenance, metrics=blob.get("metrics") or {},
+                    card_extra=extra)
+    return out
+
+
+def describe(path: str | os.PathLike) -> str:
+    """One line: file, size, tensors (what `volgan export` prints)."""
+    blob = load_checkpoint(path)
+    size = os.path.getsize(path) / 2 ** 20
+    return json.dumps({"model": str(path), "card": str(card_path(path)), "size_MiB": round(size, 2),
+                       "tensors": sorted(blob["tensors"])})
