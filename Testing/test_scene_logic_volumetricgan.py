@@ -342,3 +342,20 @@ def test_shipped_models_lists_vgan_files_with_cards_and_families(headless, tiny_
     assert cow["card"] is None and cow["family"] == "stylegan2-3d" and not cow["steerable"] and cow["styleControls"]
     assert "not a readable PyTorch file" in models["broken"]["error"] and not models["broken"]["steerable"]
     assert logic.shippedModels(tmp_path / "missing") == {}
+
+
+def test_shipped_sample_prefers_the_full_model_and_says_where_none_is(headless, tiny_bone_checkpoint, tmp_path):
+    import shutil
+
+    from VolumetricGANSceneLogic import CHECKPOINT_ATTRIBUTE, VolumetricGANSceneLogic
+
+    logic = VolumetricGANSceneLogic(headless.scene)
+    shutil.copy(tiny_bone_checkpoint, tmp_path / "tiny-spongiosa.vgan")
+    shutil.copy(tiny_bone_checkpoint, tmp_path / "spongiosa-pgan.vgan")
+    assert logic.shippedModelFor("spongiosa", tmp_path)["path"] == tmp_path / "spongiosa-pgan.vgan"
+    node = logic.loadShippedSample("spongiosa", seed=4, folders=tmp_path)
+    assert node.GetAttribute(CHECKPOINT_ATTRIBUTE) == str((tmp_path / "spongiosa-pgan.vgan").resolve())
+    expected = logic.generateVolumes(tmp_path / "spongiosa-pgan.vgan", n=1, seed=4, device="cpu")["volumes"][0]
+    np.testing.assert_array_equal(mrml.node_to_volume(node).array, mrml.node_to_volume(expected).array)
+    with pytest.raises(VolGANError, match=f"no shipped circle-of-willis model in {tmp_path}"):
+        logic.loadShippedSample("circle-of-willis", folders=tmp_path)

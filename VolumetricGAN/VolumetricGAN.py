@@ -22,6 +22,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from VolGANCore import VolGANError
 from VolGANSlicer.widgets import PanelProgress, ParameterNodeWidgetMixin
 from VolumetricGANSceneLogic import GENERATION_MODES, STEERING_PARAMETERS, STEERING_UNITS, VolumetricGANSceneLogic
 
@@ -45,26 +46,42 @@ class VolumetricGAN(ScriptedLoadableModule):
 
 
 def registerSampleData():
-    """Register both phantoms as sample data; they are generated locally when chosen, never downloaded."""
+    """Register both phantoms, and a sample of each shipped model, as sample data; all are made locally when
+    chosen (the phantom generator, or the model in Resources/Models), never downloaded."""
     import SampleData
 
-    def make_loader(kind):
+    def phantom_loader(kind):
         def load(source):
             image_node, _label_node, _params = VolumetricGANSceneLogic().loadPhantom(kind, seed=0)
             return [image_node]
         return load
 
-    for kind, title in (("cow", "CoW TOF-MRA phantom"), ("bone", "Trabecular bone phantom")):
+    def model_loader(anatomy):
+        def load(source):
+            return [VolumetricGANSceneLogic().loadShippedSample(anatomy, seed=0)]
+        return load
+
+    def register(title, node_name, loader):
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
             category="VolumetricGAN",
             sampleName=title,
             uris=None,
             fileNames=None,
-            nodeNames=f"{kind}_phantom_000",
+            nodeNames=node_name,
             thumbnailFileName=None,
             loadFileType="VolumeFile",
-            customDownloader=make_loader(kind),
+            customDownloader=loader,
         )
+
+    for kind, title in (("cow", "CoW TOF-MRA phantom"), ("bone", "Trabecular bone phantom")):
+        register(title, f"{kind}_phantom_000", phantom_loader(kind))
+    logic = VolumetricGANSceneLogic()
+    for anatomy, title in (("circle-of-willis", "Synthetic CoW angiogram"), ("spongiosa", "Synthetic spongiosa")):
+        try:
+            info = logic.shippedModelFor(anatomy)
+        except VolGANError:  # an installation without that model: no entry
+            continue
+        register(f"{title} ({info['name']} model)", f"{info['name']} sample 0-0", model_loader(anatomy))
 
 
 @parameterNodeWrapper
@@ -225,8 +242,6 @@ class VolumetricGANWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         return out
 
     def steeringTargets(self) -> dict:
-        from VolGANCore import VolGANError
-
         texts = self.steeringTable(1)
         missing = [n for n, t in texts.items() if not t]
         if missing:

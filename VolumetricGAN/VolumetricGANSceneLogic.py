@@ -303,6 +303,25 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
                                    "steerable": False}
         return found
 
+    def shippedModelFor(self, anatomy: str, folders=None) -> dict:
+        """``modelInfo`` of the extension's shipped model of ``anatomy`` (``"circle-of-willis"`` or
+        ``"spongiosa"``); the full-preset model is preferred to a tiny one. ``folders`` default to
+        :meth:`shippedModelsFolders` (not the user's models)."""
+        folders = self.shippedModelsFolders() if folders is None else folders
+        found = [info for info in self.shippedModels(folders).values()
+                 if "error" not in info and info["anatomy"] == anatomy]
+        if not found:
+            where = ", ".join(str(f) for f in ([folders] if isinstance(folders, (str, os.PathLike)) else folders))
+            raise VolGANError(f"no shipped {anatomy} model in {where}; reinstall the extension, or train one with "
+                              f"`volgan train` and load its checkpoint in the VolumetricGAN module")
+        return sorted(found, key=lambda info: (info["name"].startswith("tiny"), info["name"]))[0]
+
+    def loadShippedSample(self, anatomy: str, seed: int = 0, folders=None):
+        """One volume sampled (``seed``) from the shipped model of ``anatomy`` into the scene (what the Sample
+        Data module's VolumetricGAN entries load); returns the volume node."""
+        info = self.shippedModelFor(anatomy, folders)
+        return self.generateVolumes(info["path"], mode="sample", n=1, seed=seed, device="cpu")["volumes"][0]
+
     # -- steering ----------------------------------------------------------------------------------------
     @staticmethod
     def _checkSteering(n: int, tolerance: float, steps: int, checkEvery: int) -> None:
