@@ -137,7 +137,8 @@ def step_train_smoke(out: Path, log: list[str]) -> dict:
 
 
 def step_generate(out: Path, log: list[str]) -> dict:
-    """Sample and interpolate with the smoke-run checkpoints (the shipped models take their place once trained)."""
+    """Sample and interpolate with the shipped models (``VolumetricGAN/Resources/Models``), or the smoke-run
+    checkpoints where a model is not shipped."""
     from VolumetricGANLib.generate import generate, interpolate, write_generated
 
     figures = {}
@@ -167,9 +168,13 @@ def step_evaluate(out: Path, log: list[str]) -> dict:
     finally:
         os.chdir(here)
     md = (out / "evaluation" / "tiny-spongiosa" / "report.md").read_text(encoding="utf-8")
+    _ckpt, source = demo_model(out, "tiny-spongiosa")
+    caveat = ("a smoke-trained model, so expect large distances" if "smoke" in source else
+              f"samples of the {source}; the {DEMO_BONE} real patches are a new phantom draw, not its training set, "
+              "whose parameters its model card gives")
     log.append("`volgan evaluate --real phantoms/bone/images --fake generated/tiny-spongiosa/samples --bootstrap 0` "
-               "(fallback feature extractors: no Inception/MedicalNet weights are shipped; a smoke-trained model, "
-               "so expect large distances). Report: `evaluation/tiny-spongiosa/report.md`. Its summary:")
+               f"(fallback feature extractors: no Inception/MedicalNet weights are shipped; {caveat}). "
+               "Report: `evaluation/tiny-spongiosa/report.md`. Its summary:")
     log.append("")
     log += ["> " + line for line in md.splitlines()[:40]]
     from .evaluation.fidelity import bone_fidelity, write_fidelity_report
