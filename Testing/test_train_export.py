@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from GANTrainerLib.export import export_model, training_level
+from GANTrainerLib.export import export_model, montage_path, training_level
 from GANTrainerLib.run import read_status
 from GANTrainerLib.train import settings_from_preset, train
 from VolGANCore import VolGANError
@@ -61,6 +61,7 @@ def test_export_keeps_only_the_ema_generator_generates_identically_and_cards_the
     b = generate(out, n=2, seed=3, device="cpu").volumes
     assert all(torch.equal(torch.from_numpy(x.array), torch.from_numpy(y.array)) for x, y in zip(a, b))
     card = card_path(out).read_text()
+    assert montage_path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(bone.samples.png)" in card
     for needle in ("A test release.", "## Training run", " start: ", "tiny-spongiosa",
                    "| step | kimg | fd_quick", "### Log (`log.txt`)", f"by `fd_quick`"):
         assert needle in card, needle

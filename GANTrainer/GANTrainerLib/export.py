@@ -23,7 +23,7 @@ from VolumetricGANLib.checkpoint import SUFFIX, card_path, load_checkpoint, save
 
 from .run import latest_checkpoint, read_metrics, read_status
 
-__all__ = ["export_model", "training_level"]
+__all__ = ["export_model", "training_level", "montage_path"]
 
 _LOG_LINES = 400  # a longer log.txt is quoted as its first and last lines
 
@@ -141,11 +141,41 @@ def export_model(
     provenance = {**(blob.get("provenance") or {}),
                   "exported_from": f"{ckpt.name} (step {(blob.get('training') or {}).get('step', '?')}; {why})",
                   "export_command": " ".join(sys.argv)}
-    extra = _run_section(run, ckpt, why, blob) if run is not None and (run / "log.txt").is_file() else ""
+    montage = montage_path(out)
+    extra = (f"## Samples\n\n![Four samples (seed 0): mid-slices and MIP]({montage.name})\n\n"
+             f"Seed 0, rows are samples; axial, coronal and sagittal mid-slices"
+             f"{' and the axial MIP' if _is_angio(config) else ''}, window {config['intensity']['physical_range']} "
+             f"{config['intensity'].get('units', '')}.\n")
+    if run is not None and (run / "log.txt").is_file():
+        extra += "\n" + _run_section(run, ckpt, why, blob)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, config, G_ema=G_ema, provenance=provenance, metrics=blob.get("metrics") or {},
                     card_extra=extra)
+    _write_montage(out, montage, config)
     return out
+
+
+def montage_path(model: str | os.PathLike) -> Path:
+    """``<stem>.samples.png`` beside a model file (its model card shows it)."""
+    p = Path(model)
+    return p.with_name(p.name[: -len(SUFFIX)] + ".samples.png")
+
+
+def _is_angio(config: dict[str, Any]) -> bool:
+    return "willis" in str(config.get("anatomy") or "").lower()
+
+
+def _write_montage(model: Path, path: Path, config: dict[str, Any]) -> Path:
+    import numpy as np
+
+    from VolumetricGANLib.generate import generate
+
+    from .run import save_montage
+
+    result = generate(model, n=4, seed=0, device="cpu")
+    lo, hi = (float(v) for v in config["intensity"]["physical_range"])
+    return save_montage(np.stack([v.array for v in result.volumes]), path, title=f"{config.get('name') or model.stem}"
+                        f": 4 samples, seed 0", mip=_is_angio(config), vmin=lo, vmax=hi)
 
 
 def describe(path: str | os.PathLike) -> str:
