@@ -176,3 +176,14 @@ def test_intensity_mapping_inverse():
     assert np.allclose(to_network(x, inten), y, atol=1e-6)
     with pytest.raises(InputFileError, match="spacing"):
         make_config("stylegan2-3d", ARCH, spacing=(0.3, -1, 0.6))
+
+
+def test_command_line_is_a_shell_line_that_reproduces_the_command():
+    import shlex
+
+    from VolumetricGANLib.checkpoint import command_line
+
+    argv = ["/home/u/.venv/bin/volgan", "export", "run", "--description", "a 'tiny' model", "--out", "m.vgan"]
+    line = command_line(argv)
+    assert line.startswith("volgan export run --description ")
+    assert shlex.split(line) == ["volgan", *argv[1:]]

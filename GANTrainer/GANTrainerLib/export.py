@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from VolGANCore import VolGANError
-from VolumetricGANLib.checkpoint import SUFFIX, card_path, load_checkpoint, save_checkpoint
+from VolumetricGANLib.checkpoint import SUFFIX, card_path, command_line, load_checkpoint, save_checkpoint
 
 from .run import latest_checkpoint, read_metrics, read_status
 
@@ -66,8 +65,8 @@ def _pick(run: Path, which: str) -> tuple[Path, str]:
         raise VolGANError(f"{run}: no checkpoint with a quick metric at the full resolution to call 'best' "
                           f"(run.json lists {len(scored)} scored); export the newest one with --which latest")
     best = min(ranked, key=lambda e: e["metric"])
-    return run / best["path"], (f"the best of {len(ranked)} ranked checkpoints by `{best['metric_name']}` "
-                                f"({best['metric']:.4g})")
+    return run / best["path"], (f"the best by `{best['metric_name']}` ({best['metric']:.4g}) of the {len(ranked)} "
+                                f"scored checkpoint(s) still on disk (a run keeps its last few and its best)")
 
 
 def _run_section(run: Path, ckpt: Path, why: str, blob: dict[str, Any]) -> str:
@@ -140,7 +139,7 @@ def export_model(
         config["description"] = description
     provenance = {**(blob.get("provenance") or {}),
                   "exported_from": f"{ckpt.name} (step {(blob.get('training') or {}).get('step', '?')}; {why})",
-                  "export_command": " ".join(sys.argv)}
+                  "export_command": command_line()}
     montage = montage_path(out)
     extra = (f"## Samples\n\n![Four samples (seed 0): mid-slices and MIP]({montage.name})\n\n"
              f"Seed 0, rows are samples; axial, coronal and sagittal mid-slices"

@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -386,7 +385,8 @@ def train(
     import torch
 
     from VolGANCore.env import pick_device
-    from VolumetricGANLib.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+    from VolumetricGANLib.checkpoint import (capture_rng_state, command_line, load_checkpoint, restore_rng_state,
+                                             save_checkpoint)
     from VolumetricGANLib.networks import build_discriminator, build_generator
     from VolumetricGANLib.networks.layers import to_channels_last_3d
 
@@ -402,7 +402,7 @@ def train(
     out = Path(out)
     run = TrainingRun(out, keep_last=settings.keep_last) if dist.main else None
     if run is not None:  # the log says how each session of the run was started (model cards quote it)
-        run.log(f"{'resume' if resume else 'start'}: {' '.join(sys.argv)} (device {dev}, world {dist.world}, "
+        run.log(f"{'resume' if resume else 'start'}: {command_line()} (device {dev}, world {dist.world}, "
                 f"amp {settings.amp}, torch threads {torch.get_num_threads()}, preset {settings.preset})")
 
     # -- data ------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ __all__ = [
     "make_config", "validate_config", "to_physical", "to_network",
     "save_checkpoint", "load_checkpoint", "load_generator", "load_discriminator",
     "build_from_config", "model_card", "card_path", "capture_rng_state", "restore_rng_state",
-    "default_provenance", "sha256_file",
+    "default_provenance", "command_line", "sha256_file",
 ]
 
 FORMAT = "volgan-checkpoint"
@@ -172,6 +172,17 @@ def _git_commit() -> str | None:
         return None
 
 
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The running command as a shell line that reproduces it: quoted where needed, the program by its name
+    (``volgan train …``, not the virtual environment's path)."""
+    import shlex
+
+    argv = list(sys.argv if argv is None else argv)
+    if argv:
+        argv[0] = Path(argv[0]).name or argv[0]
+    return shlex.join(argv)
+
+
 def default_provenance(**extra: Any) -> dict[str, Any]:
     """Command line, time, code commit and versions; ``extra`` (e.g. data summary, source) is merged in."""
     import torch
@@ -180,7 +191,7 @@ def default_provenance(**extra: Any) -> dict[str, Any]:
 
     prov = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
+        "command": command_line(),
         "commit": _git_commit(),
         "volgan_version": __version__,
         "torch_version": str(torch.__version__),
