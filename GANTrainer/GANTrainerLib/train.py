@@ -524,8 +524,8 @@ def train(
                             provenance={"data": str(data), "cases": len(dataset), "reason": reason,
                                         "kimg": nimg / 1000.0, "preset": settings.preset},
                             metrics={"kimg": nimg / 1000.0, "step": step, **measured})
-        run.register_checkpoint(path, step, metric=measured.get(quick.track) if quick is not None and ranked else None,
-                                metric_name=quick.track if quick is not None and ranked else None)
+        track = quick.track if quick is not None and ranked else None
+        run.register_checkpoint(path, step, metric=measured.get(track) if track else None, metric_name=track)
         run.log(f"checkpoint {path.name} ({reason}) at {nimg / 1000:.2f} kimg")
         return path
 
