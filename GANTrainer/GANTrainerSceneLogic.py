@@ -414,7 +414,7 @@ class TrainingProcess:
             status["returncode"] = self.process.returncode
             if self.process.returncode not in (0, None) and status.get("state") in ("starting", "running"):
                 status["state"] = "failed"
-                status["message"] = self.lastLogLines(1)
+                status["message"] = self.lastLogLines(1, names=("process.log",))  # the error the trainer printed
         return status
 
     def stop(self, timeout: float | None = 120.0) -> None:
@@ -435,9 +435,10 @@ class TrainingProcess:
             except Exception:
                 self.process.kill()
 
-    def lastLogLines(self, n: int = 20) -> str:
+    def lastLogLines(self, n: int = 20, names=("process.log", "log.txt")) -> str:
+        """The last ``n`` lines of the process output and the run's ``log.txt`` (or of the files ``names``)."""
         text = ""
-        for name in ("process.log", "log.txt"):
+        for name in names:
             p = self.runFolder / name
             if p.exists():
                 text += p.read_text(encoding="utf-8", errors="replace")
