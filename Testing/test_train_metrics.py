@@ -11,7 +11,7 @@ import torch
 
 from GANTrainerLib import quick_metrics
 from GANTrainerLib.data import BatchFeeder, InfiniteSampler
-from GANTrainerLib.quick_metrics import morph_w1, quick_frechet
+from GANTrainerLib.quick_metrics import morph_w1, quick_frechet, voxel_spread
 from GANTrainerLib.run import read_metrics, read_status
 from GANTrainerLib.train import Dist, _finite_step, settings_from_preset, train
 from VolumetricGANLib.checkpoint import load_checkpoint
@@ -52,6 +52,14 @@ def test_morph_w1_is_zero_for_equal_sets_and_one_for_a_one_sd_shift():
     assert morph_w1(real, {}) is None                          # nothing generated was measurable
 
 
+def test_voxel_spread_ratio_is_one_for_the_data_and_falls_to_zero_for_a_collapsed_model():
+    real = np.random.default_rng(0).normal(size=(32, 4, 8, 8))
+    assert voxel_spread(real) / voxel_spread(real) == 1.0
+    assert voxel_spread(real.mean(0) + 0.5 * (real - real.mean(0))) / voxel_spread(real) == pytest.approx(0.5)
+    assert voxel_spread(np.repeat(real[:1], 32, axis=0)) == pytest.approx(0.0, abs=1e-12)  # all the same volume
+    assert math.isnan(voxel_spread(real[:1]))
+
+
 def test_metrics_pick_the_best_checkpoint_and_resume_remembers_it(bone, tmp_path, monkeypatch):
     out = tmp_path / "run"
     s = tiny_bone(snapshot_kimg=0.008)                         # a checkpoint and quick metrics at every step
@@ -61,6 +69,7 @@ def test_metrics_pick_the_best_checkpoint_and_resume_remembers_it(bone, tmp_path
     fds = [r["metrics/fd_quick"] for r in rows]
     assert all(math.isfinite(v) and v > 0 for v in fds)
     assert all(math.isfinite(r["metrics/morph_w1"]) and 0 <= r["metrics/morph_unmeasurable"] <= 1 for r in rows)
+    assert all(0 < r["metrics/spread_ratio"] < 10 for r in rows)
     best = read_status(out)["best"]
     assert best["metric_name"] == "fd_quick" and best["metric"] == pytest.approx(min(fds))
     assert best["step"] == 1 + int(np.argmin(fds))

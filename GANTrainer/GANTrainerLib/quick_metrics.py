@@ -41,7 +41,9 @@ import numpy as np
 from VolGANCore import VolGANError
 
 __all__ = ["QUICK_METRICS", "BONE_PARAMETERS", "BONE_KEYS", "quick_frechet", "morph_w1", "bone_values",
-           "QuickMetrics"]
+           "voxel_spread", "QuickMetrics", "COLLAPSE_SPREAD"]
+
+COLLAPSE_SPREAD = 0.5  # spread_ratio below this: the samples vary far less than the real volumes (mode collapse?)
 
 QUICK_METRICS = ("fd_quick", "morph_w1")          # names that can pick the best checkpoint (lower is better)
 BONE_PARAMETERS = ("BV/TV", "Tb.Th", "Tb.Sp", "BMD", "TMD")
@@ -58,6 +60,15 @@ def quick_frechet(real_features, fake_features) -> float:
     from .evaluation.frechet import frechet_distance_from_features
 
     return float(frechet_distance_from_features(real_features, fake_features))
+
+
+def voxel_spread(volumes: np.ndarray) -> float:
+    """Mean over voxels of the standard deviation across ``(n, ...)`` volumes: how much samples differ.
+
+    ``spread_ratio`` = generated / real spread is about 1 for a model that varies as much as the data and drops
+    towards 0 when it collapses onto a few outputs (the Fréchet distance of few samples barely notices that)."""
+    v = np.asarray(volumes, np.float64)
+    return float(v.std(axis=0).mean()) if len(v) >= 2 else float("nan")
 
 
 def morph_w1(real: Mapping[str, Sequence[float]], generated: Mapping[str, Sequence[float]],
@@ -194,18 +205,23 @@ class QuickMetrics:
 
         t0 = time.perf_counter()
         path = self.cache_path
+        spread = None
         if path.exists():
             with np.load(path, allow_pickle=False) as z:
                 feats = z["features"]
                 morph = {k: [float(v) for v in z[f"morph_{i}"]] for i, k in enumerate(BONE_KEYS)} if self.bone else {}
                 unmeasurable = int(z["unmeasurable"])
-        else:
+                spread = float(z["spread"]) if "spread" in z.files else None
+        if spread is None:  # (a cache written before the spread was measured: recomputed, cheap)
             vols = np.stack([np.asarray(self.dataset[int(i)], np.float32)[0] for i in self.indices])
+            spread = voxel_spread(vols)
+        if not path.exists():
             feats = self._features(vols)
             morph, unmeasurable = {}, 0
             if self.bone:
                 morph, unmeasurable = bone_values(self._physical(vols[: self.n_morph]), self.spacing)
-            arrays = {"features": feats, "indices": self.indices, "unmeasurable": np.asarray(unmeasurable)}
+            arrays = {"features": feats, "indices": self.indices, "unmeasurable": np.asarray(unmeasurable),
+                      "spread": np.asarray(spread)}
             for i, k in enumerate(BONE_KEYS):
                 arrays[f"morph_{i}"] = np.asarray(morph.get(k, []), np.float64)
             with atomic_path(path) as tmp:
@@ -216,7 +232,8 @@ class QuickMetrics:
         half = self.n // 2  # real-vs-real baseline between the two halves of the subset (for reading the values)
         fd_halves = (float(frechet_distance_from_features(feats[:half], feats[half:]))
                      if half >= 2 and self.n - half >= 2 else None)
-        self._ref = {"features": feats, "morph": morph, "unmeasurable": unmeasurable, "fd_real_halves": fd_halves}
+        self._ref = {"features": feats, "morph": morph, "unmeasurable": unmeasurable, "fd_real_halves": fd_halves,
+                     "spread": spread}
         self.reference_s = time.perf_counter() - t0
         return self._ref
 
@@ -285,6 +302,8 @@ class QuickMetrics:
             t0 = time.perf_counter()
             fake = self.generate(G, forward_kwargs)
             values = {"fd_quick": quick_frechet(ref["features"], self._features(fake))}
+            if ref["spread"] and ref["spread"] > 0:
+                values["spread_ratio"] = voxel_spread(fake) / ref["spread"]
             if self.bone and self.n_morph:
                 gen, bad = bone_values(self._physical(fake[: self.n_morph]), self.spacing)
                 w = morph_w1(ref["morph"], gen)

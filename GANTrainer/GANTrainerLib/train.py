@@ -432,7 +432,7 @@ def train(
     quick = None  # quick metrics (rank 0): they pick the best checkpoint (GANTrainerLib.quick_metrics)
     metrics_on = bool(settings.metrics_kimg)
     if metrics_on:
-        from .quick_metrics import QuickMetrics
+        from .quick_metrics import COLLAPSE_SPREAD, QuickMetrics
 
         why_not = QuickMetrics.unusable(settings, dataset)  # the same answer on every rank
         metrics_on = why_not is None
@@ -569,7 +569,9 @@ def train(
                 run.update_status(quick_metrics=quick.summary())
                 run.log(f"quick metrics at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
                         + (" (best so far)" if improved else "" if ranked else
-                           f" (progressive level {prog:g} of {phase.max_res}: not ranked)"))
+                           f" (progressive level {prog:g} of {phase.max_res}: not ranked)")
+                        + (" — the samples vary far less than the real volumes: mode collapse?"
+                           if values.get("spread_ratio", 1.0) < COLLAPSE_SPREAD else ""))
         if dist.world > 1:
             improved = _any_rank(improved, dist)
         return improved
