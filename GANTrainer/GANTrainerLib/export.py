@@ -45,28 +45,28 @@ def training_level(blob: dict[str, Any]) -> Optional[tuple[float, int]]:
     return None if progress is None else (float(progress), int(max_res))
 
 
-def _pick(run: Path, which: str) -> tuple[Path, str]:
-    """The checkpoint of run folder ``run`` to export, and why it was chosen."""
-    status = read_status(run) or {}
+def _pick(run: Path, which: str) -> tuple[Path, str, dict[str, Any]]:
+    """The checkpoint of run folder ``run`` to export, why it was chosen, and its loaded container."""
     if which == "latest":
         ckpt = latest_checkpoint(run)
         if ckpt is None:
             raise VolGANError(f"{run}: no checkpoints/ckpt-*.vgan in this run folder (is it a `volgan train --out` "
                               f"folder?)")
-        return ckpt, "the newest checkpoint"
-    scored = [e for e in status.get("checkpoints", []) if e.get("metric") is not None
+        return ckpt, "the newest checkpoint", load_checkpoint(ckpt)
+    scored = [e for e in (read_status(run) or {}).get("checkpoints", []) if e.get("metric") is not None
               and (run / e["path"]).is_file()]
-    ranked = []
+    ranked = []  # (entry, container) at the full resolution
     for e in scored:
-        level = training_level(load_checkpoint(run / e["path"]))
+        blob = load_checkpoint(run / e["path"])
+        level = training_level(blob)
         if level is None or level[0] >= level[1]:
-            ranked.append(e)
+            ranked.append((e, blob))
     if not ranked:
         raise VolGANError(f"{run}: no checkpoint with a quick metric at the full resolution to call 'best' "
                           f"(run.json lists {len(scored)} scored); export the newest one with --which latest")
-    best = min(ranked, key=lambda e: e["metric"])
+    best, blob = min(ranked, key=lambda eb: eb[0]["metric"])
     return run / best["path"], (f"the best by `{best['metric_name']}` ({best['metric']:.4g}) of the {len(ranked)} "
-                                f"scored checkpoint(s) still on disk (a run keeps its last few and its best)")
+                                f"scored checkpoint(s) still on disk (a run keeps its last few and its best)"), blob
 
 
 def _run_section(run: Path, ckpt: Path, why: str, blob: dict[str, Any]) -> str:
@@ -116,13 +116,12 @@ def export_model(
         raise VolGANError(f"{out} exists; choose another name or pass --overwrite")
     if source.is_dir():
         run = source
-        ckpt, why = _pick(run, which)
+        ckpt, why, blob = _pick(run, which)
     elif source.is_file():
-        ckpt, why = source, "the given checkpoint"
+        ckpt, why, blob = source, "the given checkpoint", load_checkpoint(source)
         run = source.parent.parent if source.parent.name == "checkpoints" else None
     else:
         raise VolGANError(f"{source}: no such run folder or checkpoint")
-    blob = load_checkpoint(ckpt)
     level = training_level(blob)
     if level is not None and level[0] < level[1]:
         raise VolGANError(f"{ckpt}: written at progressive level {level[0]:g} of {level[1]}, so its top levels are "

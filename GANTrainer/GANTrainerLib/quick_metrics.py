@@ -206,16 +206,17 @@ class QuickMetrics:
         t0 = time.perf_counter()
         path = self.cache_path
         spread = None
-        if path.exists():
+        cached = path.exists()
+        if cached:
             with np.load(path, allow_pickle=False) as z:
                 feats = z["features"]
                 morph = {k: [float(v) for v in z[f"morph_{i}"]] for i, k in enumerate(BONE_KEYS)} if self.bone else {}
                 unmeasurable = int(z["unmeasurable"])
                 spread = float(z["spread"]) if "spread" in z.files else None
-        if spread is None:  # (a cache written before the spread was measured: recomputed, cheap)
+        if spread is None:  # not cached, or a cache written before the spread was measured (recomputed, cheap)
             vols = np.stack([np.asarray(self.dataset[int(i)], np.float32)[0] for i in self.indices])
             spread = voxel_spread(vols)
-        if not path.exists():
+        if not cached:
             feats = self._features(vols)
             morph, unmeasurable = {}, 0
             if self.bone:
