@@ -177,3 +177,22 @@ def test_phase_kimg_sets_the_progressive_schedule_and_is_refused_where_it_cannot
         settings_from_preset("tiny-cow", phase_kimg=1)
     with pytest.raises(VolGANError, match="must be > 0"):
         settings_from_preset("tiny-spongiosa", phase_kimg=0)
+
+
+def test_learning_rate_and_ema_overrides_reach_the_settings_and_refuse_non_positive_values():
+    from GANTrainerLib.cli import register
+    from GANTrainerLib.train import settings_from_preset
+
+    s = settings_from_preset("tiny-spongiosa", lr_g=2e-4, lr_d=3e-4, ema_kimg=1.5)
+    assert (s.lr_g, s.lr_d, s.ema_kimg) == (2e-4, 3e-4, 1.5)
+    assert settings_from_preset("tiny-spongiosa").lr_g == 1e-3                 # preset untouched
+    for key in ("lr_g", "lr_d", "ema_kimg"):
+        with pytest.raises(VolGANError, match=f"--{key.replace('_', '-')} must be > 0"):
+            settings_from_preset("tiny-spongiosa", **{key: 0.0})
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--preset", "tiny-spongiosa", "--data", "d", "--out", "o",
+                              "--lr-g", "5e-4", "--lr-d", "6e-4", "--ema-kimg", "2"])
+    assert (args.lr_g, args.lr_d, args.ema_kimg) == (5e-4, 6e-4, 2.0)

@@ -208,3 +208,19 @@ def test_cli_passes_the_quick_metric_options():
                                           "--metrics-track", "fd_quick"])
     assert (args.metrics_kimg, args.medicalnet_weights, args.inception_weights) == (0.0, "m.pth", None)
     assert settings_from_preset("tiny-cow").metrics_kimg == settings_from_preset("tiny-cow").snapshot_kimg
+
+
+def test_a_collapsed_generator_is_never_the_best_however_good_its_frechet_distance(bone, tmp_path, monkeypatch):
+    fds = iter([3.0, 1.0, 2.0])
+    spreads = iter([1.0, 0.5, 0.1, 1.0])   # the real spread, then the fake one at each step (step 2 collapsed)
+    monkeypatch.setattr(quick_metrics, "quick_frechet", lambda a, b: next(fds))
+    monkeypatch.setattr(quick_metrics, "voxel_spread", lambda v: next(spreads))
+    out = tmp_path / "run"
+    train(bone, out, tiny_bone(snapshot_kimg=1.0, metrics_morph_n=0), max_steps=3, device="cpu", log=lambda m: None)
+    rows = [r for r in read_metrics(out) if "metrics/fd_quick" in r]
+    assert [(r["metrics/fd_quick"], r["metrics/spread_ratio"]) for r in rows] == [(3.0, 0.5), (1.0, 0.1), (2.0, 1.0)]
+    status = read_status(out)
+    assert (status["best"]["step"], status["best"]["metric"]) == (3, 2.0)    # step 2 had the lowest fd but collapsed
+    log = (out / "log.txt").read_text()
+    assert "quick metrics at step 2: fd_quick 1, spread_ratio 0.1" in log and "mode collapse? (not ranked)" in log
+    assert "quick metrics at step 1: fd_quick 3, spread_ratio 0.5, seconds" in log   # 0.5 is not below the limit

@@ -41,7 +41,7 @@ import numpy as np
 from VolGANCore import VolGANError
 
 __all__ = ["QUICK_METRICS", "BONE_PARAMETERS", "BONE_KEYS", "quick_frechet", "morph_w1", "bone_values",
-           "voxel_spread", "QuickMetrics", "COLLAPSE_SPREAD"]
+           "voxel_spread", "QuickMetrics", "COLLAPSE_SPREAD", "collapsed"]
 
 COLLAPSE_SPREAD = 0.5  # spread_ratio below this: the samples vary far less than the real volumes (mode collapse?)
 
@@ -130,6 +130,11 @@ def _isolated_rng():
         finally:
             np.random.set_state(np_state)
             random.setstate(py_state)
+
+
+def collapsed(values: Mapping[str, float]) -> bool:
+    """True when quick-metric ``values`` show mode collapse (``spread_ratio`` below :data:`COLLAPSE_SPREAD`)."""
+    return float(values.get("spread_ratio", 1.0)) < COLLAPSE_SPREAD
 
 
 class QuickMetrics:
@@ -297,6 +302,8 @@ class QuickMetrics:
         """Measure the quick metrics of ``G`` at ``step``; returns (values, whether the tracked one improved).
 
         ``ranked=False`` measures without competing for the best (a progressive generator below its top level).
+        A generator whose samples vary far less than the real volumes (:func:`collapsed`) never competes either:
+        a collapsed generator can score a fair Fréchet distance while producing one volume for every latent.
         """
         with _isolated_rng():
             ref = self.reference()
@@ -316,7 +323,7 @@ class QuickMetrics:
         self.evaluations += 1
         values["seconds"] = dt
         tracked = values.get(self.track)
-        improved = ranked and tracked is not None and math.isfinite(tracked) and (self.best is None
+        improved = ranked and not collapsed(values) and tracked is not None and math.isfinite(tracked) and (self.best is None
                                                                                  or tracked < self.best)
         if improved:
             self.best, self.best_step = float(tracked), int(step)

@@ -101,6 +101,10 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
     cfg = get_preset(name)
     cfg["preset"] = name
     phase_kimg = overrides.pop("phase_kimg", None)
+    for key in ("lr_g", "lr_d", "ema_kimg"):  # command-line numbers that must be positive
+        value = overrides.get(key)
+        if value is not None and not float(value) > 0:
+            raise VolGANError(f"--{key.replace('_', '-')} must be > 0 (got {value})")
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     if phase_kimg is not None:
         if not cfg.get("progressive"):
@@ -432,7 +436,7 @@ def train(
     quick = None  # quick metrics (rank 0): they pick the best checkpoint (GANTrainerLib.quick_metrics)
     metrics_on = bool(settings.metrics_kimg)
     if metrics_on:
-        from .quick_metrics import COLLAPSE_SPREAD, QuickMetrics
+        from .quick_metrics import QuickMetrics, collapsed
 
         why_not = QuickMetrics.unusable(settings, dataset)  # the same answer on every rank
         metrics_on = why_not is None
@@ -560,8 +564,9 @@ def train(
                 kw = {"progress": prog} if kind == "wgan-gp" else {"noise_mode": "const"}
                 # a progressive generator below its top level is not what its checkpoint generates (that is
                 # the untrained top level), so it cannot be the best checkpoint
-                ranked = prog is None or prog >= phase.max_res
-                values, improved = quick.evaluate(G_ema, kw, step, ranked=ranked)
+                top = prog is None or prog >= phase.max_res
+                values, improved = quick.evaluate(G_ema, kw, step, ranked=top)
+                ranked = top and not collapsed(values)
                 quick_values = (step, {**{k: v for k, v in values.items() if k != "seconds"},
                                        "quick_metrics_extractor": quick.extractor.name}, ranked)
                 run.log_scalars(step, nimg / 1000.0, {f"metrics/{k}": v for k, v in values.items()},
@@ -569,9 +574,8 @@ def train(
                 run.update_status(quick_metrics=quick.summary())
                 run.log(f"quick metrics at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
                         + (" (best so far)" if improved else "" if ranked else
-                           f" (progressive level {prog:g} of {phase.max_res}: not ranked)")
-                        + (" — the samples vary far less than the real volumes: mode collapse?"
-                           if values.get("spread_ratio", 1.0) < COLLAPSE_SPREAD else ""))
+                           f" (progressive level {prog:g} of {phase.max_res}: not ranked)" if not top else
+                           " — the samples vary far less than the real volumes: mode collapse? (not ranked)"))
         if dist.world > 1:
             improved = _any_rank(improved, dist)
         return improved
