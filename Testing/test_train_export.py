@@ -89,3 +89,26 @@ def test_cli_exports_the_newest_checkpoint(run, tmp_path, capsys):
     assert volgan(["export", str(run), "--out", str(tmp_path / "m.vgan"), "--which", "latest"]) == 0
     assert '"tensors": ["G_ema"]' in capsys.readouterr().out
     assert load_checkpoint(tmp_path / "m.vgan")["provenance"]["exported_from"].startswith("ckpt-0000006.vgan")
+
+
+def test_export_never_calls_a_collapsed_checkpoint_best_and_warns_when_one_is_exported_by_name(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    best = read_status(copy)["best"]
+    other = next(e for e in read_status(copy)["checkpoints"] if e["step"] in (5, 6) and e["step"] != best["step"])
+    path = copy / best["path"]
+    blob = load_checkpoint(path)
+    blob["metrics"]["spread_ratio"] = 0.1                      # the samples of the best one collapsed
+    torch.save(blob, path)
+    out = export_model(copy, tmp_path / "m.vgan")
+    assert load_checkpoint(out)["provenance"]["exported_from"].startswith(f"ckpt-{other['step']:07d}.vgan")
+    assert "mode collapse" not in card_path(out).read_text()
+    named = export_model(path, tmp_path / "collapsed.vgan")
+    assert "**Warning: mode collapse.**" in card_path(named).read_text() and "`spread_ratio` 0.1" in card_path(named).read_text()
+    blob = load_checkpoint(copy / other["path"])
+    blob["metrics"]["spread_ratio"] = 0.2
+    torch.save(blob, copy / other["path"])
+    with pytest.raises(VolGANError, match="without mode collapse"):
+        export_model(copy, tmp_path / "none.vgan")

@@ -7,7 +7,8 @@ quotes, from the run folder, every command that started or resumed the run, the 
 the run's log. The shipped models in ``VolumetricGAN/Resources/Models`` are made this way.
 
 A progressive (PGAN) checkpoint written before the schedule reached its top level generates through
-untrained top layers, so it is refused; ``which="best"`` only considers checkpoints at the top level.
+untrained top layers, so it is refused; ``which="best"`` only considers checkpoints at the top level whose
+samples did not collapse (``spread_ratio`` ≥ 0.5); a collapsed one exported by name gets a warning in its card.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Optional
 from VolGANCore import VolGANError
 from VolumetricGANLib.checkpoint import SUFFIX, card_path, command_line, load_checkpoint, save_checkpoint
 
+from .quick_metrics import COLLAPSE_SPREAD, collapsed
 from .run import latest_checkpoint, read_metrics, read_status
 
 __all__ = ["export_model", "training_level", "montage_path"]
@@ -55,15 +57,16 @@ def _pick(run: Path, which: str) -> tuple[Path, str, dict[str, Any]]:
         return ckpt, "the newest checkpoint", load_checkpoint(ckpt)
     scored = [e for e in (read_status(run) or {}).get("checkpoints", []) if e.get("metric") is not None
               and (run / e["path"]).is_file()]
-    ranked = []  # (entry, container) at the full resolution
+    ranked = []  # (entry, container) at the full resolution, not collapsed
     for e in scored:
         blob = load_checkpoint(run / e["path"])
         level = training_level(blob)
-        if level is None or level[0] >= level[1]:
+        if (level is None or level[0] >= level[1]) and not collapsed(blob.get("metrics") or {}):
             ranked.append((e, blob))
     if not ranked:
-        raise VolGANError(f"{run}: no checkpoint with a quick metric at the full resolution to call 'best' "
-                          f"(run.json lists {len(scored)} scored); export the newest one with --which latest")
+        raise VolGANError(f"{run}: no checkpoint with a quick metric at the full resolution and without mode "
+                          f"collapse to call 'best' (run.json lists {len(scored)} scored); export the newest one "
+                          f"with --which latest")
     best, blob = min(ranked, key=lambda eb: eb[0]["metric"])
     return run / best["path"], (f"the best by `{best['metric_name']}` ({best['metric']:.4g}) of the {len(ranked)} "
                                 f"scored checkpoint(s) still on disk (a run keeps its last few and its best)"), blob
@@ -144,10 +147,15 @@ def export_model(
              f"Seed 0, rows are samples; axial, coronal and sagittal mid-slices"
              f"{' and the axial MIP' if _is_angio(config) else ''}, window {config['intensity']['physical_range']} "
              f"{config['intensity'].get('units', '')}.\n")
+    metrics = blob.get("metrics") or {}
+    if collapsed(metrics):
+        extra = (f"**Warning: mode collapse.** At this checkpoint the samples vary far less than the training data "
+                 f"(`spread_ratio` {float(metrics['spread_ratio']):.3g}, below {COLLAPSE_SPREAD}): expect nearly the "
+                 f"same volume for every latent.\n\n") + extra
     if run is not None and (run / "log.txt").is_file():
         extra += "\n" + _run_section(run, ckpt, why, blob)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out, config, G_ema=G_ema, provenance=provenance, metrics=blob.get("metrics") or {},
+    save_checkpoint(out, config, G_ema=G_ema, provenance=provenance, metrics=metrics,
                     card_extra=extra)
     _write_montage(out, montage, config)
     return out
