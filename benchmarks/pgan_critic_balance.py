@@ -1,0 +1,122 @@
+#!/usr/bin/env python
+"""Experiment: does the spongiosa PGAN's critic keep up with its generator? (1:1 learning rates vs TTUR)
+
+Not a throughput benchmark (``run.py`` does not pick it up): it reproduces the observation behind the advice in
+docs/training.md that short CPU runs of ``tiny-spongiosa`` should give the critic a larger learning rate than
+the generator. It trains the published 32³ networks at their 16³ level from scratch (cheap on a CPU), with the
+trainer's own :class:`GANTrainerLib.losses.WGANGPLoss`, on bone phantoms in the trainer's window, and prints
+every ``--every`` steps:
+
+- ``wdist``: the critic's Wasserstein estimate E[D(real)] − E[D(fake)] at the critic step (before its update).
+  A healthy critic keeps it positive; negative means the generator's last step already fooled it.
+- ``spread``: voxel-wise SD across 64 generated volumes over the same for real ones (``spread_ratio`` of the
+  quick metrics); it falls towards 0 when the generator collapses.
+
+    .venv/bin/python benchmarks/pgan_critic_balance.py                          # both variants, 300 steps
+    .venv/bin/python benchmarks/pgan_critic_balance.py --variants 1e-3:1e-3 --steps 600
+
+Measured 2026-11-22 with the defaults (2-core CPU, one thread, 512 patches, bf16 autocast, batch 16, 300 steps,
+about 165 s per variant): with the published 1e-3 for both, ``wdist`` stayed negative (−0.96 … −1.56) and
+``spread`` fell 1.45 → 0.46; with G 1e-4 / D 1e-3, ``wdist`` stayed positive (+24.6 falling to +4.0) and
+``spread`` fell from the untrained 3.06 towards the data's 1 (1.18 at step 300). An fp32 run of the 1:1 variant
+(an earlier version of this harness) collapsed the same way (spread 1.49 → 0.46).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from GANTrainerLib.losses import WGANGPLoss
+from VolGANCore import read_volume
+from VolumetricGANLib.networks.pgan import ProgressiveDiscriminator, ProgressiveGenerator
+from VolumetricGANLib.phantoms import write_bone_dataset
+
+WINDOW = (-350.0, 1100.0)  # the spongiosa presets' intensity window → [-1, 1]
+
+
+def load_patches(folder: Path) -> torch.Tensor:
+    vols = [np.asarray(read_volume(p).array, np.float32) for p in sorted((folder / "images").glob("*.nii.gz"))]
+    x = torch.from_numpy(np.stack(vols))[:, None]
+    lo, hi = WINDOW
+    return ((x - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
+
+
+def run(reals: torch.Tensor, lr_g: float, lr_d: float, steps: int, batch: int, every: int, level: float,
+        amp: bool, seed: int) -> list[tuple[int, float, float]]:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    G, D = ProgressiveGenerator(3, 1), ProgressiveDiscriminator(3, 1)
+    opt_g = torch.optim.Adam(G.parameters(), lr_g, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(D.parameters(), lr_d, betas=(0.0, 0.99))
+    loss = WGANGPLoss(G, D)
+    factor = 2 ** (G.max_res - int(level))
+    data = F.avg_pool3d(reals, factor) if factor > 1 else reals
+
+    def z(n):
+        v = torch.randn(n, G.z_dim)
+        return v / v.norm(dim=1, keepdim=True)
+
+    def autocast():
+        return torch.autocast("cpu", torch.bfloat16) if amp else contextlib.nullcontext()
+
+    real_spread = data[:64, 0].std(0).mean().item()
+    rows = []
+    for step in range(1, steps + 1):
+        D.requires_grad_(True)
+        opt_d.zero_grad(set_to_none=True)
+        with autocast():
+            l_d, st = loss.discriminator_loss(data[rng.choice(len(data), batch, replace=False)], z(batch), step,
+                                              progress=level)
+        l_d.backward()
+        opt_d.step()
+        D.requires_grad_(False)
+        opt_g.zero_grad(set_to_none=True)
+        with autocast():
+            l_g, _ = loss.generator_loss(z(batch), step, progress=level)
+        l_g.backward()
+        opt_g.step()
+        if step % every == 0:
+            with torch.no_grad():
+                spread = G(z(64), progress=level).float()[:, 0].std(0).mean().item() / real_spread
+            rows.append((step, float(st["wdist"]), spread))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", nargs="+", default=["1e-3:1e-3", "1e-4:1e-3"], help="LR_G:LR_D pairs")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--every", type=int, default=50)
+    ap.add_argument("--level", type=float, default=2.0, help="progressive level to train at (2 = 16³)")
+    ap.add_argument("--patches", type=int, default=512, help="phantom patches to train on")
+    ap.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_bone_dataset(Path(tmp) / "bone", n=max(1, args.patches // 8), seed=args.seed, patches=8,
+                                    bvtv=0.2, bvtv_sd=0.05, tbth_sd_mm=0.04, da_sd=0.1)
+        reals = load_patches(folder)
+    print(f"{len(reals)} phantom patches, level {args.level:g}, batch {args.batch}, "
+          f"{'fp32' if args.fp32 else 'bf16 autocast'}, {args.threads} thread(s)")
+    for variant in args.variants:
+        lr_g, lr_d = (float(v) for v in variant.split(":"))
+        t0 = time.perf_counter()
+        rows = run(reals, lr_g, lr_d, args.steps, args.batch, args.every, args.level, not args.fp32, args.seed)
+        print(f"\nG {lr_g:g} / D {lr_d:g} ({time.perf_counter() - t0:.0f} s)\n| step | wdist | spread |\n|---|---|---|")
+        for step, wdist, spread in rows:
+            print(f"| {step} | {wdist:+.2f} | {spread:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
