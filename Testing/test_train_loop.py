@@ -105,6 +105,18 @@ def test_cancel_checkpoints_and_marks_stopped(data, tmp_path):
     assert load_checkpoint(out["checkpoint"])["provenance"]["reason"] == "stopped"
 
 
+def test_resume_with_new_learning_rates_uses_them_and_says_so(data, tmp_path):
+    train(data, tmp_path / "r", settings(), max_steps=1, log=lambda m: None)
+    messages = []
+    out = train(data, tmp_path / "r", settings(lr_g=2e-4), resume=True, max_steps=1, log=messages.append)
+    assert messages[0].endswith("; learning rates now G 0.0025 → 0.0002"), messages[0]   # not the saved rate
+    opt_g = load_checkpoint(out["checkpoint"])["training"]["opt_g"]
+    assert [g["lr"] for g in opt_g["param_groups"]] == [2e-4]
+    messages = []
+    train(data, tmp_path / "r", settings(lr_g=2e-4), resume=True, max_steps=1, log=messages.append)
+    assert "learning rates" not in messages[0]                                 # unchanged: nothing to say
+
+
 def test_resume_without_checkpoint_is_a_clear_error(data, tmp_path):
     with pytest.raises(VolGANError, match="--resume: no checkpoint"):
         train(data, tmp_path / "empty", settings(), resume=True, max_steps=1)

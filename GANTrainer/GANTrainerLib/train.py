@@ -243,6 +243,18 @@ def _ema_beta(settings: TrainSettings, nimg: int, batch_total: int) -> float:
     return 0.5 ** (batch_total / max(ema_nimg, 1e-8))
 
 
+def _apply_learning_rates(optimisers: dict) -> str:
+    """Set each optimiser's learning rate to this run's setting after loading a checkpoint's optimiser state (which
+    carries the rate it was saved with); returns the changes as text ("G 0.001 → 0.0002"), empty if none."""
+    changes = []
+    for name, (opt, lr) in optimisers.items():
+        for group in opt.param_groups:
+            if group["lr"] != lr:
+                changes.append(f"{name} {group['lr']:g} → {lr:g}")
+                group["lr"] = lr
+    return ", ".join(changes)
+
+
 def _update_ema(G_ema, G, beta: float) -> None:
     import torch
 
@@ -460,6 +472,7 @@ def train(
         G_ema.load_state_dict(blob["tensors"]["G_ema"])
         opt_g.load_state_dict(tr["opt_g"])
         opt_d.load_state_dict(tr["opt_d"])
+        changed = _apply_learning_rates({"G": (opt_g, settings.lr_g), "D": (opt_d, settings.lr_d)})
         scaler_g.load_state_dict(tr["scaler_g"])
         scaler_d.load_state_dict(tr["scaler_d"])
         step, nimg = int(tr["step"]), int(tr["nimg"])
@@ -474,7 +487,8 @@ def train(
             augment.p = float(tr["augment_p"])
         if hasattr(loss, "pl_mean") and tr.get("pl_mean") is not None:
             loss.pl_mean = tr["pl_mean"].to(dev)
-        msg = f"resumed from step {step} ({nimg / 1000:.2f} kimg) of {ckpt}"
+        msg = f"resumed from step {step} ({nimg / 1000:.2f} kimg) of {ckpt}" + (
+            f"; learning rates now {changed}" if changed else "")
         if dist.main:
             log(msg)
             run.log(msg)
