@@ -197,7 +197,7 @@ def test_learning_rate_and_ema_overrides_reach_the_settings_and_refuse_non_posit
 
     s = settings_from_preset("tiny-spongiosa", lr_g=2e-4, lr_d=3e-4, ema_kimg=1.5)
     assert (s.lr_g, s.lr_d, s.ema_kimg) == (2e-4, 3e-4, 1.5)
-    assert settings_from_preset("tiny-spongiosa").lr_g == 1e-3                 # preset untouched
+    assert (settings_from_preset("tiny-spongiosa").lr_g, settings_from_preset("tiny-spongiosa").lr_d) == (2e-4, 1e-3)
     for key in ("lr_g", "lr_d", "ema_kimg"):
         with pytest.raises(VolGANError, match=f"--{key.replace('_', '-')} must be > 0"):
             settings_from_preset("tiny-spongiosa", **{key: 0.0})
