@@ -105,8 +105,8 @@ def test_export_never_calls_a_collapsed_checkpoint_best_and_warns_when_one_is_ex
     out = export_model(copy, tmp_path / "m.vgan")
     assert load_checkpoint(out)["provenance"]["exported_from"].startswith(f"ckpt-{other['step']:07d}.vgan")
     assert "mode collapse" not in card_path(out).read_text()
-    named = export_model(path, tmp_path / "collapsed.vgan")
-    assert "**Warning: mode collapse.**" in card_path(named).read_text() and "`spread_ratio` 0.1" in card_path(named).read_text()
+    card = card_path(export_model(path, tmp_path / "collapsed.vgan")).read_text()
+    assert "**Warning: mode collapse.**" in card and "`spread_ratio` 0.1," in card
     blob = load_checkpoint(copy / other["path"])
     blob["metrics"]["spread_ratio"] = 0.2
     torch.save(blob, copy / other["path"])

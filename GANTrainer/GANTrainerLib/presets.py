@@ -89,8 +89,8 @@ PRESETS["tiny-cow"] = dict(
 # at 32³ (docs/training.md, "Critic balance"; benchmarks/pgan_critic_balance.py).
 PRESETS["tiny-spongiosa"] = dict(
     copy.deepcopy(PRESETS["spongiosa-pgan"]),
-    lr_g=2e-4, lr_d=1e-3, batch=8, progressive=dict(kimg_per_phase=0.4, fade_fraction=0.5), kimg=2.0, snapshot_kimg=0.5, metrics_kimg=0.5,
-    sample_kimg=0.5, snapshot_minutes=1.0, ema_kimg=0.1,
+    lr_g=2e-4, lr_d=1e-3, batch=8, progressive=dict(kimg_per_phase=0.4, fade_fraction=0.5), kimg=2.0,
+    snapshot_kimg=0.5, metrics_kimg=0.5, sample_kimg=0.5, snapshot_minutes=1.0, ema_kimg=0.1,
 )
 
 

@@ -323,8 +323,8 @@ class QuickMetrics:
         self.evaluations += 1
         values["seconds"] = dt
         tracked = values.get(self.track)
-        improved = ranked and not collapsed(values) and tracked is not None and math.isfinite(tracked) and (self.best is None
-                                                                                 or tracked < self.best)
+        improved = (ranked and not collapsed(values) and tracked is not None and math.isfinite(tracked)
+                    and (self.best is None or tracked < self.best))
         if improved:
             self.best, self.best_step = float(tracked), int(step)
         self.last = {"step": int(step), **{k: float(v) for k, v in values.items()}}
