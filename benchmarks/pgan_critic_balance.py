@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from GANTrainerLib.data import normalise
 from GANTrainerLib.losses import WGANGPLoss
 from VolGANCore import read_volume
 from VolumetricGANLib.networks.pgan import ProgressiveDiscriminator, ProgressiveGenerator
@@ -43,10 +44,10 @@ WINDOW = (-350.0, 1100.0)  # the spongiosa presets' intensity window → [-1, 1]
 
 
 def load_patches(folder: Path) -> torch.Tensor:
-    vols = [np.asarray(read_volume(p).array, np.float32) for p in sorted((folder / "images").glob("*.nii.gz"))]
-    x = torch.from_numpy(np.stack(vols))[:, None]
-    lo, hi = WINDOW
-    return ((x - lo) / (hi - lo) * 2 - 1).clamp(-1, 1)
+    """The phantom patches as the trainer prepares them: the spongiosa window mapped to [-1, 1], clipped."""
+    files = sorted((folder / "images").glob("*.nii.gz"))
+    vols = [normalise(read_volume(p), "window", window=WINDOW).array for p in files]
+    return torch.from_numpy(np.stack(vols))[:, None]
 
 
 def run(reals: torch.Tensor, lr_g: float, lr_d: float, steps: int, batch: int, every: int, level: float,
