@@ -298,8 +298,9 @@ class QuickMetrics:
                 and self.spent_s > float(self.budget) * max(float(elapsed_s), 1e-9))
 
     def evaluate(self, G, forward_kwargs: Mapping[str, Any], step: int,
-                 ranked: bool = True) -> tuple[dict[str, float], bool]:
-        """Measure the quick metrics of ``G`` at ``step``; returns (values, whether the tracked one improved).
+                 ranked: bool = True) -> tuple[dict[str, float], bool, bool]:
+        """Measure the quick metrics of ``G`` at ``step``; returns (values, whether they competed for the best,
+        whether the tracked one improved).
 
         ``ranked=False`` measures without competing for the best (a progressive generator below its top level).
         A generator whose samples vary far less than the real volumes (:func:`collapsed`) never competes either:
@@ -323,12 +324,13 @@ class QuickMetrics:
         self.evaluations += 1
         values["seconds"] = dt
         tracked = values.get(self.track)
-        improved = (ranked and not collapsed(values) and tracked is not None and math.isfinite(tracked)
+        ranked = ranked and not collapsed(values)
+        improved = (ranked and tracked is not None and math.isfinite(tracked)
                     and (self.best is None or tracked < self.best))
         if improved:
             self.best, self.best_step = float(tracked), int(step)
         self.last = {"step": int(step), **{k: float(v) for k, v in values.items()}}
-        return values, improved
+        return values, ranked, improved
 
     def summary(self) -> dict[str, Any]:
         """What run.json shows under ``quick_metrics``."""

@@ -448,7 +448,7 @@ def train(
     quick = None  # quick metrics (rank 0): they pick the best checkpoint (GANTrainerLib.quick_metrics)
     metrics_on = bool(settings.metrics_kimg)
     if metrics_on:
-        from .quick_metrics import QuickMetrics, collapsed
+        from .quick_metrics import QuickMetrics
 
         why_not = QuickMetrics.unusable(settings, dataset)  # the same answer on every rank
         metrics_on = why_not is None
@@ -535,7 +535,7 @@ def train(
         }
         training = {k: v for k, v in training.items() if v is not None}
         measured = quick_values[1] if quick_values and quick_values[0] == step else {}  # quick metrics of this step
-        ranked = bool(measured) and quick_values[2]  # below a progressive top level: recorded, not ranked
+        ranked = bool(measured) and quick_values[2]  # below a progressive top level or collapsed: not ranked
         path = run.checkpoint_path(step)
         with torch.random.fork_rng(devices=[]):  # saving rebuilds the network: keep the training RNG untouched
             save_checkpoint(path, config, G_ema=G_ema, G=G, D=D, training=training,
@@ -579,17 +579,22 @@ def train(
                 # a progressive generator below its top level is not what its checkpoint generates (that is
                 # the untrained top level), so it cannot be the best checkpoint
                 top = prog is None or prog >= phase.max_res
-                values, improved = quick.evaluate(G_ema, kw, step, ranked=top)
-                ranked = top and not collapsed(values)
+                values, ranked, improved = quick.evaluate(G_ema, kw, step, ranked=top)
                 quick_values = (step, {**{k: v for k, v in values.items() if k != "seconds"},
                                        "quick_metrics_extractor": quick.extractor.name}, ranked)
                 run.log_scalars(step, nimg / 1000.0, {f"metrics/{k}": v for k, v in values.items()},
                                 status_key="latest_metrics")
                 run.update_status(quick_metrics=quick.summary())
+                if improved:
+                    note = " (best so far)"
+                elif not top:
+                    note = f" (progressive level {prog:g} of {phase.max_res}: not ranked)"
+                elif not ranked:  # quick.evaluate does not rank a collapsed generator
+                    note = " — the samples vary far less than the real volumes: mode collapse? (not ranked)"
+                else:
+                    note = ""
                 run.log(f"quick metrics at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
-                        + (" (best so far)" if improved else "" if ranked else
-                           f" (progressive level {prog:g} of {phase.max_res}: not ranked)" if not top else
-                           " — the samples vary far less than the real volumes: mode collapse? (not ranked)"))
+                        + note)
         if dist.world > 1:
             improved = _any_rank(improved, dist)
         return improved
