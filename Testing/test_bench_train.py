@@ -99,6 +99,9 @@ def test_the_critic_balance_experiment_runs_and_reports_finite_estimates():
     reals = torch.rand(8, 1, 32, 32, 32) * 2 - 1
     rows = mod.run(reals, lr_g=1e-4, lr_d=1e-3, steps=4, batch=4, every=2, level=1.0, amp=False, seed=0)
     assert [r[0] for r in rows] == [2, 4]
-    assert all(math.isfinite(w) and s > 0 for _, w, s in rows)
+    assert all(math.isfinite(w) and s > 0 and f >= 0 for _, w, s, f in rows)
     again = mod.run(reals, lr_g=1e-4, lr_d=1e-3, steps=4, batch=4, every=2, level=1.0, amp=False, seed=0)
     assert again == rows                                   # seeded: the figures in its docstring can be re-measured
+    padded = mod.run(reals, lr_g=1e-4, lr_d=1e-3, steps=4, batch=4, every=2, level=1.0, amp=False, seed=0,
+                     padding="replicate")
+    assert padded != rows and all(math.isfinite(f) for *_, f in padded)   # the generator's padding reaches G

@@ -202,6 +202,33 @@ def test_pgan_shapes_fade_in_and_discriminator():
         G(z, truncation_psi=0.7)
 
 
+def test_pgan_padding_mode_replicate_keeps_the_state_dict_and_has_no_border_signal():
+    from VolumetricGANLib.networks.pgan import WSConv3d
+
+    zeros, rep = ProgressiveGenerator(max_res=2, nch=1), ProgressiveGenerator(max_res=2, nch=1, padding_mode="replicate")
+    assert "padding_mode" not in zeros.config()                       # published configs stay as they were
+    assert rep.config()["padding_mode"] == "replicate"
+    rep.load_state_dict(zeros.state_dict(), strict=True)              # same parameters, only the padding differs
+    z = torch.randn(2, 32)
+    with torch.no_grad():
+        assert not torch.allclose(zeros(z), rep(z))
+        rebuilt = build_generator("pgan-3d", rep.config())
+        rebuilt.load_state_dict(rep.state_dict())
+        assert torch.equal(rebuilt(z), rep(z))                        # the config rebuilds the same network
+    # a uniform feature map stays uniform through a replicate-padded conv; zero padding marks the border
+    flat = torch.ones(1, 4, 4, 4, 4)
+    for mode, uniform in (("replicate", True), ("zeros", False)):
+        conv = WSConv3d(4, 4, 3, 1, padding_mode=mode)
+        torch.nn.init.normal_(conv.conv.bias)
+        with torch.no_grad():
+            out = conv(flat)
+        assert bool(torch.allclose(out, out[:, :, :1, :1, :1].expand_as(out))) is uniform, mode
+    D = ProgressiveDiscriminator(max_res=2, nch=1, padding_mode="reflect")
+    assert D(torch.zeros(2, 1, 16, 16, 16)).shape == (2, 1) and D.config()["padding_mode"] == "reflect"
+    with pytest.raises(ValueError, match="padding_mode 'mirror': choose one of zeros, replicate"):
+        ProgressiveGenerator(max_res=1, padding_mode="mirror")
+
+
 def test_families_registry():
     assert {"stylegan2-3d", "pgan-3d"} <= set(FAMILIES)
     G = build_generator("stylegan2-3d", TINY)

@@ -136,18 +136,23 @@ def test_progressive_schedule_fades_in_every_level():
     assert faded.shape[-1] == 16
 
 
-def test_progressive_gan_trains(tmp_path):
+def tiny_pgan(folder, **generator):
+    """Three random 8³ bone volumes in ``folder`` and 8³ progressive settings (``generator``: extra G options)."""
     rng = np.random.default_rng(1)
-    folder = tmp_path / "bone"
     for k in range(3):
         write_volume(Volume(rng.uniform(-350, 1100, size=(8, 8, 8)).astype(np.float32), spacing=(0.164,) * 3),
                      folder / f"b{k}.nrrd")
-    s = TrainSettings(family="pgan-3d", generator=dict(max_res=1, nch=1), discriminator=dict(max_res=1, nch=1),
-                      batch=2, lr_g=1e-3, lr_d=1e-3, betas=[0.0, 0.99], loss=dict(kind="wgan-gp"),
-                      progressive=dict(kimg_per_phase=0.004, fade_fraction=0.5), latent="hypersphere",
-                      preprocess=dict(intensity="window", window=[-350.0, 1100.0]), kimg=1.0, snapshot_kimg=1.0,
-                      sample_kimg=1.0, log_steps=1, ema_kimg=0.01,
-                      intensity={"network_range": [-1, 1], "physical_range": [-350, 1100], "units": "density"})
+    return TrainSettings(family="pgan-3d", generator=dict(max_res=1, nch=1, **generator),
+                         discriminator=dict(max_res=1, nch=1), batch=2, lr_g=1e-3, lr_d=1e-3, betas=[0.0, 0.99],
+                         loss=dict(kind="wgan-gp"), progressive=dict(kimg_per_phase=0.004, fade_fraction=0.5),
+                         latent="hypersphere", preprocess=dict(intensity="window", window=[-350.0, 1100.0]),
+                         kimg=1.0, snapshot_kimg=1.0, sample_kimg=1.0, log_steps=1, ema_kimg=0.01,
+                         intensity={"network_range": [-1, 1], "physical_range": [-350, 1100], "units": "density"})
+
+
+def test_progressive_gan_trains(tmp_path):
+    folder = tmp_path / "bone"
+    s = tiny_pgan(folder)
     out = train(folder, tmp_path / "run", s, max_steps=4, log=lambda m: None)
     levels = [r["progress/level"] for r in read_metrics(tmp_path / "run")]
     assert levels[0] == 0.0 and levels[-1] > 0.0
@@ -189,6 +194,28 @@ def test_phase_kimg_sets_the_progressive_schedule_and_is_refused_where_it_cannot
         settings_from_preset("tiny-cow", phase_kimg=1)
     with pytest.raises(VolGANError, match="must be > 0"):
         settings_from_preset("tiny-spongiosa", phase_kimg=0)
+
+
+def test_padding_reaches_the_saved_generator_and_a_resume_with_another_padding_is_refused(tmp_path):
+    from GANTrainerLib.train import settings_from_preset
+
+    assert settings_from_preset("tiny-spongiosa").generator["padding_mode"] == "replicate"   # the preset's own
+    assert "padding_mode" not in settings_from_preset("tiny-spongiosa", padding="zeros").generator
+    assert "padding_mode" not in settings_from_preset("spongiosa-pgan").generator         # as published
+    assert settings_from_preset("spongiosa-pgan", padding="reflect").generator["padding_mode"] == "reflect"
+    with pytest.raises(VolGANError, match="--padding sets the progressive generator"):
+        settings_from_preset("tiny-cow", padding="replicate")
+    folder = tmp_path / "bone"
+    out = train(folder, tmp_path / "run", tiny_pgan(folder, padding_mode="replicate"), max_steps=2,
+                log=lambda m: None)
+    G, cfg = load_generator(out["checkpoint"])
+    assert cfg["architecture"]["padding_mode"] == "replicate" and G.blocks[1].conv0.conv.padding_mode == "replicate"
+    with pytest.raises(VolGANError, match=r"generator was built with padding_mode='replicate', this run asks for "
+                                          r"padding_mode unset \(default\); resume with the run's original options"):
+        train(folder, tmp_path / "run", tiny_pgan(folder), resume=True, max_steps=3, log=lambda m: None)
+    again = train(folder, tmp_path / "run", tiny_pgan(folder, padding_mode="replicate"), resume=True, max_steps=1,
+                  log=lambda m: None)
+    assert again["step"] == 3                                                 # resumed at step 2, one more
 
 
 def test_learning_rate_and_ema_overrides_reach_the_settings_and_refuse_non_positive_values():

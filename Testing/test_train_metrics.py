@@ -11,7 +11,7 @@ import torch
 
 from GANTrainerLib import quick_metrics
 from GANTrainerLib.data import BatchFeeder, InfiniteSampler
-from GANTrainerLib.quick_metrics import morph_w1, quick_frechet, voxel_spread
+from GANTrainerLib.quick_metrics import border_profile, frame_index, morph_w1, quick_frechet, voxel_spread
 from GANTrainerLib.run import read_metrics, read_status
 from GANTrainerLib.train import Dist, _finite_step, settings_from_preset, train
 from VolumetricGANLib.checkpoint import load_checkpoint
@@ -60,6 +60,24 @@ def test_voxel_spread_ratio_is_one_for_the_data_and_falls_to_zero_for_a_collapse
     assert math.isnan(voxel_spread(real[:1]))
 
 
+def test_frame_index_is_near_zero_for_the_same_texture_and_grows_with_border_frames():
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(2, 48, 16, 16, 16))
+    mean, sd, count = border_profile(real)
+    assert len(mean) == 8 and count.sum() == 16 ** 3 and count[0] == 16 ** 3 - 14 ** 3   # shells 0 … 7
+    assert np.allclose(mean, 0, atol=0.2) and np.allclose(sd, 1, atol=0.2)   # the inner shells are small
+    same = frame_index(border_profile(real), border_profile(fake))
+    framed = fake.copy()
+    framed[:, [0, -1]] += 1.0                                         # two bright faces: a frame on every slice
+    dim = fake.copy()
+    dim[:, 1:-1, 1:-1, 1:-1] *= 0.5                                   # the inside half as textured as the border
+    assert same < 0.02
+    assert frame_index(border_profile(real), border_profile(framed)) > 10 * same
+    assert frame_index(border_profile(real), border_profile(dim)) > 10 * same
+    shifted = frame_index(border_profile(real), border_profile(fake + 3.0))   # brightness alone is not a frame
+    assert shifted == pytest.approx(same, abs=1e-9)
+
+
 def test_metrics_pick_the_best_checkpoint_and_resume_remembers_it(bone, tmp_path, monkeypatch):
     out = tmp_path / "run"
     s = tiny_bone(snapshot_kimg=0.008)                         # a checkpoint and quick metrics at every step
@@ -69,7 +87,7 @@ def test_metrics_pick_the_best_checkpoint_and_resume_remembers_it(bone, tmp_path
     fds = [r["metrics/fd_quick"] for r in rows]
     assert all(math.isfinite(v) and v > 0 for v in fds)
     assert all(math.isfinite(r["metrics/morph_w1"]) and 0 <= r["metrics/morph_unmeasurable"] <= 1 for r in rows)
-    assert all(0 < r["metrics/spread_ratio"] < 10 for r in rows)
+    assert all(0 < r["metrics/spread_ratio"] < 10 and 0 <= r["metrics/frame_index"] < 10 for r in rows)
     best = read_status(out)["best"]
     assert best["metric_name"] == "fd_quick" and best["metric"] == pytest.approx(min(fds))
     assert best["step"] == 1 + int(np.argmin(fds))
@@ -223,4 +241,4 @@ def test_a_collapsed_generator_is_never_the_best_however_good_its_frechet_distan
     assert (status["best"]["step"], status["best"]["metric"]) == (3, 2.0)    # step 2 had the lowest fd but collapsed
     log = (out / "log.txt").read_text()
     assert "quick metrics at step 2: fd_quick 1, spread_ratio 0.1" in log and "mode collapse? (not ranked)" in log
-    assert "quick metrics at step 1: fd_quick 3, spread_ratio 0.5, seconds" in log   # 0.5 is not below the limit
+    assert "quick metrics at step 1: fd_quick 3, spread_ratio 0.5, frame_index" in log  # 0.5: not below

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Experiment: does the spongiosa PGAN's critic keep up with its generator? (1:1 learning rates vs TTUR)
+"""Experiment: does the spongiosa PGAN's critic keep up with its generator, and does its generator paint frames?
 
 Not a throughput benchmark (``run.py`` does not pick it up): it reproduces the observation behind the advice in
 docs/training.md that short CPU runs of ``tiny-spongiosa`` should give the critic a larger learning rate than
@@ -11,15 +11,26 @@ every ``--every`` steps:
   A healthy critic keeps it positive; negative means the generator's last step already fooled it.
 - ``spread``: voxel-wise SD across 64 generated volumes over the same for real ones (``spread_ratio`` of the
   quick metrics); it falls towards 0 when the generator collapses.
+- ``frame``: the quick metrics' ``frame_index`` of the same 64 volumes: how much more their intensity mean and SD
+  change with distance to the border than the real patches' do (in real SDs); border frames raise it.
+
+A variant is ``LR_G:LR_D`` or ``LR_G:LR_D:PADDING`` (the generator's ``padding_mode``, zeros by default).
 
     .venv/bin/python benchmarks/pgan_critic_balance.py                          # both variants, 300 steps
     .venv/bin/python benchmarks/pgan_critic_balance.py --variants 1e-3:1e-3 --steps 600
+    .venv/bin/python benchmarks/pgan_critic_balance.py --variants 1e-4:1e-3:zeros 1e-4:1e-3:replicate \
+        --steps 600 --every 100
 
 Measured 2026-11-22 with the defaults (2-core CPU, one thread, 512 patches, bf16 autocast, batch 16, 300 steps,
 about 165 s per variant): with the published 1e-3 for both, ``wdist`` stayed negative (−0.96 … −1.56) and
 ``spread`` fell 1.45 → 0.46; with G 1e-4 / D 1e-3, ``wdist`` stayed positive (+24.6 falling to +4.0) and
 ``spread`` fell from the untrained 3.06 towards the data's 1 (1.18 at step 300). An fp32 run of the 1:1 variant
 (an earlier version of this harness) collapsed the same way (spread 1.49 → 0.46).
+
+Border frames, measured 2026-11-22 with the third command (same machine, G 1e-4 / D 1e-3, 600 steps, about
+350 s per variant, the two run side by side): with the published zero padding ``frame`` fell from 0.81 (step 100)
+to 0.28 (step 600) and the samples show square frames; with ``replicate`` it stayed at 0.04–0.08 from step 100
+on, while ``spread`` (0.84 vs 0.88 at step 600) and ``wdist`` (+3.7 vs +4.0) were those of the zero-padded run.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ import torch.nn.functional as F
 
 from GANTrainerLib.data import normalise
 from GANTrainerLib.losses import WGANGPLoss
+from GANTrainerLib.quick_metrics import border_profile, frame_index
 from VolGANCore import read_volume
 from VolumetricGANLib.networks.pgan import ProgressiveDiscriminator, ProgressiveGenerator
 from VolumetricGANLib.phantoms import write_bone_dataset
@@ -51,10 +63,10 @@ def load_patches(folder: Path) -> torch.Tensor:
 
 
 def run(reals: torch.Tensor, lr_g: float, lr_d: float, steps: int, batch: int, every: int, level: float,
-        amp: bool, seed: int) -> list[tuple[int, float, float]]:
+        amp: bool, seed: int, padding: str = "zeros") -> list[tuple[int, float, float, float]]:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    G, D = ProgressiveGenerator(3, 1), ProgressiveDiscriminator(3, 1)
+    G, D = ProgressiveGenerator(3, 1, padding_mode=padding), ProgressiveDiscriminator(3, 1)
     opt_g = torch.optim.Adam(G.parameters(), lr_g, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(D.parameters(), lr_d, betas=(0.0, 0.99))
     loss = WGANGPLoss(G, D)
@@ -69,6 +81,7 @@ def run(reals: torch.Tensor, lr_g: float, lr_d: float, steps: int, batch: int, e
         return torch.autocast("cpu", torch.bfloat16) if amp else contextlib.nullcontext()
 
     real_spread = data[:64, 0].std(0).mean().item()
+    real_profile = border_profile(data[:64, 0].numpy())
     rows = []
     for step in range(1, steps + 1):
         D.requires_grad_(True)
@@ -86,14 +99,16 @@ def run(reals: torch.Tensor, lr_g: float, lr_d: float, steps: int, batch: int, e
         opt_g.step()
         if step % every == 0:
             with torch.no_grad():
-                spread = G(z(64), progress=level).float()[:, 0].std(0).mean().item() / real_spread
-            rows.append((step, float(st["wdist"]), spread))
+                fake = G(z(64), progress=level).float()[:, 0]
+            spread = fake.std(0).mean().item() / real_spread
+            rows.append((step, float(st["wdist"]), spread, frame_index(real_profile, border_profile(fake.numpy()))))
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--variants", nargs="+", default=["1e-3:1e-3", "1e-4:1e-3"], help="LR_G:LR_D pairs")
+    ap.add_argument("--variants", nargs="+", default=["1e-3:1e-3", "1e-4:1e-3"],
+                    help="LR_G:LR_D[:PADDING] (PADDING: the generator's padding_mode, zeros by default)")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--every", type=int, default=50)
@@ -111,12 +126,15 @@ def main() -> None:
     print(f"{len(reals)} phantom patches, level {args.level:g}, batch {args.batch}, "
           f"{'fp32' if args.fp32 else 'bf16 autocast'}, {args.threads} thread(s)")
     for variant in args.variants:
-        lr_g, lr_d = (float(v) for v in variant.split(":"))
+        lr_g, lr_d, *pad = variant.split(":")
+        padding = pad[0] if pad else "zeros"
         t0 = time.perf_counter()
-        rows = run(reals, lr_g, lr_d, args.steps, args.batch, args.every, args.level, not args.fp32, args.seed)
-        print(f"\nG {lr_g:g} / D {lr_d:g} ({time.perf_counter() - t0:.0f} s)\n| step | wdist | spread |\n|---|---|---|")
-        for step, wdist, spread in rows:
-            print(f"| {step} | {wdist:+.2f} | {spread:.2f} |")
+        rows = run(reals, float(lr_g), float(lr_d), args.steps, args.batch, args.every, args.level, not args.fp32,
+                   args.seed, padding)
+        print(f"\nG {float(lr_g):g} / D {float(lr_d):g}, G padding {padding} ({time.perf_counter() - t0:.0f} s)\n"
+              "| step | wdist | spread | frame |\n|---|---|---|---|")
+        for step, wdist, spread, frames in rows:
+            print(f"| {step} | {wdist:+.2f} | {spread:.2f} | {frames:.3f} |")
 
 
 if __name__ == "__main__":

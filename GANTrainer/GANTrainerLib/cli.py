@@ -25,6 +25,9 @@ def register(sub) -> None:
     p.add_argument("--snapshot-kimg", type=float, help="checkpoint interval in kimg")
     p.add_argument("--phase-kimg", type=float,
                    help="progressive presets: kimg per resolution level (half fade-in, half stabilisation)")
+    p.add_argument("--padding", choices=["zeros", "replicate", "reflect", "circular"],
+                   help="progressive presets: padding of the generator's 3×3×3 convs (zeros as published; "
+                        "replicate avoids border frames, docs/training.md)")
     p.add_argument("--lr-g", type=float, help="generator learning rate (preset value otherwise)")
     p.add_argument("--lr-d", type=float, help="discriminator learning rate (preset value otherwise)")
     p.add_argument("--ema-kimg", type=float, help="half-life of the generator's moving average in kimg")
@@ -60,6 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     settings = settings_from_preset(args.preset, amp=args.amp, batch=args.batch, accumulate=args.accumulate,
                                     kimg=args.kimg, snapshot_kimg=args.snapshot_kimg, phase_kimg=args.phase_kimg,
+                                    padding=args.padding,
                                     lr_g=args.lr_g, lr_d=args.lr_d, ema_kimg=args.ema_kimg, seed=args.seed,
                                     metrics_kimg=args.metrics_kimg, metrics_track=args.metrics_track,
                                     metrics_inception_weights=args.inception_weights,

@@ -41,7 +41,7 @@ import numpy as np
 from VolGANCore import VolGANError
 
 __all__ = ["QUICK_METRICS", "BONE_PARAMETERS", "BONE_KEYS", "quick_frechet", "morph_w1", "bone_values",
-           "voxel_spread", "QuickMetrics", "COLLAPSE_SPREAD", "collapsed"]
+           "voxel_spread", "border_profile", "frame_index", "QuickMetrics", "COLLAPSE_SPREAD", "collapsed"]
 
 COLLAPSE_SPREAD = 0.5  # spread_ratio below this: the samples vary far less than the real volumes (mode collapse?)
 
@@ -69,6 +69,53 @@ def voxel_spread(volumes: np.ndarray) -> float:
     towards 0 when it collapses onto a few outputs (the Fréchet distance of few samples barely notices that)."""
     v = np.asarray(volumes, np.float64)
     return float(v.std(axis=0).mean()) if len(v) >= 2 else float("nan")
+
+
+def _shells(shape: Sequence[int]) -> np.ndarray:
+    """Each voxel's distance in voxels to the nearest face of a volume of ``shape`` (0 on the border)."""
+    d = None
+    for axis, n in enumerate(shape):
+        i = np.arange(n)
+        a = np.minimum(i, n - 1 - i).reshape([-1 if k == axis else 1 for k in range(len(shape))])
+        d = a if d is None else np.minimum(d, a)
+    return np.broadcast_to(d, tuple(shape))
+
+
+def border_profile(volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per shell (distance to the nearest face, 0 = border voxels): mean, SD and voxel count of ``(n, ...)``
+    volumes, pooled over samples and the shell's voxels."""
+    v = np.asarray(volumes, np.float64)
+    shells = _shells(v.shape[1:]).ravel()
+    flat = v.reshape(len(v), -1)
+    count = np.bincount(shells).astype(np.float64)
+    total = np.bincount(shells, flat.sum(0))
+    squares = np.bincount(shells, (flat ** 2).sum(0))
+    mean = total / (count * len(v))
+    sd = np.sqrt(np.maximum(squares / (count * len(v)) - mean ** 2, 0.0))
+    return mean, sd, count
+
+
+def frame_index(real_profile, fake_profile) -> float:
+    """How much more the generated volumes change with distance to the border than the real ones do.
+
+    Takes two :func:`border_profile` results. Each shell's mean and SD are taken relative to the whole
+    volume's; the differences between generated and real are combined as a voxel-weighted RMS over shells and
+    divided by the real voxel SD. About 0 when the border looks like the inside (as in the data); border frames
+    (zero padding at the coarse levels of a progressive generator) raise it.
+    """
+    (rm, rs, count), (fm, fs, _) = real_profile, fake_profile
+    w = count / count.sum()
+
+    def relative(mean, sd):
+        overall = float((w * mean).sum())
+        overall_sd = math.sqrt(float((w * (sd ** 2 + (mean - overall) ** 2)).sum()))
+        return mean - overall, sd - overall_sd, overall_sd
+
+    rm_rel, rs_rel, real_sd = relative(rm, rs)
+    fm_rel, fs_rel, _ = relative(fm, fs)
+    if not real_sd > 0:
+        return float("nan")
+    return math.sqrt(float((w * ((fm_rel - rm_rel) ** 2 + (fs_rel - rs_rel) ** 2)).sum())) / real_sd
 
 
 def morph_w1(real: Mapping[str, Sequence[float]], generated: Mapping[str, Sequence[float]],
@@ -210,7 +257,7 @@ class QuickMetrics:
 
         t0 = time.perf_counter()
         path = self.cache_path
-        spread = None
+        spread = profile = None
         cached = path.exists()
         if cached:
             with np.load(path, allow_pickle=False) as z:
@@ -218,16 +265,19 @@ class QuickMetrics:
                 morph = {k: [float(v) for v in z[f"morph_{i}"]] for i, k in enumerate(BONE_KEYS)} if self.bone else {}
                 unmeasurable = int(z["unmeasurable"])
                 spread = float(z["spread"]) if "spread" in z.files else None
-        if spread is None:  # not cached, or a cache written before the spread was measured (recomputed, cheap)
+                profile = tuple(z[f"profile_{k}"] for k in ("mean", "sd", "count")) if "profile_mean" in z.files \
+                    else None
+        if spread is None or profile is None:  # not cached, or cached by an older version (recomputed, cheap)
             vols = np.stack([np.asarray(self.dataset[int(i)], np.float32)[0] for i in self.indices])
-            spread = voxel_spread(vols)
+            spread, profile = voxel_spread(vols), border_profile(vols)
         if not cached:
             feats = self._features(vols)
             morph, unmeasurable = {}, 0
             if self.bone:
                 morph, unmeasurable = bone_values(self._physical(vols[: self.n_morph]), self.spacing)
             arrays = {"features": feats, "indices": self.indices, "unmeasurable": np.asarray(unmeasurable),
-                      "spread": np.asarray(spread)}
+                      "spread": np.asarray(spread), "profile_mean": profile[0], "profile_sd": profile[1],
+                      "profile_count": profile[2]}
             for i, k in enumerate(BONE_KEYS):
                 arrays[f"morph_{i}"] = np.asarray(morph.get(k, []), np.float64)
             with atomic_path(path) as tmp:
@@ -239,7 +289,7 @@ class QuickMetrics:
         fd_halves = (float(frechet_distance_from_features(feats[:half], feats[half:]))
                      if half >= 2 and self.n - half >= 2 else None)
         self._ref = {"features": feats, "morph": morph, "unmeasurable": unmeasurable, "fd_real_halves": fd_halves,
-                     "spread": spread}
+                     "spread": spread, "profile": profile}
         self.reference_s = time.perf_counter() - t0
         return self._ref
 
@@ -313,6 +363,9 @@ class QuickMetrics:
             values = {"fd_quick": quick_frechet(ref["features"], self._features(fake))}
             if ref["spread"] and ref["spread"] > 0:
                 values["spread_ratio"] = voxel_spread(fake) / ref["spread"]
+            frames = frame_index(ref["profile"], border_profile(fake))
+            if math.isfinite(frames):
+                values["frame_index"] = frames
             if self.bone and self.n_morph:
                 gen, bad = bone_values(self._physical(fake[: self.n_morph]), self.spacing)
                 w = morph_w1(ref["morph"], gen)

@@ -101,6 +101,7 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
     cfg = get_preset(name)
     cfg["preset"] = name
     phase_kimg = overrides.pop("phase_kimg", None)
+    padding = overrides.pop("padding", None)
     for key in ("lr_g", "lr_d", "ema_kimg"):  # command-line numbers that must be positive
         value = overrides.get(key)
         if value is not None and not float(value) > 0:
@@ -113,6 +114,16 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
         if not phase_kimg > 0:
             raise VolGANError(f"--phase-kimg must be > 0 (got {phase_kimg})")
         cfg["progressive"] = dict(cfg["progressive"], kimg_per_phase=float(phase_kimg))
+    if padding is not None:
+        from VolumetricGANLib.networks.pgan import FAMILY as PGAN, PADDING_MODES
+
+        if cfg.get("family") != PGAN:
+            raise VolGANError(f"--padding sets the progressive generator's conv padding; preset '{name}' "
+                              f"({cfg.get('family')}) is not a {PGAN} preset")
+        if padding not in PADDING_MODES:
+            raise VolGANError(f"--padding {padding!r}: choose one of {', '.join(PADDING_MODES)}")
+        generator = {k: v for k, v in cfg["generator"].items() if k != "padding_mode"}
+        cfg["generator"] = generator if padding == "zeros" else dict(generator, padding_mode=padding)
     known = {f.name for f in dataclasses.fields(TrainSettings)}
     unknown = sorted(set(cfg) - known)
     if unknown:
@@ -263,6 +274,25 @@ def _update_ema(G_ema, G, beta: float) -> None:
             pe.lerp_(p.detach(), 1.0 - beta)
         for be, b in zip(G_ema.buffers(), G.buffers()):
             be.copy_(b)
+
+
+def _check_same_networks(saved: dict, G, settings: TrainSettings, ckpt) -> None:
+    """Refuse to resume networks of another configuration (e.g. another ``--padding``): the parameters would load
+    into the new networks without complaint when only a setting without parameters changed."""
+    import json
+
+    now = {"architecture": G.config(), "discriminator": json.loads(json.dumps(settings.discriminator))}
+    for key, value in now.items():
+        before = saved.get(key)
+        if before is not None and value is not None and before != value:
+            diff = sorted(k for k in set(before) | set(value) if before.get(k) != value.get(k))
+            what = "generator" if key == "architecture" else "discriminator"
+
+            def show(d):
+                return ", ".join(f"{k}={d[k]!r}" if k in d else f"{k} unset (default)" for k in diff)
+
+            raise VolGANError(f"{ckpt}: its {what} was built with {show(before)}, this run asks for {show(value)}; "
+                              "resume with the run's original options, or start a new run (another --out)")
 
 
 def _checkpoint_config(settings: TrainSettings, spacing, name: str) -> dict:
@@ -467,6 +497,7 @@ def train(
         tr = blob.get("training") or {}
         if "G" not in blob["tensors"] or "D" not in blob["tensors"] or not tr:
             raise VolGANError(f"{ckpt}: holds no training state (G, D, optimisers); it cannot be resumed")
+        _check_same_networks(blob["config"], G, settings, ckpt)
         G.load_state_dict(blob["tensors"]["G"])
         D.load_state_dict(blob["tensors"]["D"])
         G_ema.load_state_dict(blob["tensors"]["G_ema"])

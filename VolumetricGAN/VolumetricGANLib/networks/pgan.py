@@ -25,9 +25,16 @@ from torch import nn
 
 from .layers import ShapeError, assert_shape, minibatch_std, pixel_norm
 
-__all__ = ["pgan_channels", "WSConv3d", "ProgressiveGenerator", "ProgressiveDiscriminator"]
+__all__ = ["pgan_channels", "WSConv3d", "ProgressiveGenerator", "ProgressiveDiscriminator", "PADDING_MODES"]
 
 FAMILY = "pgan-3d"
+PADDING_MODES = ("zeros", "replicate", "reflect", "circular")  # nn.Conv3d padding modes of the 3×3×3 convs
+
+
+def _check_padding_mode(mode: str) -> str:
+    if mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode {mode!r}: choose one of {', '.join(PADDING_MODES)}")
+    return str(mode)
 
 
 def pgan_channels(level: int, nch: int) -> int:
@@ -46,14 +53,16 @@ class WSConv3d(nn.Module):
         in_channels: int,            # input channels
         out_channels: int,           # output channels
         kernel_size: int = 3,        # cubic kernel size
-        padding: int = 1,            # zero padding
+        padding: int = 1,            # padding on every side
         use_wscale: bool = True,     # equalised learning rate (WScale)
         gain: float = 2.0,           # WScale gain (2 for LeakyReLU layers, 1 for toRGB / class layers)
         activation: bool = True,     # LeakyReLU(0.2) after the conv
         use_pixel_norm: bool = False,  # PixelNorm after the activation
+        padding_mode: str = "zeros",   # what the padding holds: zeros (published) or a copy of the border
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, padding=padding, bias=True)
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, padding=padding, bias=True,
+                              padding_mode=_check_padding_mode(padding_mode))
         nn.init.normal_(self.conv.weight, 0.0, 1.0) if use_wscale else nn.init.kaiming_normal_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
@@ -74,13 +83,13 @@ class WSConv3d(nn.Module):
 
 
 class _GBlock(nn.Module):
-    def __init__(self, first: bool, cin: int, cout: int, ws: bool, pn: bool) -> None:
+    def __init__(self, first: bool, cin: int, cout: int, ws: bool, pn: bool, padding_mode: str) -> None:
         super().__init__()
-        if first:
+        if first:  # 1³ → 4³: a dense projection (each output voxel its own weights); its padding stays zeros
             self.conv0 = WSConv3d(cin, cout, 4, 3, ws, 2.0, True, pn)
         else:
-            self.conv0 = WSConv3d(cin, cout, 3, 1, ws, 2.0, True, pn)
-        self.conv1 = WSConv3d(cout, cout, 3, 1, ws, 2.0, True, pn)
+            self.conv0 = WSConv3d(cin, cout, 3, 1, ws, 2.0, True, pn, padding_mode)
+        self.conv1 = WSConv3d(cout, cout, 3, 1, ws, 2.0, True, pn, padding_mode)
 
     def forward(self, x):
         return self.conv1(self.conv0(x))
@@ -90,6 +99,10 @@ class ProgressiveGenerator(nn.Module):
     """Progressive 3-D generator: z (N, z_dim) on the unit hypersphere → tanh volume (N, C, S, S, S).
 
     ``z_dim`` equals the channels of the first level (``32·nch``); ``S = 4·2^max_res``.
+
+    ``padding_mode`` sets the padding of the 3×3×3 convolutions. The published generator pads with zeros; at
+    4³ and 8³ most voxels touch the border, so a briefly trained generator paints nested square frames that
+    up-sampling carries to 32³. ``"replicate"`` removes that border signal (docs/training.md, "Border frames").
 
     Example
     -------
@@ -108,12 +121,16 @@ class ProgressiveGenerator(nn.Module):
         img_channels: int = 1,         # output channels
         use_wscale: bool = True,       # equalised learning rate
         use_pixel_norm: bool = True,   # PixelNorm on z and after every generator conv
+        padding_mode: str = "zeros",   # 3×3×3 conv padding: "zeros" (published), "replicate", "reflect", …
     ) -> None:
         super().__init__()
         if max_res < 0 or nch < 1:
             raise ValueError(f"max_res={max_res}, nch={nch}: need max_res ≥ 0 and nch ≥ 1")
+        _check_padding_mode(padding_mode)
         self._config = dict(max_res=int(max_res), nch=int(nch), img_channels=int(img_channels),
                             use_wscale=bool(use_wscale), use_pixel_norm=bool(use_pixel_norm))
+        if padding_mode != "zeros":  # absent = zeros: configs of published and older checkpoints stay unchanged
+            self._config["padding_mode"] = padding_mode
         self.max_res = int(max_res)
         self.z_dim = pgan_channels(0, nch)
         self.img_channels = int(img_channels)
@@ -124,10 +141,11 @@ class ProgressiveGenerator(nn.Module):
             WSConv3d(pgan_channels(i, nch), img_channels, 1, 0, use_wscale, 1.0, False, False)
             for i in range(self.max_res + 1)
         )
-        self.blocks = nn.ModuleList([_GBlock(True, self.z_dim, self.z_dim, use_wscale, use_pixel_norm)])
+        self.blocks = nn.ModuleList([_GBlock(True, self.z_dim, self.z_dim, use_wscale, use_pixel_norm,
+                                             padding_mode)])
         for i in range(self.max_res):
             self.blocks.append(_GBlock(False, pgan_channels(i, nch), pgan_channels(i + 1, nch), use_wscale,
-                                       use_pixel_norm))
+                                       use_pixel_norm, padding_mode))
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)
@@ -184,10 +202,14 @@ class ProgressiveDiscriminator(nn.Module):
         img_channels: int = 1,       # input channels
         use_wscale: bool = True,     # equalised learning rate
         mbstd_group_size: int = 0,   # minibatch-std group (0 = whole batch)
+        padding_mode: str = "zeros",  # 3×3×3 conv padding (zeros as published: lets the critic see the border)
     ) -> None:
         super().__init__()
+        _check_padding_mode(padding_mode)
         self._config = dict(max_res=int(max_res), nch=int(nch), img_channels=int(img_channels),
                             use_wscale=bool(use_wscale), mbstd_group_size=int(mbstd_group_size))
+        if padding_mode != "zeros":
+            self._config["padding_mode"] = padding_mode
         self.max_res = int(max_res)
         self.img_channels = int(img_channels)
         self.mbstd_group_size = int(mbstd_group_size)
@@ -197,14 +219,16 @@ class ProgressiveDiscriminator(nn.Module):
             for i in range(self.max_res + 1)
         )
         last = nn.Module()
-        last.conv_std = WSConv3d(c0 + 1, c0, 3, 1, use_wscale, 2.0, True, False)
+        last.conv_std = WSConv3d(c0 + 1, c0, 3, 1, use_wscale, 2.0, True, False, padding_mode)
         last.conv_pool = WSConv3d(c0, c0, 4, 0, use_wscale, 2.0, True, False)
         last.conv_class = WSConv3d(c0, 1, 1, 0, use_wscale, 1.0, False, False)
         self.blocks = nn.ModuleList([last])
         for i in range(self.max_res):
             b = nn.Module()
-            b.conv0 = WSConv3d(pgan_channels(i + 1, nch), pgan_channels(i + 1, nch), 3, 1, use_wscale)
-            b.conv1 = WSConv3d(pgan_channels(i + 1, nch), pgan_channels(i, nch), 3, 1, use_wscale)
+            b.conv0 = WSConv3d(pgan_channels(i + 1, nch), pgan_channels(i + 1, nch), 3, 1, use_wscale,
+                               padding_mode=padding_mode)
+            b.conv1 = WSConv3d(pgan_channels(i + 1, nch), pgan_channels(i, nch), 3, 1, use_wscale,
+                               padding_mode=padding_mode)
             self.blocks.append(b)
 
     def config(self) -> dict[str, Any]:
