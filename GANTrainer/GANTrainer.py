@@ -24,7 +24,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from GANTrainerLib.presets import PRESETS
-from GANTrainerSceneLogic import GANTrainerSceneLogic, TrainingProcess, updateLossPlot
+from GANTrainerSceneLogic import RUN_PLOTS, GANTrainerSceneLogic, TrainingProcess, updateRunPlot
 from VolGANSlicer.widgets import PanelProgress, ParameterNodeWidgetMixin
 
 
@@ -52,6 +52,7 @@ class GANTrainerParameterNode:
     preset: Annotated[str, Choice(sorted(PRESETS))] = "tiny-spongiosa"
     runFolder: pathlib.Path
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    trainingPlot: Annotated[str, Choice(list(RUN_PLOTS))] = "losses"
     evalRealFolder: pathlib.Path
     evalFakeFolder: pathlib.Path
     evalOutFolder: pathlib.Path
@@ -84,6 +85,7 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.ui.startTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=False))
         self.ui.resumeTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=True))
         self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTraining)
+        self.ui.trainingPlotComboBox.connect("currentIndexChanged(int)", lambda _index: self.updateTrainingPlot())
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
         self.ui.loadReportButton.connect("clicked(bool)", self.onLoadReportButton)
         self.ui.cancelEvaluationButton.enabled = False
@@ -164,10 +166,7 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
             state=status.get("state", "?"), step=status.get("step", 0), kimg=kimg, total=total, eta=eta_text,
             best=best_text)
         self.ui.trainingLogTextEdit.setPlainText(proc.lastLogLines(30))
-        chart = updateLossPlot(self.logic, proc.runFolder, chartNode=self.lossChart)
-        if chart is not None:
-            self.lossChart = chart
-            slicer.modules.plots.logic().ShowChartInLayout(chart)
+        self.updateTrainingPlot()
         ckpt = status.get("checkpoints", [{}])[-1].get("path") if status.get("checkpoints") else None
         if ckpt and ckpt != self.lastCheckpoint:
             self.lastCheckpoint = ckpt
@@ -177,6 +176,16 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         if not status.get("running"):
             self.pollTimer.stop()
         self.updateButtonStates()
+
+    def updateTrainingPlot(self) -> None:
+        """Redraw the chosen plot (losses or quick metrics) of the run being watched."""
+        proc, p = self.logic.training, self._parameterNode
+        if proc is None or not p:
+            return
+        chart = updateRunPlot(self.logic, proc.runFolder, chartNode=self.lossChart, plot=p.trainingPlot)
+        self.lossChart = chart
+        if chart is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
 
     def onValidateButton(self) -> None:
         p = self._parameterNode

@@ -463,11 +463,22 @@ def _pid_alive(pid) -> bool:
     return True
 
 
-def updateLossPlot(sceneLogic: GANTrainerSceneLogic, runFolder, chartNode=None,
-                   keys=("loss/G", "loss/D", "reg/r1", "reg/gp", "augment/p")):
-    """Loss curves of a run as a plot chart node (one series per logged key, x = kimg); returns the chart."""
+# what the training panel can plot: a title and the metrics.jsonl keys (one series each, x = kimg)
+RUN_PLOTS = {
+    "losses": ("Training losses", ("loss/G", "loss/D", "reg/r1", "reg/gp", "augment/p")),
+    "quick metrics": ("Quick metrics", ("metrics/fd_quick", "metrics/spread_ratio", "metrics/frame_index",
+                                        "metrics/morph_w1")),
+}
+
+
+def updateRunPlot(sceneLogic: GANTrainerSceneLogic, runFolder, chartNode=None, plot: str = "losses"):
+    """One of :data:`RUN_PLOTS` of a run as a plot chart node replacing ``chartNode``; None while nothing of it
+    has been logged yet."""
     from GANTrainerLib.run import read_metrics
 
+    if plot not in RUN_PLOTS:
+        raise ValueError(f"plot {plot!r}: choose one of {', '.join(RUN_PLOTS)}")
+    title, keys = RUN_PLOTS[plot]
     rows = read_metrics(runFolder)
     series = {}
     for key in keys:
@@ -479,5 +490,4 @@ def updateLossPlot(sceneLogic: GANTrainerSceneLogic, runFolder, chartNode=None,
         _remove_chart(scene, chartNode)
     if not series:
         return None
-    return mrml.plot_chart(series, scene, name=f"Training losses ({Path(runFolder).name})", x_label="kimg",
-                           y_label="value")
+    return mrml.plot_chart(series, scene, name=f"{title} ({Path(runFolder).name})", x_label="kimg", y_label="value")

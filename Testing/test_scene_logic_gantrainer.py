@@ -55,10 +55,12 @@ def _wait(proc, condition, timeout=300):
 
 
 def test_background_training_runs_reports_and_plots(headless, bone_patches, tmp_path):
-    from GANTrainerSceneLogic import GANTrainerSceneLogic, TrainingProcess, updateLossPlot
+    from GANTrainerSceneLogic import GANTrainerSceneLogic, TrainingProcess, updateRunPlot
 
     run = tmp_path / "run"
-    proc = TrainingProcess.start("tiny-spongiosa", bone_patches, run, extraArgs=["--max-steps", "3"], device="cpu")
+    proc = TrainingProcess.start("tiny-spongiosa", bone_patches, run, extraArgs=["--max-steps", "3", "--phase-kimg",
+                                                                                "0.001", "--metrics-kimg", "0.008"],
+                                 device="cpu")
     status = _wait(proc, lambda s: not s["running"])
     assert status["returncode"] == 0, proc.lastLogLines()
     assert status["state"] == "finished" and status["step"] == 3
@@ -66,11 +68,17 @@ def test_background_training_runs_reports_and_plots(headless, bone_patches, tmp_
     again = TrainingProcess.attach(run).poll()
     assert again["state"] == "finished" and not again["running"]
     logic = GANTrainerSceneLogic(headless.scene)
-    chart = updateLossPlot(logic, run)
+    chart = updateRunPlot(logic, run)
     names = {chart.GetNthPlotSeriesNode(i).GetName() for i in range(chart.GetNumberOfPlotSeriesNodes())}
-    assert {"loss/G", "loss/D", "reg/gp"} <= names
-    chart2 = updateLossPlot(logic, run, chartNode=chart)          # refresh replaces, not piles up
+    assert {"loss/G", "loss/D", "reg/gp"} <= names and chart.GetName() == "Training losses (run)"
+    chart2 = updateRunPlot(logic, run, chartNode=chart)          # refresh replaces, not piles up
     assert headless.scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1 and chart2 is not None
+    metrics = updateRunPlot(logic, run, chartNode=chart2, plot="quick metrics")   # the panel's other choice
+    names = {metrics.GetNthPlotSeriesNode(i).GetName() for i in range(metrics.GetNumberOfPlotSeriesNodes())}
+    assert {"metrics/fd_quick", "metrics/spread_ratio", "metrics/frame_index", "metrics/morph_w1"} <= names
+    assert headless.scene.GetNumberOfNodesByClass("vtkMRMLPlotChartNode") == 1
+    with pytest.raises(ValueError, match="choose one of losses, quick metrics"):
+        updateRunPlot(logic, run, plot="gradients")
     bad = TrainingProcess.start("tiny-spongiosa", tmp_path / "nothing", tmp_path / "bad", device="cpu")
     failed = _wait(bad, lambda s: not s["running"])
     assert failed["returncode"] == 2 and failed["state"] == "failed"

@@ -10,6 +10,11 @@ them with a fixed, seeded subset of ``n`` training volumes:
     (``metrics_medicalnet_weights``), else Inception-v3 pool3 on 8 evenly spaced slices per volume
     (``metrics_inception_weights``), else the documented fallback (MedicalNet's architecture with seeded random
     weights, ``GANTrainerLib.evaluation.features``). Inputs as ``volgan evaluate``'s default protocol.
+``metrics/spread_ratio``
+    Voxel-wise SD across the generated volumes over the same for the real ones (:func:`voxel_spread`); below
+    :data:`COLLAPSE_SPREAD` the checkpoint is never ranked (mode collapse).
+``metrics/frame_index``
+    Border artefacts (:func:`frame_index` of the two :func:`border_profile` results); logged, never ranked.
 ``metrics/morph_w1`` (bone presets: anatomy ``spongiosa`` with a physical intensity range)
     Mean over BV/TV, Tb.Th, Tb.Sp, BMD and TMD of the 1-Wasserstein distance between the real and generated
     values divided by the real standard deviation (:func:`morph_w1`), from the exact panel
