@@ -70,10 +70,16 @@ def test_cli_end_to_end_with_fallback_extractors(folders):
     suspects = rep["memorisation"]["suspects"]
     assert suspects and suspects[0]["fake_case"] == "case05" and suspects[0]["real_case_ncc"] == "case03"
     assert len(rep["memorisation"]["fake_nn"]["ncc"]) == 6 and len(rep["prd_curve"]["real_vs_real"]["recall"]) == 1001
-    for png in ("prd_curve.png", "nn_histogram.png", "nn_montage.png", "suspects/case05_vs_case03.png"):
+    border = rep["border"]
+    assert border["frame_index"]["real_vs_generated"] >= 0 and border["frame_index"]["real_vs_real"] >= 0
+    assert border["profile"]["distance_voxels"] == list(range(4)) and sum(border["profile"]["voxels"]) == 8 * 32 * 32
+    assert "border frame index: " in out.stdout
+    for png in ("prd_curve.png", "nn_histogram.png", "nn_montage.png", "border_profile.png",
+                "suspects/case05_vs_case03.png"):
         assert (folders / "rep" / png).read_bytes()[:4] == b"\x89PNG", png
     md = (folders / "rep" / "report.md").read_text()
     assert "| Real vs generated | 95 % CI | Real vs real (halves) |" in md and "fallback" in md and "case05" in md
+    assert "## Border artefacts" in md and "![border_profile](border_profile.png)" in md
     assert not list(folders.glob(".rep.partial-*"))
     # a second run into the same folder refuses without --overwrite
     again = run("evaluate", "--real", folders / "real", "--fake", folders / "fake", "--out", folders / "rep")

@@ -8,12 +8,47 @@ import scipy.integrate
 import scipy.linalg
 
 from GANTrainerLib.evaluation.bootstrap import bootstrap_ci, split_halves
+from GANTrainerLib.evaluation.border import border_profile, border_report, frame_index
 from GANTrainerLib.evaluation.frechet import (FrechetDistance, feature_statistics, frechet_distance,
                                               frechet_distance_from_features)
 from GANTrainerLib.evaluation.knn import precision_recall_density_coverage
 from GANTrainerLib.evaluation.memorisation import memorisation_check, standardise_rows
 from GANTrainerLib.evaluation.mmd import mmd_rbf
 from GANTrainerLib.evaluation.prd import PRD, kmeans, prd_auc, prd_f_beta, prd_from_features, prd_from_histograms
+
+
+def test_frame_index_is_near_zero_for_the_same_texture_and_grows_with_border_frames():
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(2, 48, 16, 16, 16))
+    mean, sd, count = border_profile(real)
+    assert len(mean) == 8 and count.sum() == 16 ** 3 and count[0] == 16 ** 3 - 14 ** 3   # shells 0 … 7
+    assert np.allclose(mean, 0, atol=0.2) and np.allclose(sd, 1, atol=0.2)   # the inner shells are small
+    same = frame_index(border_profile(real), border_profile(fake))
+    framed = fake.copy()
+    framed[:, [0, -1]] += 1.0                                         # two bright faces: a frame on every slice
+    dim = fake.copy()
+    dim[:, 1:-1, 1:-1, 1:-1] *= 0.5                                   # the inside half as textured as the border
+    assert same < 0.02
+    assert frame_index(border_profile(real), border_profile(framed)) > 10 * same
+    assert frame_index(border_profile(real), border_profile(dim)) > 10 * same
+    shifted = frame_index(border_profile(real), border_profile(fake + 3.0))   # brightness alone is not a frame
+    assert shifted == pytest.approx(same, abs=1e-9)
+
+
+def test_border_report_flags_framed_volumes_against_the_real_halves():
+    rng = np.random.default_rng(1)
+    real, clean = rng.normal(size=(2, 20, 8, 12, 12)) * 50 + 300    # physical-looking units
+    framed = clean.copy()
+    framed[:, :, [0, -1]] -= 60                                      # dark rims on two faces of every slice
+    a, b = split_halves(len(real), 0)
+    ok, bad = border_report(real, clean, a, b), border_report(real, framed, a, b)
+    assert ok["frame_index"]["real_vs_real"] == bad["frame_index"]["real_vs_real"] < 0.1
+    assert ok["frame_index"]["real_vs_generated"] < 0.1 < bad["frame_index"]["real_vs_generated"]
+    prof = bad["profile"]
+    assert prof["distance_voxels"] == [0, 1, 2, 3] and sum(prof["voxels"]) == 8 * 12 * 12
+    assert prof["generated"]["mean"][0] < prof["real"]["mean"][0] - 10    # the rim shows in the outer shell
+    flat = border_report(np.ones((4, 8, 8, 8)), clean[:2, :, :8, :8], [0, 1], [2, 3])
+    assert flat["frame_index"] == {"real_vs_generated": None, "real_vs_real": None}   # no real spread: undefined
 
 
 def scipy_fid(a, b):

@@ -11,7 +11,7 @@ import torch
 
 from GANTrainerLib import quick_metrics
 from GANTrainerLib.data import BatchFeeder, InfiniteSampler
-from GANTrainerLib.quick_metrics import border_profile, frame_index, morph_w1, quick_frechet, voxel_spread
+from GANTrainerLib.quick_metrics import morph_w1, quick_frechet, voxel_spread
 from GANTrainerLib.run import read_metrics, read_status
 from GANTrainerLib.train import Dist, _finite_step, settings_from_preset, train
 from VolumetricGANLib.checkpoint import load_checkpoint
@@ -58,24 +58,6 @@ def test_voxel_spread_ratio_is_one_for_the_data_and_falls_to_zero_for_a_collapse
     assert voxel_spread(real.mean(0) + 0.5 * (real - real.mean(0))) / voxel_spread(real) == pytest.approx(0.5)
     assert voxel_spread(np.repeat(real[:1], 32, axis=0)) == pytest.approx(0.0, abs=1e-12)  # all the same volume
     assert math.isnan(voxel_spread(real[:1]))
-
-
-def test_frame_index_is_near_zero_for_the_same_texture_and_grows_with_border_frames():
-    rng = np.random.default_rng(0)
-    real, fake = rng.normal(size=(2, 48, 16, 16, 16))
-    mean, sd, count = border_profile(real)
-    assert len(mean) == 8 and count.sum() == 16 ** 3 and count[0] == 16 ** 3 - 14 ** 3   # shells 0 … 7
-    assert np.allclose(mean, 0, atol=0.2) and np.allclose(sd, 1, atol=0.2)   # the inner shells are small
-    same = frame_index(border_profile(real), border_profile(fake))
-    framed = fake.copy()
-    framed[:, [0, -1]] += 1.0                                         # two bright faces: a frame on every slice
-    dim = fake.copy()
-    dim[:, 1:-1, 1:-1, 1:-1] *= 0.5                                   # the inside half as textured as the border
-    assert same < 0.02
-    assert frame_index(border_profile(real), border_profile(framed)) > 10 * same
-    assert frame_index(border_profile(real), border_profile(dim)) > 10 * same
-    shifted = frame_index(border_profile(real), border_profile(fake + 3.0))   # brightness alone is not a frame
-    assert shifted == pytest.approx(same, abs=1e-9)
 
 
 def test_metrics_pick_the_best_checkpoint_and_resume_remembers_it(bone, tmp_path, monkeypatch):

@@ -45,6 +45,8 @@ import numpy as np
 
 from VolGANCore import VolGANError
 
+from .evaluation.border import border_profile, frame_index
+
 __all__ = ["QUICK_METRICS", "BONE_PARAMETERS", "BONE_KEYS", "quick_frechet", "morph_w1", "bone_values",
            "voxel_spread", "border_profile", "frame_index", "QuickMetrics", "COLLAPSE_SPREAD", "collapsed"]
 
@@ -74,53 +76,6 @@ def voxel_spread(volumes: np.ndarray) -> float:
     towards 0 when it collapses onto a few outputs (the Fréchet distance of few samples barely notices that)."""
     v = np.asarray(volumes, np.float64)
     return float(v.std(axis=0).mean()) if len(v) >= 2 else float("nan")
-
-
-def _shells(shape: Sequence[int]) -> np.ndarray:
-    """Each voxel's distance in voxels to the nearest face of a volume of ``shape`` (0 on the border)."""
-    d = None
-    for axis, n in enumerate(shape):
-        i = np.arange(n)
-        a = np.minimum(i, n - 1 - i).reshape([-1 if k == axis else 1 for k in range(len(shape))])
-        d = a if d is None else np.minimum(d, a)
-    return np.broadcast_to(d, tuple(shape))
-
-
-def border_profile(volumes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per shell (distance to the nearest face, 0 = border voxels): mean, SD and voxel count of ``(n, ...)``
-    volumes, pooled over samples and the shell's voxels."""
-    v = np.asarray(volumes, np.float64)
-    shells = _shells(v.shape[1:]).ravel()
-    flat = v.reshape(len(v), -1)
-    count = np.bincount(shells).astype(np.float64)
-    total = np.bincount(shells, flat.sum(0))
-    squares = np.bincount(shells, (flat ** 2).sum(0))
-    mean = total / (count * len(v))
-    sd = np.sqrt(np.maximum(squares / (count * len(v)) - mean ** 2, 0.0))
-    return mean, sd, count
-
-
-def frame_index(real_profile, fake_profile) -> float:
-    """How much more the generated volumes change with distance to the border than the real ones do.
-
-    Takes two :func:`border_profile` results. Each shell's mean and SD are taken relative to the whole
-    volume's; the differences between generated and real are combined as a voxel-weighted RMS over shells and
-    divided by the real voxel SD. About 0 when the border looks like the inside (as in the data); border frames
-    (zero padding at the coarse levels of a progressive generator) raise it.
-    """
-    (rm, rs, count), (fm, fs, _) = real_profile, fake_profile
-    w = count / count.sum()
-
-    def relative(mean, sd):
-        overall = float((w * mean).sum())
-        overall_sd = math.sqrt(float((w * (sd ** 2 + (mean - overall) ** 2)).sum()))
-        return mean - overall, sd - overall_sd, overall_sd
-
-    rm_rel, rs_rel, real_sd = relative(rm, rs)
-    fm_rel, fs_rel, _ = relative(fm, fs)
-    if not real_sd > 0:
-        return float("nan")
-    return math.sqrt(float((w * ((fm_rel - rm_rel) ** 2 + (fs_rel - rs_rel) ** 2)).sum())) / real_sd
 
 
 def morph_w1(real: Mapping[str, Sequence[float]], generated: Mapping[str, Sequence[float]],

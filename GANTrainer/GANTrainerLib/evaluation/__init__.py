@@ -9,6 +9,7 @@ Functional core (NumPy in, floats out) with small metric classes on top, MONAI s
 * :mod:`.bootstrap` — percentile intervals, real-vs-real halves
 * :mod:`.memorisation` — nearest training volume by NCC and features, suspected copies
 * :mod:`.diversity` — intra-set diversity: mean 3-D MS-SSIM over distinct pairs (MONAI)
+* :mod:`.border` — border artefacts: per-shell intensity profiles and the frame index
 * :mod:`.fidelity` — morphometric fidelity of bone patches and of CoW label maps
 * :mod:`.inception`, :mod:`.medicalnet`, :mod:`.features` — networks (published weights from file paths) and fallbacks
 * :mod:`.preprocess` — the anchor protocol's slices/normalisation and ours
@@ -18,6 +19,7 @@ Torch is imported only where a network or the Fréchet linear algebra runs.
 """
 
 from .bootstrap import bootstrap_ci, bootstrap_many, split_halves
+from .border import border_profile, border_report, frame_index
 from .diversity import ms_ssim, msssim_diversity, msssim_settings
 from .frechet import FrechetDistance, feature_statistics, frechet_distance, frechet_distance_from_features
 from .knn import PRDC, precision_recall_density_coverage
@@ -31,6 +33,7 @@ __all__ = [
     "PRDC", "precision_recall_density_coverage",
     "MMD", "mmd_rbf",
     "bootstrap_ci", "bootstrap_many", "split_halves",
+    "border_profile", "border_report", "frame_index",
     "memorisation_check", "ncc_matrix", "standardise_rows",
     "ms_ssim", "msssim_diversity", "msssim_settings",
     "evaluate",

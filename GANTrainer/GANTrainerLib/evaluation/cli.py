@@ -120,6 +120,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         halves = " / ".join(_fmt(h) for h in d["real_halves"])
         print(f"MS-SSIM diversity (mean over pairs, lower = more diverse): generated {_fmt(d['generated']['mean'])}{ci}"
               f"  (real {_fmt(d['real']['mean'])}; real halves {halves}) — {d['verdict']}")
+    f = report["border"]["frame_index"]
+    print(f"border frame index: {_fmt(f['real_vs_generated'])}  (real vs real {_fmt(f['real_vs_real'])})")
     print(f"suspected copies: {len(report['memorisation']['suspects'])}")
     print(f"report: {args.out}/report.md")
     return 0

@@ -96,6 +96,26 @@ def write_plots(folder: Path, report: dict, real: np.ndarray, fake: np.ndarray) 
     plt.close(fig)
     out["nn_montage"] = "nn_montage.png"
 
+    border = report.get("border")
+    if border:
+        prof = border["profile"]
+        d = np.asarray(prof["distance_voxels"])
+        fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+        for a, stat in ((ax[0], "mean"), (ax[1], "sd")):
+            for key, style in (("real", "--"), ("generated", "-")):
+                a.plot(d, np.asarray(prof[key][stat]), style, marker="o", ms=3, label=key)
+            a.set_xlabel("distance to the nearest face [voxels]", fontsize=8)
+            a.set_ylabel(f"intensity {'mean' if stat == 'mean' else 'SD'} in the shell", fontsize=8)
+            a.legend(fontsize=7)
+        f = border["frame_index"]
+        rvg, rvr = f["real_vs_generated"], f["real_vs_real"]
+        fig.suptitle("border profile: frame index " + ("–" if rvg is None else f"{rvg:.3f}")
+                     + " (real halves " + ("–" if rvr is None else f"{rvr:.3f}") + ")", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(folder / "border_profile.png", dpi=100)
+        plt.close(fig)
+        out["border_profile"] = "border_profile.png"
+
     if mem["suspects"]:
         (folder / "suspects").mkdir(exist_ok=True)
         out["suspects"] = []

@@ -14,8 +14,9 @@ Two protocols (see ``docs/evaluation.md``):
 Both protocols add: a bootstrap 95 % interval for each real-vs-generated figure (volumes resampled), the
 same figure between two disjoint halves of the real set (the real-vs-real baseline), the memorisation
 check, and the intra-set diversity (mean 3-D MS-SSIM over distinct pairs of the generated set, next to the
-same mean over the real set; :mod:`.diversity`). Every figure carries the name of the extractor it came
-from; fallbacks say so.
+same mean over the real set; :mod:`.diversity`), and the border-artefact check (the frame index of
+:mod:`.border`, with its real-vs-real value). Every figure carries the name of the extractor it came from;
+fallbacks say so.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from VolGANCore.progress import CancelToken, Progress, ProgressCallback
 
 from . import preprocess
 from .bootstrap import bootstrap_many, split_halves
+from .border import border_report
 from .diversity import mean_over_subset, msssim_settings, normalise_for_msssim, pairwise_ms_ssim, sample_pairs
 from .features import make_slice_extractor, make_volume_extractor
 from .frechet import frechet_distance_from_features
@@ -259,6 +261,7 @@ def evaluate(
         mem = memorisation_check(standardise_rows(real), standardise_rows(fake), vol_feats[ri], vol_feats[fi],
                                  copy_quantile)
         prog.advance(1, "memorisation")
+        border = border_report(real, fake, half_a, half_b)
         diversity = None
         if msssim_pairs > 0:
             diversity = _msssim_diversity(real, fake, div_pairs, half_a, half_b, n_bootstrap, seed, device,
@@ -331,6 +334,7 @@ def evaluate(
                       "real_vs_real": {"precision": base["_prd_precision"], "recall": base["_prd_recall"]}},
         "memorisation": {**mem, "extractor": vol_ext.name, "fake_cases": fake_ids, "real_cases": real_ids},
         "diversity": diversity,
+        "border": border,
         "real_vs_real_split": {"half_a": [real_ids[i] for i in half_a], "half_b": [real_ids[i] for i in half_b]},
         "notes": notes,
     }

@@ -40,6 +40,7 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| {m['label']} | {_fmt(m['real_vs_generated'])} | {ci} | {_fmt(m['real_vs_real'])} | "
                      f"{m['better']} | `{m['extractor']}` |")
     lines += _diversity_lines(report.get("diversity"))
+    lines += _border_lines(report.get("border"))
     mem = report["memorisation"]
     thr = mem["thresholds"]
     lines += ["", "## Memorisation", "",
@@ -58,7 +59,7 @@ def render_markdown(report: dict) -> str:
         lines.append("No suspected copies.")
     plots = report.get("plots", {})
     lines += ["", "## Figures", ""]
-    for name in ("prd_curve", "nn_histogram", "nn_montage"):
+    for name in ("prd_curve", "nn_histogram", "nn_montage", "border_profile"):
         if name in plots:
             lines.append(f"![{name}]({plots[name]})")
     lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
@@ -67,6 +68,19 @@ def render_markdown(report: dict) -> str:
 
 def _ci(ci) -> str:
     return "–" if not ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _border_lines(border) -> list:
+    """The border-artefact section (absent from reports written before it existed)."""
+    if not border:
+        return []
+    f = border["frame_index"]
+    return ["", "## Border artefacts", "",
+            f"Frame index, generated vs real: **{_fmt(f['real_vs_generated'])}** (real vs real halves "
+            f"{_fmt(f['real_vs_real'])}). Per shell of voxels at the same distance from the nearest face, the mean "
+            "and SD relative to the whole volume's, generated minus real, as a voxel-weighted RMS in real SDs: "
+            "near the halves' value when the generated borders look like the real ones; frames or dark rims "
+            "along the faces raise it (figure `border_profile`)."]
 
 
 def _diversity_lines(div) -> list:
