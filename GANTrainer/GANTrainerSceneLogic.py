@@ -88,7 +88,8 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         """``report.json`` of ``volgan evaluate`` as a metrics table and a PR-curve chart.
 
         Table ``metrics``: one row per metric (label, key, real vs generated, 95 % CI, real vs real baseline,
-        better, extractor, fallback flag) plus the MS-SSIM diversity (generated set; baseline = real set).
+        better, extractor, fallback flag) plus the MS-SSIM diversity (generated set; baseline = real set) and the
+        border frame index.
         Chart: the PRD curves (real vs generated, real vs real halves) and, when the report has them, the
         improved precision/recall k-NN values as points. ``previous`` (a LoadedReport) is removed first.
         """
@@ -111,6 +112,12 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
                          "better": "lower = more diverse (≈ real)",
                          "extractor": f"MS-SSIM 3-D, {div['settings']['n_scales']} scale(s)",
                          "fallback features": "no"})
+        frames = (report.get("border") or {}).get("frame_index")
+        if frames:
+            rows.append({"metric": "Border frame index", "key": "frame_index",
+                         "real vs generated": frames["real_vs_generated"], "CI 95% low": None, "CI 95% high": None,
+                         "real vs real": frames["real_vs_real"], "better": "lower (≈ real vs real)",
+                         "extractor": "shell profiles of the voxels", "fallback features": "no"})
         name = Path(reportDir).name
         scene = self.scene
         table = mrml.table_from_rows(rows, scene, name=f"Evaluation metrics ({name})")

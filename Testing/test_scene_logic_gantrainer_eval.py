@@ -38,7 +38,10 @@ def test_run_evaluation_loads_metrics_table_and_pr_chart(headless, volume_sets, 
     assert rec.events[-1].finished and (tmp_path / "rep" / "report.json").is_file()
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     rows = {r["key"]: r for r in mrml.rows_from_table(loaded.table)}
-    assert set(report["metrics"]) | {"msssim_diversity"} == set(rows)
+    assert set(report["metrics"]) | {"msssim_diversity", "frame_index"} == set(rows)
+    frames = rows["frame_index"]
+    assert frames["real vs generated"] == pytest.approx(report["border"]["frame_index"]["real_vs_generated"])
+    assert frames["real vs real"] == pytest.approx(report["border"]["frame_index"]["real_vs_real"])
     fd = rows["frechet_3d"]
     assert fd["extractor"] == "fallback-random-resnet10-seed2" and fd["fallback features"] == "yes"
     assert fd["real vs generated"] == pytest.approx(report["metrics"]["frechet_3d"]["real_vs_generated"])
