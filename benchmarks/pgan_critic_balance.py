@@ -31,6 +31,12 @@ Border frames, measured 2026-11-22 with the third command (same machine, G 1e-4 
 350 s per variant, the two run side by side): with the published zero padding ``frame`` fell from 0.81 (step 100)
 to 0.28 (step 600) and the samples show square frames; with ``replicate`` it stayed at 0.04–0.08 from step 100
 on, while ``spread`` (0.84 vs 0.88 at step 600) and ``wdist`` (+3.7 vs +4.0) were those of the zero-padded run.
+A second measurement on 2026-11-23 added ``circular`` (three variants side by side, ``--every 300``): ``frame`` at
+steps 300 / 600 was 0.39 / 0.27 (zeros), 0.048 / 0.047 (replicate) and 0.017 / 0.034 (circular), ``spread`` at
+step 600 0.88, 0.81 and 0.90. Mid-slices at step 600: zeros shows a rim, replicate streaks running in from the
+faces (a copied border value is copied again by every following layer), circular neither. Repeated bf16 runs
+agreed here only to about the second digit (zeros at step 600: 0.278 and 0.275); the test suite checks that a
+seeded fp32 run repeats exactly.
 """
 
 from __future__ import annotations
