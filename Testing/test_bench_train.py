@@ -105,3 +105,34 @@ def test_the_critic_balance_experiment_runs_and_reports_finite_estimates():
     padded = mod.run(reals, lr_g=1e-4, lr_d=1e-3, steps=4, batch=4, every=2, level=1.0, amp=False, seed=0,
                      padding="replicate")
     assert padded != rows and all(math.isfinite(f) for *_, f in padded)   # the generator's padding reaches G
+
+
+def test_the_border_frames_figure_draws_real_patches_and_each_model(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import numpy as np
+
+    from VolGANCore import Volume, write_volume
+    from VolumetricGANLib.checkpoint import make_config, save_checkpoint
+    from VolumetricGANLib.networks import build_generator
+
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        write_volume(Volume(rng.uniform(-350, 1100, (16, 16, 16)).astype(np.float32), spacing=(0.164,) * 3),
+                     tmp_path / "real" / f"p{k}.nii.gz")
+    models = []
+    for padding in ("zeros", "circular"):
+        arch = dict(max_res=2, nch=1, padding_mode=padding)
+        cfg = make_config("pgan-3d", arch, spacing=(0.164,) * 3, latent="hypersphere", anatomy="spongiosa")
+        models.append(f"{padding}={save_checkpoint(tmp_path / f'{padding}.vgan', cfg, G_ema=build_generator('pgan-3d', arch))}")
+    spec = importlib.util.spec_from_file_location("border_frames_figure", BENCH.with_name("border_frames_figure.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "frames.png"
+    monkeypatch.setattr(sys, "argv", ["border_frames_figure.py", "--data", str(tmp_path / "real"), "--out", str(out),
+                                      "--model", models[0], "--model", models[1]])
+    mod.main()
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    values = [float(part.rsplit(" ", 1)[1]) for part in printed.strip().split(": ", 1)[1].split(", ")]
+    assert printed.startswith(f"wrote {out}: zeros ") and len(values) == 2 and all(v >= 0 for v in values)
