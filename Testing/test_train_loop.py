@@ -199,7 +199,8 @@ def test_phase_kimg_sets_the_progressive_schedule_and_is_refused_where_it_cannot
 def test_padding_reaches_the_saved_generator_and_a_resume_with_another_padding_is_refused(tmp_path):
     from GANTrainerLib.train import settings_from_preset
 
-    assert settings_from_preset("tiny-spongiosa").generator["padding_mode"] == "replicate"   # the preset's own
+    assert settings_from_preset("tiny-spongiosa").generator["padding_mode"] == "circular"    # the preset's own
+    assert settings_from_preset("tiny-spongiosa", padding="replicate").generator["padding_mode"] == "replicate"
     assert "padding_mode" not in settings_from_preset("tiny-spongiosa", padding="zeros").generator
     assert "padding_mode" not in settings_from_preset("spongiosa-pgan").generator         # as published
     assert settings_from_preset("spongiosa-pgan", padding="reflect").generator["padding_mode"] == "reflect"

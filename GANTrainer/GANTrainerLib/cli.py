@@ -27,7 +27,7 @@ def register(sub) -> None:
                    help="progressive presets: kimg per resolution level (half fade-in, half stabilisation)")
     p.add_argument("--padding", choices=["zeros", "replicate", "reflect", "circular"],
                    help="progressive presets: padding of the generator's 3×3×3 convs (zeros as published; "
-                        "replicate avoids border frames, docs/training.md)")
+                        "circular avoids border frames in stationary textures, docs/training.md)")
     p.add_argument("--lr-g", type=float, help="generator learning rate (preset value otherwise)")
     p.add_argument("--lr-d", type=float, help="discriminator learning rate (preset value otherwise)")
     p.add_argument("--ema-kimg", type=float, help="half-life of the generator's moving average in kimg")

@@ -86,11 +86,12 @@ PRESETS["tiny-cow"] = dict(
     loss=dict(kind="stylegan2", loss="logistic", r1_gamma=0.5, r1_interval=4, pl_weight=0.0, style_mixing_prob=0.5),
 )
 # tiny-spongiosa gives the critic 5× the generator's rate: at the published 1:1 (1e-3) short CPU runs collapsed
-# at 32³ (docs/training.md, "Critic balance"; benchmarks/pgan_critic_balance.py). Its generator pads with copies
-# of the border instead of zeros: short runs otherwise paint square frames (docs/training.md, "Border frames").
+# at 32³ (docs/training.md, "Critic balance"; benchmarks/pgan_critic_balance.py). Its generator pads circularly
+# (a stationary texture has no border): with zeros short runs paint square frames, with copies of the border
+# streaks (docs/training.md, "Border frames").
 PRESETS["tiny-spongiosa"] = dict(
     copy.deepcopy(PRESETS["spongiosa-pgan"]),
-    generator=dict(max_res=3, nch=1, padding_mode="replicate"),
+    generator=dict(max_res=3, nch=1, padding_mode="circular"),
     lr_g=2e-4, lr_d=1e-3, batch=8, progressive=dict(kimg_per_phase=0.4, fade_fraction=0.5), kimg=2.0,
     snapshot_kimg=0.5, metrics_kimg=0.5, sample_kimg=0.5, snapshot_minutes=1.0, ema_kimg=0.1,
 )

@@ -102,7 +102,8 @@ class ProgressiveGenerator(nn.Module):
 
     ``padding_mode`` sets the padding of the 3×3×3 convolutions. The published generator pads with zeros; at
     4³ and 8³ most voxels touch the border, so a briefly trained generator paints nested square frames that
-    up-sampling carries to 32³. ``"replicate"`` removes that border signal (docs/training.md, "Border frames").
+    up-sampling carries to 32³. ``"circular"`` removes the border altogether, as suits a stationary texture such
+    as spongiosa (``"replicate"`` paints streaks instead; docs/training.md, "Border frames").
 
     Example
     -------
