@@ -124,7 +124,8 @@ def test_the_border_frames_figure_draws_real_patches_and_each_model(tmp_path, mo
     for padding in ("zeros", "circular"):
         arch = dict(max_res=2, nch=1, padding_mode=padding)
         cfg = make_config("pgan-3d", arch, spacing=(0.164,) * 3, latent="hypersphere", anatomy="spongiosa")
-        models.append(f"{padding}={save_checkpoint(tmp_path / f'{padding}.vgan', cfg, G_ema=build_generator('pgan-3d', arch))}")
+        path = save_checkpoint(tmp_path / f"{padding}.vgan", cfg, G_ema=build_generator("pgan-3d", arch))
+        models.append(f"{padding}={path}")
     spec = importlib.util.spec_from_file_location("border_frames_figure", BENCH.with_name("border_frames_figure.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

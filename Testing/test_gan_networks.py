@@ -205,7 +205,8 @@ def test_pgan_shapes_fade_in_and_discriminator():
 def test_pgan_padding_mode_replicate_keeps_the_state_dict_and_has_no_border_signal():
     from VolumetricGANLib.networks.pgan import WSConv3d
 
-    zeros, rep = ProgressiveGenerator(max_res=2, nch=1), ProgressiveGenerator(max_res=2, nch=1, padding_mode="replicate")
+    zeros = ProgressiveGenerator(max_res=2, nch=1)
+    rep = ProgressiveGenerator(max_res=2, nch=1, padding_mode="replicate")
     assert "padding_mode" not in zeros.config()                       # published configs stay as they were
     assert rep.config()["padding_mode"] == "replicate"
     rep.load_state_dict(zeros.state_dict(), strict=True)              # same parameters, only the padding differs

@@ -8,8 +8,12 @@ face) of 64 samples of each against 64 real patches, with the frame index in the
 prepared as the trainer does (the spongiosa window mapped to [-1, 1]), so generator outputs compare directly.
 
     .venv/bin/python benchmarks/border_frames_figure.py --data bone2000/images \\
-        --model "zero padding (first shipped)=old.vgan" --model "replicate padding=VolumetricGAN/Resources/Models/tiny-spongiosa.vgan" \\
+        --model "zeros (first shipped)=zeros.vgan" --model "replicate=replicate.vgan" \\
+        --model "circular (shipped)=VolumetricGAN/Resources/Models/tiny-spongiosa.vgan" \\
         --out Resources/Screenshots/border_frames.png
+
+(The README figure: ``zeros.vgan`` is the first shipped tiny-spongiosa.vgan, in git history before 2026-11-23;
+``replicate.vgan`` the export of the replicate run in docs/training.md, *Border frames*.)
 """
 
 from __future__ import annotations

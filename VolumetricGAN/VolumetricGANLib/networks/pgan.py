@@ -58,7 +58,7 @@ class WSConv3d(nn.Module):
         gain: float = 2.0,           # WScale gain (2 for LeakyReLU layers, 1 for toRGB / class layers)
         activation: bool = True,     # LeakyReLU(0.2) after the conv
         use_pixel_norm: bool = False,  # PixelNorm after the activation
-        padding_mode: str = "zeros",   # what the padding holds: zeros (published) or a copy of the border
+        padding_mode: str = "zeros",   # zeros (published), or values from the volume (replicate/reflect/circular)
     ) -> None:
         super().__init__()
         self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, padding=padding, bias=True,
