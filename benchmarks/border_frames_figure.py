@@ -26,11 +26,12 @@ import torch
 
 from GANTrainerLib.data import normalise
 from GANTrainerLib.evaluation.border import border_profile, frame_index
+from GANTrainerLib.presets import get_preset
 from VolGANCore import read_volume
 from VolGANCore.dataset import list_volumes
 from VolumetricGANLib.checkpoint import load_generator
 
-WINDOW = (-350.0, 1100.0)  # the spongiosa presets' intensity window → [-1, 1]
+WINDOW = tuple(get_preset("tiny-spongiosa")["preprocess"]["window"])  # the trainer's window → [-1, 1]
 
 
 def real_patches(folder: Path, n: int, seed: int) -> np.ndarray:

@@ -53,12 +53,13 @@ import torch.nn.functional as F
 
 from GANTrainerLib.data import normalise
 from GANTrainerLib.losses import WGANGPLoss
-from GANTrainerLib.quick_metrics import border_profile, frame_index
+from GANTrainerLib.evaluation.border import border_profile, frame_index
+from GANTrainerLib.presets import get_preset
 from VolGANCore import read_volume
 from VolumetricGANLib.networks.pgan import ProgressiveDiscriminator, ProgressiveGenerator
 from VolumetricGANLib.phantoms import write_bone_dataset
 
-WINDOW = (-350.0, 1100.0)  # the spongiosa presets' intensity window → [-1, 1]
+WINDOW = tuple(get_preset("tiny-spongiosa")["preprocess"]["window"])  # the trainer's window → [-1, 1]
 
 
 def load_patches(folder: Path) -> torch.Tensor:

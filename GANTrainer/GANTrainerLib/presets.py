@@ -91,7 +91,7 @@ PRESETS["tiny-cow"] = dict(
 # streaks (docs/training.md, "Border frames").
 PRESETS["tiny-spongiosa"] = dict(
     copy.deepcopy(PRESETS["spongiosa-pgan"]),
-    generator=dict(max_res=3, nch=1, padding_mode="circular"),
+    generator=dict(PRESETS["spongiosa-pgan"]["generator"], padding_mode="circular"),
     lr_g=2e-4, lr_d=1e-3, batch=8, progressive=dict(kimg_per_phase=0.4, fade_fraction=0.5), kimg=2.0,
     snapshot_kimg=0.5, metrics_kimg=0.5, sample_kimg=0.5, snapshot_minutes=1.0, ema_kimg=0.1,
 )

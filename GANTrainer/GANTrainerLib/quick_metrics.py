@@ -48,7 +48,7 @@ from VolGANCore import VolGANError
 from .evaluation.border import border_profile, frame_index
 
 __all__ = ["QUICK_METRICS", "BONE_PARAMETERS", "BONE_KEYS", "quick_frechet", "morph_w1", "bone_values",
-           "voxel_spread", "border_profile", "frame_index", "QuickMetrics", "COLLAPSE_SPREAD", "collapsed"]
+           "voxel_spread", "QuickMetrics", "COLLAPSE_SPREAD", "collapsed"]
 
 COLLAPSE_SPREAD = 0.5  # spread_ratio below this: the samples vary far less than the real volumes (mode collapse?)
 
