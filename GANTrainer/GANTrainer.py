@@ -132,7 +132,7 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         with slicer.util.tryWithErrorDisplay(_("Starting training failed."), waitCursor=True):
             from VolGANSlicer.dependencies import ensure_all
 
-            if not ensure_all(self.resourcePath("../requirements.txt")):
+            if not ensure_all(self.requirementsPath()):
                 return
             labels = p.labelsFolder if str(p.labelsFolder) not in ("", ".") else None
             self.logic.training = TrainingProcess.start(p.preset, p.imagesFolder, p.runFolder, labelsFolder=labels,
@@ -209,7 +209,7 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
             with slicer.util.tryWithErrorDisplay(_("Evaluation failed."), waitCursor=True):
                 from VolGANSlicer.dependencies import ensure_all
 
-                if not ensure_all(self.resourcePath("../requirements.txt")):
+                if not ensure_all(self.requirementsPath()):
                     return
                 try:
                     loaded = self.logic.runEvaluation(

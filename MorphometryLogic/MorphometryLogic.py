@@ -131,7 +131,7 @@ class MorphometryLogicWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWid
         with slicer.util.tryWithErrorDisplay(_("Bone morphometry failed."), waitCursor=True):
             from VolGANSlicer.dependencies import ensure_all
 
-            if not ensure_all(self.resourcePath("../requirements.txt"), need_torch=False):
+            if not ensure_all(self.requirementsPath(), need_torch=False):
                 return
             segment = self.ui.segmentComboBox.currentData if self.ui.segmentComboBox.count else None
             out = self.logic.computeBone(p.inputVolume, maskNode=p.roiNode, segmentId=segment,

@@ -94,4 +94,4 @@ def test_every_module_has_icon_and_requirements():
     for module in checks.module_dirs(REPO):
         icon = module / "Resources" / "Icons" / f"{module.name}.png"
         assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert (module / "requirements.txt").read_text().strip()
+        assert (module / "Resources" / f"{module.name}-requirements.txt").read_text().strip()

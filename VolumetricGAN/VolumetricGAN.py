@@ -262,7 +262,7 @@ class VolumetricGANWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         with slicer.util.tryWithErrorDisplay(title, waitCursor=True):
             from VolGANSlicer.dependencies import ensure_all
 
-            if not ensure_all(self.resourcePath("../requirements.txt")):
+            if not ensure_all(self.requirementsPath()):
                 return
             try:
                 info = job(progress)
@@ -310,7 +310,7 @@ class VolumetricGANWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         with slicer.util.tryWithErrorDisplay(_("Generation failed."), waitCursor=True):
             from VolGANSlicer.dependencies import ensure_all
 
-            if not ensure_all(self.resourcePath("../requirements.txt")):
+            if not ensure_all(self.requirementsPath()):
                 return
             out = self.logic.generateVolumes(str(p.checkpoint), p.mode, n=p.count, seed=p.seed,
                                              truncation=p.truncation, noise=p.noise, seedB=p.seedB, steps=p.steps,

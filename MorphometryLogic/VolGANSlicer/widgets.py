@@ -112,13 +112,18 @@ class ParameterNodeWidgetMixin:
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.environmentCollapsibleButton.connect("contentsCollapsed(bool)", self.onEnvironmentToggled)
 
+    def requirementsPath(self) -> str:
+        """The module's pip requirements (``Resources/<Module>-requirements.txt``: one flat install folder holds
+        every module's resources, so the file name carries the module's)."""
+        return self.resourcePath(f"{self.moduleName}-requirements.txt")
+
     def onInstallDependencies(self) -> None:
         import slicer
 
         from .dependencies import ensure_all
 
         with slicer.util.tryWithErrorDisplay("Installing dependencies failed.", waitCursor=True):
-            ensure_all(self.resourcePath("../requirements.txt"), need_torch=self._needTorch)
+            ensure_all(self.requirementsPath(), need_torch=self._needTorch)
             self.ui.environmentTextEdit.setPlainText(environment_text())
 
     def onEnvironmentToggled(self, collapsed: bool) -> None:
