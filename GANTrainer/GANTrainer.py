@@ -32,7 +32,7 @@ class GANTrainer(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("GAN Trainer")
-        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Deep Learning")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
         self.parent.dependencies = []
         self.parent.contributors = ["SlicerVolumetricGAN developers"]
         self.parent.helpText = _(

@@ -31,7 +31,7 @@ class VolumetricGAN(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Volumetric GAN")
-        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Deep Learning")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
         self.parent.dependencies = []
         self.parent.contributors = ["SlicerVolumetricGAN developers"]
         self.parent.helpText = _(
