@@ -10,11 +10,14 @@ Each check returns a list of problems (empty = pass), so a test can assert on it
   widget mixin in VolGANSlicer is checked against every module's ``.ui``);
 - every file in a module folder is listed in that folder's CMakeLists.txt, and every listed file exists;
 - the top-level CMakeLists.txt sets the extension metadata and adds every module folder.
+- the Extensions Index entry ``Resources/<project>.json`` agrees with that metadata (the Index's own checker runs
+  in Testing/test_extensions_index.py).
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 import sys
 import xml.etree.ElementTree as ET
@@ -206,7 +209,40 @@ def check_top_level_cmake(repo: Path = REPO) -> list[str]:
     return problems
 
 
-ALL_CHECKS = (check_compiles, check_all_ui, check_ui_references, check_cmake_listing, check_top_level_cmake)
+# -- 6. Extensions Index catalog entry ------------------------------------------------------------------
+def check_catalog_entry(repo: Path = REPO) -> list[str]:
+    """``Resources/<project>.json`` is the only catalog entry, named after ``project()``; its category is
+    EXTENSION_CATEGORY, its build_dependencies are EXTENSION_DEPENDS, and EXTENSION_LICENSE_FILE names a file."""
+    text = (repo / "CMakeLists.txt").read_text(encoding="utf-8")
+    project = re.search(r"project\s*\(\s*([^\s)]+)", re.sub(r"#[^\n]*", "", text), re.I)
+    if not project:
+        return ["CMakeLists.txt: no project() declaration"]
+    name = project.group(1)
+    catalog = repo / "Resources" / f"{name}.json"
+    problems = [f"Resources/{p.name} is not the catalog entry of project({name}); remove it"
+                for p in sorted((repo / "Resources").glob("*.json")) if p != catalog]
+    if not catalog.is_file():
+        return problems + [f"Resources/{name}.json (the Extensions Index entry of project({name})) is missing"]
+    entry = json.loads(catalog.read_text(encoding="utf-8"))
+    sets = cmake_sets(text)
+    category = " ".join(sets.get("EXTENSION_CATEGORY", []))
+    if entry.get("category") != category:
+        problems.append(f"Resources/{name}.json: category {entry.get('category')!r} differs from "
+                        f"EXTENSION_CATEGORY {category!r} in CMakeLists.txt")
+    depends = [d for d in sets.get("EXTENSION_DEPENDS", []) if d != "NA"]
+    if entry.get("build_dependencies", []) != depends:
+        problems.append(f"Resources/{name}.json: build_dependencies {entry.get('build_dependencies', [])} differ "
+                        f"from EXTENSION_DEPENDS {depends} in CMakeLists.txt")
+    licence = " ".join(sets.get("EXTENSION_LICENSE_FILE", []))
+    if not licence:
+        problems.append("CMakeLists.txt: EXTENSION_LICENSE_FILE is not set (the package would carry Slicer's licence)")
+    elif not Path(licence.replace("${CMAKE_CURRENT_SOURCE_DIR}", str(repo))).is_file():
+        problems.append(f"CMakeLists.txt: EXTENSION_LICENSE_FILE {licence} does not exist")
+    return problems
+
+
+ALL_CHECKS = (check_compiles, check_all_ui, check_ui_references, check_cmake_listing, check_top_level_cmake,
+              check_catalog_entry)
 
 
 def run_all(repo: Path = REPO) -> list[str]:

@@ -28,6 +28,10 @@ def repo_copy(tmp_path):
     dst = tmp_path / "repo"
     dst.mkdir()
     shutil.copy(REPO / "CMakeLists.txt", dst / "CMakeLists.txt")
+    shutil.copy(REPO / "LICENSE", dst / "LICENSE")
+    (dst / "Resources").mkdir()
+    for entry in (REPO / "Resources").glob("*.json"):
+        shutil.copy(entry, dst / "Resources" / entry.name)
     for module in checks.module_dirs(REPO):
         shutil.copytree(module, dst / module.name, ignore=shutil.ignore_patterns("__pycache__"))
     return dst
@@ -81,13 +85,31 @@ def test_syntax_error_and_broken_ui_are_caught(repo_copy):
 
 
 def test_extension_catalog_entry():
-    entry = json.loads((REPO / "Resources" / "SlicerVolumetricGAN.json").read_text())
-    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
-    for key in ("build_dependencies", "build_subdirectory", "category", "scm_revision", "scm_url", "tier"):
-        assert key in entry
-    assert entry["build_dependencies"] == ["PyTorch"]
+    entry = json.loads((REPO / "Resources" / "VolumetricGAN.json").read_text())
     sets = checks.cmake_sets((REPO / "CMakeLists.txt").read_text())
-    assert sets["EXTENSION_CATEGORY"] == [entry["category"]] or " ".join(sets["EXTENSION_CATEGORY"]) == entry["category"]
+    assert " ".join(sets["EXTENSION_CATEGORY"]) == entry["category"] == "Image Synthesis"
+    assert sets["EXTENSION_DEPENDS"] == entry["build_dependencies"] == ["PyTorch"]
+    assert "Apache License" in (REPO / "LICENSE").read_text() and "Version 2.0" in (REPO / "LICENSE").read_text()
+
+
+def test_catalog_mismatches_are_caught(repo_copy):
+    assert checks.check_catalog_entry(repo_copy) == []
+    catalog = repo_copy / "Resources" / "VolumetricGAN.json"
+    entry = json.loads(catalog.read_text())
+    catalog.write_text(json.dumps({**entry, "category": "Segmentation", "build_dependencies": []}))
+    problems = checks.check_catalog_entry(repo_copy)
+    assert any("category 'Segmentation' differs from EXTENSION_CATEGORY 'Image Synthesis'" in p for p in problems)
+    assert any("build_dependencies [] differ from EXTENSION_DEPENDS ['PyTorch']" in p for p in problems)
+    (repo_copy / "LICENSE").unlink()
+    assert any("EXTENSION_LICENSE_FILE ${CMAKE_CURRENT_SOURCE_DIR}/LICENSE does not exist" in p
+               for p in checks.check_catalog_entry(repo_copy))
+    top = repo_copy / "CMakeLists.txt"
+    top.write_text(top.read_text().replace("project(VolumetricGAN)", "project(SlicerVolumetricGAN)"))
+    problems = checks.check_catalog_entry(repo_copy)
+    assert ("Resources/SlicerVolumetricGAN.json (the Extensions Index entry of project(SlicerVolumetricGAN)) "
+            "is missing") in problems
+    assert ("Resources/VolumetricGAN.json is not the catalog entry of project(SlicerVolumetricGAN); "
+            "remove it") in problems
 
 
 def test_every_module_has_icon_and_requirements():
