@@ -230,13 +230,10 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
     def modelInfo(self, checkpoint) -> dict:
         """What a ``.vgan`` is, from its config alone: name, family, anatomy, shape, spacing, units, steerability.
 
-        The tensors are memory-mapped, not read (``torch.load(mmap=True, weights_only=True)``); a file that
-        cannot be read that way goes through the full, safe loader, whose error names the problem. Cached
-        until the file changes.
+        Only the config is read (:func:`VolumetricGANLib.checkpoint.read_config`: no tensor, no PyTorch), so the
+        panel lists models before PyTorch is installed. Cached until the file changes.
         """
-        import torch
-
-        from VolumetricGANLib.checkpoint import FORMAT, FORMAT_VERSION, card_path, load_checkpoint, validate_config
+        from VolumetricGANLib.checkpoint import card_path, read_config
 
         path = Path(checkpoint)
         if not path.is_file():
@@ -244,17 +241,7 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
         key = (os.path.abspath(path), os.path.getmtime(path))
         if key in self._modelInfos:
             return dict(self._modelInfos[key])
-        try:
-            blob = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            version = blob.get("format_version") if isinstance(blob, dict) else None
-            config = blob.get("config") if isinstance(blob, dict) and blob.get("format") == FORMAT and \
-                isinstance(version, int) and 1 <= version <= FORMAT_VERSION else None
-            del blob
-        except Exception:  # not a zip archive, unsafe or damaged: the full loader says which
-            config = None
-        if not isinstance(config, dict):
-            config = load_checkpoint(path)["config"]
-        validate_config(config, path)
+        config = read_config(path)
         ok, note = steeringSupport(config)
         card = card_path(path)
         info = {"path": path, "card": card if card.is_file() else None, "name": config.get("name") or path.stem,

@@ -43,7 +43,7 @@ from VolGANCore.io import sha256_file  # noqa: F401  (re-exported: importers rec
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "SUFFIX",
     "make_config", "validate_config", "to_physical", "to_network",
-    "save_checkpoint", "load_checkpoint", "load_generator", "load_discriminator",
+    "save_checkpoint", "load_checkpoint", "read_config", "load_generator", "load_discriminator",
     "build_from_config", "model_card", "card_path", "capture_rng_state", "restore_rng_state",
     "default_provenance", "command_line", "sha256_file",
 ]
@@ -109,8 +109,15 @@ def make_config(
 
 
 def validate_config(cfg: Mapping[str, Any], path: str | os.PathLike | None = None) -> None:
-    """Raise :class:`InputFileError` (naming ``path``) if the config is incomplete or inconsistent."""
-    from .networks import FAMILIES
+    """Raise :class:`InputFileError` (naming ``path``) if the config is incomplete or inconsistent.
+
+    Without PyTorch (a fresh Slicer) the network families are not importable: the family name is then checked
+    when the model is built, everything else here.
+    """
+    try:
+        from .networks import FAMILIES
+    except ImportError:
+        FAMILIES = None
 
     def bad(problem, fix=None):
         raise InputFileError(path, f"checkpoint config: {problem}", fix)
@@ -120,7 +127,7 @@ def validate_config(cfg: Mapping[str, Any], path: str | os.PathLike | None = Non
     for key in ("family", "architecture", "z_dim", "output_shape", "spacing", "intensity", "latent"):
         if key not in cfg:
             bad(f"missing key '{key}'", "re-save the model with VolumetricGANLib.checkpoint.save_checkpoint")
-    if cfg["family"] not in FAMILIES:
+    if FAMILIES is not None and cfg["family"] not in FAMILIES:
         bad(f"unknown model family '{cfg['family']}'",
             f"this volgan knows {', '.join(sorted(FAMILIES))}; update volgan if the file is newer")
     sp = cfg["spacing"]
@@ -358,6 +365,72 @@ def _pickle_globals(path: Path) -> list[str]:
     except Exception:  # not a pickle (or a damaged one): nothing to report as unsafe
         return []
     return [g for g in dict.fromkeys(found) if not g.startswith(_SAFE_GLOBAL_PREFIXES)]
+
+
+class _Stub:
+    """What a torch tensor or storage becomes when only the header of a checkpoint is read."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+
+class _HeaderUnpickler:
+    """Reads the plain containers of a ``torch.save`` archive without PyTorch and without running its code:
+    only ``collections.OrderedDict`` and torch's own tensor/storage rebuild names are resolved, and those to
+    :class:`_Stub`; any other global is refused (as ``torch.load(weights_only=True)`` refuses it)."""
+
+    @staticmethod
+    def load(data: bytes):
+        import collections
+        import io
+        import pickle
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module, name):
+                if (module, name) == ("collections", "OrderedDict"):
+                    return collections.OrderedDict
+                if module == "torch" or module.startswith("torch."):
+                    return _Stub
+                raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed in a checkpoint header")
+
+            def persistent_load(self, pid):
+                return None  # tensor storages are not read
+
+        return Unpickler(io.BytesIO(data)).load()
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated ``config`` of a ``.vgan`` file, read without PyTorch and without loading any tensor.
+
+    For listing models (the VolumetricGAN panel builds before PyTorch is installed). A file that is not a
+    readable volgan checkpoint raises :class:`InputFileError`; with PyTorch installed, :func:`load_checkpoint`
+    is asked for the precise reason (unsafe pickle, foreign format, newer version).
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "checkpoint file not found", "check the path")
+    blob = None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if names:
+                blob = _HeaderUnpickler.load(zf.read(names[0]))
+    except Exception:  # not a zip archive, a foreign or unsafe pickle, a damaged file: the full loader says which
+        blob = None
+    version = blob.get("format_version") if isinstance(blob, dict) else None
+    if not (isinstance(blob, dict) and blob.get("format") == FORMAT and isinstance(version, int)
+            and 1 <= version <= FORMAT_VERSION and isinstance(blob.get("config"), dict)):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise InputFileError(path, "not a readable volgan checkpoint (.vgan)",
+                                 "choose a .vgan file written by volgan; install PyTorch for a detailed reason"
+                                 ) from None
+        blob = load_checkpoint(path)
+    validate_config(blob["config"], path)
+    return blob["config"]
 
 
 def load_checkpoint(
