@@ -92,3 +92,76 @@ def test_pyproject_lists_every_python_package_for_the_wheel():
             rel = init.parent.relative_to(root / folder)
             found.add(".".join((top,) + rel.parts))
     assert found == listed, f"pyproject packages: missing {sorted(found - listed)}, stale {sorted(listed - found)}"
+
+
+def test_project_commands_match_the_pyproject_entry_points():
+    """The frame's own list and the pip entry points name the same registrars (one cannot drift from the other)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    eps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["entry-points"][cli.ENTRY_POINT_GROUP]
+    assert eps == cli.PROJECT_COMMANDS
+
+
+def _plugin_dist(folder: Path, entry_points: dict[str, str], module_code: str) -> Path:
+    """A third-party package with `volgan.commands` entry points, installed as metadata in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "volgan_test_plugin.py").write_text(module_code)
+    dist = folder / "volgan_test_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: volgan-test-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[volgan.commands]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    return folder
+
+
+def test_subcommands_need_no_installed_metadata(tmp_path):
+    """As in an installed Slicer extension: only the module folders on the path, no pip metadata of the project."""
+    from install_layout import isolated_command, isolated_env, third_party_site
+
+    root = Path(__file__).resolve().parents[1]
+    site = third_party_site(tmp_path / "site")
+    folders = [root / m for m in ("MorphometryLogic", "VolumetricGAN", "GANTrainer")]
+    plugin = _plugin_dist(tmp_path / "plugin", {"hello": "volgan_test_plugin:register"},
+                          "def register(sub):\n    sub.add_parser('hello').set_defaults(func=lambda a: print('hi'))\n")
+    env = isolated_env(folders + [site, plugin])
+    probe = ("import importlib.metadata as m, sys\n"
+             "try:\n    m.distribution('slicer-volumetric-gan'); sys.exit('the project metadata is visible')\n"
+             "except m.PackageNotFoundError:\n    pass\n"
+             "from VolGANCore import cli\n"
+             "print(sorted(n for n, _ in cli._plugin_registrars()))\n")
+    out = subprocess.run(isolated_command("-c", probe), env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == str(sorted(list(cli.PROJECT_COMMANDS) + ["hello"]))
+    help_ = subprocess.run(isolated_command("-m", "VolGANCore.cli", "train", "--help"), env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert help_.returncode == 0, help_.stderr
+    assert help_.stdout.startswith("usage: volgan train") and "--preset" in help_.stdout
+    hello = subprocess.run(isolated_command("-m", "VolGANCore.cli", "hello"), env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)
+    assert hello.returncode == 0 and hello.stdout.strip() == "hi", hello.stderr
+    # a folder holding only VolGANCore (no GANTrainerLib on the path): its registrar is skipped, not an error
+    core_only = subprocess.run(isolated_command("-m", "VolGANCore.cli", "--help"), env=isolated_env([folders[0], site]),
+                               cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert core_only.returncode == 0, core_only.stderr
+    listed = [line.split()[0] for line in core_only.stdout.split("options:")[0].splitlines()
+              if line.startswith("    ") and not line.startswith("     ")]
+    assert listed == ["info", "dataset", "morphometry"]
+
+
+def test_entry_points_never_duplicate_the_project_commands(tmp_path, monkeypatch):
+    """Installed with pip, the project's entry points are the built-in ones: each registrar runs once; a
+    third-party entry point named like a project command is ignored, one with a new name is added."""
+    plugin = _plugin_dist(tmp_path / "plugin", {"train": "volgan_test_plugin:hijack",
+                                                "extra": "volgan_test_plugin:register"},
+                          "def hijack(sub):\n    raise AssertionError('the project command was replaced')\n"
+                          "def register(sub):\n    sub.add_parser('extra')\n")
+    monkeypatch.syspath_prepend(str(plugin))
+    names = [name for name, _ in cli._plugin_registrars()]
+    assert sorted(names) == sorted(list(cli.PROJECT_COMMANDS) + ["extra"])
+    from GANTrainerLib.cli import register
+
+    assert dict(cli._plugin_registrars())["train"] is register
+    parser = cli.build_parser()        # would raise "conflicting subparser" if a registrar ran twice
+    assert parser.parse_args(["extra"]).command == "extra"

@@ -1,15 +1,19 @@
 """The ``volgan`` command-line frame.
 
-Subcommands are contributed by the packages through the ``volgan.commands`` entry-point group: each
-entry point names a ``register(subparsers)`` function that adds its parsers and sets ``func`` (a
-callable taking the parsed ``args`` and returning an exit code or None). The frame owns what every
-command shares: ``--version``, ``--debug``, ``--quiet``, and turning a :class:`VolGANError` into one line on
+Subcommands are contributed by registrars: ``register(subparsers)`` functions that add their parsers and
+set ``func`` (a callable taking the parsed ``args`` and returning an exit code or None). The project's own
+registrars are listed here (:data:`PROJECT_COMMANDS`, imported lazily), because an installed Slicer extension
+is a folder of modules with no pip metadata; a registrar whose package is not on the path is skipped. Other
+packages add commands through the ``volgan.commands`` entry-point group (pyproject.toml declares the
+project's own there too, for pip users; names already registered are not added twice). The frame owns what
+every command shares: ``--version``, ``--debug``, ``--quiet``, and turning a :class:`VolGANError` into one line on
 stderr with exit status 2 (a traceback only with ``--debug``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from importlib import metadata
@@ -20,7 +24,16 @@ from .errors import Cancelled, VolGANError
 
 ENTRY_POINT_GROUP = "volgan.commands"
 
-__all__ = ["main", "build_parser", "ENTRY_POINT_GROUP", "progress_from_args"]
+# name -> "module:function"; the same five as pyproject.toml's [project.entry-points."volgan.commands"]
+PROJECT_COMMANDS: dict[str, str] = {
+    "morphometry": "MorphometryLib.cli:register",
+    "phantom": "VolumetricGANLib.phantoms.cli:register",
+    "volumetricgan": "VolumetricGANLib.cli:register",
+    "train": "GANTrainerLib.cli:register",
+    "evaluation": "GANTrainerLib.evaluation.cli:register",
+}
+
+__all__ = ["main", "build_parser", "ENTRY_POINT_GROUP", "PROJECT_COMMANDS", "progress_from_args"]
 
 
 def _register_info(sub: argparse._SubParsersAction) -> None:
@@ -74,11 +87,31 @@ def progress_from_args(args: argparse.Namespace):
     return TqdmProgress(disable=bool(getattr(args, "quiet", False)))
 
 
+def _load_registrar(spec: str) -> Callable | None:
+    """``"module:function"`` -> the function; None when the module's package is not on the path."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # only "this package is absent" is skipped; a broken import inside a present package still raises
+        if exc.name is None or not (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise
+        return None
+    return getattr(module, attr)
+
+
 def _plugin_registrars() -> list[tuple[str, Callable]]:
-    eps = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    """The project's registrars that are importable, then third-party entry points with new names."""
     out = []
-    for ep in sorted(eps, key=lambda e: e.name):
-        out.append((ep.name, ep.load()))
+    for name, spec in sorted(PROJECT_COMMANDS.items()):
+        register = _load_registrar(spec)
+        if register is not None:
+            out.append((name, register))
+    known = set(PROJECT_COMMANDS)
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        if ep.name not in known:
+            known.add(ep.name)
+            out.append((ep.name, ep.load()))
     return out
 
 
