@@ -12,11 +12,15 @@ Each check returns a list of problems (empty = pass), so a test can assert on it
 - the top-level CMakeLists.txt sets the extension metadata and adds every module folder.
 - the Extensions Index entry ``Resources/<project>.json`` agrees with that metadata (the Index's own checker runs
   in Testing/test_extensions_index.py).
+- each module's ``Resources/<Module>-requirements.txt`` lists every third-party package its installed files can
+  import (following imports into the other modules' packages, which share the install folder), with the minimum
+  versions of pyproject.toml, and nothing else; and ``<Module>.py`` needs nothing at import time that Slicer lacks.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import sys
@@ -241,8 +245,166 @@ def check_catalog_entry(repo: Path = REPO) -> list[str]:
     return problems
 
 
+# -- 7. run-time requirements ---------------------------------------------------------------------------
+# Importable in every Slicer 5.8+ without a pip install (torch comes from the PyTorch extension, EXTENSION_DEPENDS).
+SLICER_SHIPS = frozenset({"numpy", "scipy", "SimpleITK", "vtk", "vtkmodules", "qt", "ctk", "slicer", "SampleData"})
+FROM_PYTORCH_EXTENSION = frozenset({"torch"})
+# Import name -> pip distribution name where they differ.
+DISTRIBUTIONS = {"skimage": "scikit-image", "PIL": "Pillow", "yaml": "PyYAML", "sklearn": "scikit-learn"}
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.\-]*)\s*(?:\[[^\]]*\])?\s*([^;#]*)")
+
+
+def _dist_key(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", DISTRIBUTIONS.get(name, name)).lower()
+
+
+def installed_scripts(repo: Path = REPO) -> dict[str, Path]:
+    """Dotted module name -> file, for every script the modules' CMakeLists install (into one flat folder)."""
+    out = {}
+    for module in module_dirs(repo):
+        for rel in cmake_sets((module / "CMakeLists.txt").read_text(encoding="utf-8")).get("MODULE_PYTHON_SCRIPTS", []):
+            parts = rel.removesuffix(".py").split("/")
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = module / rel
+    return out
+
+
+def _optional_import(node: ast.Try) -> bool:
+    """A ``try`` whose ImportError handler carries on without the package (a handler that raises does not)."""
+    for handler in node.handlers:
+        kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+        if ({k.id for k in kinds if isinstance(k, ast.Name)} & {"ImportError", "ModuleNotFoundError"}
+                and not any(isinstance(n, ast.Raise) for n in ast.walk(handler))):
+            return True
+    return False
+
+
+def _imports(path: Path, dotted: str, module_level_only: bool) -> tuple[tuple[list[str], int], ...]:
+    """Each import of a file as (the dotted names it may load, line). Optional imports (in a ``try`` whose
+    ImportError handler does without) and ``if TYPE_CHECKING:`` blocks are left out; so are function bodies when
+    module_level_only."""
+    package = dotted if path.name == "__init__.py" else dotted.rpartition(".")[0]
+    return _imports_of_source(path.read_text(encoding="utf-8"), str(path), package, module_level_only)
+
+
+@functools.lru_cache(maxsize=1024)
+def _imports_of_source(source: str, filename: str, package: str, module_level_only: bool):
+    found = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.Try) and _optional_import(node):
+            for child in node.handlers + node.orelse + node.finalbody:
+                visit(child)
+            return
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if module_level_only and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                found.append((([".".join(parts[:i]) for i in range(1, len(parts) + 1)]), node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            parts = base.split(".") if base else []
+            names = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+            found.append((names + [f"{base}.{a.name}" if base else a.name for a in node.names], node.lineno))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    try:
+        visit(ast.parse(source, filename))
+    except SyntaxError:  # check_compiles reports it
+        pass
+    return tuple(found)
+
+
+def third_party_imports(repo: Path, start: list[str], module_level_only: bool = False) -> dict[str, str]:
+    """Third-party top-level package -> first place (``file:line``) that imports it, over ``start`` (dotted names
+    of installed scripts) and every installed script they import, transitively. File-grained: a file counts whole
+    once anything imports from it, so this may over-approximate what a given call path runs, never under."""
+    scripts = installed_scripts(repo)
+    local_tops = {name.split(".")[0] for name in scripts}
+    seen, todo, out = set(), list(start), {}
+    while todo:
+        dotted = todo.pop()
+        if dotted in seen:
+            continue
+        seen.add(dotted)
+        path = scripts[dotted]
+        for names, line in _imports(path, dotted, module_level_only):
+            for name in names:
+                top = name.split(".")[0]
+                if name in scripts:
+                    todo.append(name)
+                elif top not in local_tops and top not in sys.stdlib_module_names:
+                    out.setdefault(top, f"{path.relative_to(repo).as_posix()}:{line}")
+    return out
+
+
+def read_requirement_lines(path: Path) -> dict[str, str]:
+    """Normalised distribution name -> version specifier, for each line of a requirements file."""
+    out = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        m = _REQUIREMENT.match(raw.split("#", 1)[0])
+        if m:
+            out[_dist_key(m.group(1))] = m.group(2).strip()
+    return out
+
+
+def pyproject_dependencies(repo: Path) -> dict[str, str]:
+    """Normalised distribution name -> version specifier of pyproject's [project] dependencies ({} if absent)."""
+    path = repo / "pyproject.toml"
+    if not path.is_file():
+        return {}
+    block = re.search(r"^dependencies\s*=\s*\[(.*?)\]", path.read_text(encoding="utf-8"), re.S | re.M)
+    lines = re.findall(r'"([^"]+)"', block.group(1)) if block else []
+    return {_dist_key(m.group(1)): m.group(2).strip() for m in map(_REQUIREMENT.match, lines) if m}
+
+
+def check_requirements(repo: Path = REPO) -> list[str]:
+    problems = []
+    pinned = pyproject_dependencies(repo)
+    scripts = installed_scripts(repo)
+    first_spec: dict[str, tuple[str, str]] = {}
+    for module in module_dirs(repo):
+        req = module / "Resources" / f"{module.name}-requirements.txt"
+        where = req.relative_to(repo).as_posix()
+        listed = read_requirement_lines(req) if req.is_file() else {}
+        for dist, spec in listed.items():
+            other_where, other_spec = first_spec.setdefault(dist, (where, spec))
+            if other_spec != spec:
+                problems.append(f"{where}: {dist}{spec} differs from {other_where}'s {dist}{other_spec}")
+        own = [name for name, path in scripts.items() if path.is_relative_to(module)]
+        needed = third_party_imports(repo, own)
+        for top, place in sorted(needed.items()):
+            if top not in SLICER_SHIPS | FROM_PYTORCH_EXTENSION and _dist_key(top) not in listed:
+                problems.append(f"{where} lacks {DISTRIBUTIONS.get(top, top)} ({place} imports {top}); add a line")
+        needed_keys = {_dist_key(top) for top in needed}
+        for dist, spec in sorted(listed.items()):
+            if dist not in needed_keys:
+                problems.append(f"{where} lists {dist}, which no file of {module.name} (or the modules it imports) "
+                                "imports; remove the line")
+            elif dist in pinned and spec != pinned[dist]:
+                problems.append(f"{where}: {dist}{spec} differs from pyproject.toml's {dist}{pinned[dist]}")
+    return problems
+
+
+def check_import_time_needs(repo: Path = REPO) -> list[str]:
+    """What ``<Module>.py`` imports when Slicer loads it (module level, transitively) must ship with Slicer."""
+    problems = []
+    for module in module_dirs(repo):
+        for top, place in sorted(third_party_imports(repo, [module.name], module_level_only=True).items()):
+            if top not in SLICER_SHIPS:
+                problems.append(f"{place}: {module.name}.py imports {top} when Slicer loads the module, and Slicer "
+                                f"may lack it; import it inside the function that uses it")
+    return problems
+
+
 ALL_CHECKS = (check_compiles, check_all_ui, check_ui_references, check_cmake_listing, check_top_level_cmake,
-              check_catalog_entry)
+              check_catalog_entry, check_requirements, check_import_time_needs)
 
 
 def run_all(repo: Path = REPO) -> list[str]:

@@ -117,3 +117,60 @@ def test_every_module_has_icon_and_requirements():
         icon = module / "Resources" / "Icons" / f"{module.name}.png"
         assert icon.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (module / "Resources" / f"{module.name}-requirements.txt").read_text().strip()
+
+
+def test_a_missing_or_needless_requirement_is_caught(repo_copy):
+    req = repo_copy / "GANTrainer" / "Resources" / "GANTrainer-requirements.txt"
+    req.write_text(req.read_text().replace("monai>=1.3", "").replace("edt>=2.3", "") + "requests>=2.0\n")
+    problems = checks.check_requirements(repo_copy)
+    assert any(p.startswith("GANTrainer/Resources/GANTrainer-requirements.txt lacks monai (GANTrainer/GANTrainerLib/")
+               for p in problems)
+    # edt is needed through another module's package (MorphometryLib), which shares the install folder
+    assert any("lacks edt (MorphometryLogic/MorphometryLib/thickness.py:" in p for p in problems)
+    assert any("lists requests, which no file of GANTrainer" in p for p in problems)
+    assert len(problems) == 3
+
+
+def test_requirement_versions_follow_pyproject_and_each_other(repo_copy):
+    req = repo_copy / "VolumetricGAN" / "Resources" / "VolumetricGAN-requirements.txt"
+    req.write_text(req.read_text().replace("matplotlib>=3.7", "matplotlib>=3.1"))
+    assert checks.check_requirements(repo_copy) == [
+        "VolumetricGAN/Resources/VolumetricGAN-requirements.txt: matplotlib>=3.1 differs from "
+        "GANTrainer/Resources/GANTrainer-requirements.txt's matplotlib>=3.7"]
+    shutil.copy(REPO / "pyproject.toml", repo_copy / "pyproject.toml")
+    req.write_text(req.read_text().replace("matplotlib>=3.1", "matplotlib>=3.7"))
+    assert checks.check_requirements(repo_copy) == []
+    req = repo_copy / "GANTrainer" / "Resources" / "GANTrainer-requirements.txt"
+    req.write_text(req.read_text().replace("monai>=1.3", "monai>=1.0"))
+    assert checks.check_requirements(repo_copy) == [
+        "GANTrainer/Resources/GANTrainer-requirements.txt: monai>=1.0 differs from pyproject.toml's monai>=1.3"]
+
+
+def test_optional_imports_need_no_requirement_line(repo_copy):
+    lib = repo_copy / "GANTrainer" / "GANTrainerLib" / "presets.py"
+    lib.write_text(lib.read_text() + "\ntry:\n    import rich\nexcept ImportError:\n    rich = None\n")
+    assert checks.check_requirements(repo_copy) == []
+    # an ImportError handler that raises (a readable message) still needs the package
+    lib.write_text(lib.read_text() + "\n\ndef pretty():\n    try:\n        import rich.console\n"
+                   "    except ImportError:\n        raise RuntimeError('pip install rich') from None\n")
+    assert any("lacks rich (GANTrainer/GANTrainerLib/presets.py:" in p for p in checks.check_requirements(repo_copy))
+
+
+def test_gantrainer_declares_matplotlib_and_monai():
+    listed = checks.read_requirement_lines(REPO / "GANTrainer" / "Resources" / "GANTrainer-requirements.txt")
+    assert {"matplotlib", "monai", "scikit-image", "edt"} <= set(listed)
+
+
+def test_a_module_level_import_slicer_lacks_is_caught(repo_copy):
+    assert checks.check_import_time_needs(repo_copy) == []
+    py = repo_copy / "GANTrainer" / "GANTrainer.py"
+    py.write_text(py.read_text().replace("\nimport ", "\nimport matplotlib\nimport ", 1))
+    assert [p.split(": ", 1)[1].split(" when")[0] for p in checks.check_import_time_needs(repo_copy)] == [
+        "GANTrainer.py imports matplotlib"]
+    # torch at module level in the shared Slicer helpers reaches all three modules
+    widgets = repo_copy / "MorphometryLogic" / "VolGANSlicer" / "widgets.py"
+    widgets.write_text(widgets.read_text().replace("\nfrom ", "\nimport torch\nfrom ", 1))
+    torch_problems = [p for p in checks.check_import_time_needs(repo_copy) if "imports torch" in p]
+    assert {p.split(": ", 1)[1].split(".py")[0] for p in torch_problems} == {"GANTrainer", "MorphometryLogic",
+                                                                             "VolumetricGAN"}
+    assert all(p.startswith("MorphometryLogic/VolGANSlicer/widgets.py:") for p in torch_problems)
