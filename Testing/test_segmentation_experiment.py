@@ -264,6 +264,42 @@ def test_identity_network_scores_perfectly_and_never_sees_held_out_cases(phantom
     assert all(sum(c.startswith("syn_f%d_" % k) for c in s["train"]) == 2 for k, s in enumerate(split))
 
 
+def test_progress_is_one_task_through_folds_regimes_and_iterations(phantoms, tmp_path):
+    """A background job shows one bar: the networks' iterations fill the experiment's steps, never backwards."""
+    from GANTrainerLib.segmentation import OracleTrainer, run_segmentation_experiment
+    from VolGANCore import Cancelled, CancelToken, Progress, RecordingProgress
+
+    real, syn = phantoms
+    truth = {p.name.split(".")[0]: read_label_volume(p).array for p in sorted((real / "labels").iterdir())}
+    truth.update({"syn:" + p.name.split(".")[0]: read_label_volume(p).array for p in sorted((syn / "labels").iterdir())})
+    oracle, token = OracleTrainer(truth), CancelToken()
+
+    def trainer(req, stop_at=None):                     # the oracle, reporting 4 iterations like a network
+        with Progress(4, f"train {req.role}", req.progress, req.cancel) as p:
+            for it in range(4):
+                if (req.fold, req.role, it) == stop_at:
+                    token.cancel()
+                p.advance(1, f"loss {1 / (it + 1):.2f}")
+        return oracle(req)
+
+    rec = RecordingProgress()
+    run_segmentation_experiment(real / "images", real / "labels", syn / "images", tmp_path / "out", folds=2,
+                                trainer=trainer, device="cpu", progress=rec)
+    assert {e.description for e in rec.events} == {"read real set", "read synthetic set", "segmentation experiment"}
+    ev = [e for e in rec.events if e.description == "segmentation experiment"]
+    assert {e.total for e in ev} == {2 * (2 + 2 * 3)}    # per fold: teacher, its labels, 3 × (student, scoring)
+    done = [e.done for e in ev]
+    assert done == sorted(done) and done[-1] == 16 and ev[-1].finished
+    assert sum(d != int(d) for d in done) == 2 * 4 * 3   # 8 networks × iterations 1–3 fall inside their step
+    half = next(e for e in ev if e.message == "fold 2 real+synthetic: 2/4, loss 0.50")
+    assert half.done == 8 + 6 + 0.5                    # fold 1 (8 steps), teacher/labels/real/synthetic of fold 2
+    with pytest.raises(Cancelled):
+        run_segmentation_experiment(real / "images", real / "labels", syn / "images", tmp_path / "cancelled",
+                                    folds=2, trainer=lambda r: trainer(r, stop_at=(1, "synthetic", 2)),
+                                    device="cpu", cancel=token)
+    assert not (tmp_path / "cancelled").exists()
+
+
 @pytest.fixture(scope="module")
 def tiny_run(phantoms, tmp_path_factory):
     """A real DynUNet run: 2 folds, 10 iterations per network, per-fold teachers, nnU-Net export."""

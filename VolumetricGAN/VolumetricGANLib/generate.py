@@ -37,7 +37,8 @@ from .checkpoint import load_generator, to_physical
 
 __all__ = [
     "GenerationResult", "resolve_model", "sample_z", "read_latents", "generate", "synthesize",
-    "volume_geometry", "write_generated", "write_sequence", "interpolate", "variation", "mix", "slerp",
+    "volume_geometry", "write_generated", "generated_file_names", "write_sequence", "interpolate", "variation",
+    "mix", "slerp",
 ]
 
 NOISE_MODES = ("random", "const", "none")
@@ -351,15 +352,12 @@ def write_generated(
     from VolGANCore.dataset import write_manifest
     from VolGANCore.io import write_volume
 
-    if fmt not in FORMATS:
-        raise VolGANError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    names = generated_file_names(len(result.volumes), fmt, prefix)
     suffix = FORMATS[fmt]
     out_dir = Path(out_dir)
-    digits = max(4, len(str(len(result.volumes) - 1)))
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         entries = []
-        for i, vol in enumerate(result.volumes):
-            name = f"{prefix}_{i:0{digits}d}{suffix}"
+        for i, (name, vol) in enumerate(zip(names, result.volumes)):
             write_volume(vol, tmp / name)
             entries.append({"file": name, "index": i, "shape": list(vol.shape), "spacing": list(vol.spacing),
                             "origin": list(vol.origin), "min": float(vol.array.min()), "max": float(vol.array.max())})
@@ -381,6 +379,14 @@ def write_generated(
                                         "intensity": cfg["intensity"], "spacing": cfg["spacing"],
                                         "provenance": cfg.get("_provenance", {})}})
     return out_dir
+
+
+def generated_file_names(n: int, fmt: str = "nii.gz", prefix: str = "sample") -> list[str]:
+    """The file names :func:`write_generated` gives ``n`` volumes: ``sample_0000.nii.gz``, … in latent order."""
+    if fmt not in FORMATS:
+        raise VolGANError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    digits = max(4, len(str(n - 1)))
+    return [f"{prefix}_{i:0{digits}d}{FORMATS[fmt]}" for i in range(n)]
 
 
 def write_sequence(volumes: Sequence[Volume], path: str | os.PathLike) -> Path:

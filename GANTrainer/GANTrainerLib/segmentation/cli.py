@@ -15,11 +15,17 @@ def register_segmentation_experiment(sub: argparse._SubParsersAction) -> None:
                     "labelled volumes of each fold labels the synthetic ones; DynUNet students trained on real only, "
                     "synthetic only and real + synthetic are scored on the held-out real volumes per artery (Dice, "
                     "HD95 in mm, TopCoW detection, variant vectors) and compared with a paired Wilcoxon test. Writes "
-                    "results.json, results.md, dice_boxplot.png, checkpoints, teacher labels and predictions to --out.",
+                    "results.json, results.md, dice_boxplot.png, checkpoints, teacher labels and predictions to --out "
+                    "(and, with --synthetic-model, the generated volumes to OUT/synthetic).",
     )
     p.add_argument("--real-images", required=True, metavar="DIR", help="folder of real TOF-MRA volumes")
     p.add_argument("--real-labels", required=True, metavar="DIR", help="their label maps (same file names)")
-    p.add_argument("--synthetic", required=True, metavar="DIR", help="folder of synthetic (generated) volumes")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--synthetic", metavar="DIR", help="folder of synthetic (generated) volumes")
+    src.add_argument("--synthetic-model", metavar="CKPT",
+                     help="a generator (.vgan) to draw the synthetic volumes from (with --n-generate; written to "
+                          "OUT/synthetic with their latents, as volgan generate writes them)")
+    p.add_argument("--n-generate", type=int, metavar="N", help="with --synthetic-model: volumes to generate (seed: --seed)")
     p.add_argument("--synthetic-labels", metavar="DIR",
                    help="label maps of the synthetic volumes (e.g. joint image+label generation): no teacher is trained")
     p.add_argument("--label-scheme", choices=["topcow13", "aydin7"], default="topcow13",
@@ -53,6 +59,7 @@ def _cmd_segmentation_experiment(args: argparse.Namespace) -> int:
 
     res = run_segmentation_experiment(
         args.real_images, args.real_labels, args.synthetic, args.out, synthetic_labels=args.synthetic_labels,
+        synthetic_model=args.synthetic_model, n_generate=args.n_generate,
         label_scheme=args.label_scheme, input_label_scheme=args.input_label_scheme, teacher=args.teacher,
         folds=args.folds, n_real=args.n_real, n_synthetic=args.n_synthetic, config=args.config, epochs=args.epochs,
         device=args.device, amp=args.amp, seed=args.seed, export_nnunet=args.export_nnunet, nnunet_id=args.nnunet_id,

@@ -44,7 +44,7 @@ from .metrics import DETECTION_CLASSES, DETECTION_IOU, nanmean_or_nan, score_cas
 
 __all__ = ["REGIMES", "Case", "TrainRequest", "Predictor", "DynUNetTrainer", "OracleTrainer",
            "load_labelled_set", "load_image_set", "make_folds", "paired_wilcoxon", "summarise",
-           "run_segmentation_experiment", "EMPTY_CLASS_RULES"]
+           "run_segmentation_experiment", "prediction_path", "EMPTY_CLASS_RULES"]
 
 REGIMES = ("real", "synthetic", "real+synthetic")
 
@@ -319,6 +319,12 @@ def _slug(regime: str) -> str:
     return regime.replace("+", "_plus_")
 
 
+def prediction_path(out: str | os.PathLike, fold: int, regime: str, case: str) -> Path:
+    """Where the experiment in ``out`` saves the ``regime`` student's prediction of held-out ``case`` (0-based
+    ``fold``): ``predictions/fold<f>/<regime>/<case>.nii.gz`` ("+" spelled "_plus_")."""
+    return Path(out) / "predictions" / f"fold{int(fold)}" / _slug(regime) / f"{case}.nii.gz"
+
+
 def _check_count(value: Any, name: str) -> None:
     if value is not None and (not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1):
         raise VolGANError(f"{name}: expected an integer ≥ 1, got {value!r}")
@@ -327,7 +333,7 @@ def _check_count(value: Any, name: str) -> None:
 def run_segmentation_experiment(
     real_images: str | os.PathLike,
     real_labels: str | os.PathLike,
-    synthetic: str | os.PathLike,
+    synthetic: str | os.PathLike | None,                  # folder of synthetic volumes (None: synthetic_model)
     out: str | os.PathLike,
     synthetic_labels: str | os.PathLike | None = None,   # labels of the synthetic volumes (skips the teacher)
     label_scheme: str = "topcow13",                       # scheme the networks learn and are scored in
@@ -348,6 +354,8 @@ def run_segmentation_experiment(
     nnunet_id: int = 900,                                 # first nnU-Net dataset id (one per regime)
     nnunet_name: str = "VolGANCoW",                       # nnU-Net dataset name prefix
     overwrite: bool = False,                              # replace a non-empty --out
+    synthetic_model: str | os.PathLike | None = None,     # a .vgan generator instead of the synthetic folder ...
+    n_generate: int | None = None,                        # ... sampling this many volumes into <out>/synthetic
     trainer: Optional[Callable[[TrainRequest], Predictor]] = None,  # pluggable network (default DynUNetTrainer)
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
@@ -355,6 +363,14 @@ def run_segmentation_experiment(
 ) -> dict[str, Any]:
     """Run the downstream experiment and write ``out`` (results.json, results.md, dice_boxplot.png, checkpoints,
     teacher labels, held-out predictions); return the results dict. See the module docstring for the protocol.
+
+    The synthetic volumes are either a folder (``synthetic``) or drawn from a generator: ``synthetic_model`` (a
+    .vgan checkpoint) samples ``n_generate`` volumes with ``seed`` on ``device`` and writes them, with their
+    latents and manifest, to ``out/synthetic`` (what ``volgan generate`` would write), so one call does both.
+
+    Progress: one task, "segmentation experiment", over the folds' steps (teacher, teacher labels, each regime's
+    student and its scoring); a training step advances with its network's iterations, so the fraction moves
+    through folds × regimes × iterations. Reading the sets (and generating) are tasks of their own before it.
 
     Example (Slicer's Python console or any Python)::
 
@@ -381,6 +397,7 @@ def run_segmentation_experiment(
     _check_count(n_synthetic, "--n-synthetic")
     if synthetic_labels is not None and teacher is not None:
         raise VolGANError("pass either --synthetic-labels or --teacher, not both (given labels make the teacher unused)")
+    _check_synthetic_source(synthetic, synthetic_labels, synthetic_model, n_generate)
     out = Path(out)
     for folder in (real_images, real_labels, synthetic, synthetic_labels):
         if folder is None:
@@ -401,8 +418,15 @@ def run_segmentation_experiment(
         raise VolGANError(f"{out}: output folder exists and is not empty (choose a new folder or pass --overwrite)")
 
     real = load_labelled_set(real_images, real_labels, label_scheme, input_label_scheme, "real", progress, cancel)
-    syn_all = (load_labelled_set(synthetic, synthetic_labels, label_scheme, input_label_scheme, "synthetic", progress, cancel)
-               if synthetic_labels is not None else load_image_set(synthetic, "synthetic", progress, cancel))
+    generated = None
+    if synthetic_model is not None:
+        generated, syn_all = _generate_synthetic(synthetic_model, n_generate, seed, device, progress, cancel)
+        synthetic = out / "synthetic"
+    elif synthetic_labels is not None:
+        syn_all = load_labelled_set(synthetic, synthetic_labels, label_scheme, input_label_scheme, "synthetic",
+                                    progress, cancel)
+    else:
+        syn_all = load_image_set(synthetic, "synthetic", progress, cancel)
     spacing = _check_spacing(real + syn_all)
     fold_idx = make_folds(len(real), folds, seed)
     min_train = min(len(real) - len(f) for f in fold_idx)
@@ -445,7 +469,12 @@ def run_segmentation_experiment(
     checkpoints: list[str] = []
 
     with atomic_directory(out, overwrite=overwrite) as tmp, \
-            Progress(folds * steps_per_fold, "segmentation experiment", progress, cancel) as prog:
+            Progress(folds * steps_per_fold, "segmentation experiment", progress, cancel) as outer:
+        prog = _Steps(outer)
+        if generated is not None:
+            from VolumetricGANLib.generate import write_generated
+
+            write_generated(generated, tmp / "synthetic")
         if teacher_model is not None:
             shared = {c.case: np.asarray(teacher_model(c.image, "syn:" + c.case), np.int16) for c in syn}
             for c in syn:
@@ -468,24 +497,25 @@ def run_segmentation_experiment(
                 if isinstance(trainer, DynUNetTrainer):
                     checkpoints.append(str(ck.relative_to(tmp)))
                 return TrainRequest(role, f, names, [c.image for c in cases], labels, label_ids, label_scheme,
-                                    spacing, ck, int(seed) * 1000 + f * 10 + REGIMES_ROLE.index(role), progress, cancel)
+                                    spacing, ck, int(seed) * 1000 + f * 10 + REGIMES_ROLE.index(role),
+                                    prog.within(f"fold {f + 1} {role}"), cancel)
 
             fold_teacher = None
             if trains_teacher:
                 tr = [real[i] for i in train]
                 fold_teacher = trainer(request("teacher", tr, [c.label for c in tr], [c.case for c in tr]))
-                prog.advance(1, f"fold {f + 1} teacher")
+                prog.step(f"fold {f + 1} teacher")
                 syn_labels = {}
                 for c in syn:
                     syn_labels[c.case] = np.asarray(fold_teacher(c.image, "syn:" + c.case), np.int16)
-                prog.advance(1, f"fold {f + 1} teacher labels")
+                prog.step(f"fold {f + 1} teacher labels")
                 for c in syn:
                     write_volume(c.image.with_array(syn_labels[c.case], label_scheme=label_scheme),
                                  tmp / "teacher_labels" / f"fold{f}" / f"{c.case}.nii.gz")
             else:
                 syn_labels = shared
                 if teacher is not None:
-                    prog.advance(1, "teacher labels")
+                    prog.step("teacher labels")
             if export_nnunet is not None:  # kept only for the export (per-fold copies can be large)
                 syn_labels_by_fold[f] = syn_labels
             syn_prefix = f"syn_f{f}_" if trains_teacher else "syn_"
@@ -501,7 +531,7 @@ def run_segmentation_experiment(
                 else:
                     model = trainer(request(reg, rc + sc, [c.label for c in rc] + [syn_labels[c.case] for c in sc],
                                             [c.case for c in rc] + ["syn:" + c.case for c in sc]))
-                prog.advance(1, f"fold {f + 1} {reg}")
+                prog.step(f"fold {f + 1} {reg}")
                 for i in test:
                     c = real[i]
                     pred = np.asarray(model(c.image, c.case))
@@ -510,10 +540,10 @@ def run_segmentation_experiment(
                                           f"of shape {c.image.shape}")
                     if save_predictions:
                         write_volume(c.image.with_array(pred.astype(np.int16), label_scheme=label_scheme),
-                                     tmp / "predictions" / f"fold{f}" / _slug(reg) / f"{c.case}.nii.gz")
+                                     prediction_path(tmp, f, reg, c.case))
                     rows.append({"case": c.case, "fold": f, "regime": reg,
                                  **score_case(pred, c.label, c.image.array_spacing, label_scheme)})
-                prog.advance(1, f"fold {f + 1} {reg} scored")
+                prog.step(f"fold {f + 1} {reg} scored")
             fold_info.append(info)
 
         summary = summarise(rows, label_scheme, regimes, folds)
@@ -538,6 +568,7 @@ def run_segmentation_experiment(
                          "detection_iou": DETECTION_IOU},
             "inputs": {"real_images": str(real_images), "real_labels": str(real_labels), "synthetic": str(synthetic),
                        "synthetic_labels": None if synthetic_labels is None else str(synthetic_labels),
+                       "synthetic_model": None if synthetic_model is None else str(synthetic_model),
                        "n_real": len(real), "n_synthetic": len(syn_all),
                        "real_cases": [c.case for c in real], "synthetic_cases_used": [c.case for c in syn]},
             "teacher": teacher_source,
@@ -567,6 +598,54 @@ def run_segmentation_experiment(
 
 
 REGIMES_ROLE = ("teacher", *REGIMES)
+
+
+class _Steps:
+    """The experiment's one progress task in whole steps; :meth:`within` fills the current step with an inner
+    task's fraction (a network's iterations), so the bar moves steadily and never runs backwards."""
+
+    def __init__(self, prog: Progress):
+        self.prog = prog
+        self.done = 0
+
+    def step(self, message: str) -> None:
+        self.done += 1
+        self.prog.set(self.done, message)
+
+    def within(self, label: str) -> ProgressCallback:
+        def report(event) -> None:
+            if event.total and not event.finished:
+                tail = f", {event.message}" if event.message else ""
+                self.prog.set(self.done + event.fraction,
+                              f"{label}: {event.done:.0f}/{event.total:.0f}{tail}")
+        return report
+
+
+def _check_synthetic_source(synthetic, synthetic_labels, synthetic_model, n_generate) -> None:
+    if synthetic is not None and synthetic_model is not None:
+        raise VolGANError("pass either --synthetic (a folder) or --synthetic-model (a generator), not both")
+    if synthetic is None and synthetic_model is None:
+        raise VolGANError("no synthetic volumes: pass --synthetic DIR, or --synthetic-model CKPT with --n-generate N")
+    if synthetic_model is None:
+        if n_generate is not None:
+            raise VolGANError("--n-generate: only with --synthetic-model (a folder's volumes are used as they are)")
+        return
+    if synthetic_labels is not None:
+        raise VolGANError("--synthetic-labels: not with --synthetic-model (generated volumes have no label maps; "
+                          "the teacher labels them)")
+    if n_generate is None:
+        raise VolGANError(f"--synthetic-model {synthetic_model}: also pass --n-generate N (volumes to generate)")
+    _check_count(n_generate, "--n-generate")
+
+
+def _generate_synthetic(model, n: int, seed: int, device: str, progress, cancel):
+    """Sample ``n`` volumes from the generator ``model``; return the result and its cases (named as the files
+    :func:`VolumetricGANLib.generate.write_generated` writes them)."""
+    from VolumetricGANLib.generate import generate, generated_file_names
+
+    result = generate(model, n=n, seed=seed, device=device, progress=progress, cancel=cancel)
+    names = generated_file_names(n)
+    return result, [Case(case_id(Path(name)), vol, None, Path(model)) for name, vol in zip(names, result.volumes)]
 
 
 def _finite_json(obj: Any) -> Any:
