@@ -233,6 +233,182 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
                 scene.RemoveNode(t)
         if loaded.chart is not None and loaded.chart.GetScene() is not None:
             _remove_chart(scene, loaded.chart)
+        for node in loaded.extraNodes():
+            if node is not None and node.GetScene() is not None:
+                scene.RemoveNode(node)
+
+    # -- downstream segmentation experiment -----------------------------------------------------------------
+    def segmentationExperimentArgs(self, realImages, realLabels, synthetic, outFolder, syntheticLabels=None,
+                                   config: str = "small", folds: int = 5, labelScheme: str = "topcow13",
+                                   device: str = "auto", nGenerate: Optional[int] = None,
+                                   nReal: Optional[int] = None, nSynthetic: Optional[int] = None,
+                                   epochs: Optional[int] = None, seed: int = 0, overwrite: bool = False) -> list:
+        """The ``volgan`` arguments of the downstream experiment (``segmentation-experiment …``), checked first.
+
+        ``synthetic`` is a folder of synthetic volumes or a generator file (.vgan): then the one command first
+        samples ``nGenerate`` volumes into ``outFolder/synthetic``. Empty or missing inputs raise a
+        :class:`VolGANCore.VolGANError` naming the field. Run the list with ``volgan`` (or
+        ``VolGANCore.jobs.BackgroundJob.start``); :meth:`loadSegmentationExperiment` shows the results.
+        """
+        from VolGANCore import InputFileError
+
+        def folder(value, field: str, must_exist: bool = True) -> str:
+            if _empty_path(value):
+                raise _error(f"{field}: no path chosen (choose the {field})")
+            if must_exist and not Path(value).exists():
+                raise InputFileError(value, "not found", f"choose an existing {field}")
+            return str(value)
+
+        argv = ["segmentation-experiment", "--real-images", folder(realImages, "real images folder"),
+                "--real-labels", folder(realLabels, "real labels folder")]
+        source = folder(synthetic, "synthetic source (a folder of volumes or a .vgan model)")
+        if Path(source).is_file():
+            if nGenerate is None or int(nGenerate) < 1:
+                raise _error(f"number of volumes to generate: expected at least 1 for the model {source}")
+            argv += ["--synthetic-model", source, "--n-generate", str(int(nGenerate))]
+        else:
+            argv += ["--synthetic", source]
+        if not _empty_path(syntheticLabels):
+            argv += ["--synthetic-labels", folder(syntheticLabels, "synthetic labels folder")]
+        if config not in ("small", "full"):
+            raise _error(f"config {config!r}: choose 'small' (CPU minutes, pipeline check) or 'full' (GPU)")
+        if labelScheme not in ("topcow13", "aydin7"):
+            raise _error(f"label scheme {labelScheme!r}: choose 'topcow13' or 'aydin7'")
+        if int(folds) < 2:
+            raise _error(f"folds: expected at least 2, got {folds}")
+        argv += ["--config", config, "--folds", str(int(folds)), "--label-scheme", labelScheme,
+                 "--device", device or "auto", "--seed", str(int(seed))]
+        for flag, value in (("--n-real", nReal), ("--n-synthetic", nSynthetic), ("--epochs", epochs)):
+            if value is not None:
+                argv += [flag, str(int(value))]
+        argv += ["--out", folder(outFolder, "output folder", must_exist=False)]
+        if overwrite:
+            argv.append("--overwrite")
+        return argv
+
+    def loadSegmentationExperiment(self, outFolder, previous=None, cases=None) -> "LoadedSegmentationExperiment":
+        """``results.json`` of ``volgan segmentation-experiment`` as tables, a per-case Dice chart and the
+        held-out predictions.
+
+        Table ``per_class``: one row per regime × class — Dice and HD95 (mm) mean and SD over folds (of the fold
+        means), folds and cases scored (``n folds``, ``n cases``), the detection rate where TopCoW defines one —
+        and per regime a row ``mean over classes`` (per-case mean Dice/HD95, mean ± SD over folds). Table
+        ``tests``: the paired Wilcoxon signed-rank tests between regimes on the per-case mean Dice.
+
+        Chart (Slicer plots have no box type, so the box plot is drawn as its data): x is the class index in
+        the scheme's order (the x-axis title lists the names), shifted a little per regime so that regimes sit
+        side by side; each regime has a scatter series of every held-out case's Dice ("<regime>: cases") and one
+        of the per-class medians ("<regime>: median", larger squares). Classes absent from a case's ground truth
+        and prediction are not scored and not drawn. The experiment's own box plot is ``dice_boxplot.png``.
+
+        Predictions: each saved held-out prediction (``predictions/fold<f>/<regime>/<case>.nii.gz``; all of them,
+        or only ``cases``) becomes a segmentation node with the scheme's names and colours, on the file's grid,
+        named "<case> <regime> (fold f)". Only the first is visible. ``previous`` (a LoadedReport) is removed
+        first.
+        """
+        from GANTrainerLib.segmentation.experiment import prediction_path
+        from VolGANCore import InputFileError, VolGANError, read_label_volume
+        from VolGANCore.labels import get_scheme
+
+        folder = Path(outFolder)
+        what = "a results folder written by volgan segmentation-experiment"
+        results = _read_report_json(folder, "results.json", "volgan-segmentation-experiment", what)
+        try:
+            regimes = list(results["settings"]["regimes"])
+            scheme = get_scheme(results["settings"]["label_scheme"])
+            summary = {reg: results["summary"][reg] for reg in regimes}
+            folds, rows, tests = results["folds"], results["cases"], results.get("tests", [])
+        except (KeyError, TypeError, VolGANError) as exc:
+            raise InputFileError(folder / "results.json", f"is incomplete ({type(exc).__name__}: {exc})",
+                                 "the results are damaged; run the experiment again") from None
+        self.removeLoadedReport(previous)
+        scene = self.scene
+        name = folder.name
+        names = [scheme.name_of(i) for i in scheme.ids]
+        table_rows = []
+        for reg in regimes:
+            s = summary[reg]
+            for cls in names:
+                c = s["per_class"][cls]
+                det = (s.get("detection") or {}).get(cls)
+                table_rows.append({"regime": reg, "class": cls, "Dice mean": c["dice_mean"], "Dice SD": c["dice_sd"],
+                                   "HD95 mean (mm)": c["hd95_mm_mean"], "HD95 SD (mm)": c["hd95_mm_sd"],
+                                   "n folds": c["n_folds"], "n cases": c["n_cases"],
+                                   "detection rate": det["rate"] if det else None})
+            table_rows.append({"regime": reg, "class": "mean over classes", "Dice mean": s["mean_dice"],
+                               "Dice SD": s["mean_dice_sd"], "HD95 mean (mm)": s["mean_hd95_mm"],
+                               "HD95 SD (mm)": s["mean_hd95_mm_sd"],
+                               "n folds": sum(v is not None for v in s.get("fold_mean_dice", [])),
+                               "n cases": s["n_cases"], "detection rate": None})
+        tables = {"per_class": mrml.table_from_rows(table_rows, scene, name=f"Segmentation Dice/HD95 ({name})")}
+        tables["tests"] = mrml.table_from_rows(
+            [{"regime a": t["a"], "regime b": t["b"], "quantity": t["quantity"], "n": t["n"],
+              "non-zero differences": t["n_nonzero"], "median difference": t["median_difference"],
+              "mean difference": t["mean_difference"], "Wilcoxon statistic": t["statistic"], "p": t["p_value"],
+              "note": t["note"]} for t in tests], scene, name=f"Segmentation paired tests ({name})")
+        for t in tables.values():
+            t.SetAttribute("GANTrainer.ReportFolder", str(folder))
+        chart = self._dicePerCaseChart(rows, regimes, names, f"Dice per case and class ({name})")
+        chart.SetAttribute("GANTrainer.ReportFolder", str(folder))
+        wanted = None if cases is None else set(cases)
+        loaded = LoadedSegmentationExperiment("segmentation", results, tables, chart, folder,
+                                              {reg: [] for reg in regimes})
+        try:
+            for fold in folds:
+                for reg in regimes:
+                    for case in fold["test"]:
+                        path = prediction_path(folder, fold["fold"], reg, case)
+                        if (wanted is not None and case not in wanted) or not path.is_file():
+                            continue
+                        seg = mrml.labelmap_to_segmentation(read_label_volume(path, scheme=scheme.name), scheme.name,
+                                                            scene, name=f"{case} {reg} (fold {fold['fold'] + 1})")
+                        for key, value in (("Regime", reg), ("Case", case), ("Fold", str(fold["fold"])),
+                                           ("ReportFolder", str(folder))):
+                            seg.SetAttribute(f"GANTrainer.{key}", value)
+                        seg.GetDisplayNode().SetVisibility(loaded.firstPrediction() is None)
+                        loaded.segmentations[reg].append(seg)
+        except BaseException:
+            self.removeLoadedReport(loaded)  # a damaged prediction: nothing half-loaded stays
+            raise
+        return loaded
+
+    def loadExperimentImage(self, loaded: "LoadedSegmentationExperiment", case: str):
+        """The real image of held-out ``case`` of a loaded experiment as a volume node (removed with it)."""
+        from VolGANCore import InputFileError, read_volume
+        from VolGANCore.dataset import case_id, list_volumes
+
+        if case in loaded.images and loaded.images[case].GetScene() is not None:
+            return loaded.images[case]
+        images = loaded.report["inputs"]["real_images"]
+        path = next((p for p in list_volumes(images) if case_id(p) == case), None)
+        if path is None:
+            raise InputFileError(images, f"holds no image of case {case!r} any more",
+                                 "restore the real images folder the experiment read")
+        node = mrml.volume_to_node(read_volume(path), self.scene, name=case)
+        loaded.images[case] = node
+        return node
+
+    def _dicePerCaseChart(self, rows, regimes, names, title):
+        import numpy as np
+
+        scene = self.scene
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", title)
+        chart.SetTitle(title)
+        chart.SetXAxisTitle("class: " + ", ".join(f"{k} {n}" for k, n in enumerate(names, 1)))
+        chart.SetYAxisTitle("Dice")
+        offsets = np.linspace(-0.25, 0.25, len(regimes)) if len(regimes) > 1 else [0.0]
+        for reg, dx, colour in zip(regimes, offsets, _REGIME_COLOURS * 3):
+            points, medians = [], []
+            for k, cls in enumerate(names, 1):
+                values = [r["dice"][cls] for r in rows if r["regime"] == reg and r["dice"].get(cls) is not None]
+                points += [(k + dx, v) for v in values]
+                if values:
+                    medians.append((k + dx, float(np.median(values))))
+            _add_series(scene, chart, f"{reg}: cases", [p[0] for p in points], [p[1] for p in points], "class",
+                        "scatter", colour=colour, size=6)
+            _add_series(scene, chart, f"{reg}: median", [m[0] for m in medians], [m[1] for m in medians], "class",
+                        "scatter", colour=colour, size=12, marker="square")
+        return chart
 
 
 @dataclasses.dataclass
@@ -251,6 +427,10 @@ class LoadedReport:
         """The main table (metrics, or per-parameter fidelity)."""
         return next(iter(self.tables.values()))
 
+    def extraNodes(self) -> list:
+        """Scene nodes besides the tables and the chart that belong to this report (removed with it)."""
+        return []
+
     def summary(self) -> str:
         """One line for the panel's status label."""
         r = self.report
@@ -265,6 +445,40 @@ class LoadedReport:
             return (f"CoW fidelity: {r['n_generated']} generated vs {r['n_real']} real; "
                     + (f"{len(flags)} flagged: " + "; ".join(flags) if flags else "no artery flagged"))
         return f"Bone fidelity: {r['n_generated']} generated vs {r['n_real']} real patches — {self.folder}"
+
+
+@dataclasses.dataclass
+class LoadedSegmentationExperiment(LoadedReport):
+    """A downstream segmentation experiment shown in the scene: ``tables`` ``per_class`` and ``tests``, the
+    per-case Dice ``chart``, ``segmentations`` (regime → segmentation nodes of the held-out predictions, fold
+    and case order) and ``images`` (case → volume node, from :meth:`GANTrainerSceneLogic.loadExperimentImage`)."""
+
+    segmentations: dict = dataclasses.field(default_factory=dict)
+    images: dict = dataclasses.field(default_factory=dict)
+
+    def extraNodes(self) -> list:
+        return [n for nodes in self.segmentations.values() for n in nodes] + list(self.images.values())
+
+    def firstPrediction(self):
+        """The first loaded prediction (the visible one) or None."""
+        return next((n for nodes in self.segmentations.values() for n in nodes), None)
+
+    def summary(self) -> str:
+        r = self.report
+        st = r["settings"]
+        means = "; ".join(f"{reg} {_pm(s['mean_dice'], s.get('mean_dice_sd'))}" for reg, s in r["summary"].items())
+        n = sum(len(v) for v in self.segmentations.values())
+        return (f"Segmentation experiment ({st['folds']} folds, config {st['config']}): mean Dice {means}; "
+                f"{n} held-out prediction(s) loaded — {self.folder}")
+
+
+_REGIME_COLOURS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17))  # real, synthetic, real+synthetic
+
+
+def _pm(mean, sd) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
 
 
 def histogram_pair(real, generated, max_bins: int = 15):
@@ -327,8 +541,9 @@ def _read_report_json(reportDir, filename: str, kind: Optional[str], what: str) 
     return report
 
 
-def _add_series(scene, chart, label, x, y, x_name: str, plot_type: str = "line"):
-    """One more plot series (its own data table) on ``chart``."""
+def _add_series(scene, chart, label, x, y, x_name: str, plot_type: str = "line", colour=None, size: int = 10,
+                marker: str = "circle"):
+    """One more plot series (its own data table) on ``chart`` (``colour``: RGB 0–1, default a unique one)."""
     import slicer
 
     table = mrml.table_from_rows([{x_name: float(a), label: float(b)} for a, b in zip(x, y)], scene,
@@ -339,9 +554,13 @@ def _add_series(scene, chart, label, x, y, x_name: str, plot_type: str = "line")
     ps.SetYColumnName(label)
     ps.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter if plot_type == "scatter"
                    else slicer.vtkMRMLPlotSeriesNode.PlotTypeLine)
-    ps.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
-    ps.SetMarkerSize(10)
-    ps.SetUniqueColor()
+    ps.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleSquare if marker == "square"
+                      else slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+    ps.SetMarkerSize(size)
+    if colour is None:
+        ps.SetUniqueColor()
+    else:
+        ps.SetColor(*colour)
     chart.AddAndObservePlotSeriesNodeID(ps.GetID())
     return ps
 
