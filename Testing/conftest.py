@@ -25,6 +25,12 @@ def shared_file(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _volgan_home(tmp_path_factory, monkeypatch):
+    """Background jobs index themselves under $VOLGAN_HOME/jobs: a fresh one per test, never the user's."""
+    monkeypatch.setenv("VOLGAN_HOME", str(tmp_path_factory.mktemp("volgan-home")))
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -81,7 +81,13 @@ _BUILTIN: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_register_
 
 
 def progress_from_args(args: argparse.Namespace):
-    """The CLI's progress callback: a tqdm bar unless ``--quiet``."""
+    """The CLI's progress callback: a tqdm bar unless ``--quiet``; inside a background job (VolGANCore.job)
+    the job's recorder, which writes throttled progress into the job's ``job.json``."""
+    from .job import active_progress
+
+    recorder = active_progress()
+    if recorder is not None:
+        return recorder
     from .progress import TqdmProgress
 
     return TqdmProgress(disable=bool(getattr(args, "quiet", False)))
