@@ -98,11 +98,12 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
     def enter(self) -> None:
         super().enter()
         # reopening the module re-attaches to a run that kept going while the panel was closed
+        # (and, after restarting Slicer, with no run folder chosen yet, to the newest run started from a panel)
         p = self._parameterNode
-        if p and self.logic.training is None and str(p.runFolder) not in ("", "."):
-            proc = TrainingProcess.attach(p.runFolder)
-            if proc.isRunning():
-                self.logic.training = proc
+        if p and self.logic.training is None:
+            self.logic.training = TrainingProcess.running(p.runFolder)
+            if self.logic.training is not None and str(p.runFolder) in ("", "."):
+                p.runFolder = self.logic.training.runFolder
         if self.logic.training is not None:
             self.pollTimer.start()
             self.onPollTraining()
@@ -165,6 +166,10 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.ui.statusLabel.text = _("{state}: step {step}, {kimg:.2f} of {total:g} kimg{eta}{best}").format(
             state=status.get("state", "?"), step=status.get("step", 0), kimg=kimg, total=total, eta=eta_text,
             best=best_text)
+        if status.get("state") in ("failed", "stopped") and status.get("message"):
+            self.ui.statusLabel.text += " — " + status["message"]
+        if proc.stopIfOverdue():  # a stop request the trainer did not honour in time: its processes were ended
+            status = proc.poll()
         self.ui.trainingLogTextEdit.setPlainText(proc.lastLogLines(30))
         self.updateTrainingPlot()
         ckpt = status.get("checkpoints", [{}])[-1].get("path") if status.get("checkpoints") else None

@@ -578,88 +578,89 @@ def _remove_chart(scene, chart) -> None:
 
 
 class TrainingProcess:
-    """A ``volgan train`` run in a background process (the MONAIAuto3DSeg pattern), watched through its run folder.
+    """A ``volgan train`` run as a background job (:class:`VolGANCore.jobs.BackgroundJob`) whose job folder is
+    the run folder: ``job.json`` and ``process.log`` sit beside the trainer's ``run.json``, ``metrics.jsonl``
+    and ``log.txt``.
 
-    The process writes ``run.json`` / ``metrics.jsonl`` / ``log.txt`` into the run folder; the panel polls
-    :meth:`poll` from a QTimer, so Slicer stays responsive and closing/reopening the module (or Slicer) loses
-    nothing: :meth:`attach` re-reads a running or finished run folder. :meth:`stop` sends SIGTERM, which the
-    trainer turns into "finish the step, write a checkpoint, mark stopped".
+    The panel polls :meth:`poll` from a QTimer, so Slicer stays responsive, and closing/reopening the module
+    or restarting Slicer loses nothing: :meth:`attach` (a known run folder) or :meth:`latest` (the newest run
+    started from any panel) watches it again. :meth:`stop` asks the trainer to finish its step, write a
+    checkpoint and end ``stopped``; ``resume=True`` continues from that checkpoint.
     """
 
-    def __init__(self, runFolder, process=None):
-        self.runFolder = Path(runFolder)
-        self.process = process
+    def __init__(self, job):
+        self.job = job
 
-    @staticmethod
-    def pythonExecutable() -> str:
-        import shutil
-        import sys
-
-        return shutil.which("PythonSlicer") or sys.executable
+    @property
+    def runFolder(self) -> Path:
+        return self.job.folder
 
     @classmethod
     def start(cls, preset, dataFolder, runFolder, labelsFolder=None, resume=False, extraArgs=(), device="auto"):
-        """Launch ``volgan train`` for ``preset``; returns the TrainingProcess (stdout/stderr go to process.log)."""
-        import subprocess
+        """Launch ``volgan train`` for ``preset`` into ``runFolder``; refused while a run is going on there."""
+        from VolGANCore.jobs import BackgroundJob
 
-        from VolGANCore import VolGANError
-
-        runFolder = Path(runFolder)
-        runFolder.mkdir(parents=True, exist_ok=True)
-        status = read_run_status(runFolder)
-        if status and status.get("state") == "running" and _pid_alive(status.get("pid")):
-            raise VolGANError(f"{runFolder}: a training process (pid {status['pid']}) is already running there")
-        cmd = [cls.pythonExecutable(), "-m", "VolGANCore.cli", "--quiet", "train", "--preset", preset,
-               "--data", str(dataFolder), "--out", str(runFolder), "--device", device]
+        argv = ["train", "--preset", preset, "--data", str(dataFolder), "--out", str(runFolder),
+                "--device", device]
         if labelsFolder:
-            cmd += ["--labels", str(labelsFolder)]
+            argv += ["--labels", str(labelsFolder)]
         if resume:
-            cmd.append("--resume")
-        cmd += [str(a) for a in extraArgs]
-        log = open(runFolder / "process.log", "ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
-        return cls(runFolder, proc)
+            argv.append("--resume")
+        argv += [str(a) for a in extraArgs]
+        return cls(BackgroundJob.start(argv, folder=runFolder, kind="train", outFolder=runFolder))
 
     @classmethod
-    def attach(cls, runFolder):
-        """Watch an existing run folder (e.g. after reopening the module); no process handle needed."""
-        return cls(runFolder)
+    def attach(cls, runFolder) -> Optional["TrainingProcess"]:
+        """Watch the run in ``runFolder`` again; None when no run was started there from a panel."""
+        from VolGANCore.jobs import BackgroundJob, read_job
+
+        if read_job(runFolder) is None:
+            return None
+        return cls(BackgroundJob.attach(runFolder))
+
+    @classmethod
+    def latest(cls, root=None) -> Optional["TrainingProcess"]:
+        """The newest run started from a panel (on this machine, under ``VolGANCore.jobs.jobs_root()``)."""
+        from VolGANCore.jobs import BackgroundJob
+
+        job = BackgroundJob.latest("train", root=root)
+        return cls(job) if job is not None else None
+
+    @classmethod
+    def running(cls, runFolder=None, root=None) -> Optional["TrainingProcess"]:
+        """The run to watch again: the one in ``runFolder`` if it still runs; with no folder chosen (a new scene
+        after restarting Slicer) the newest run started from a panel, if it still runs."""
+        if not _empty_path(runFolder):
+            proc = cls.attach(runFolder)
+        else:
+            proc = cls.latest(root)
+        return proc if proc is not None and proc.isRunning() else None
 
     def isRunning(self) -> bool:
-        if self.process is not None:
-            return self.process.poll() is None
-        status = read_run_status(self.runFolder) or {}
-        return status.get("state") == "running" and _pid_alive(status.get("pid"))
+        return self.job.isRunning()
 
     def poll(self) -> dict:
-        """Current status: run.json fields plus ``running`` and, once the process ended, ``returncode``."""
-        status = dict(read_run_status(self.runFolder) or {"state": "starting"})
-        status["running"] = self.isRunning()
-        if self.process is not None and self.process.poll() is not None:
-            status["returncode"] = self.process.returncode
-            if self.process.returncode not in (0, None) and status.get("state") in ("starting", "running"):
-                status["state"] = "failed"
-                status["message"] = self.lastLogLines(1, names=("process.log",))  # the error the trainer printed
+        """run.json's fields (step, kimg, total_kimg, eta_s, best, checkpoints, ...) under the job's ``state``,
+        ``running``, ``returncode``, ``message`` (on failure the error the trainer printed) and ``progress``."""
+        from VolGANCore.jobs import TERMINAL_STATES
+
+        job = self.job.poll()
+        status = dict(read_run_status(self.runFolder) or {})
+        status.update(state=job["state"], running=job["running"], returncode=job["returncode"],
+                      progress=job["progress"], stop_requested=job["stop_requested"])
+        if job["state"] in TERMINAL_STATES or job["message"]:
+            status["message"] = job["message"]   # how the job ended (empty when it finished or stopped cleanly)
         return status
 
     def stop(self, timeout: float | None = 120.0) -> None:
-        """Ask the trainer to stop gracefully (SIGTERM → checkpoint → exit).
+        """Ask the trainer to stop gracefully (finish the step, checkpoint, exit); ``timeout`` seconds later end
+        its processes if it has not. ``None`` returns at once (the panel: :meth:`poll` reports the end)."""
+        self.job.stop(timeout)
 
-        Waits up to ``timeout`` seconds (``None``: return at once and let :meth:`poll` report the end — what the
-        panel does, so the UI never blocks).
-        """
-        import os
-        import signal
-
-        pid = self.process.pid if self.process is not None else (read_run_status(self.runFolder) or {}).get("pid")
-        if pid and _pid_alive(pid):
-            os.kill(int(pid), signal.SIGTERM)
-        if self.process is not None and timeout is not None:
-            try:
-                self.process.wait(timeout)
-            except Exception:
-                self.process.kill()
+    def stopIfOverdue(self, grace_s: float = 180.0) -> bool:
+        """End the run's processes if a stop requested ``grace_s`` seconds ago has not finished (a step, a
+        checkpoint and the last montage take far less); True if it did."""
+        return self.job.stopIfOverdue(grace_s)
 
     def lastLogLines(self, n: int = 20, names=("process.log", "log.txt")) -> str:
         """The last ``n`` lines of the process output and the run's ``log.txt`` (or of the files ``names``)."""
@@ -675,18 +676,6 @@ def read_run_status(runFolder):
     from GANTrainerLib.run import read_status
 
     return read_status(runFolder)
-
-
-def _pid_alive(pid) -> bool:
-    import os
-
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError):
-        return False
-    return True
 
 
 # what the training panel can plot: a title and the metrics.jsonl keys (one series each, x = kimg)

@@ -67,6 +67,9 @@ def test_background_training_runs_reports_and_plots(headless, bone_patches, tmp_
     # a new watcher (module reopened) sees the same finished run
     again = TrainingProcess.attach(run).poll()
     assert again["state"] == "finished" and not again["running"]
+    assert TrainingProcess.latest().runFolder == run               # found without knowing the folder
+    assert TrainingProcess.running(run) is None and TrainingProcess.running() is None   # nothing runs now
+    assert TrainingProcess.attach(tmp_path / "never-trained") is None
     logic = GANTrainerSceneLogic(headless.scene)
     chart = updateRunPlot(logic, run)
     names = {chart.GetNthPlotSeriesNode(i).GetName() for i in range(chart.GetNumberOfPlotSeriesNodes())}
