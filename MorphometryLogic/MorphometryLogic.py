@@ -11,7 +11,7 @@ import slicer
 from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -52,11 +52,11 @@ class MorphometryLogic(ScriptedLoadableModule):
 class MorphometryLogicParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     thresholdMode: Annotated[str, Choice(["value", "otsu", "miccai2020", "binary"])] = "value"
-    threshold: float = 225.0
+    threshold: Annotated[float, WithinRange(-2000.0, 5000.0)] = 225.0  # image units (the .ui slider's range)
     roiNode: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
     batchFolder: pathlib.Path
     csvPath: pathlib.Path
-    labelsNode: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
+    labelsNode: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
     angiogram: Optional[vtkMRMLScalarVolumeNode]
 
 
@@ -81,12 +81,13 @@ class MorphometryLogicWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWid
             index = self.ui.parametersCheckableComboBox.model().index(self.ui.parametersCheckableComboBox.count - 1, 0)
             self.ui.parametersCheckableComboBox.setCheckState(index, 0 if name == "plate" else 2)
             self.ui.parametersCheckableComboBox.setItemData(self.ui.parametersCheckableComboBox.count - 1, meaning, 3)
+        self.progress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton)
         self.observeSceneClose()
         self.ui.computeBoneButton.connect("clicked(bool)", self.onComputeBone)
         self.ui.batchButton.connect("clicked(bool)", self.onBatch)
         self.ui.computeVesselsButton.connect("clicked(bool)", self.onComputeVessels)
         self.ui.previewCheckBox.connect("toggled(bool)", self.updatePreview)
-        self.ui.thresholdSliderWidget.connect("valueChanged(double)", lambda v: self.updatePreview())
+        self.whenChanged(("threshold", "thresholdMode", "inputVolume"), self.updatePreview)
         self.ui.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateSegmentList)
         self.setupEnvironmentSection(needTorch=False)
         self.initializeParameterNode()
@@ -127,12 +128,10 @@ class MorphometryLogicWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWid
 
     def onComputeBone(self) -> None:
         p = self._parameterNode
-        progress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton)
-        with slicer.util.tryWithErrorDisplay(_("Bone morphometry failed."), waitCursor=True):
-            from VolGANSlicer.dependencies import ensure_all
-
-            if not ensure_all(self.requirementsPath(), need_torch=False):
-                return
+        if not self.ensureDependencies():
+            return
+        with self.progress.begin() as progress, \
+                slicer.util.tryWithErrorDisplay(_("Bone morphometry failed."), waitCursor=True):
             segment = self.ui.segmentComboBox.currentData if self.ui.segmentComboBox.count else None
             out = self.logic.computeBone(p.inputVolume, maskNode=p.roiNode, segmentId=segment,
                                          parameters=self._checkedParameters(), tableNode=self.resultsTable,
@@ -150,8 +149,10 @@ class MorphometryLogicWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWid
 
     def onBatch(self) -> None:
         p = self._parameterNode
-        progress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton)
-        with slicer.util.tryWithErrorDisplay(_("Batch morphometry failed."), waitCursor=True):
+        if not self.ensureDependencies():
+            return
+        with self.progress.begin() as progress, \
+                slicer.util.tryWithErrorDisplay(_("Batch morphometry failed."), waitCursor=True):
             table = self.logic.batchBone(p.batchFolder, p.csvPath, parameters=self._checkedParameters(),
                                          progress=progress, cancel=progress.token, **self._thresholdArguments())
             self._showTable(table)
@@ -160,6 +161,8 @@ class MorphometryLogicWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWid
 
     def onComputeVessels(self) -> None:
         p = self._parameterNode
+        if not self.ensureDependencies():
+            return
         with slicer.util.tryWithErrorDisplay(_("Vessel morphometry failed."), waitCursor=True):
             out = self.logic.computeVessels(p.labelsNode, imageNode=p.angiogram)
             self._showTable(out["table"])

@@ -91,8 +91,11 @@ def test_fidelity_reports_bone_and_cow(headless, tmp_path):
     worst = max(bone["parameters"], key=lambda r: r["wasserstein_over_sd"])["parameter"]
     assert loaded.chart.GetAttribute("GANTrainer.Parameter") == worst  # default: the least faithful parameter
     for name, ps in _series(loaded.chart).items():
-        assert ps.GetPlotType() == ps.PlotTypeBar
-        fractions = [r[name] for r in mrml.rows_from_table(headless.scene.GetNodeByID(ps.GetTableNodeID()))]
+        assert ps.GetPlotType() == ps.PlotTypeScatterBar  # bars at their bin centres (PlotTypeBar drops X)
+        data = mrml.rows_from_table(headless.scene.GetNodeByID(ps.GetTableNodeID()))
+        centres = [r[ps.GetXColumnName()] for r in data]
+        assert centres == sorted(centres) and centres[0] < centres[-1]  # the parameter's axis, not 0, 1, 2, …
+        fractions = [r[name] for r in data]
         assert sum(fractions) == pytest.approx(1.0), name  # every case falls in one of the common bins
 
     labels = write_cow_dataset(tmp_path / "cow", n=4, seed=5, shape=(16, 64, 64), spacing_mm=1.0) / "labels"

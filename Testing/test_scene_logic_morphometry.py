@@ -33,6 +33,13 @@ def test_bone_panel_values_table_maps_and_histograms(headless):
     tmap = mrml.node_to_volume(out["maps"]["Tb.Th"])
     assert tmap.same_geometry(plates()) and tmap.array.max() == pytest.approx(0.4, rel=0.01)
     assert out["chart"].GetNumberOfPlotSeriesNodes() == 2
+    series = {out["chart"].GetNthPlotSeriesNode(i).GetName(): out["chart"].GetNthPlotSeriesNode(i) for i in range(2)}
+    tbth = series["Tb.Th (mm)"]
+    assert tbth.GetPlotType() == tbth.PlotTypeScatterBar  # Slicer's PlotTypeBar would drop the mm axis
+    data = mrml.rows_from_table(headless.scene.GetNodeByID(tbth.GetTableNodeID()))
+    x = [r[tbth.GetXColumnName()] for r in data]
+    peak = max(data, key=lambda r: r["Tb.Th (mm)"])[tbth.GetXColumnName()]
+    assert peak == pytest.approx(0.4, abs=0.03) and min(x) < 0.4 < max(x)  # bins on the mm axis, the plates' 0.4 mm
     again = logic.computeBone(node, threshold=500, tableNode=out["table"], thicknessMaps=False)
     assert again["table"].GetNumberOfRows() == 2 and again["maps"] == {}
 

@@ -6,6 +6,7 @@ VolumetricGANLib / MorphometryLib (no Slicer imports); MRML-level logic in Volum
 
 import logging
 import pathlib
+from pathlib import Path
 from typing import Annotated
 
 import qt
@@ -32,7 +33,7 @@ class VolumetricGAN(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Volumetric GAN")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["MorphometryLogic"]  # VolGANCore and VolGANSlicer are installed with it
         self.parent.contributors = ["SlicerVolumetricGAN developers"]
         self.parent.helpText = _(
             "Generate 3-D Circle-of-Willis TOF-MRA angiograms (3-D StyleGAN2) and trabecular-bone patches "
@@ -61,27 +62,29 @@ def registerSampleData():
             return [VolumetricGANSceneLogic().loadShippedSample(anatomy, seed=0)]
         return load
 
-    def register(title, node_name, loader):
+    def register(title, loader, thumbnail=None):
+        # Nothing to download: no URIs (SampleDataSource needs equal-length lists, so empty ones), and the Sample
+        # Data module calls customDownloader(source) when the entry is chosen.
         SampleData.SampleDataLogic.registerCustomSampleDataSource(
             category="VolumetricGAN",
             sampleName=title,
-            uris=None,
-            fileNames=None,
-            nodeNames=node_name,
-            thumbnailFileName=None,
-            loadFileType="VolumeFile",
+            uris=[],
+            fileNames=[],
+            nodeNames=[],
+            thumbnailFileName=str(thumbnail) if thumbnail else None,
             customDownloader=loader,
         )
 
     for kind, title in (("cow", "CoW TOF-MRA phantom"), ("bone", "Trabecular bone phantom")):
-        register(title, f"{kind}_phantom_000", phantom_loader(kind))
+        register(title, phantom_loader(kind))
     logic = VolumetricGANSceneLogic()
     for anatomy, title in (("circle-of-willis", "Synthetic CoW angiogram"), ("spongiosa", "Synthetic spongiosa")):
         try:
             info = logic.shippedModelFor(anatomy)
         except VolGANError:  # an installation without that model: no entry
             continue
-        register(f"{title} ({info['name']} model)", f"{info['name']} sample 0-0", model_loader(anatomy))
+        montage = Path(info["path"]).with_name(Path(info["path"]).name.replace(".vgan", ".samples.png"))
+        register(f"{title} ({info['name']} model)", model_loader(anatomy), montage if montage.is_file() else None)
 
 
 @parameterNodeWrapper
@@ -117,6 +120,7 @@ class VolumetricGANWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = VolumetricGANLogic()
+        self.progress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton)
 
         self.observeSceneClose()
         self.ui.createPhantomButton.connect("clicked(bool)", self.onCreatePhantom)
@@ -258,12 +262,9 @@ class VolumetricGANWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
     def _runSteering(self, title: str, job) -> None:
         from VolGANCore import Cancelled
 
-        progress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton)
-        with slicer.util.tryWithErrorDisplay(title, waitCursor=True):
-            from VolGANSlicer.dependencies import ensure_all
-
-            if not ensure_all(self.requirementsPath()):
-                return
+        if not self.ensureDependencies():
+            return
+        with self.progress.begin() as progress, slicer.util.tryWithErrorDisplay(title, waitCursor=True):
             try:
                 info = job(progress)
             except Cancelled:
@@ -306,12 +307,10 @@ class VolumetricGANWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
 
     def onGenerate(self) -> None:
         p = self._parameterNode
-        progress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton)
-        with slicer.util.tryWithErrorDisplay(_("Generation failed."), waitCursor=True):
-            from VolGANSlicer.dependencies import ensure_all
-
-            if not ensure_all(self.requirementsPath()):
-                return
+        if not self.ensureDependencies():
+            return
+        with self.progress.begin() as progress, \
+                slicer.util.tryWithErrorDisplay(_("Generation failed."), waitCursor=True):
             out = self.logic.generateVolumes(str(p.checkpoint), p.mode, n=p.count, seed=p.seed,
                                              truncation=p.truncation, noise=p.noise, seedB=p.seedB, steps=p.steps,
                                              progress=progress, cancel=progress.token)
@@ -328,7 +327,7 @@ class VolumetricGANWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
     def onImportModel(self) -> None:
         path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Published generator weights"), "",
                                               _("PyTorch weights (*.pth *.pt)"))
-        if not path:
+        if not path or not self.ensureDependencies():
             return
         with slicer.util.tryWithErrorDisplay(_("Import failed."), waitCursor=True):
             out = self.logic.importPublishedModel(path)
@@ -338,6 +337,8 @@ class VolumetricGANWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
 
     def onCreatePhantom(self) -> None:
         p = self._parameterNode
+        if not self.ensureDependencies(needTorch=False):
+            return
         with slicer.util.tryWithErrorDisplay(_("Creating the phantom failed."), waitCursor=True):
             image_node, label_node, _params = self.logic.loadPhantom(p.phantomKind, p.phantomSeed)
             slicer.util.setSliceViewerLayers(background=image_node, fit=True)

@@ -365,14 +365,15 @@ def plot_chart(
 ):
     """A plot chart node with one series per entry ``{label: (x, y)}``; data live in one table node.
 
-    ``plot_type``: ``line`` (loss curves, trajectories), ``scatter`` or ``bar`` (histograms).
+    ``plot_type``: ``line`` (loss curves, trajectories), ``scatter`` or ``bar`` (histograms: bars at their x
+    values, Slicer's ``PlotTypeScatterBar``; its ``PlotTypeBar`` ignores X and would put the bins at 0, 1, 2, …).
     Returns the chart node; its table is reachable via the series' ``GetTableNodeID``.
     """
     slicer = _slicer()
     scene = _scene(scene)
     kinds = {"line": slicer.vtkMRMLPlotSeriesNode.PlotTypeLine,
              "scatter": slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter,
-             "bar": slicer.vtkMRMLPlotSeriesNode.PlotTypeBar}
+             "bar": slicer.vtkMRMLPlotSeriesNode.PlotTypeScatterBar}
     if plot_type not in kinds:
         raise VolGANError(f"plot_type '{plot_type}': choose one of {sorted(kinds)}")
     chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)

@@ -1,20 +1,22 @@
 """Small Qt helpers for the module widgets: a progress callback bound to a progress bar + Cancel button,
-and an environment summary. Imported only inside the Slicer application."""
+the typed-parameter-node life cycle, and the Environment section. Imported only inside the Slicer application."""
 
 from __future__ import annotations
 
 from VolGANCore.progress import CancelToken, ProgressEvent
 
-__all__ = ["PanelProgress", "environment_text"]
+__all__ = ["PanelProgress", "ParameterNodeWidgetMixin", "environment_text"]
 
 
 class PanelProgress:
-    """A ``ProgressCallback`` that drives a QProgressBar and a status label, with a CancelToken for a button.
+    """A ``ProgressCallback`` that drives a QProgressBar and a status label, with a Cancel button.
 
-    Usage in a widget::
+    Made once per panel (the button's slot is connected once); each run calls :meth:`begin`, which returns the
+    callback with a fresh :class:`CancelToken` in :attr:`token`::
 
-        progress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton)
-        logic.generate(..., progress=progress, cancel=progress.token)
+        self.progress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelButton)  # setup()
+        with self.progress.begin() as progress:                                                          # a run
+            logic.generate(..., progress=progress, cancel=progress.token)
     """
 
     def __init__(self, bar, label=None, cancel_button=None):
@@ -23,8 +25,28 @@ class PanelProgress:
         self.token = CancelToken()
         self.cancel_button = cancel_button
         if cancel_button is not None:
-            cancel_button.enabled = True
-            cancel_button.connect("clicked(bool)", lambda _=False: self.token.cancel())
+            cancel_button.enabled = False
+            cancel_button.connect("clicked(bool)", self.cancel)
+
+    def begin(self) -> "PanelProgress":
+        """Start a run: a new cancel token, Cancel enabled."""
+        self.token = CancelToken()
+        if self.cancel_button is not None:
+            self.cancel_button.enabled = True
+        return self
+
+    def __enter__(self) -> "PanelProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end()  # Cancel is disabled however the run ended
+
+    def end(self) -> None:
+        if self.cancel_button is not None:
+            self.cancel_button.enabled = False
+
+    def cancel(self, *_args) -> None:
+        self.token.cancel()
 
     def __call__(self, event: ProgressEvent) -> None:
         import slicer
@@ -37,8 +59,8 @@ class PanelProgress:
             eta = f", about {event.eta_s:.0f} s left" if event.eta_s else ""
             msg = f" — {event.message}" if event.message else ""
             self.label.text = f"{event.description}: {event.done:g}/{event.total or '?'}{eta}{msg}"
-        if event.finished and self.cancel_button is not None:
-            self.cancel_button.enabled = False
+        if event.finished:
+            self.end()
         slicer.app.processEvents()
 
 
@@ -55,7 +77,11 @@ class ParameterNodeWidgetMixin:
     The widget class derives from ``ScriptedLoadableModuleWidget, VTKObservationMixin`` and this mixin,
     sets ``self.logic`` and ``self.ui`` in ``setup()``, then calls :meth:`observeSceneClose` and
     :meth:`initializeParameterNode`. It may override :meth:`updateButtonStates`, called whenever the
-    parameter node changes.
+    parameter node changes, and register :meth:`whenChanged` reactions to particular parameters.
+
+    A slot connected to a widget's own signal runs before the parameter node has taken the widget's new value
+    (Qt calls slots in connection order and ``connectGui`` connects last), so code that reads parameters
+    reacts to the parameter node instead, through :meth:`whenChanged`.
     """
 
     _parameterNode = None
@@ -68,8 +94,38 @@ class ParameterNodeWidgetMixin:
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
+    def whenChanged(self, names, callback) -> None:
+        """Call ``callback()`` after any of the parameters ``names`` changed in the parameter node (from the
+        GUI, the Python console or a loaded scene)."""
+        reactions = self.__dict__.setdefault("_reactions", [])
+        reactions.append([tuple(names), callback, None])
+
+    def _runReactions(self) -> None:
+        p = self._parameterNode
+        for reaction in self.__dict__.get("_reactions", []):
+            names, callback, last = reaction
+            now = tuple(_comparable(getattr(p, n)) for n in names) if p else None
+            if now != last:
+                reaction[2] = now
+                if p and last is not None:
+                    callback()
+
     def cleanup(self) -> None:
+        """Module unloaded: stop the panel's timers, forget observers and the GUI connection."""
+        for timer in self.__dict__.get("timers", ()):
+            timer.stop()
+        self.setParameterNode(None)
         self.removeObservers()
+
+    def addTimer(self, interval_ms: int, slot):
+        """A QTimer owned by the panel (stopped by :meth:`cleanup`)."""
+        import qt
+
+        timer = qt.QTimer()
+        timer.setInterval(interval_ms)
+        timer.connect("timeout()", slot)
+        self.__dict__.setdefault("timers", []).append(timer)
+        return timer
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -90,20 +146,46 @@ class ParameterNodeWidgetMixin:
     def setParameterNode(self, inputParameterNode) -> None:
         import vtk
 
+        if (inputParameterNode is not None and self._parameterNode is not None
+                and inputParameterNode.parameterNode is self._parameterNode.parameterNode):
+            return  # already shown: connecting again would clear and refill the combo boxes for nothing
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
+        for reaction in self.__dict__.get("_reactions", []):
+            reaction[2] = None  # a new node: its values are the baseline
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            if self._parameterNodeGuiTag is None:
+                # Slicer 5.8's connectGui does not return its tag (5.12's does), so disconnectGui(None) would leave
+                # the connectors connected; a later connectGui then clears each combo box, its stale connector
+                # reads index -1 and writes the *last* choice into the node. The tag is the last one handed out.
+                self._parameterNodeGuiTag = self._parameterNode._nextParameterGUIsTag - 1
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._runReactions()
             self.updateButtonStates()
 
     def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        self._runReactions()
         self.updateButtonStates()
 
     def updateButtonStates(self) -> None:
         """Enable/disable buttons from the parameter node (override)."""
+
+    # -- dependencies --------------------------------------------------------------------------------------
+    def requirementsPath(self) -> str:
+        """The module's pip requirements (``Resources/<Module>-requirements.txt``: one flat install folder holds
+        every module's resources, so the file name carries the module's)."""
+        return self.resourcePath(f"{self.moduleName}-requirements.txt")
+
+    def ensureDependencies(self, needTorch: bool | None = None) -> bool:
+        """Before an action: the module's packages (and PyTorch unless ``needTorch`` is False) are importable,
+        installing them after one confirmation. False if the user declined or the install failed (shown)."""
+        from .dependencies import ensure_all
+
+        need = self._needTorch if needTorch is None else needTorch
+        return ensure_all(self.requirementsPath(), need_torch=need, requester=self.moduleName)
 
     # -- the "Environment" section every module .ui has -------------------------------------------------
     def setupEnvironmentSection(self, needTorch: bool = True) -> None:
@@ -112,20 +194,19 @@ class ParameterNodeWidgetMixin:
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
         self.ui.environmentCollapsibleButton.connect("contentsCollapsed(bool)", self.onEnvironmentToggled)
 
-    def requirementsPath(self) -> str:
-        """The module's pip requirements (``Resources/<Module>-requirements.txt``: one flat install folder holds
-        every module's resources, so the file name carries the module's)."""
-        return self.resourcePath(f"{self.moduleName}-requirements.txt")
-
     def onInstallDependencies(self) -> None:
         import slicer
 
-        from .dependencies import ensure_all
-
         with slicer.util.tryWithErrorDisplay("Installing dependencies failed.", waitCursor=True):
-            ensure_all(self.requirementsPath(), need_torch=self._needTorch)
+            self.ensureDependencies()
             self.ui.environmentTextEdit.setPlainText(environment_text())
 
     def onEnvironmentToggled(self, collapsed: bool) -> None:
         if not collapsed:
             self.ui.environmentTextEdit.setPlainText(environment_text())
+
+
+def _comparable(value):
+    """A parameter value as something ``==`` compares by content (MRML nodes by ID)."""
+    get_id = getattr(value, "GetID", None)
+    return get_id() if callable(get_id) else value
