@@ -193,6 +193,10 @@ class MorphometryLogicTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        from VolGANSlicer.dependencies import ensure_all, requirements_file
+
+        # in Slicer's testing mode the confirmation answers itself: the packages are installed if missing
+        self.assertTrue(ensure_all(requirements_file(__file__), need_torch=False))
         self.setUp()
         self.test_plates()
 

@@ -366,3 +366,31 @@ def test_leaving_and_reentering_the_module_keeps_values_and_one_connection_per_w
                                                           not str(v).startswith("vtkMRML")}
     for combo in combos:
         assert len(combo.signal("currentIndexChanged").slots) == 1, combo.name
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_self_test_runs_the_real_logic(layer, module):
+    """What Slicer's ctest runs (slicer_add_python_unittest): the module's ScriptedLoadableModuleTest."""
+    py = layer.load_module(module)
+    getattr(py, f"{module}Test")().runTest()
+    assert layer.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") + \
+        layer.scene.GetNumberOfNodesByClass("vtkMRMLTableNode") > 0  # it made real nodes
+
+
+def test_volume_selectors_do_not_offer_labelmaps():
+    """A vtkMRMLScalarVolumeNode selector also lists labelmaps (a subclass) unless it hides them."""
+    import xml.etree.ElementTree as ET
+
+    from slicer_layer import REPO
+
+    checked = 0
+    for module in MODULES:
+        root = ET.parse(REPO / module / "Resources" / "UI" / f"{module}.ui").getroot()
+        for w in root.iter("widget"):
+            if w.get("class") != "qMRMLNodeComboBox":
+                continue
+            props = {p.get("name"): [s.text for s in p.iter("string")] for p in w.findall("property")}
+            if props.get("nodeTypes") == ["vtkMRMLScalarVolumeNode"]:
+                checked += 1
+                assert "vtkMRMLLabelMapVolumeNode" in props.get("hideChildNodeTypes", []), w.get("name")
+    assert checked >= 3

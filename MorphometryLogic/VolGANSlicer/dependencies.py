@@ -13,7 +13,7 @@ import importlib.metadata as metadata
 import re
 from pathlib import Path
 
-__all__ = ["TORCH_REQUIREMENT", "read_requirements", "missing_requirements", "ensure_all"]
+__all__ = ["TORCH_REQUIREMENT", "read_requirements", "missing_requirements", "ensure_all", "requirements_file"]
 
 # the oldest PyTorch the library is tested with (pyproject.toml says the same)
 TORCH_REQUIREMENT = "torch>=2.1"
@@ -74,6 +74,12 @@ def _pip_install(requirements: list[str], requester: str) -> None:
         packaging.pip_install(list(requirements), requester=requester)
     else:
         slicer.util.pip_install(list(requirements))
+
+
+def requirements_file(module_file: str | Path) -> Path:
+    """``Resources/<Module>-requirements.txt`` beside a module's ``<Module>.py`` (for its self-test)."""
+    module_file = Path(module_file)
+    return module_file.parent / "Resources" / f"{module_file.stem}-requirements.txt"
 
 
 def ensure_all(requirements_file: str | Path, ask: bool = True, need_torch: bool = True,
