@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -174,6 +176,38 @@ def test_results_load_as_tables_chart_and_segmentations(headless, experiment):
     some = logic.loadSegmentationExperiment(out, previous=again, cases=[case])
     assert [s.GetAttribute("GANTrainer.Case") for v in some.segmentations.values() for s in v] == [case] * 3
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 3
+
+
+def test_the_panel_job_reports_progress_inside_training_and_cancels(inputs, tmp_path, monkeypatch):
+    """What Run and Cancel do: the argv as a BackgroundJob; job.json carries the experiment's one progress task,
+    moving inside a network's training; a stop request ends it "cancelled" with no results folder left."""
+    from GANTrainerSceneLogic import GANTrainerSceneLogic
+    from VolGANCore.jobs import BackgroundJob
+
+    monkeypatch.setenv("VOLGAN_HOME", str(tmp_path / "home"))
+    real, ckpt, _ = inputs
+    out = tmp_path / "exp"
+    argv = GANTrainerSceneLogic(scene=object()).segmentationExperimentArgs(
+        real / "images", real / "labels", ckpt, out, folds=2, device="cpu", nGenerate=2, epochs=3)
+    job = BackgroundJob.start(argv, kind="segmentation-experiment", outFolder=out, env={"OMP_NUM_THREADS": "1"})
+
+    def training(status):
+        p = status["progress"] or {}
+        return p.get("description") == "segmentation experiment" and 0 < p["fraction"] < 1 and ": " in p["message"]
+
+    t0 = time.time()
+    while not training(status := job.poll()) and status["running"] and time.time() - t0 < 180:
+        time.sleep(0.1)
+    assert training(status), (status, job.lastLogLines())
+    progress = status["progress"]
+    assert progress["total"] == 2 * (2 + 2 * 3)
+    assert re.fullmatch(r"fold [12] (teacher|synthetic|real\+synthetic): \d+/30, loss \d\.\d+", progress["message"])
+    assert progress["done"] != int(progress["done"])                    # a step part-way through its iterations
+    assert BackgroundJob.latest("segmentation-experiment").folder == job.folder     # what the panel re-attaches to
+    job.stop(timeout=60)
+    status = job.poll()
+    assert status["state"] == "cancelled" and status["returncode"] == 130, job.lastLogLines()
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".exp")]
 
 
 def test_experiment_args_refuse_empty_and_missing_inputs(inputs, tmp_path):
