@@ -25,6 +25,9 @@ VERSIONS = ("5.8.1", "5.12.3")
 MODULES = ("MorphometryLogic", "VolumetricGAN", "GANTrainer")
 # what a test loads through the layer and must forget afterwards
 _OWNED = ("qt", "ctk", "SampleData", "VolGANSlicer", *MODULES)
+# the project's own packages and scene logics: loaded from the installed layout instead, when one is given
+_PROJECT = ("VolGANCore", "MorphometryLib", "VolumetricGANLib", "GANTrainerLib", "MorphometrySceneLogic",
+            "VolumetricGANSceneLogic", "GANTrainerSceneLogic")
 
 
 class _ModuleManager(standins.QObject):
@@ -104,14 +107,19 @@ def shared_layer_dir(version: str) -> Path:
 
 
 @contextlib.contextmanager
-def slicer_layer(version: str, testing: bool = True):
-    """Load Slicer ``version``'s Python layer over slicer-core (see the module docstring)."""
+def slicer_layer(version: str, testing: bool = True, installed: Path | None = None):
+    """Load Slicer ``version``'s Python layer over slicer-core (see the module docstring).
+
+    ``installed``: a folder laid out as Slicer installs the extension (``install_layout.build_install_layout``);
+    the modules and every project package are then imported from there, not from the checkout.
+    """
     root = shared_layer_dir(version)
     import slicer
 
     from VolGANCore import mrml
 
-    saved_modules = {k: v for k, v in sys.modules.items() if k.startswith("slicer.") or k in _OWNED}
+    owned = _OWNED + (_PROJECT if installed is not None else ())
+    saved_modules = {k: v for k, v in sys.modules.items() if k.startswith("slicer.") or k.split(".")[0] in owned}
     saved_attrs = dict(vars(slicer))
     saved_path = list(slicer.__path__)
     saved_sys_path = list(sys.path)
@@ -119,8 +127,11 @@ def slicer_layer(version: str, testing: bool = True):
 
     for k in list(sys.modules):
         if k.startswith(("slicer.util", "slicer.parameterNodeWrapper", "slicer.ScriptedLoadableModule",
-                         "slicer.i18n", "slicer.packaging")) or k.split(".")[0] in _OWNED:
+                         "slicer.i18n", "slicer.packaging")) or k.split(".")[0] in owned:
             del sys.modules[k]
+    if installed is not None:
+        module_dirs = {str(REPO / m) for m in MODULES}
+        sys.path[:] = [str(installed)] + [p for p in sys.path if p not in module_dirs]
     qt, ctk = standins.make_qt(), standins.make_ctk()
     sys.modules["qt"], sys.modules["ctk"] = qt, ctk
     for name, cls in standins.SLICER_WIDGET_CLASSES.items():
@@ -158,7 +169,7 @@ def slicer_layer(version: str, testing: bool = True):
             widget.removeObservers()
         headless.close()
         for k in list(sys.modules):
-            if k.startswith("slicer.") or k.split(".")[0] in _OWNED:
+            if k.startswith("slicer.") or k.split(".")[0] in owned:
                 del sys.modules[k]
         sys.modules.update(saved_modules)
         for k in list(vars(slicer)):

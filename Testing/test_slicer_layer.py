@@ -394,3 +394,24 @@ def test_volume_selectors_do_not_offer_labelmaps():
                 checked += 1
                 assert "vtkMRMLLabelMapVolumeNode" in props.get("hideChildNodeTypes", []), w.get("name")
     assert checked >= 3
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_panels_build_from_the_installed_layout_without_torch(version, tmp_path):
+    """One flat qt-scripted-modules folder made of exactly the listed files, no project install, no torch."""
+    from install_layout import build_install_layout
+
+    from slicer_layer import REPO
+
+    flat = build_install_layout(REPO, tmp_path / "qt-scripted-modules")
+    with blocked_imports(*NOT_IN_A_FRESH_SLICER), slicer_layer(version, installed=flat) as layer:
+        for module in MODULES:
+            widget = layer.make_widget(module)
+            assert pathlib.Path(sys.modules[module].__file__).parent == flat
+            assert pathlib.Path(sys.modules["VolGANCore"].__file__).parent.parent == flat
+            assert pathlib.Path(widget.requirementsPath()).is_file(), widget.requirementsPath()
+            assert widget.ui.installDependenciesButton.signal("clicked").slots
+        combo = widget.ui.modelComboBox if module == "VolumetricGAN" else \
+            layer.slicer.modules.VolumetricGANWidget.ui.modelComboBox
+        shipped = {combo.itemText(i): combo.itemData(i) for i in range(combo.count)}
+        assert pathlib.Path(shipped["tiny-cow"]).parent == flat / "Resources" / "Models"
