@@ -32,10 +32,11 @@ def _wait(job, condition, timeout=120):
     raise AssertionError(f"timed out; last status {job.poll()}\n{job.lastLogLines()}")
 
 
-def test_start_poll_progress_and_reattach(tmp_path, volgan_home):
+def test_start_poll_progress_and_reattach(tmp_path, volgan_home, monkeypatch):
     out = tmp_path / "phantoms"
-    job = BackgroundJob.start(["phantom", "bone", "--n", "3", "--size", "16", "--out", out], kind="phantom",
-                              outFolder=out)
+    monkeypatch.chdir(tmp_path)             # relative arguments mean what they mean to the caller
+    job = BackgroundJob.start(["phantom", "bone", "--n", "3", "--size", "16", "--out", "phantoms"],
+                              kind="phantom", outFolder=out)
     assert job.folder.parent == jobs_root() == volgan_home / "jobs" and job.folder.name.endswith("-phantom")
     status = _wait(job, lambda s: not s["running"])
     assert status["state"] == "finished" and status["returncode"] == 0, job.lastLogLines()
@@ -55,9 +56,11 @@ def test_start_poll_progress_and_reattach(tmp_path, volgan_home):
     assert BackgroundJob.latest("phantom", outFolder=tmp_path / "elsewhere") is None
     assert BackgroundJob.latest("train") is None
     # a job folder outside jobs_root() is indexed there, so latest() finds it too
-    outside = BackgroundJob.start(["info"], folder=tmp_path / "run", kind="info-test")
-    _wait(outside, lambda s: not s["running"])
+    for _ in range(2):
+        outside = BackgroundJob.start(["info"], folder=tmp_path / "run", kind="info-test")
+        _wait(outside, lambda s: not s["running"])
     assert BackgroundJob.latest("info-test").folder == tmp_path / "run"
+    assert len(list(jobs_root().glob("info-test-*"))) == 1       # one link per folder, however often it runs
 
 
 def test_failure_reports_the_error_line(tmp_path):

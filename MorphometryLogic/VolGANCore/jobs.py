@@ -145,14 +145,16 @@ def _new_folder(root: Path, kind: str) -> Path:
 
 
 def _index(folder: Path, kind: str) -> None:
-    """Make a job folder outside jobs_root() findable by :meth:`BackgroundJob.latest`."""
+    """Make a job folder outside jobs_root() findable by :meth:`BackgroundJob.latest` (one link per folder)."""
+    import hashlib
+
     root = jobs_root()
+    target = str(folder.resolve())
     with contextlib.suppress(ValueError):
-        folder.resolve().relative_to(root.resolve())
+        Path(target).relative_to(root.resolve())
         return                               # already under the root
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    atomic_write_text(root / f"{stamp}-{kind or 'job'}-{os.getpid()}-{time.time_ns() % 10**6}{LINK_SUFFIX}",
-                      str(folder.resolve()) + "\n")
+    digest = hashlib.sha1(target.encode("utf-8")).hexdigest()[:16]
+    atomic_write_text(root / f"{kind or 'job'}-{digest}{LINK_SUFFIX}", target + "\n")
 
 
 def _last_line(text: str) -> str:
@@ -197,7 +199,7 @@ class BackgroundJob:
             "progress": None, "returncode": None, "message": ""})
         _index(folder, kind)
         process = _launch([python_executable(), "-m", "VolGANCore.job", str(folder.resolve())],
-                          _job_environment(env), folder)
+                          _job_environment(env), folder / LOG_FILE)
         launcher: dict[str, Any] = {"pid": process.pid, "create_time": None}
         with contextlib.suppress(Exception):
             launcher["create_time"] = _psutil().Process(process.pid).create_time()
@@ -380,17 +382,19 @@ def _job_environment(extra: Optional[dict]) -> dict[str, str]:
     base = slicer.util.startupEnvironment() if slicer is not None else os.environ
     folders = package_folders()
     existing = [p for p in (base.get("PYTHONPATH") or "").split(os.pathsep) if p and p not in folders]
-    env = {"PYTHONPATH": os.pathsep.join(folders + existing)}
+    # (PYTHONSAFEPATH: the working directory, where relative paths of the arguments start, is not an import path)
+    env = {"PYTHONPATH": os.pathsep.join(folders + existing), "PYTHONSAFEPATH": "1"}
     env.update({str(k): str(v) for k, v in (extra or {}).items()})
     return env
 
 
-def _launch(args: list[str], env: dict[str, str], folder: Path) -> subprocess.Popen:
-    """Start the runner: through Slicer's launchConsoleProcess inside Slicer, else a detached Popen."""
+def _launch(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start the runner in this working directory: through Slicer's launchConsoleProcess inside Slicer (no
+    console window on Windows; its output pipe carries nothing once the runner has redirected its output),
+    else a Popen detached from the terminal, writing to ``log_path`` until the runner takes over."""
     slicer = _slicer_app()
     if slicer is not None:
-        # no console window on Windows; the output pipe carries nothing once the runner has redirected it
-        return slicer.util.launchConsoleProcess(args, updateEnvironment=env, cwd=str(folder))
+        return slicer.util.launchConsoleProcess(args, updateEnvironment=env)
     full_env = dict(os.environ)
     full_env.update(env)
     kwargs: dict[str, Any] = {}
@@ -398,6 +402,6 @@ def _launch(args: list[str], env: dict[str, str], folder: Path) -> subprocess.Po
         kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
     else:
         kwargs["start_new_session"] = True    # a Ctrl-C or hang-up of the launching terminal does not reach it
-    with open(folder / LOG_FILE, "ab") as log:  # (the runner's own early errors land in process.log)
+    with open(log_path, "ab") as log:  # (the runner's own early errors land in process.log)
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                env=full_env, cwd=str(folder), **kwargs)
+                                env=full_env, **kwargs)
