@@ -174,3 +174,17 @@ def test_a_module_level_import_slicer_lacks_is_caught(repo_copy):
     assert {p.split(": ", 1)[1].split(".py")[0] for p in torch_problems} == {"GANTrainer", "MorphometryLogic",
                                                                              "VolumetricGAN"}
     assert all(p.startswith("MorphometryLogic/VolGANSlicer/widgets.py:") for p in torch_problems)
+
+
+def test_installed_python_parses_as_python_3_9():
+    """Slicer 5.8 embeds Python 3.9: every file the modules install must at least parse as 3.9 syntax."""
+    import ast
+
+    from install_layout import install_listing
+
+    scripts = [src for rel, (src, _m) in install_listing(REPO).items() if rel.endswith(".py")]
+    assert len(scripts) > 80
+    for src in scripts:
+        ast.parse(src.read_text(encoding="utf-8"), filename=str(src), feature_version=(3, 9))
+    with pytest.raises(SyntaxError):  # the check does see 3.10-only syntax
+        ast.parse("match x:\n    case 1:\n        pass\n", feature_version=(3, 9))
