@@ -14,7 +14,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -59,6 +59,17 @@ class GANTrainerParameterNode:
     inceptionWeights: pathlib.Path
     medicalnetWeights: pathlib.Path
     evalProtocol: Annotated[str, Choice(["default", "aydin2024"])] = "default"
+    segRealImages: pathlib.Path
+    segRealLabels: pathlib.Path
+    segSyntheticSource: Annotated[str, Choice(["folder", "model"])] = "folder"
+    segSyntheticFolder: pathlib.Path
+    segSyntheticModel: pathlib.Path
+    segNGenerate: Annotated[int, WithinRange(1, 100000)] = 100
+    segOutFolder: pathlib.Path
+    segConfig: Annotated[str, Choice(["small", "full"])] = "small"
+    segFolds: Annotated[int, WithinRange(2, 50)] = 5
+    segEpochs: Annotated[int, WithinRange(0, 1000)] = 0  # 0: the config's own
+
 
 
 class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -71,6 +82,8 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.sampleNode = None
         self.lastCheckpoint = None
         self.loadedReport = None  # the evaluation/fidelity report shown in the scene (replaced by the next one)
+        self.segmentationJob = None  # the downstream experiment running in the background (BackgroundJob)
+        self.segmentationResult = None  # its results shown in the scene (replaced by the next ones)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -92,6 +105,10 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(2000)
         self.pollTimer.connect("timeout()", self.onPollTraining)
+        self.ui.segRunButton.connect("clicked(bool)", self.onRunSegmentationExperiment)
+        self.ui.segCancelButton.connect("clicked(bool)", self.onCancelSegmentationExperiment)
+        self.ui.segLoadResultsButton.connect("clicked(bool)", self.onLoadSegmentationResults)
+        self.segmentationTimer = self.addTimer(2000, self.onPollSegmentationExperiment)  # stopped by cleanup()
         self.setupEnvironmentSection(needTorch=True)
         self.initializeParameterNode()
 
@@ -107,9 +124,22 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         if self.logic.training is not None:
             self.pollTimer.start()
             self.onPollTraining()
+        if self.segmentationJob is None:  # an experiment started before Slicer was restarted
+            from VolGANCore import VolGANError
+            from VolGANCore.jobs import BackgroundJob
+
+            try:
+                job = BackgroundJob.latest("segmentation-experiment")
+                self.segmentationJob = job if job is not None and job.isRunning() else None
+            except VolGANError:  # no psutil yet (first run): no job can have been started from a panel
+                self.segmentationJob = None
+        if self.segmentationJob is not None:
+            self.segmentationTimer.start()
+            self.onPollSegmentationExperiment()
 
     def exit(self) -> None:
         self.pollTimer.stop()  # the run goes on; enter() picks it up again
+        self.segmentationTimer.stop()
         super().exit()
 
     def updateButtonStates(self) -> None:
@@ -127,6 +157,7 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.ui.evaluateButton.enabled = can_evaluate
         self.ui.evaluateButton.toolTip = _("Compare the generated with the real volumes and show the report") if \
             can_evaluate else _("Choose the real, generated and output folders first")
+        self.updateSegmentationButtons()
 
     def onStartTraining(self, resume: bool) -> None:
         p = self._parameterNode
@@ -247,6 +278,112 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         if loaded.chart is not None:
             slicer.modules.plots.logic().ShowChartInLayout(loaded.chart)
         self.ui.statusLabel.text = loaded.summary()
+
+    # -- downstream segmentation experiment: a background job -------------------------------------------------
+    def updateSegmentationButtons(self) -> None:
+        p = self._parameterNode
+        running = self.segmentationJob is not None and self.segmentationJob.isRunning()
+        model = bool(p) and p.segSyntheticSource == "model"
+        for name in ("segSyntheticModelLabel", "segSyntheticModelPathLineEdit", "segNGenerateLabel",
+                     "segNGenerateSpinBox"):
+            getattr(self.ui, name).visible = model
+        for name in ("segSyntheticFolderLabel", "segSyntheticFolderPathLineEdit"):
+            getattr(self.ui, name).visible = not model
+        source = (p.segSyntheticModel if model else p.segSyntheticFolder) if p else ""
+        ready = bool(p) and all(str(f) not in ("", ".") for f in (p.segRealImages, p.segRealLabels, source,
+                                                                   p.segOutFolder))
+        self.ui.segRunButton.enabled = ready and not running
+        self.ui.segRunButton.toolTip = _("Running…") if running else _(
+            "Train real, synthetic and real+synthetic segmenters per fold in the background") if ready else _(
+            "Choose the real images and labels, the synthetic source and the output folder first")
+        self.ui.segCancelButton.enabled = running
+
+    def onRunSegmentationExperiment(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Starting the segmentation experiment failed."), waitCursor=True):
+            if not self.ensureDependencies():
+                return
+            from VolGANCore.jobs import BackgroundJob
+
+            model = p.segSyntheticSource == "model"
+            argv = self.logic.segmentationExperimentArgs(
+                p.segRealImages, p.segRealLabels, p.segSyntheticModel if model else p.segSyntheticFolder,
+                p.segOutFolder, config=p.segConfig, folds=p.segFolds, device=p.device,
+                nGenerate=p.segNGenerate if model else None, epochs=p.segEpochs or None)
+            self.segmentationJob = BackgroundJob.start(argv, kind="segmentation-experiment", outFolder=p.segOutFolder)
+            self.ui.segProgressBar.setValue(0)
+            self.ui.segStatusLabel.text = _("Segmentation experiment started ({config} network, {folds} folds)").format(
+                config=p.segConfig, folds=p.segFolds)
+            self.segmentationTimer.start()
+            self.updateButtonStates()
+
+    def onCancelSegmentationExperiment(self) -> None:
+        if self.segmentationJob is not None:
+            self.segmentationJob.stop(timeout=None)  # the poll ends its processes if it does not stop in time
+            self.ui.segStatusLabel.text = _("Cancelling: the experiment stops at its next step and writes no results")
+
+    def onPollSegmentationExperiment(self) -> None:
+        job = self.segmentationJob
+        if job is None:
+            self.segmentationTimer.stop()
+            return
+        if job.stopIfOverdue(60.0):
+            self.ui.segStatusLabel.text = _("The experiment did not stop in time: its processes were ended")
+        status = job.poll()
+        progress = status.get("progress") or {}
+        fraction = progress.get("fraction")
+        self.ui.segProgressBar.setMaximum(1000 if fraction is not None else 0)
+        if fraction is not None:
+            self.ui.segProgressBar.setValue(int(round(1000 * fraction)))
+        eta = progress.get("eta_s") if status.get("running") else None
+        eta_text = "" if not eta else _(", about {s:.0f} s left").format(s=eta) if eta < 90 else _(
+            ", about {m:.0f} min left").format(m=eta / 60)
+        self.ui.segStatusLabel.text = "{state}: {task}{message}{eta}".format(
+            state=status.get("state", "?"), task=progress.get("description", ""),
+            message=f" — {progress['message']}" if progress.get("message") else "", eta=eta_text)
+        if status.get("running"):
+            return
+        self.segmentationTimer.stop()
+        self.segmentationJob = None
+        self.updateButtonStates()
+        if status.get("state") != "finished":
+            self.ui.segProgressBar.setMaximum(1000)
+            self.ui.segStatusLabel.text = _("Segmentation experiment {state}: {message}").format(
+                state=status.get("state"), message=status.get("message") or job.lastLogLines(1))
+            return
+        self.ui.segProgressBar.setMaximum(1000)
+        self.ui.segProgressBar.setValue(1000)
+        with slicer.util.tryWithErrorDisplay(_("Loading the segmentation results failed."), waitCursor=True):
+            self.showSegmentationExperiment(self.logic.loadSegmentationExperiment(
+                status.get("out_folder"), previous=self.segmentationResult))
+
+    def onLoadSegmentationResults(self) -> None:
+        p = self._parameterNode
+        start = str(p.segOutFolder) if p and str(p.segOutFolder) not in ("", ".") else ""
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Segmentation results folder"), start)
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Loading the segmentation results failed."), waitCursor=True):
+            self.showSegmentationExperiment(self.logic.loadSegmentationExperiment(folder,
+                                                                                  previous=self.segmentationResult))
+
+    def showSegmentationExperiment(self, loaded) -> None:
+        """Dice/HD95 table and per-case Dice chart in the plot + table layout; the first held-out prediction
+        over its real image in the slice views."""
+        self.segmentationResult = loaded
+        self.ui.segStatusLabel.text = loaded.summary()
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:  # no views (Slicer without a main window): the nodes are in the scene
+            return
+        layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
+        selection = slicer.app.applicationLogic().GetSelectionNode()
+        selection.SetActiveTableID(loaded.table.GetID())
+        slicer.app.applicationLogic().PropagateTableSelection()
+        slicer.modules.plots.logic().ShowChartInLayout(loaded.chart)
+        first = loaded.firstPrediction()
+        if first is not None:
+            image = self.logic.loadExperimentImage(loaded, first.GetAttribute("GANTrainer.Case"))
+            slicer.util.setSliceViewerLayers(background=image, fit=True)
 
 
 class GANTrainerLogic(GANTrainerSceneLogic, ScriptedLoadableModuleLogic):
