@@ -1,14 +1,15 @@
 """The downstream segmentation experiment from the GANTrainer panel's logic, in a real (slicer-core) scene.
 
-One tiny real run per module, started as the panel starts it: the argv from ``segmentationExperimentArgs`` with
-a generator file as the synthetic source, run by the ``volgan`` CLI (2 folds, one epoch of the small DynUNet,
-three generated volumes). Its results are loaded as tables, a per-case Dice chart and segmentation nodes.
+One tiny real run per module, started from the panel in Slicer's own Python layer (a generator file as the
+synthetic source, 2 folds, one epoch of the small DynUNet, three generated volumes) and run as a background job.
+Its results are loaded as tables, a per-case Dice chart and segmentation nodes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import time
@@ -53,16 +54,64 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def experiment(inputs):
-    """The panel's command, run once: ``volgan segmentation-experiment`` with --synthetic-model."""
-    from GANTrainerSceneLogic import GANTrainerSceneLogic
-    from VolGANCore import cli
+    """The panel's Run, once, in Slicer 5.8.1's own Python layer: the "Downstream segmentation" section filled
+    in through the parameter node, Run clicked (a BackgroundJob through launchConsoleProcess and a PythonSlicer
+    on PATH), the panel's poll called as its QTimer would until the job ended and the panel loaded the results.
+    Returns the job's volgan argv, the results folder, results.json and what the panel showed."""
+    from install_layout import write_fake_pythonslicer
+    from slicer_layer import slicer_layer
 
     real, ckpt, root = inputs
     out = root / "exp"
-    argv = GANTrainerSceneLogic(scene=object()).segmentationExperimentArgs(
-        real / "images", real / "labels", ckpt, out, config="small", folds=2, device="cpu", nGenerate=3, epochs=1)
-    assert cli.main(["--quiet", *argv]) == 0
-    return argv, out, json.loads((out / "results.json").read_text())
+    launcher = write_fake_pythonslicer(root / "bin", python_args=())
+    panel = {"polls": []}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
+        mp.setenv("VOLGAN_HOME", str(root / "home"))
+        mp.setenv("OMP_NUM_THREADS", "1")               # one torch thread in the job (2 shared cores)
+        with slicer_layer("5.8.1") as layer:
+            layer.app.__dict__["startupEnvironment"] = _StartupEnvironment
+            widget = layer.make_widget("GANTrainer")
+            ui, p = widget.ui, widget._parameterNode
+            panel["run enabled when empty"] = ui.segRunButton.enabled
+            p.segSyntheticSource = "model"
+            panel["model widgets visible"] = [getattr(ui, n).visible for n in (
+                "segSyntheticModelPathLineEdit", "segNGenerateSpinBox", "segSyntheticFolderPathLineEdit")]
+            for name, value in (("segRealImages", real / "images"), ("segRealLabels", real / "labels"),
+                                ("segSyntheticModel", ckpt), ("segNGenerate", 3), ("segOutFolder", out),
+                                ("segConfig", "small"), ("segFolds", 2), ("segEpochs", 1), ("device", "cpu")):
+                setattr(p, name, value)
+            panel["spin box ranges"] = [(getattr(ui, n).minimum, getattr(ui, n).maximum) for n in (
+                "segNGenerateSpinBox", "segFoldsSpinBox", "segEpochsSpinBox")]
+            panel["run enabled when filled"] = ui.segRunButton.enabled
+            ui.segRunButton.click()
+            job = widget.segmentationJob
+            panel["after run"] = (job is not None, widget.segmentationTimer.isActive(), ui.segRunButton.enabled,
+                                  ui.segCancelButton.enabled)
+            t0 = time.time()
+            while widget.segmentationJob is not None and time.time() - t0 < 300:
+                widget.onPollSegmentationExperiment()       # what the panel's QTimer calls every 2 s
+                panel["polls"].append((ui.segProgressBar.value, ui.segStatusLabel.text))
+                time.sleep(0.25)
+            status = job.poll()
+            loaded = widget.segmentationResult
+            panel.update({"status": status, "log": job.lastLogLines(), "timer active": widget.segmentationTimer.isActive(),
+                          "final": (ui.segProgressBar.value, ui.segStatusLabel.text, ui.segRunButton.enabled,
+                                    ui.segCancelButton.enabled),
+                          "loaded": None if loaded is None else {r: len(v) for r, v in loaded.segmentations.items()},
+                          "summary": None if loaded is None else loaded.summary()})
+    assert status["state"] == "finished", (status, panel["log"])
+    return status["argv"], out, json.loads((out / "results.json").read_text()), panel
+
+
+class _StartupEnvironment:
+    """``slicer.app.startupEnvironment()`` (a QProcessEnvironment) over this process's environment."""
+
+    def keys(self):
+        return list(os.environ)
+
+    def value(self, key):
+        return os.environ[key]
 
 
 def _series(chart):
@@ -79,7 +128,7 @@ def test_one_command_generates_the_synthetic_set_then_runs(inputs, experiment):
     from VolumetricGANLib.generate import generate
 
     real, ckpt, _ = inputs
-    argv, out, res = experiment
+    argv, out, res, _ = experiment
     assert argv[0] == "segmentation-experiment" and argv[argv.index("--synthetic-model") + 1] == str(ckpt)
     assert argv[argv.index("--n-generate") + 1] == "3" and "--synthetic" not in argv
     assert argv[argv.index("--folds") + 1] == "2" and argv[-2:] == ["--out", str(out)]
@@ -96,11 +145,26 @@ def test_one_command_generates_the_synthetic_set_then_runs(inputs, experiment):
     assert json.loads((out / "synthetic" / "manifest.json").read_text())["kind"] == "generated"
 
 
+def test_the_panel_moves_values_runs_the_job_and_loads_the_results(experiment):
+    _, out, res, panel = experiment
+    assert panel["run enabled when empty"] is False and panel["run enabled when filled"] is True
+    assert panel["model widgets visible"] == [True, True, False]          # source "model": model and count shown
+    assert panel["spin box ranges"] == [(1, 100000), (2, 50), (0, 1000)]  # from the parameter node's WithinRange
+    assert panel["after run"] == (True, True, False, True)                # job watched; Run off, Cancel on
+    running = [(v, text) for v, text in panel["polls"] if text.startswith("running: segmentation experiment")]
+    assert running and all(0 <= v <= 1000 for v, _ in running)
+    assert [v for v, _ in running] == sorted(v for v, _ in running)      # the bar never runs backwards
+    assert panel["final"][0] == 1000 and panel["final"][2:] == (True, False) and not panel["timer active"]
+    assert panel["loaded"] == {reg: 4 for reg in REGIMES}                  # every held-out case, per regime
+    assert panel["final"][1] == panel["summary"] and str(out) in panel["summary"]
+    assert f"real+synthetic {res['summary']['real+synthetic']['mean_dice']:.3f}" in panel["summary"]
+
+
 def test_results_load_as_tables_chart_and_segmentations(headless, experiment):
     from GANTrainerLib.segmentation.experiment import prediction_path
     from GANTrainerSceneLogic import GANTrainerSceneLogic
 
-    _, out, res = experiment
+    _, out, res, _ = experiment
     scene = headless.scene
     logic = GANTrainerSceneLogic(scene)
     loaded = logic.loadSegmentationExperiment(out)
@@ -280,7 +344,7 @@ def test_missing_or_damaged_results_are_clear_errors(headless, experiment, tmp_p
     from GANTrainerLib.segmentation.experiment import prediction_path
     from GANTrainerSceneLogic import GANTrainerSceneLogic
 
-    _, out, res = experiment
+    _, out, res, _ = experiment
     logic = GANTrainerSceneLogic(headless.scene)
     with pytest.raises(InputFileError, match="report folder not found"):
         logic.loadSegmentationExperiment(tmp_path / "missing")
