@@ -160,6 +160,29 @@ def test_the_panel_moves_values_runs_the_job_and_loads_the_results(experiment):
     assert f"real+synthetic {res['summary']['real+synthetic']['mean_dice']:.3f}" in panel["summary"]
 
 
+def test_run_asks_for_missing_packages_first_and_declining_starts_nothing(inputs, tmp_path, monkeypatch):
+    from slicer_layer import slicer_layer
+    from slicer_standins import ctkMessageBox
+
+    real, ckpt, _ = inputs
+    monkeypatch.setenv("VOLGAN_HOME", str(tmp_path / "home"))
+    reqs = tmp_path / "reqs.txt"
+    reqs.write_text("volgan-absent-package>=1\n")
+    with slicer_layer("5.12.3") as layer:
+        layer.app.setTesting(False)
+        widget = layer.make_widget("GANTrainer")
+        monkeypatch.setattr(widget, "requirementsPath", lambda: str(reqs))
+        p = widget._parameterNode
+        for name, value in (("segRealImages", real / "images"), ("segRealLabels", real / "labels"),
+                            ("segSyntheticFolder", real / "images"), ("segOutFolder", tmp_path / "out")):
+            setattr(p, name, value)
+        ctkMessageBox.answer = ctkMessageBox.Cancel
+        widget.ui.segRunButton.click()
+        assert len(ctkMessageBox.shown) == 1 and "volgan-absent-package" in ctkMessageBox.shown[0]
+        assert widget.segmentationJob is None and not widget.segmentationTimer.isActive()
+    assert not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
+
+
 def test_results_load_as_tables_chart_and_segmentations(headless, experiment):
     from GANTrainerLib.segmentation.experiment import prediction_path
     from GANTrainerSceneLogic import GANTrainerSceneLogic
