@@ -307,62 +307,44 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         first.
         """
         from GANTrainerLib.segmentation.experiment import prediction_path
-        from VolGANCore import InputFileError, VolGANError, read_label_volume
+        from VolGANCore import InputFileError, read_label_volume
         from VolGANCore.labels import get_scheme
 
         folder = Path(outFolder)
         what = "a results folder written by volgan segmentation-experiment"
         results = _read_report_json(folder, "results.json", "volgan-segmentation-experiment", what)
-        try:
+        try:  # everything read from results.json before the scene changes
             regimes = list(results["settings"]["regimes"])
             scheme = get_scheme(results["settings"]["label_scheme"])
-            summary = {reg: results["summary"][reg] for reg in regimes}
-            folds, rows, tests = results["folds"], results["cases"], results.get("tests", [])
-        except (KeyError, TypeError, VolGANError) as exc:
+            names = [scheme.name_of(i) for i in scheme.ids]
+            table_rows, test_rows = _segmentation_table_rows(results, regimes, names)
+            points = _dice_points(results["cases"], regimes, names)
+            held_out = [(int(f["fold"]), [str(c) for c in f["test"]]) for f in results["folds"]]
+        except (KeyError, TypeError, ValueError) as exc:  # (VolGANError is a ValueError: an unknown scheme)
             raise InputFileError(folder / "results.json", f"is incomplete ({type(exc).__name__}: {exc})",
                                  "the results are damaged; run the experiment again") from None
         self.removeLoadedReport(previous)
         scene = self.scene
         name = folder.name
-        names = [scheme.name_of(i) for i in scheme.ids]
-        table_rows = []
-        for reg in regimes:
-            s = summary[reg]
-            for cls in names:
-                c = s["per_class"][cls]
-                det = (s.get("detection") or {}).get(cls)
-                table_rows.append({"regime": reg, "class": cls, "Dice mean": c["dice_mean"], "Dice SD": c["dice_sd"],
-                                   "HD95 mean (mm)": c["hd95_mm_mean"], "HD95 SD (mm)": c["hd95_mm_sd"],
-                                   "n folds": c["n_folds"], "n cases": c["n_cases"],
-                                   "detection rate": det["rate"] if det else None})
-            table_rows.append({"regime": reg, "class": "mean over classes", "Dice mean": s["mean_dice"],
-                               "Dice SD": s["mean_dice_sd"], "HD95 mean (mm)": s["mean_hd95_mm"],
-                               "HD95 SD (mm)": s["mean_hd95_mm_sd"],
-                               "n folds": sum(v is not None for v in s.get("fold_mean_dice", [])),
-                               "n cases": s["n_cases"], "detection rate": None})
-        tables = {"per_class": mrml.table_from_rows(table_rows, scene, name=f"Segmentation Dice/HD95 ({name})")}
-        tables["tests"] = mrml.table_from_rows(
-            [{"regime a": t["a"], "regime b": t["b"], "quantity": t["quantity"], "n": t["n"],
-              "non-zero differences": t["n_nonzero"], "median difference": t["median_difference"],
-              "mean difference": t["mean_difference"], "Wilcoxon statistic": t["statistic"], "p": t["p_value"],
-              "note": t["note"]} for t in tests], scene, name=f"Segmentation paired tests ({name})")
+        tables = {"per_class": mrml.table_from_rows(table_rows, scene, name=f"Segmentation Dice/HD95 ({name})"),
+                  "tests": mrml.table_from_rows(test_rows, scene, name=f"Segmentation paired tests ({name})")}
         for t in tables.values():
             t.SetAttribute("GANTrainer.ReportFolder", str(folder))
-        chart = self._dicePerCaseChart(rows, regimes, names, f"Dice per case and class ({name})")
+        chart = self._dicePerCaseChart(points, names, f"Dice per case and class ({name})")
         chart.SetAttribute("GANTrainer.ReportFolder", str(folder))
         wanted = None if cases is None else set(cases)
         loaded = LoadedSegmentationExperiment("segmentation", results, tables, chart, folder,
                                               {reg: [] for reg in regimes})
         try:
-            for fold in folds:
+            for fold, test in held_out:
                 for reg in regimes:
-                    for case in fold["test"]:
-                        path = prediction_path(folder, fold["fold"], reg, case)
+                    for case in test:
+                        path = prediction_path(folder, fold, reg, case)
                         if (wanted is not None and case not in wanted) or not path.is_file():
                             continue
                         seg = mrml.labelmap_to_segmentation(read_label_volume(path, scheme=scheme.name), scheme.name,
-                                                            scene, name=f"{case} {reg} (fold {fold['fold'] + 1})")
-                        for key, value in (("Regime", reg), ("Case", case), ("Fold", str(fold["fold"])),
+                                                            scene, name=f"{case} {reg} (fold {fold + 1})")
+                        for key, value in (("Regime", reg), ("Case", case), ("Fold", str(fold)),
                                            ("ReportFolder", str(folder))):
                             seg.SetAttribute(f"GANTrainer.{key}", value)
                         seg.GetDisplayNode().SetVisibility(loaded.firstPrediction() is None)
@@ -388,23 +370,15 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         loaded.images[case] = node
         return node
 
-    def _dicePerCaseChart(self, rows, regimes, names, title):
-        import numpy as np
-
+    def _dicePerCaseChart(self, points, names, title):
+        """The chart of :func:`_dice_points`: per regime its cases and its medians, in one colour."""
         scene = self.scene
         chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", title)
         chart.SetTitle(title)
         chart.SetXAxisTitle("class: " + ", ".join(f"{k} {n}" for k, n in enumerate(names, 1)))
         chart.SetYAxisTitle("Dice")
-        offsets = np.linspace(-0.25, 0.25, len(regimes)) if len(regimes) > 1 else [0.0]
-        for reg, dx, colour in zip(regimes, offsets, _REGIME_COLOURS * 3):
-            points, medians = [], []
-            for k, cls in enumerate(names, 1):
-                values = [r["dice"][cls] for r in rows if r["regime"] == reg and r["dice"].get(cls) is not None]
-                points += [(k + dx, v) for v in values]
-                if values:
-                    medians.append((k + dx, float(np.median(values))))
-            _add_series(scene, chart, f"{reg}: cases", [p[0] for p in points], [p[1] for p in points], "class",
+        for (reg, (cases, medians)), colour in zip(points.items(), _REGIME_COLOURS * 3):
+            _add_series(scene, chart, f"{reg}: cases", [p[0] for p in cases], [p[1] for p in cases], "class",
                         "scatter", colour=colour, size=6)
             _add_series(scene, chart, f"{reg}: median", [m[0] for m in medians], [m[1] for m in medians], "class",
                         "scatter", colour=colour, size=12, marker="square")
@@ -473,6 +447,49 @@ class LoadedSegmentationExperiment(LoadedReport):
 
 
 _REGIME_COLOURS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17))  # real, synthetic, real+synthetic
+
+
+def _segmentation_table_rows(results: dict, regimes: list, names: list) -> tuple:
+    """Rows of the per-class Dice/HD95 table (regime × class, then a per-regime mean row) and of the tests."""
+    rows = []
+    for reg in regimes:
+        s = results["summary"][reg]
+        for cls in names:
+            c = s["per_class"][cls]
+            det = (s.get("detection") or {}).get(cls)
+            rows.append({"regime": reg, "class": cls, "Dice mean": c["dice_mean"], "Dice SD": c["dice_sd"],
+                         "HD95 mean (mm)": c["hd95_mm_mean"], "HD95 SD (mm)": c["hd95_mm_sd"],
+                         "n folds": c["n_folds"], "n cases": c["n_cases"],
+                         "detection rate": det["rate"] if det else None})
+        rows.append({"regime": reg, "class": "mean over classes", "Dice mean": s["mean_dice"],
+                     "Dice SD": s["mean_dice_sd"], "HD95 mean (mm)": s["mean_hd95_mm"],
+                     "HD95 SD (mm)": s["mean_hd95_mm_sd"],
+                     "n folds": sum(v is not None for v in s.get("fold_mean_dice", [])),
+                     "n cases": s["n_cases"], "detection rate": None})
+    tests = [{"regime a": t["a"], "regime b": t["b"], "quantity": t["quantity"], "n": t["n"],
+              "non-zero differences": t["n_nonzero"], "median difference": t["median_difference"],
+              "mean difference": t["mean_difference"], "Wilcoxon statistic": t["statistic"], "p": t["p_value"],
+              "note": t["note"]} for t in results.get("tests", [])]
+    return rows, tests
+
+
+def _dice_points(cases: list, regimes: list, names: list) -> dict:
+    """Per regime: ([(x, Dice) of every scored case and class], [(x, median Dice) per class]); x is the class
+    index (1-based, scheme order) shifted by the regime's offset in [-0.25, 0.25]. Unscored classes (null) are left
+    out."""
+    import numpy as np
+
+    offsets = np.linspace(-0.25, 0.25, len(regimes)) if len(regimes) > 1 else [0.0]
+    out = {}
+    for reg, dx in zip(regimes, offsets):
+        points, medians = [], []
+        for k, cls in enumerate(names, 1):
+            values = [float(r["dice"][cls]) for r in cases if r["regime"] == reg and r["dice"].get(cls) is not None]
+            points += [(k + dx, v) for v in values]
+            if values:
+                medians.append((k + dx, float(np.median(values))))
+        out[reg] = (points, medians)
+    return out
 
 
 def _pm(mean, sd) -> str:

@@ -384,6 +384,11 @@ def test_missing_or_damaged_results_are_clear_errors(headless, experiment, tmp_p
     (tmp_path / "results.json").write_text(json.dumps(partial))
     with pytest.raises(InputFileError, match=r"results.json: is incomplete \(KeyError: 'summary'\)"):
         logic.loadSegmentationExperiment(tmp_path)
+    no_ba = json.loads(json.dumps(res))
+    del no_ba["summary"]["synthetic"]["per_class"]["BA"]
+    (tmp_path / "results.json").write_text(json.dumps(no_ba))
+    with pytest.raises(InputFileError, match=r"is incomplete \(KeyError: 'BA'\) \(the results are damaged"):
+        logic.loadSegmentationExperiment(tmp_path)
     assert headless.scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
     # a prediction holding an id outside the scheme: the file is named and nothing half-loaded stays
     damaged = tmp_path / "damaged"
