@@ -33,7 +33,7 @@ class GANTrainer(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("GAN Trainer")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["MorphometryLogic"]  # VolGANCore and VolGANSlicer are installed with it
         self.parent.contributors = ["SlicerVolumetricGAN developers"]
         self.parent.helpText = _(
             "Train 3-D GANs of anatomy from a folder of volumes (mixed precision, differentiable augmentation, "
@@ -71,7 +71,6 @@ class GANTrainerParameterNode:
     segEpochs: Annotated[int, WithinRange(0, 1000)] = 0  # 0: the config's own
 
 
-
 class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -98,13 +97,13 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.ui.startTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=False))
         self.ui.resumeTrainingButton.connect("clicked(bool)", lambda: self.onStartTraining(resume=True))
         self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTraining)
-        self.ui.trainingPlotComboBox.connect("currentIndexChanged(int)", lambda _index: self.updateTrainingPlot())
+        self.whenChanged(("trainingPlot",), self.updateTrainingPlot)
+        self.validateProgress = PanelProgress(self.ui.progressBar, self.ui.statusLabel)
+        self.evaluationProgress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelEvaluationButton)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
         self.ui.loadReportButton.connect("clicked(bool)", self.onLoadReportButton)
         self.ui.cancelEvaluationButton.enabled = False
-        self.pollTimer = qt.QTimer()
-        self.pollTimer.setInterval(2000)
-        self.pollTimer.connect("timeout()", self.onPollTraining)
+        self.pollTimer = self.addTimer(2000, self.onPollTraining)  # stopped by cleanup()
         self.ui.segRunButton.connect("clicked(bool)", self.onRunSegmentationExperiment)
         self.ui.segCancelButton.connect("clicked(bool)", self.onCancelSegmentationExperiment)
         self.ui.segLoadResultsButton.connect("clicked(bool)", self.onLoadSegmentationResults)
@@ -162,9 +161,7 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
     def onStartTraining(self, resume: bool) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Starting training failed."), waitCursor=True):
-            from VolGANSlicer.dependencies import ensure_all
-
-            if not ensure_all(self.requirementsPath()):
+            if not self.ensureDependencies():
                 return
             labels = p.labelsFolder if str(p.labelsFolder) not in ("", ".") else None
             self.logic.training = TrainingProcess.start(p.preset, p.imagesFolder, p.runFolder, labelsFolder=labels,
@@ -225,8 +222,10 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
 
     def onValidateButton(self) -> None:
         p = self._parameterNode
-        progress = PanelProgress(self.ui.progressBar, self.ui.statusLabel)
-        with slicer.util.tryWithErrorDisplay(_("Dataset validation failed."), waitCursor=True):
+        if not self.ensureDependencies(needTorch=False):
+            return
+        with self.validateProgress.begin() as progress, \
+                slicer.util.tryWithErrorDisplay(_("Dataset validation failed."), waitCursor=True):
             report, table = self.logic.validateDataset(p.imagesFolder, p.labelsFolder, p.labelScheme,
                                                        progress=progress, cancel=progress.token)
             self.ui.statusLabel.text = report.summary().splitlines()[0] + (
@@ -240,24 +239,19 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         from VolGANCore import Cancelled
 
         p = self._parameterNode
-        progress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelEvaluationButton)
-        try:
-            with slicer.util.tryWithErrorDisplay(_("Evaluation failed."), waitCursor=True):
-                from VolGANSlicer.dependencies import ensure_all
-
-                if not ensure_all(self.requirementsPath()):
-                    return
-                try:
-                    loaded = self.logic.runEvaluation(
-                        p.evalRealFolder, p.evalFakeFolder, p.evalOutFolder, progress=progress,
-                        cancel=progress.token, previous=self.loadedReport, protocol=p.evalProtocol,
-                        inception_weights=p.inceptionWeights, medicalnet_weights=p.medicalnetWeights, device=p.device)
-                except Cancelled:
-                    self.ui.statusLabel.text = _("Evaluation cancelled; no report was written.")
-                    return
-                self.showReport(loaded)
-        finally:
-            self.ui.cancelEvaluationButton.enabled = False
+        if not self.ensureDependencies():
+            return
+        with self.evaluationProgress.begin() as progress, \
+                slicer.util.tryWithErrorDisplay(_("Evaluation failed."), waitCursor=True):
+            try:
+                loaded = self.logic.runEvaluation(
+                    p.evalRealFolder, p.evalFakeFolder, p.evalOutFolder, progress=progress,
+                    cancel=progress.token, previous=self.loadedReport, protocol=p.evalProtocol,
+                    inception_weights=p.inceptionWeights, medicalnet_weights=p.medicalnetWeights, device=p.device)
+            except Cancelled:
+                self.ui.statusLabel.text = _("Evaluation cancelled; no report was written.")
+                return
+            self.showReport(loaded)
 
     def onLoadReportButton(self) -> None:
         p = self._parameterNode
@@ -405,6 +399,10 @@ class GANTrainerTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        from VolGANSlicer.dependencies import ensure_all, requirements_file
+
+        # in Slicer's testing mode the confirmation answers itself: the packages are installed if missing
+        self.assertTrue(ensure_all(requirements_file(__file__), need_torch=False))
         self.setUp()
         self.test_validate_dataset()
 
