@@ -25,7 +25,7 @@ from slicer.util import VTKObservationMixin
 
 from GANTrainerLib.presets import PRESETS
 from GANTrainerSceneLogic import RUN_PLOTS, GANTrainerSceneLogic, TrainingProcess, updateRunPlot
-from VolGANSlicer.widgets import PanelProgress, ParameterNodeWidgetMixin
+from VolGANSlicer.widgets import JobWatcher, PanelProgress, ParameterNodeWidgetMixin
 
 
 class GANTrainer(ScriptedLoadableModule):
@@ -81,7 +81,8 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.sampleNode = None
         self.lastCheckpoint = None
         self.loadedReport = None  # the evaluation/fidelity report shown in the scene (replaced by the next one)
-        self.segmentationJob = None  # the downstream experiment running in the background (BackgroundJob)
+        self.evaluationWatcher = None  # `volgan evaluate` in the background (JobWatcher)
+        self.segmentationWatcher = None  # the downstream experiment in the background (JobWatcher)
         self.segmentationResult = None  # its results shown in the scene (replaced by the next ones)
 
     def setup(self) -> None:
@@ -99,15 +100,18 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTraining)
         self.whenChanged(("trainingPlot",), self.updateTrainingPlot)
         self.validateProgress = PanelProgress(self.ui.progressBar, self.ui.statusLabel)
-        self.evaluationProgress = PanelProgress(self.ui.progressBar, self.ui.statusLabel, self.ui.cancelEvaluationButton)
+        self.evaluationWatcher = JobWatcher(self, "evaluate", self.ui.progressBar, self.ui.statusLabel,
+                                            self.ui.cancelEvaluationButton, finished=self.onEvaluationFinished,
+                                            what="Evaluation")
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
         self.ui.loadReportButton.connect("clicked(bool)", self.onLoadReportButton)
-        self.ui.cancelEvaluationButton.enabled = False
         self.pollTimer = self.addTimer(2000, self.onPollTraining)  # stopped by cleanup()
         self.ui.segRunButton.connect("clicked(bool)", self.onRunSegmentationExperiment)
-        self.ui.segCancelButton.connect("clicked(bool)", self.onCancelSegmentationExperiment)
         self.ui.segLoadResultsButton.connect("clicked(bool)", self.onLoadSegmentationResults)
-        self.segmentationTimer = self.addTimer(2000, self.onPollSegmentationExperiment)  # stopped by cleanup()
+        self.segmentationWatcher = JobWatcher(self, "segmentation-experiment", self.ui.segProgressBar,
+                                              self.ui.segStatusLabel, self.ui.segCancelButton,
+                                              finished=self.onSegmentationExperimentFinished,
+                                              what="Segmentation experiment")
         self.setupEnvironmentSection(needTorch=True)
         self.initializeParameterNode()
 
@@ -123,22 +127,14 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         if self.logic.training is not None:
             self.pollTimer.start()
             self.onPollTraining()
-        if self.segmentationJob is None:  # an experiment started before Slicer was restarted
-            from VolGANCore import VolGANError
-            from VolGANCore.jobs import BackgroundJob
-
-            try:
-                job = BackgroundJob.latest("segmentation-experiment")
-                self.segmentationJob = job if job is not None and job.isRunning() else None
-            except VolGANError:  # no psutil yet (first run): no job can have been started from a panel
-                self.segmentationJob = None
-        if self.segmentationJob is not None:
-            self.segmentationTimer.start()
-            self.onPollSegmentationExperiment()
+        # background evaluations and experiments started before the module was closed or Slicer restarted
+        self.evaluationWatcher.reattach()
+        self.segmentationWatcher.reattach()
 
     def exit(self) -> None:
         self.pollTimer.stop()  # the run goes on; enter() picks it up again
-        self.segmentationTimer.stop()
+        self.evaluationWatcher.pause()
+        self.segmentationWatcher.pause()
         super().exit()
 
     def updateButtonStates(self) -> None:
@@ -153,9 +149,12 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.ui.resumeTrainingButton.enabled = can_train
         self.ui.stopTrainingButton.enabled = running
         can_evaluate = bool(p) and all(str(f) not in ("", ".") for f in (p.evalRealFolder, p.evalFakeFolder, p.evalOutFolder))
-        self.ui.evaluateButton.enabled = can_evaluate
-        self.ui.evaluateButton.toolTip = _("Compare the generated with the real volumes and show the report") if \
+        evaluating = self.evaluationWatcher is not None and self.evaluationWatcher.running
+        self.ui.evaluateButton.enabled = can_evaluate and not evaluating
+        self.ui.evaluateButton.toolTip = _("Running…") if evaluating else _(
+            "Compare the generated with the real volumes in the background and show the report") if \
             can_evaluate else _("Choose the real, generated and output folders first")
+        self.ui.cancelEvaluationButton.enabled = evaluating
         self.updateSegmentationButtons()
 
     def onStartTraining(self, resume: bool) -> None:
@@ -236,22 +235,17 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
 
 
     def onEvaluateButton(self) -> None:
-        from VolGANCore import Cancelled
-
         p = self._parameterNode
         if not self.ensureDependencies():
             return
-        with self.evaluationProgress.begin() as progress, \
-                slicer.util.tryWithErrorDisplay(_("Evaluation failed."), waitCursor=True):
-            try:
-                loaded = self.logic.runEvaluation(
-                    p.evalRealFolder, p.evalFakeFolder, p.evalOutFolder, progress=progress,
-                    cancel=progress.token, previous=self.loadedReport, protocol=p.evalProtocol,
-                    inception_weights=p.inceptionWeights, medicalnet_weights=p.medicalnetWeights, device=p.device)
-            except Cancelled:
-                self.ui.statusLabel.text = _("Evaluation cancelled; no report was written.")
-                return
-            self.showReport(loaded)
+        with slicer.util.tryWithErrorDisplay(_("Starting the evaluation failed."), waitCursor=True):
+            argv = self.logic.evaluationArgs(p.evalRealFolder, p.evalFakeFolder, p.evalOutFolder,
+                                             protocol=p.evalProtocol, inceptionWeights=p.inceptionWeights,
+                                             medicalnetWeights=p.medicalnetWeights, device=p.device)
+            self.evaluationWatcher.start(argv, outFolder=p.evalOutFolder)
+
+    def onEvaluationFinished(self, status) -> None:
+        self.showReport(self.logic.loadEvaluationReport(status.get("out_folder"), previous=self.loadedReport))
 
     def onLoadReportButton(self) -> None:
         p = self._parameterNode
@@ -276,7 +270,7 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
     # -- downstream segmentation experiment: a background job -------------------------------------------------
     def updateSegmentationButtons(self) -> None:
         p = self._parameterNode
-        running = self.segmentationJob is not None and self.segmentationJob.isRunning()
+        running = self.segmentationWatcher is not None and self.segmentationWatcher.running
         model = bool(p) and p.segSyntheticSource == "model"
         for name in ("segSyntheticModelLabel", "segSyntheticModelPathLineEdit", "segNGenerateLabel",
                      "segNGenerateSpinBox"):
@@ -297,59 +291,18 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         with slicer.util.tryWithErrorDisplay(_("Starting the segmentation experiment failed."), waitCursor=True):
             if not self.ensureDependencies():
                 return
-            from VolGANCore.jobs import BackgroundJob
-
             model = p.segSyntheticSource == "model"
             argv = self.logic.segmentationExperimentArgs(
                 p.segRealImages, p.segRealLabels, p.segSyntheticModel if model else p.segSyntheticFolder,
                 p.segOutFolder, config=p.segConfig, folds=p.segFolds, device=p.device,
                 nGenerate=p.segNGenerate if model else None, epochs=p.segEpochs or None)
-            self.segmentationJob = BackgroundJob.start(argv, kind="segmentation-experiment", outFolder=p.segOutFolder)
-            self.ui.segProgressBar.setValue(0)
+            self.segmentationWatcher.start(argv, outFolder=p.segOutFolder)
             self.ui.segStatusLabel.text = _("Segmentation experiment started ({config} network, {folds} folds)").format(
                 config=p.segConfig, folds=p.segFolds)
-            self.segmentationTimer.start()
-            self.updateButtonStates()
 
-    def onCancelSegmentationExperiment(self) -> None:
-        if self.segmentationJob is not None:
-            self.segmentationJob.stop(timeout=None)  # the poll ends its processes if it does not stop in time
-            self.ui.segStatusLabel.text = _("Cancelling: the experiment stops at its next step and writes no results")
-
-    def onPollSegmentationExperiment(self) -> None:
-        job = self.segmentationJob
-        if job is None:
-            self.segmentationTimer.stop()
-            return
-        if job.stopIfOverdue(60.0):
-            self.ui.segStatusLabel.text = _("The experiment did not stop in time: its processes were ended")
-        status = job.poll()
-        progress = status.get("progress") or {}
-        fraction = progress.get("fraction")
-        self.ui.segProgressBar.setMaximum(1000 if fraction is not None else 0)
-        if fraction is not None:
-            self.ui.segProgressBar.setValue(int(round(1000 * fraction)))
-        eta = progress.get("eta_s") if status.get("running") else None
-        eta_text = "" if not eta else _(", about {s:.0f} s left").format(s=eta) if eta < 90 else _(
-            ", about {m:.0f} min left").format(m=eta / 60)
-        self.ui.segStatusLabel.text = "{state}: {task}{message}{eta}".format(
-            state=status.get("state", "?"), task=progress.get("description", ""),
-            message=f" — {progress['message']}" if progress.get("message") else "", eta=eta_text)
-        if status.get("running"):
-            return
-        self.segmentationTimer.stop()
-        self.segmentationJob = None
-        self.updateButtonStates()
-        if status.get("state") != "finished":
-            self.ui.segProgressBar.setMaximum(1000)
-            self.ui.segStatusLabel.text = _("Segmentation experiment {state}: {message}").format(
-                state=status.get("state"), message=status.get("message") or job.lastLogLines(1))
-            return
-        self.ui.segProgressBar.setMaximum(1000)
-        self.ui.segProgressBar.setValue(1000)
-        with slicer.util.tryWithErrorDisplay(_("Loading the segmentation results failed."), waitCursor=True):
-            self.showSegmentationExperiment(self.logic.loadSegmentationExperiment(
-                status.get("out_folder"), previous=self.segmentationResult))
+    def onSegmentationExperimentFinished(self, status) -> None:
+        self.showSegmentationExperiment(self.logic.loadSegmentationExperiment(status.get("out_folder"),
+                                                                              previous=self.segmentationResult))
 
     def onLoadSegmentationResults(self) -> None:
         p = self._parameterNode

@@ -84,6 +84,28 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         evaluate(str(realFolder), str(fakeFolder), str(outFolder), progress=progress, cancel=cancel, **options)
         return self.loadEvaluationReport(outFolder, previous=previous)
 
+    @staticmethod
+    def evaluationArgs(realFolder, fakeFolder, outFolder, protocol: str = "default", inceptionWeights=None,
+                       medicalnetWeights=None, device: str = "auto", seed: int = 0, overwrite: bool = False) -> list:
+        """The ``volgan evaluate …`` arguments of what :meth:`runEvaluation` does, for a background job (the
+        panel's Evaluate). Empty folders raise :class:`VolGANCore.VolGANError` naming the field; empty weight
+        paths mean none (the fallback extractors). :meth:`loadEvaluationReport` shows the result."""
+        named = (("real volumes folder", realFolder), ("generated volumes folder", fakeFolder),
+                 ("report folder", outFolder))
+        for field, value in named:
+            if _empty_path(value):
+                raise _error(f"{field}: no path chosen (choose the {field})")
+        if protocol not in ("default", "aydin2024"):
+            raise _error(f"protocol {protocol!r}: choose 'default' or 'aydin2024'")
+        argv = ["evaluate", "--real", str(realFolder), "--fake", str(fakeFolder), "--out", str(outFolder),
+                "--protocol", protocol, "--device", device or "auto", "--seed", str(int(seed))]
+        for flag, value in (("--inception-weights", inceptionWeights), ("--medicalnet-weights", medicalnetWeights)):
+            if not _empty_path(value):
+                argv += [flag, str(value)]
+        if overwrite:
+            argv.append("--overwrite")
+        return argv
+
     def loadEvaluationReport(self, reportDir, previous=None) -> "LoadedReport":
         """``report.json`` of ``volgan evaluate`` as a metrics table and a PR-curve chart.
 

@@ -138,11 +138,14 @@ def slicer_layer(version: str, testing: bool = True, installed: Path | None = No
         setattr(slicer, name, cls)
     app = standins.FakeApplication(testing)
     app.__dict__["_moduleManager"] = _ModuleManager()
+    app.__dict__["_applicationLogic"] = headless.app_logic  # real MRML application logic
     slicer.app = app
     slicer.mrmlScene = headless.scene
     modules = types.ModuleType("slicer.modules")
     sys.modules["slicer.modules"] = modules
     slicer.modules = modules
+    for name, logic in headless.logics.items():  # Slicer's own module logics, real (slicer.modules.plots.logic())
+        setattr(modules, name.lower(), FakeLoadableModule(name, logic))
     slicer.__path__.insert(0, str(root / "Base" / "Python" / "slicer"))
     sys.path.insert(0, str(root / "Modules" / "Scripted" / "SampleData"))
 

@@ -643,6 +643,23 @@ class UiLoader(QObject):
                 self._add_children(child, w, direct=False)
 
 
+class LayoutManager(QObject):
+    def __init__(self):
+        super().__init__()
+        self.__dict__["layouts"] = []
+
+    def setLayout(self, layout) -> None:
+        self.layouts.append(layout)
+
+    def sliceViewNames(self) -> list:
+        return []
+
+    def mrmlSliceLogics(self):
+        import vtk
+
+        return vtk.vtkCollection()
+
+
 class FakeApplication(QObject):
     """``slicer.app``: application state only (settings, testing flag, module manager, layout manager)."""
 
@@ -680,7 +697,11 @@ class FakeApplication(QObject):
         return self.__dict__.setdefault("_moduleManager", QObject())
 
     def layoutManager(self):
-        return None
+        """The view layout: records the layouts asked for (``layouts``); there are no views to show them."""
+        return self.__dict__.setdefault("_layoutManager", LayoutManager())
+
+    def applicationLogic(self):
+        return self.__dict__.get("_applicationLogic")  # the real vtkSlicerApplicationLogic (slicer_layer sets it)
 
     def settings(self):
         return _Settings()

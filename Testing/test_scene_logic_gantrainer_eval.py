@@ -131,3 +131,69 @@ def test_bad_report_folders_are_clear_errors(headless, tmp_path):
     with pytest.raises(InputFileError, match="is not a volgan-evaluation report"):
         logic.loadEvaluationReport(tmp_path)
     assert headless.scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
+
+
+def test_panel_evaluates_in_the_background_then_shows_the_report(volume_sets, tmp_path, monkeypatch):
+    """Evaluate in the panel (Slicer 5.12.3's own layer) runs `volgan evaluate` as a BackgroundJob through
+    PythonSlicer; the panel's poll follows it and loads the report; Cancel ends a second run with no report."""
+    import os
+    import time
+
+    from install_layout import write_fake_pythonslicer
+    from slicer_layer import slicer_layer
+
+    launcher = write_fake_pythonslicer(tmp_path / "bin", python_args=())
+    monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with slicer_layer("5.12.3") as layer:
+        layer.app.__dict__["startupEnvironment"] = lambda: _Environment()
+        widget = layer.make_widget("GANTrainer")
+        ui, p = widget.ui, widget._parameterNode
+        assert not ui.evaluateButton.enabled
+        p.evalRealFolder, p.evalFakeFolder, p.evalOutFolder = volume_sets / "real", volume_sets / "fake", tmp_path / "rep"
+        p.device = "cpu"
+        assert ui.evaluateButton.enabled and not ui.cancelEvaluationButton.enabled
+        ui.evaluateButton.click()
+        watcher = widget.evaluationWatcher
+        assert watcher.running and not ui.evaluateButton.enabled and ui.cancelEvaluationButton.enabled
+        assert watcher.job.poll()["argv"][:2] == ["evaluate", "--real"]
+        t0 = time.time()
+        while watcher.job is not None and time.time() - t0 < 240:
+            watcher.poll()  # what the panel's timer does every 2 s
+            time.sleep(0.2)
+        assert watcher.job is None and not watcher.timer.isActive()
+        assert widget.loadedReport is not None and widget.loadedReport.kind == "evaluation", ui.statusLabel.text
+        report = json.loads((tmp_path / "rep" / "report.json").read_text())
+        rows = {r["key"] for r in mrml.rows_from_table(widget.loadedReport.table)}
+        assert set(report["metrics"]) <= rows
+        assert layer.app.layoutManager().layouts[-1] == layer.slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView
+        selection = layer.app.applicationLogic().GetSelectionNode()
+        assert selection.GetActiveTableID() == widget.loadedReport.table.GetID()  # the report's table is shown
+        assert ui.progressBar.value == 1000 and ui.evaluateButton.enabled and not ui.cancelEvaluationButton.enabled
+
+        p.evalOutFolder = tmp_path / "rep2"
+        ui.evaluateButton.click()
+        job = watcher.job
+        ui.cancelEvaluationButton.click()  # a stop request: the job ends at its next step
+        t0 = time.time()
+        while watcher.job is not None and time.time() - t0 < 120:
+            watcher.poll()
+            time.sleep(0.2)
+        assert job.poll()["state"] == "cancelled", job.lastLogLines()
+        assert "Evaluation cancelled" in ui.statusLabel.text
+        assert not (tmp_path / "rep2").exists()  # nothing half-written
+        assert widget.loadedReport.folder == tmp_path / "rep"  # the first report stays shown
+
+
+class _Environment:
+    """``slicer.app.startupEnvironment()`` (a QProcessEnvironment) over this process's environment."""
+
+    def keys(self):
+        import os
+
+        return list(os.environ)
+
+    def value(self, key):
+        import os
+
+        return os.environ[key]

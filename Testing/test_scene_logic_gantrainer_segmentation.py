@@ -85,17 +85,18 @@ def experiment(inputs):
                 "segNGenerateSpinBox", "segFoldsSpinBox", "segEpochsSpinBox")]
             panel["run enabled when filled"] = ui.segRunButton.enabled
             ui.segRunButton.click()
-            job = widget.segmentationJob
-            panel["after run"] = (job is not None, widget.segmentationTimer.isActive(), ui.segRunButton.enabled,
+            watcher = widget.segmentationWatcher
+            job = watcher.job
+            panel["after run"] = (job is not None, watcher.timer.isActive(), ui.segRunButton.enabled,
                                   ui.segCancelButton.enabled)
             t0 = time.time()
-            while widget.segmentationJob is not None and time.time() - t0 < 300:
-                widget.onPollSegmentationExperiment()       # what the panel's QTimer calls every 2 s
+            while watcher.job is not None and time.time() - t0 < 300:
+                watcher.poll()                              # what the panel's QTimer calls every 2 s
                 panel["polls"].append((ui.segProgressBar.value, ui.segStatusLabel.text))
                 time.sleep(0.25)
             status = job.poll()
             loaded = widget.segmentationResult
-            panel.update({"status": status, "log": job.lastLogLines(), "timer active": widget.segmentationTimer.isActive(),
+            panel.update({"status": status, "log": job.lastLogLines(), "timer active": watcher.timer.isActive(),
                           "final": (ui.segProgressBar.value, ui.segStatusLabel.text, ui.segRunButton.enabled,
                                     ui.segCancelButton.enabled),
                           "loaded": None if loaded is None else {r: len(v) for r, v in loaded.segmentations.items()},
@@ -151,7 +152,7 @@ def test_the_panel_moves_values_runs_the_job_and_loads_the_results(experiment):
     assert panel["model widgets visible"] == [True, True, False]          # source "model": model and count shown
     assert panel["spin box ranges"] == [(1, 100000), (2, 50), (0, 1000)]  # from the parameter node's WithinRange
     assert panel["after run"] == (True, True, False, True)                # job watched; Run off, Cancel on
-    running = [(v, text) for v, text in panel["polls"] if text.startswith("running: segmentation experiment")]
+    running = [(v, text) for v, text in panel["polls"] if text.startswith("Segmentation experiment running: segmentation experiment")]
     assert running and all(0 <= v <= 1000 for v, _ in running)
     assert [v for v, _ in running] == sorted(v for v, _ in running)      # the bar never runs backwards
     assert panel["final"][0] == 1000 and panel["final"][2:] == (True, False) and not panel["timer active"]
@@ -179,7 +180,7 @@ def test_run_asks_for_missing_packages_first_and_declining_starts_nothing(inputs
         ctkMessageBox.answer = ctkMessageBox.Cancel
         widget.ui.segRunButton.click()
         assert len(ctkMessageBox.shown) == 1 and "volgan-absent-package" in ctkMessageBox.shown[0]
-        assert widget.segmentationJob is None and not widget.segmentationTimer.isActive()
+        assert widget.segmentationWatcher.job is None and not widget.segmentationWatcher.timer.isActive()
     assert not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from VolGANCore.progress import CancelToken, ProgressEvent
 
-__all__ = ["PanelProgress", "ParameterNodeWidgetMixin", "environment_text"]
+__all__ = ["PanelProgress", "JobWatcher", "ParameterNodeWidgetMixin", "environment_text"]
 
 
 class PanelProgress:
@@ -62,6 +62,100 @@ class PanelProgress:
         if event.finished:
             self.end()
         slicer.app.processEvents()
+
+
+class JobWatcher:
+    """A :class:`VolGANCore.jobs.BackgroundJob` shown in a panel section.
+
+    A panel timer polls the job's ``job.json`` (so Slicer stays responsive and the job outlives the panel): the
+    progress bar and status label follow its progress; Cancel asks for a graceful stop and, if the job has not
+    stopped ``grace_s`` seconds later, ends its processes; when the job ends, ``finished(status)`` runs once for a
+    finished job, and the label says how any other ended. :meth:`reattach` (from the panel's ``enter()``) picks
+    up a job of this ``kind`` started before the module was closed or Slicer restarted.
+    """
+
+    def __init__(self, panel, kind: str, bar, label, cancel_button=None, finished=None, what: str = "Job",
+                 grace_s: float = 60.0, interval_ms: int = 2000):
+        self.panel, self.kind, self.bar, self.label = panel, kind, bar, label
+        self.finished, self.what, self.grace_s = finished, what, grace_s
+        self.job = None
+        self.timer = panel.addTimer(interval_ms, self.poll)
+        if cancel_button is not None:
+            cancel_button.connect("clicked(bool)", self.cancel)
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None and self.job.isRunning()
+
+    def start(self, argv, outFolder=None):
+        """Start ``volgan ARGV`` in the background and watch it; returns the job."""
+        from VolGANCore.jobs import BackgroundJob
+
+        self.job = BackgroundJob.start([str(a) for a in argv], kind=self.kind, outFolder=outFolder)
+        self.bar.setMaximum(1000)
+        self.bar.setValue(0)
+        self.label.text = f"{self.what} started"
+        self.timer.start()
+        self.panel.updateButtonStates()
+        return self.job
+
+    def reattach(self) -> None:
+        from VolGANCore import VolGANError
+        from VolGANCore.jobs import BackgroundJob
+
+        if self.job is None:
+            try:
+                job = BackgroundJob.latest(self.kind)
+            except VolGANError:  # psutil not installed yet: no job can have been started from a panel
+                job = None
+            self.job = job if job is not None and job.isRunning() else None
+        if self.job is not None:
+            self.timer.start()
+            self.poll()
+
+    def pause(self) -> None:
+        """The panel is closed: stop polling; the job goes on."""
+        self.timer.stop()
+
+    def cancel(self, *_args) -> None:
+        if self.job is not None:
+            self.job.stop(timeout=None)  # a stop request; poll() ends the processes if it is not honoured in time
+            self.label.text = f"{self.what}: cancelling at the next step (nothing half-written is kept)"
+
+    def poll(self) -> None:
+        import slicer
+
+        job = self.job
+        if job is None:
+            self.timer.stop()
+            return
+        forced = job.stopIfOverdue(self.grace_s)
+        status = job.poll()
+        progress = status.get("progress") or {}
+        fraction = progress.get("fraction")
+        self.bar.setMaximum(1000 if fraction is not None else 0)
+        if fraction is not None:
+            self.bar.setValue(int(round(1000 * fraction)))
+        eta = progress.get("eta_s") if status.get("running") else None
+        eta_text = "" if not eta else f", about {eta:.0f} s left" if eta < 90 else f", about {eta / 60:.0f} min left"
+        message = f" — {progress['message']}" if progress.get("message") else ""
+        self.label.text = f"{self.what} {status.get('state', '?')}: {progress.get('description', '')}{message}{eta_text}"
+        if status.get("running"):
+            return
+        self.timer.stop()
+        self.job = None
+        self.bar.setMaximum(1000)
+        self.panel.updateButtonStates()
+        if status.get("state") != "finished":
+            why = status.get("message") or job.lastLogLines(1)
+            self.label.text = f"{self.what} {status.get('state')}: {why}" + (
+                " (its processes were ended: it did not stop in time)" if forced else "")
+            return
+        self.bar.setValue(1000)
+        if self.finished is not None:
+            with slicer.util.tryWithErrorDisplay(f"Loading the results of the {self.what.lower()} failed.",
+                                                 waitCursor=True):
+                self.finished(status)
 
 
 def environment_text() -> str:
