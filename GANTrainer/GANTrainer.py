@@ -247,10 +247,14 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
     def onEvaluationFinished(self, status) -> None:
         self.showReport(self.logic.loadEvaluationReport(status.get("out_folder"), previous=self.loadedReport))
 
+    @staticmethod
+    def chooseFolder(title: str, current) -> str:
+        """A folder from the user ("" if none), starting at ``current`` when one is set."""
+        start = str(current) if current is not None and str(current) not in ("", ".") else ""
+        return qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), title, start)
+
     def onLoadReportButton(self) -> None:
-        p = self._parameterNode
-        start = str(p.evalOutFolder) if p and str(p.evalOutFolder) not in ("", ".") else ""
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Report folder"), start)
+        folder = self.chooseFolder(_("Report folder"), self._parameterNode.evalOutFolder if self._parameterNode else None)
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay(_("Loading the report failed."), waitCursor=True):
@@ -305,9 +309,8 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
                                                                               previous=self.segmentationResult))
 
     def onLoadSegmentationResults(self) -> None:
-        p = self._parameterNode
-        start = str(p.segOutFolder) if p and str(p.segOutFolder) not in ("", ".") else ""
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Segmentation results folder"), start)
+        folder = self.chooseFolder(_("Segmentation results folder"),
+                                   self._parameterNode.segOutFolder if self._parameterNode else None)
         if not folder:
             return
         with slicer.util.tryWithErrorDisplay(_("Loading the segmentation results failed."), waitCursor=True):

@@ -31,6 +31,19 @@ def _volgan_home(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("VOLGAN_HOME", str(tmp_path_factory.mktemp("volgan-home")))
 
 
+def wait_for(job, condition, timeout: float = 300, interval: float = 0.2) -> dict:
+    """Poll a background job (``poll()``/``lastLogLines()``) until ``condition(status)``; fails with its log."""
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        status = job.poll()
+        if condition(status):
+            return status
+        time.sleep(interval)
+    raise AssertionError(f"timed out; last status {job.poll()}\n{job.lastLogLines()}")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

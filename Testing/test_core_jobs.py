@@ -12,6 +12,7 @@ import pytest
 
 from VolGANCore import VolGANError
 from VolGANCore.jobs import BackgroundJob, jobs_root, read_job
+from conftest import wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -21,23 +22,13 @@ def volgan_home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-def _wait(job, condition, timeout=120):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        status = job.poll()
-        if condition(status):
-            return status
-        time.sleep(0.1)
-    raise AssertionError(f"timed out; last status {job.poll()}\n{job.lastLogLines()}")
-
-
 def test_start_poll_progress_and_reattach(tmp_path, volgan_home, monkeypatch):
     out = tmp_path / "phantoms"
     monkeypatch.chdir(tmp_path)             # relative arguments mean what they mean to the caller
     job = BackgroundJob.start(["phantom", "bone", "--n", "3", "--size", "16", "--out", "phantoms"],
                               kind="phantom", outFolder=out)
     assert job.folder.parent == jobs_root() == volgan_home / "jobs" and job.folder.name.endswith("-phantom")
-    status = _wait(job, lambda s: not s["running"])
+    status = wait_for(job, lambda s: not s["running"])
     assert status["state"] == "finished" and status["returncode"] == 0, job.lastLogLines()
     assert len(list(out.glob("images/*.nii.gz"))) == 3
     # the runner wrote progress into job.json instead of drawing a bar
@@ -57,18 +48,18 @@ def test_start_poll_progress_and_reattach(tmp_path, volgan_home, monkeypatch):
     # a job folder outside jobs_root() is indexed there, so latest() finds it too
     for _ in range(2):
         outside = BackgroundJob.start(["info"], folder=tmp_path / "run", kind="info-test")
-        _wait(outside, lambda s: not s["running"])
+        wait_for(outside, lambda s: not s["running"])
     assert BackgroundJob.latest("info-test").folder == tmp_path / "run"
     assert len(list(jobs_root().glob("info-test-*"))) == 1       # one link per folder, however often it runs
 
 
 def test_failure_reports_the_error_line(tmp_path):
     job = BackgroundJob.start(["dataset", "validate", tmp_path / "missing"], kind="validate")
-    status = _wait(job, lambda s: not s["running"])
+    status = wait_for(job, lambda s: not s["running"])
     assert status["state"] == "failed" and status["returncode"] == 2
     assert status["message"] == f"volgan dataset: error: {tmp_path / 'missing'}: folder not found (check the path)"
     usage = BackgroundJob.start(["no-such-command"], kind="bad")
-    status = _wait(usage, lambda s: not s["running"])
+    status = wait_for(usage, lambda s: not s["running"])
     assert status["state"] == "failed" and status["returncode"] == 2 and "invalid choice" in status["message"]
 
 
@@ -77,7 +68,7 @@ def test_graceful_stop_of_a_non_training_command(tmp_path):
     neither the output folder nor a partial one behind."""
     out = tmp_path / "out" / "phantoms"
     job = BackgroundJob.start(["phantom", "bone", "--n", "400", "--size", "24", "--out", out], kind="phantom")
-    _wait(job, lambda s: (s["progress"] or {}).get("done", 0) >= 2)
+    wait_for(job, lambda s: (s["progress"] or {}).get("done", 0) >= 2)
     job.stop(timeout=60)
     status = job.poll()
     assert status["state"] == "cancelled" and status["returncode"] == 130 and not status["running"]
@@ -148,7 +139,7 @@ def test_stop_timeout_ends_the_whole_tree(how, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
 
     job = BackgroundJob.start(["hang", tmp_path / "grandchild.pid"], kind="hang")
-    status = _wait(job, lambda s: (tmp_path / "grandchild.pid").exists() and s["state"] == "running")
+    status = wait_for(job, lambda s: (tmp_path / "grandchild.pid").exists() and s["state"] == "running")
     launcher_pid, runner_pid = map(int, (tmp_path / "bin" / "launches.txt").read_text().split())
     assert job.process.pid == launcher_pid and status["pid"] == runner_pid != launcher_pid
     grandchild = psutil.Process(int((tmp_path / "grandchild.pid").read_text()))
@@ -213,7 +204,7 @@ def test_inside_slicer_jobs_go_through_launch_console_process(version, tmp_path,
 
         layer.app.__dict__["startupEnvironment"] = StartupEnvironment
         job = BackgroundJob.start(["info"], kind="info")
-    status = _wait(job, lambda s: not s["running"])
+    status = wait_for(job, lambda s: not s["running"])
     assert status["state"] == "finished" and status["returncode"] == 0, job.lastLogLines()
     assert "device cpu" in job.lastLogLines()
     (args, kwargs), = calls

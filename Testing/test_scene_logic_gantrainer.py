@@ -7,6 +7,7 @@ import pytest
 
 from VolGANCore import InputFileError, Volume, write_volume
 from VolGANCore import mrml
+from conftest import wait_for
 
 
 def test_validate_dataset_fills_a_table(headless, tmp_path):
@@ -42,18 +43,6 @@ def bone_patches(tmp_path_factory):
     return write_bone_dataset(tmp_path_factory.mktemp("bone") / "set", n=4, seed=0) / "images"
 
 
-def _wait(proc, condition, timeout=300):
-    import time
-
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        status = proc.poll()
-        if condition(status):
-            return status
-        time.sleep(0.5)
-    raise AssertionError(f"timed out; last status {proc.poll()}\n{proc.lastLogLines()}")
-
-
 def test_background_training_runs_reports_and_plots(headless, bone_patches, tmp_path):
     from GANTrainerSceneLogic import GANTrainerSceneLogic, TrainingProcess, updateRunPlot
 
@@ -61,7 +50,7 @@ def test_background_training_runs_reports_and_plots(headless, bone_patches, tmp_
     proc = TrainingProcess.start("tiny-spongiosa", bone_patches, run, extraArgs=["--max-steps", "3", "--phase-kimg",
                                                                                 "0.001", "--metrics-kimg", "0.008"],
                                  device="cpu")
-    status = _wait(proc, lambda s: not s["running"])
+    status = wait_for(proc, lambda s: not s["running"])
     assert status["returncode"] == 0, proc.lastLogLines()
     assert status["state"] == "finished" and status["step"] == 3
     # a new watcher (module reopened) sees the same finished run
@@ -83,7 +72,7 @@ def test_background_training_runs_reports_and_plots(headless, bone_patches, tmp_
     with pytest.raises(ValueError, match="choose one of losses, quick metrics"):
         updateRunPlot(logic, run, plot="gradients")
     bad = TrainingProcess.start("tiny-spongiosa", tmp_path / "nothing", tmp_path / "bad", device="cpu")
-    failed = _wait(bad, lambda s: not s["running"])
+    failed = wait_for(bad, lambda s: not s["running"])
     assert failed["returncode"] == 2 and failed["state"] == "failed"
     assert "nothing: folder not found" in failed["message"]
 
@@ -93,13 +82,13 @@ def test_background_training_stops_gracefully(bone_patches, tmp_path):
 
     proc = TrainingProcess.start("tiny-spongiosa", bone_patches, tmp_path / "run", extraArgs=["--max-steps", "500"],
                                  device="cpu")
-    _wait(proc, lambda s: s.get("step", 0) >= 1)
+    wait_for(proc, lambda s: s.get("step", 0) >= 1)
     proc.stop()
     status = proc.poll()
     assert status["state"] == "stopped" and not status["running"], proc.lastLogLines()
     assert status["step"] < 500 and list((tmp_path / "run" / "checkpoints").glob("*.vgan"))
     resumed = TrainingProcess.start("tiny-spongiosa", bone_patches, tmp_path / "run", resume=True,
                                     extraArgs=["--max-steps", "1"], device="cpu")
-    final = _wait(resumed, lambda s: not s["running"])
+    final = wait_for(resumed, lambda s: not s["running"])
     assert final["state"] == "finished" and final["step"] == status["step"] + 1
     assert "resumed from step" in (tmp_path / "run" / "log.txt").read_text()
