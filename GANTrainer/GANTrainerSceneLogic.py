@@ -90,11 +90,9 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         """The ``volgan evaluate …`` arguments of what :meth:`runEvaluation` does, for a background job (the
         panel's Evaluate). Empty folders raise :class:`VolGANCore.VolGANError` naming the field; empty weight
         paths mean none (the fallback extractors). :meth:`loadEvaluationReport` shows the result."""
-        named = (("real volumes folder", realFolder), ("generated volumes folder", fakeFolder),
-                 ("report folder", outFolder))
-        for field, value in named:
-            if _empty_path(value):
-                raise _error(f"{field}: no path chosen (choose the {field})")
+        for field, value in (("real volumes folder", realFolder), ("generated volumes folder", fakeFolder),
+                             ("report folder", outFolder)):
+            _required_path(value, field, must_exist=False)
         if protocol not in ("default", "aydin2024"):
             raise _error(f"protocol {protocol!r}: choose 'default' or 'aydin2024'")
         argv = ["evaluate", "--real", str(realFolder), "--fake", str(fakeFolder), "--out", str(outFolder),
@@ -272,15 +270,7 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         :class:`VolGANCore.VolGANError` naming the field. Run the list with ``volgan`` (or
         ``VolGANCore.jobs.BackgroundJob.start``); :meth:`loadSegmentationExperiment` shows the results.
         """
-        from VolGANCore import InputFileError
-
-        def folder(value, field: str, must_exist: bool = True) -> str:
-            if _empty_path(value):
-                raise _error(f"{field}: no path chosen (choose the {field})")
-            if must_exist and not Path(value).exists():
-                raise InputFileError(value, "not found", f"choose an existing {field}")
-            return str(value)
-
+        folder = _required_path
         argv = ["segmentation-experiment", "--real-images", folder(realImages, "real images folder"),
                 "--real-labels", folder(realLabels, "real labels folder")]
         source = folder(synthetic, "synthetic source (a folder of volumes or a .vgan model)")
@@ -554,6 +544,18 @@ def _least_faithful(params: list) -> Optional[str]:
 
 def _empty_path(value) -> bool:
     return value is None or str(value) in ("", ".")
+
+
+def _required_path(value, field: str, must_exist: bool = True) -> str:
+    """``value`` as a string; an empty path raises VolGANError naming ``field``, a missing one (``must_exist``)
+    InputFileError."""
+    if _empty_path(value):
+        raise _error(f"{field}: no path chosen (choose the {field})")
+    if must_exist and not Path(value).exists():
+        from VolGANCore import InputFileError
+
+        raise InputFileError(value, "not found", f"choose an existing {field}")
+    return str(value)
 
 
 def _error(message: str):
