@@ -182,6 +182,37 @@ def test_ddp_two_processes_with_gloo(data, tmp_path):
     assert len(ckpt["training"]["latent_rng"]) == 2                            # both ranks' streams saved
 
 
+def test_torchrun_with_one_process_joins_a_group_and_trains_exactly_like_a_plain_run(data, tmp_path):
+    """One torchrun process runs every collective of the loop (how gpu_check proves NCCL on one GPU): a group of one
+    averages nothing, so the weights are the plain run's bit for bit."""
+    script = tmp_path / "one_rank.py"
+    script.write_text(textwrap.dedent(f"""
+        import json
+        from GANTrainerLib.train import TrainSettings, train
+        s = TrainSettings(**json.loads({json.dumps(json.dumps(TINY))}))
+        out = train({str(data)!r}, {str(tmp_path / 'one')!r}, s, max_steps=3, device="cpu", log=lambda m: None)
+        print("RESULT " + json.dumps(out), flush=True)
+    """))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
+                           "--master_port", "29519", str(script)], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
+    assert result["process_group"] is True and result["world"] == 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in the torchrun process (reductions depend on the thread count)
+    try:
+        plain = train(data, tmp_path / "plain", settings(), max_steps=3, device="cpu", log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert plain["process_group"] is False
+    a, b = tensors(plain["checkpoint"]), tensors(result["checkpoint"])
+    for part in ("G", "D"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs between torchrun and a plain run"
+
+
 def test_phase_kimg_sets_the_progressive_schedule_and_is_refused_where_it_cannot_apply():
     from GANTrainerLib.train import _Phase, settings_from_preset
 

@@ -137,27 +137,36 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    group: bool = False                          # joined a process group: collectives run (also with world 1)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
 
+def launched_by_torchrun() -> bool:
+    """True in a process started by ``torchrun`` (it sets the rendezvous variables), whatever the world size."""
+    return "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ and "LOCAL_RANK" in os.environ
+
+
 def init_distributed(device_type: str) -> Dist:
-    """Join the torchrun process group if WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    """Join the torchrun process group (nccl on CUDA, gloo on CPU) when started by torchrun.
+
+    A torchrun launch of one process joins a group of one too, so every collective of the loop runs: that is how
+    ``torchrun --nproc_per_node 1`` proves the NCCL path on a single GPU (benchmarks/gpu_check.py).
+    """
     import torch.distributed as tdist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if not launched_by_torchrun():
         return Dist()
     if not tdist.is_initialized():
         tdist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), group=True)
 
 
 def _all_reduce_grads(params: list, dist: Dist) -> None:
     """Average gradients over ranks in one flat buffer (one collective per optimiser step)."""
-    if dist.world <= 1:
+    if not dist.group:
         return
     import torch
     import torch.distributed as tdist
@@ -176,7 +185,7 @@ def _all_reduce_grads(params: list, dist: Dist) -> None:
 
 
 def _broadcast_params(module, dist: Dist) -> None:
-    if dist.world <= 1:
+    if not dist.group:
         return
     import torch.distributed as tdist
 
@@ -441,7 +450,7 @@ def train(
 
     dev = torch.device(pick_device(device))
     dist = init_distributed(dev.type)
-    if dist.world > 1 and dev.type == "cuda":
+    if dist.group and dev.type == "cuda":
         dev = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(dev)
     autocast_dtype, use_scaler = resolve_amp(settings.amp, dev.type)
@@ -626,7 +635,7 @@ def train(
                     note = ""
                 run.log(f"quick metrics at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
                         + note)
-        if dist.world > 1:
+        if dist.group:
             improved = _any_rank(improved, dist)
         return improved
 
@@ -694,14 +703,14 @@ def train(
             due_time = (settings.snapshot_minutes is not None
                         and time.perf_counter() - last_snapshot_time > settings.snapshot_minutes * 60)
             agree = dev.type != "cuda" or step % settings.log_steps == 0  # CUDA: host syncs at log steps only
-            if dist.world > 1:
+            if dist.group:
                 due_time = _any_rank(due_time, dist) if agree else False
             if step % snapshot_every == 0 or due_time or best_now:
                 last_path = save("periodic" if step % snapshot_every == 0 or due_time else "best") or last_path
                 saved_step = step
                 last_snapshot_time = time.perf_counter()
             requested = stop.requested or (cancel is not None and cancel.cancelled)
-            if dist.world > 1:
+            if dist.group:
                 requested = _any_rank(bool(requested), dist) if agree else False
             if requested:
                 state = "stopped"
@@ -722,7 +731,7 @@ def train(
     with torch.no_grad():  # lets callers (and the DDP test) check that every rank holds the same weights
         checksum = float(sum(p.double().sum() for p in G.parameters()))
     return {"state": final_state, "step": step, "kimg": nimg / 1000.0, "checkpoint": str(last_path) if last_path else None,
-            "rank": dist.rank, "world": dist.world, "g_param_checksum": checksum}
+            "rank": dist.rank, "world": dist.world, "process_group": dist.group, "g_param_checksum": checksum}
 
 
 def _finite_step(loss_value, optimizer, scaler, dist: Dist, device_side: Optional[bool] = None):
@@ -737,7 +746,7 @@ def _finite_step(loss_value, optimizer, scaler, dist: Dist, device_side: Optiona
     import torch
 
     finite = torch.isfinite(loss_value.detach()).to(torch.float32)
-    if dist.world > 1:
+    if dist.group:
         import torch.distributed as tdist
 
         tdist.all_reduce(finite, op=tdist.ReduceOp.MIN)
@@ -797,7 +806,7 @@ def _any_rank(flag: bool, dist: Dist) -> bool:
 
 def _gather_states(dist: Dist, sampler_state: dict, gen_state) -> tuple[list, list]:
     """Every rank's sampler position and latent-RNG state (so a resumed multi-rank run continues exactly)."""
-    if dist.world <= 1:
+    if not dist.group:
         return [sampler_state], [gen_state]
     import torch.distributed as tdist
 
