@@ -35,8 +35,8 @@ def _changed(before, *modules) -> bool:
 
 
 def _check(out: dict) -> None:
-    assert math.isfinite(out["loss_D"]) and math.isfinite(out["loss_G"]), out
-    assert out.get("ok", True)
+    assert math.isfinite(float(out["loss_D"])) and math.isfinite(float(out["loss_G"])), out
+    assert bool(out.get("ok_d", True)) and bool(out.get("ok_g", True)), out
 
 
 def test_cow_anchor_reimplementation_trains(bt):

@@ -200,6 +200,7 @@ def test_torchrun_with_one_process_joins_a_group_and_trains_exactly_like_a_plain
     assert proc.returncode == 0, proc.stderr[-3000:]
     (result,) = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
     assert result["process_group"] is True and result["world"] == 1
+    assert read_status(tmp_path / "one")["process_group"] == "gloo"   # what gpu_check reads (nccl on a GPU)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 in the torchrun process (reductions depend on the thread count)
     try:

@@ -408,7 +408,7 @@ class CowAnchor:
         return [(torch.randn(n, self.latent_dim), layers)]
 
     def _mixed_list(self, n, layers):
-        tt = int(torch.rand(()).numpy() * layers)
+        tt = int(torch.rand((), device="cpu").numpy() * layers)   # a CPU draw also under a CUDA default device
         return self._noise_list(n, tt) + self._noise_list(n, layers - tt)
 
     def _styles(self, latent_descr):
@@ -648,7 +648,8 @@ class OursTrainer:
     """Our networks + :func:`GANTrainerLib.train.build_train_parts` + :func:`train_iteration` (the loop's code)."""
 
     def __init__(self, preset: str, generator: Optional[dict] = None, discriminator: Optional[dict] = None,
-                 amp: str = "off", seed: int = 0, augment_p: Optional[float] = None, **overrides):
+                 amp: str = "off", seed: int = 0, augment_p: Optional[float] = None, device: str = "cpu",
+                 **overrides):
         from GANTrainerLib.train import build_train_parts, resolve_amp, settings_from_preset
         from VolumetricGANLib.networks import build_discriminator, build_generator
         from VolumetricGANLib.networks.layers import to_channels_last_3d
@@ -661,14 +662,15 @@ class OursTrainer:
         if augment_p is not None and s.augment:
             s.augment = {**s.augment, "p": float(augment_p)}
         self.settings = s
-        dtype, scaler = resolve_amp(s.amp, "cpu")
+        self.device = torch.device(device)
+        dtype, scaler = resolve_amp(s.amp, self.device.type)
         torch.manual_seed(seed)
-        self.G = build_generator(s.family, s.generator)
-        self.D = build_discriminator(s.family, s.discriminator)
+        self.G = build_generator(s.family, s.generator).to(self.device)
+        self.D = build_discriminator(s.family, s.discriminator).to(self.device)
         if s.channels_last:                                   # as train() does
             to_channels_last_3d(self.G)
             to_channels_last_3d(self.D)
-        self.parts = build_train_parts(s, self.G, self.D, "cpu", dtype, scaler)
+        self.parts = build_train_parts(s, self.G, self.D, self.device.type, dtype, scaler)
         self.G.train()
         self.D.train()
         self.batch_total = s.batch * s.accumulate
@@ -691,7 +693,7 @@ class OursTrainer:
         return "+".join(k for k, on in (("r1", r1), ("pl", pl)) if on) or "plain"
 
     def _latents(self, n):
-        z = torch.randn(n, self.G.z_dim)
+        z = torch.randn(n, self.G.z_dim, device=self.device)
         if self.settings.latent == "hypersphere":
             z = z / z.norm(dim=1, keepdim=True)
         return z
@@ -703,7 +705,7 @@ class OursTrainer:
                                                  self._latents, self.prog)
         self.steps += 1
         self.nimg += self.batch_total
-        return {"loss_D": float(st_d["loss/D"]), "loss_G": float(st_g["loss/G"]), "ok": bool(ok_d and ok_g)}
+        return {"loss_D": st_d["loss/D"], "loss_G": st_g["loss/G"], "ok_d": ok_d, "ok_g": ok_g}
 
 
 # =============================================================================================================

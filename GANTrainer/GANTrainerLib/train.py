@@ -457,7 +457,8 @@ def train(
     out = Path(out)
     run = TrainingRun(out, keep_last=settings.keep_last) if dist.main else None
     if run is not None:  # the log says how each session of the run was started (model cards quote it)
-        run.log(f"{'resume' if resume else 'start'}: {command_line()} (device {dev}, world {dist.world}, "
+        backend = f" ({torch.distributed.get_backend()})" if dist.group else ""
+        run.log(f"{'resume' if resume else 'start'}: {command_line()} (device {dev}, world {dist.world}{backend}, "
                 f"amp {settings.amp}, torch threads {torch.get_num_threads()}, preset {settings.preset})")
 
     # -- data ------------------------------------------------------------------------------------------------
@@ -652,7 +653,8 @@ def train(
     last_path = None
     if dist.main:
         run.update_status(state="running", step=step, kimg=nimg / 1000.0, total_kimg=settings.kimg,
-                          preset=settings.preset, device=str(dev), world=dist.world, amp=str(autocast_dtype))
+                          preset=settings.preset, device=str(dev), world=dist.world, amp=str(autocast_dtype),
+                          process_group=torch.distributed.get_backend() if dist.group else None)
     G.train()
     D.train()
     last_prog = phase.progress(nimg)
