@@ -24,13 +24,14 @@ from .errors import Cancelled, VolGANError
 
 ENTRY_POINT_GROUP = "volgan.commands"
 
-# name -> "module:function"; the same five as pyproject.toml's [project.entry-points."volgan.commands"]
+# name -> "module:function"; the same as pyproject.toml's [project.entry-points."volgan.commands"]
 PROJECT_COMMANDS: dict[str, str] = {
     "morphometry": "MorphometryLib.cli:register",
     "phantom": "VolumetricGANLib.phantoms.cli:register",
     "volumetricgan": "VolumetricGANLib.cli:register",
     "train": "GANTrainerLib.cli:register",
     "evaluation": "GANTrainerLib.evaluation.cli:register",
+    "segmentation": "GANTrainerLib.segmentation.cli:register",
 }
 
 __all__ = ["main", "build_parser", "ENTRY_POINT_GROUP", "PROJECT_COMMANDS", "progress_from_args"]

@@ -56,10 +56,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     f.set_defaults(func=_cmd_fidelity)
 
-    from GANTrainerLib.segmentation.cli import register_segmentation_experiment
-
-    register_segmentation_experiment(sub)
-
 
 def _cmd_fidelity(args: argparse.Namespace) -> int:
     from VolGANCore.cli import progress_from_args

@@ -12,9 +12,12 @@ Protocol (``docs/evaluation.md``, "Downstream segmentation experiment"):
    (n_synthetic teacher-labelled synthetic volumes) and ``real+synthetic`` (both, sampled uniformly from the
    pooled set). When the real-only student would see exactly the teacher's training set with the same recipe,
    the teacher is reused as that student (``reuse_teacher``; recorded in the results).
-4. Every regime's student labels the held-out volumes (sliding window); each case is scored per class with Dice,
-   HD95 in mm, TopCoW detection (IoU ≥ 0.25) and variant vectors (:mod:`.metrics`, with its empty-class rules).
-5. Results: per class mean ± SD over folds per regime, detection rates, variant accuracy, and a paired Wilcoxon
+4. Every regime's student labels the held-out volumes (sliding window); each case is scored per class with Dice
+   and a distance — ``scoring="volgan"``: HD95 in mm with our empty-class rules; ``"paper"``: EvaluateSegmentation's
+   HDRFDST@0.95 in voxels with the paper's absent-class rule (:mod:`.metrics`) — TopCoW detection (IoU ≥ 0.25),
+   variant vectors and the TopCoW 2023 metric suite (:mod:`.topcow`).
+5. Results: per class mean ± SD per regime (volgan: over folds of the fold means; paper: over cases), detection
+   rates, variant accuracy, the TopCoW suite aggregated over the held-out cases, and a paired Wilcoxon
    signed-rank test between regimes over the per-case mean Dice (each real case is held out exactly once).
 
 The network is pluggable: ``trainer`` is any callable taking a :class:`TrainRequest` and returning a predictor
@@ -40,11 +43,11 @@ from VolGANCore.labels import convert_labels, get_scheme
 from VolGANCore.progress import CancelToken, Progress, ProgressCallback
 from VolGANCore.volume import Volume
 
-from .metrics import DETECTION_CLASSES, DETECTION_IOU, nanmean_or_nan, score_case
+from .metrics import DETECTION_CLASSES, DETECTION_IOU, SCORINGS, nanmean_or_nan, score_case
 
 __all__ = ["REGIMES", "Case", "TrainRequest", "Predictor", "DynUNetTrainer", "OracleTrainer",
            "load_labelled_set", "load_image_set", "make_folds", "paired_wilcoxon", "summarise",
-           "run_segmentation_experiment", "prediction_path", "EMPTY_CLASS_RULES"]
+           "run_segmentation_experiment", "prediction_path", "EMPTY_CLASS_RULES", "PAPER_RULES", "SCORINGS"]
 
 REGIMES = ("real", "synthetic", "real+synthetic")
 
@@ -54,6 +57,17 @@ EMPTY_CLASS_RULES = (
     "sqrt(Σ (n_i·s_i)²). HD95 is in mm (voxel spacing applied), the symmetric 95th percentile of surface distances "
     "(MONAI). Detection (TopCoW): IoU ≥ 0.25 with the ground truth, rate over the cases where the class is present "
     "in the ground truth."
+)
+
+PAPER_RULES = (
+    "Scoring 'paper' (Aydin et al. 2024, EvaluateSegmentation -use DICE,HDRFDST@0.95@ -unit voxel per class): a class "
+    "missing from the prediction or from the ground truth is not scored (no Dice, no distance; left out of every "
+    "mean), so missed and false-positive classes do not enter the means. HD95 is HDRFDST@0.95 in voxels: the "
+    "distances from every voxel of one mask outside the other to the nearest voxel of the other, both directions "
+    "pooled, element int(0.95·(n − 1)) of the sorted list; distances are exact here (EvaluateSegmentation's search "
+    "stops early at random, which can only raise its value). Values are mean ± SD (n − 1) over the held-out cases. "
+    "Detection (TopCoW): IoU ≥ 0.25 with the ground truth, rate over the cases where the class is present in the "
+    "ground truth."
 )
 
 
@@ -259,8 +273,18 @@ def _sd(x: np.ndarray) -> float:
     return float(np.std(x, ddof=1)) if x.size >= 2 else float("nan")
 
 
-def summarise(rows: list[dict[str, Any]], scheme: str, regimes: Sequence[str], n_folds: int) -> dict[str, Any]:
-    """Per regime: per class Dice/HD95 mean ± SD over folds (of the fold means), detection, variant accuracy."""
+def summarise(rows: list[dict[str, Any]], scheme: str, regimes: Sequence[str], n_folds: int,
+              scoring: str = "volgan") -> dict[str, Any]:
+    """Per regime: per class Dice/HD95 mean ± SD, detection, variant accuracy, the TopCoW suite (``topcow``).
+
+    ``scoring="volgan"``: mean ± SD over folds of the fold means, HD95 in mm (keys ``hd95_mm_*``);
+    ``"paper"``: mean ± SD over the held-out cases, HDRFDST@0.95 in voxels (keys ``hd95_vox_*``).
+    """
+    from .topcow import topcow_aggregate
+
+    if scoring not in SCORINGS:
+        raise VolGANError(f"scoring: choose one of {list(SCORINGS)}, got {scoring!r}")
+    hd = "hd95_vox" if scoring == "paper" else "hd95_mm"
     sch = get_scheme(scheme)
     names = [sch.name_of(i) for i in sch.ids]
     out: dict[str, Any] = {}
@@ -272,15 +296,26 @@ def summarise(rows: list[dict[str, Any]], scheme: str, regimes: Sequence[str], n
             for f in range(n_folds):
                 fr = [r for r in rr if r["fold"] == f]
                 fd.append(nanmean_or_nan([r["dice"][n] for r in fr]))
-                fh.append(nanmean_or_nan([r["hd95_mm"][n] for r in fr]))
+                fh.append(nanmean_or_nan([r[hd][n] for r in fr]))
                 nc += sum(np.isfinite(r["dice"][n]) for r in fr)
             fd_a, fh_a = np.asarray(fd), np.asarray(fh)
-            per_class[n] = {"dice_mean": nanmean_or_nan(fd_a), "dice_sd": _sd(fd_a),
-                            "hd95_mm_mean": nanmean_or_nan(fh_a), "hd95_mm_sd": _sd(fh_a),
-                            "n_folds": int(np.isfinite(fd_a).sum()), "n_cases": int(nc),
-                            "fold_dice": fd, "fold_hd95_mm": fh}
+            if scoring == "paper":  # over cases, as the paper's per-class tables
+                cd = np.asarray([r["dice"][n] for r in rr], float)
+                ch = np.asarray([r[hd][n] for r in rr], float)
+                stats = {"dice_mean": nanmean_or_nan(cd), "dice_sd": _sd(cd),
+                         f"{hd}_mean": nanmean_or_nan(ch), f"{hd}_sd": _sd(ch)}
+            else:
+                stats = {"dice_mean": nanmean_or_nan(fd_a), "dice_sd": _sd(fd_a),
+                         f"{hd}_mean": nanmean_or_nan(fh_a), f"{hd}_sd": _sd(fh_a)}
+            per_class[n] = {**stats, "n_folds": int(np.isfinite(fd_a).sum()), "n_cases": int(nc),
+                            "fold_dice": fd, f"fold_{hd}": fh}
         fm = np.asarray([nanmean_or_nan([r["mean_dice"] for r in rr if r["fold"] == f]) for f in range(n_folds)])
-        fhm = np.asarray([nanmean_or_nan([r["mean_hd95_mm"] for r in rr if r["fold"] == f]) for f in range(n_folds)])
+        fhm = np.asarray([nanmean_or_nan([r[f"mean_{hd}"] for r in rr if r["fold"] == f]) for f in range(n_folds)])
+        if scoring == "paper":
+            cm = np.asarray([r["mean_dice"] for r in rr], float)
+            chm = np.asarray([r[f"mean_{hd}"] for r in rr], float)
+        else:
+            cm, chm = fm, fhm
         detection = {}
         for n in DETECTION_CLASSES.get(scheme, ()):
             present = [r["detection"][n] for r in rr if r["detection"][n]["in_gt"]]
@@ -297,9 +332,11 @@ def summarise(rows: list[dict[str, Any]], scheme: str, regimes: Sequence[str], n
             both = np.mean([v["anterior_match"] and v["posterior_match"] for v in vr])
             variants = {"anterior_accuracy": float(ant), "posterior_accuracy": float(post),
                         "both_accuracy": float(both), "n": len(vr)}
-        out[reg] = {"per_class": per_class, "mean_dice": nanmean_or_nan(fm), "mean_dice_sd": _sd(fm),
-                    "mean_hd95_mm": nanmean_or_nan(fhm), "mean_hd95_mm_sd": _sd(fhm),
-                    "fold_mean_dice": fm.tolist(), "n_cases": len(rr), "detection": detection, "variants": variants}
+        suite = [r["topcow"] for r in rr if r.get("topcow") is not None]
+        out[reg] = {"per_class": per_class, "mean_dice": nanmean_or_nan(cm), "mean_dice_sd": _sd(cm),
+                    f"mean_{hd}": nanmean_or_nan(chm), f"mean_{hd}_sd": _sd(chm),
+                    "fold_mean_dice": fm.tolist(), "n_cases": len(rr), "detection": detection, "variants": variants,
+                    "topcow": topcow_aggregate(suite) if suite else None}
     return out
 
 
@@ -354,6 +391,7 @@ def run_segmentation_experiment(
     nnunet_id: int = 900,                                 # first nnU-Net dataset id (one per regime)
     nnunet_name: str = "VolGANCoW",                       # nnU-Net dataset name prefix
     overwrite: bool = False,                              # replace a non-empty --out
+    scoring: str = "volgan",                              # "volgan" (HD95 in mm) or "paper" (HDRFDST@0.95, voxels)
     synthetic_model: str | os.PathLike | None = None,     # a .vgan generator instead of the synthetic folder ...
     n_generate: int | None = None,                        # ... sampling this many volumes into <out>/synthetic
     trainer: Optional[Callable[[TrainRequest], Predictor]] = None,  # pluggable network (default DynUNetTrainer)
@@ -395,6 +433,8 @@ def run_segmentation_experiment(
         raise VolGANError(f"regimes: choose distinct ones of {list(REGIMES)}, got {list(regimes)}")
     _check_count(n_real, "--n-real")
     _check_count(n_synthetic, "--n-synthetic")
+    if scoring not in SCORINGS:
+        raise VolGANError(f"--scoring {scoring}: choose one of {', '.join(SCORINGS)}")
     if synthetic_labels is not None and teacher is not None:
         raise VolGANError("pass either --synthetic-labels or --teacher, not both (given labels make the teacher unused)")
     _check_synthetic_source(synthetic, synthetic_labels, synthetic_model, n_generate)
@@ -542,11 +582,12 @@ def run_segmentation_experiment(
                         write_volume(c.image.with_array(pred.astype(np.int16), label_scheme=label_scheme),
                                      prediction_path(tmp, f, reg, c.case))
                     rows.append({"case": c.case, "fold": f, "regime": reg,
-                                 **score_case(pred, c.label, c.image.array_spacing, label_scheme)})
+                                 **score_case(pred, c.label, c.image.array_spacing, label_scheme, scoring,
+                                                  c.image.direction)})
                 prog.step(f"fold {f + 1} {reg} scored")
             fold_info.append(info)
 
-        summary = summarise(rows, label_scheme, regimes, folds)
+        summary = summarise(rows, label_scheme, regimes, folds, scoring)
         tests = _tests(rows, regimes)
         describe = getattr(trainer, "describe", None)
         from VolGANCore import __version__
@@ -565,7 +606,7 @@ def run_segmentation_experiment(
                          "regimes": list(regimes), "reuse_teacher": reuse,
                          "spacing_dhw_mm": [float(s) for s in spacing],
                          "network": describe() if callable(describe) else {"network": type(trainer).__name__},
-                         "detection_iou": DETECTION_IOU},
+                         "detection_iou": DETECTION_IOU, "scoring": scoring},
             "inputs": {"real_images": str(real_images), "real_labels": str(real_labels), "synthetic": str(synthetic),
                        "synthetic_labels": None if synthetic_labels is None else str(synthetic_labels),
                        "synthetic_model": None if synthetic_model is None else str(synthetic_model),
@@ -577,7 +618,7 @@ def run_segmentation_experiment(
             "tests": tests,
             "cases": rows,
             "checkpoints": checkpoints,
-            "empty_class_rules": EMPTY_CLASS_RULES,
+            "empty_class_rules": PAPER_RULES if scoring == "paper" else EMPTY_CLASS_RULES,
             "notes": notes,
         }
         results["plots"] = {"dice_boxplot": write_boxplot(tmp / "dice_boxplot.png", rows, label_scheme, regimes)}

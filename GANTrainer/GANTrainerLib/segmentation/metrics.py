@@ -21,6 +21,18 @@ truth is ≥ 0.25; the detection rate is over the cases where the class is prese
 vectors (anterior: L-A1, Acom, 3rd-A2, R-A1; posterior: L-Pcom, L-P1, R-P1, R-Pcom) come from
 :func:`MorphometryLib.vessels.cow_variants` on prediction and ground truth; a case is right when the vector
 matches exactly. They need left/right classes, so they exist only in the TopCoW scheme.
+
+Two scorings of Dice and the distance (``scoring``; ``docs/evaluation.md`` sets them side by side):
+
+* ``"volgan"`` (the default): the rules above — HD95 in mm (MONAI's surface HD95), a class in only one map scores
+  Dice 0 and the volume diagonal;
+* ``"paper"``: what Aydin et al. 2024 ran — EvaluateSegmentation (Visceral-Project) per class with
+  ``-use DICE,HDRFDST@0.95@ -unit voxel`` — reproduced by :func:`hdrfdst_voxels`, and its absent-class rule: a
+  class missing from the prediction or from the ground truth gives no scores (EvaluateSegmentation stops at
+  "image is empty"), so missed and false-positive classes leave the means, like classes absent from both.
+  The paper's tables are mean ± SD over cases (``pandas.DataFrame.std``, n − 1).
+
+Every case also gets the TopCoW 2023 metric suite (:mod:`.topcow`).
 """
 
 from __future__ import annotations
@@ -44,10 +56,15 @@ __all__ = [
     "hd95_per_class",
     "detection_per_class",
     "variant_vectors",
+    "hdrfdst_voxels",
+    "paper_scores_per_class",
+    "SCORINGS",
     "score_case",
     "nanmean_or_nan",
 ]
 
+SCORINGS = ("volgan", "paper")
+PAPER_QUANTILE = 0.95  # HDRFDST@0.95@ in the paper's EvaluateSegmentation call
 DETECTION_IOU = 0.25  # TopCoW 2023: a small vessel is "detected" when IoU ≥ 0.25
 DETECTION_CLASSES = {  # per scheme, the classes of the TopCoW detection task that exist in it
     "topcow13": ("R-Pcom", "L-Pcom", "Acom", "3rd-A2"),
@@ -143,6 +160,56 @@ def hd95_per_class(pred: np.ndarray, gt: np.ndarray, ids: Sequence[int], spacing
     return out
 
 
+def hdrfdst_voxels(pred: np.ndarray, gt: np.ndarray, quantile: float = PAPER_QUANTILE) -> float:
+    """EvaluateSegmentation's ``HDRFDST@q@`` with ``-unit voxel`` of two binary masks, with exact distances.
+
+    EvaluateSegmentation (``HausdorffDistanceMetric.h``) takes every voxel in the ground truth but not in the
+    prediction and its distance to the nearest voxel of the prediction, and every voxel in the prediction but not
+    in the ground truth and its distance to the nearest voxel of the ground truth — whole masks, not surfaces —
+    pools both lists, sorts them and returns the element at index ``int(q · (n − 1))`` (the maximum when n ≤ 1,
+    0 when the masks are equal). Distances are in voxel units (index differences; spacing ignored).
+
+    Its nearest-distance search is not exact: it visits the candidates in a random order (``srand(time)``) and
+    stops at the first one closer than the largest distance found so far, so a recorded distance can exceed the
+    true nearest distance (never the maximum, the Hausdorff distance itself) and repeated runs differ. Here every
+    distance is the exact nearest one (a Euclidean distance transform), so the result is deterministic and never
+    above EvaluateSegmentation's for the same masks.
+
+    Both masks must be non-empty (EvaluateSegmentation refuses empty images; see :func:`paper_scores_per_class`).
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    p, g = np.asarray(pred, bool), np.asarray(gt, bool)
+    if not p.any() or not g.any():
+        raise VolGANError("hdrfdst_voxels: both masks must hold at least one voxel (EvaluateSegmentation reports "
+                          "no distance for an empty image)")
+    nz = np.nonzero(p | g)
+    box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in nz)
+    p, g = p[box], g[box]
+    fn, fp = g & ~p, p & ~g
+    d = np.concatenate([distance_transform_edt(~p)[fn], distance_transform_edt(~g)[fp]])
+    if d.size == 0:
+        return 0.0
+    if quantile >= 1 or d.size == 1:
+        return float(d.max())
+    d.sort()
+    return float(d[int(quantile * (d.size - 1))])
+
+
+def paper_scores_per_class(pred: np.ndarray, gt: np.ndarray, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(Dice, HDRFDST@0.95 in voxels) per class id as the paper scored them: NaN for both where the class is
+    missing from the prediction or the ground truth (EvaluateSegmentation writes no metrics then)."""
+    pred, gt = _check_pair(pred, gt)
+    dice = np.full(len(ids), np.nan)
+    hd = np.full(len(ids), np.nan)
+    inter, ps, gs = overlap_counts(pred, gt, ids)
+    for k, cid in enumerate(ids):
+        if ps[k] > 0 and gs[k] > 0:
+            dice[k] = 2.0 * inter[k] / (ps[k] + gs[k])
+            hd[k] = hdrfdst_voxels(pred == cid, gt == cid)
+    return dice, hd
+
+
 def detection_per_class(pred: np.ndarray, gt: np.ndarray, scheme: str | LabelScheme,
                         threshold: float = DETECTION_IOU) -> dict[str, dict[str, Any]]:
     """TopCoW detection of the small classes: per class ``in_gt``, ``in_pred``, ``iou``, ``detected``.
@@ -178,18 +245,28 @@ def variant_vectors(labels: np.ndarray, spacing_xyz: Sequence[float], scheme: st
     return {"anterior": [int(x) for x in v["anterior"]], "posterior": [int(x) for x in v["posterior"]]}
 
 
-def score_case(pred: np.ndarray, gt: np.ndarray, spacing_dhw: Sequence[float], scheme: str) -> dict[str, Any]:
-    """Every score of one case: Dice and HD95 (mm) per class, TopCoW detection, variant vectors.
+def score_case(pred: np.ndarray, gt: np.ndarray, spacing_dhw: Sequence[float], scheme: str,
+               scoring: str = "volgan", direction: np.ndarray | None = None, suite: bool = True) -> dict[str, Any]:
+    """Every score of one case: Dice and the distance per class, TopCoW detection, variant vectors, TopCoW suite.
 
-    Returns a JSON-ready dict: ``dice`` and ``hd95_mm`` ({class name: value, NaN = not scored}),
-    ``mean_dice`` (over scored classes), ``detection`` and ``variants`` (None outside the TopCoW scheme) with
-    ``anterior_match`` / ``posterior_match``.
+    Returns a JSON-ready dict: ``dice`` ({class name: value, NaN = not scored}) and, with ``scoring="volgan"``,
+    ``hd95_mm`` (MONAI HD95 in mm), with ``scoring="paper"`` ``hd95_vox`` (:func:`hdrfdst_voxels`); ``mean_dice``
+    and ``mean_hd95_mm`` / ``mean_hd95_vox`` (over scored classes); ``detection`` and ``variants`` (None outside
+    the TopCoW scheme) with ``anterior_match`` / ``posterior_match``; ``topcow`` (:func:`.topcow.topcow_case`,
+    with ``direction`` for its left-right check; left out when ``suite`` is False).
     """
+    if scoring not in SCORINGS:
+        raise VolGANError(f"scoring: choose one of {list(SCORINGS)}, got {scoring!r}")
     sch = get_scheme(scheme)
     pred, gt = _check_pair(pred, gt, spacing_dhw)
     ids = list(sch.ids)
-    dice = dice_per_class(pred, gt, ids)
-    hd = hd95_per_class(pred, gt, ids, spacing_dhw)
+    if scoring == "paper":
+        dice, hd = paper_scores_per_class(pred, gt, ids)
+        hd_key = "hd95_vox"
+    else:
+        dice = dice_per_class(pred, gt, ids)
+        hd = hd95_per_class(pred, gt, ids, spacing_dhw)
+        hd_key = "hd95_mm"
     names = [sch.name_of(i) for i in ids]
     spacing_xyz = tuple(float(s) for s in reversed(tuple(spacing_dhw)))
     vg = variant_vectors(gt, spacing_xyz, scheme)
@@ -198,14 +275,19 @@ def score_case(pred: np.ndarray, gt: np.ndarray, spacing_dhw: Sequence[float], s
     if vg is not None and vp is not None:
         variants = {"gt": vg, "pred": vp, "anterior_match": vg["anterior"] == vp["anterior"],
                     "posterior_match": vg["posterior"] == vp["posterior"]}
-    return {
+    out = {
         "dice": {n: float(d) for n, d in zip(names, dice)},
-        "hd95_mm": {n: float(h) for n, h in zip(names, hd)},
+        hd_key: {n: float(h) for n, h in zip(names, hd)},
         "mean_dice": nanmean_or_nan(dice),
-        "mean_hd95_mm": nanmean_or_nan(hd),
+        f"mean_{hd_key}": nanmean_or_nan(hd),
         "detection": detection_per_class(pred, gt, sch),
         "variants": variants,
     }
+    if suite:
+        from .topcow import topcow_case
+
+        out["topcow"] = topcow_case(pred, gt, spacing_dhw, sch, direction)
+    return out
 
 
 def nanmean_or_nan(values: Sequence[float] | np.ndarray) -> float:

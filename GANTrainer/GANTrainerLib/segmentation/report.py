@@ -28,6 +28,8 @@ def _pm(mean: Any, sd: Any, digits: int = 3) -> str:
 def render_markdown(results: dict[str, Any]) -> str:
     """A one-page report: settings, per-class tables per regime, detection, variants, paired tests, rules."""
     st = results["settings"]
+    paper = st.get("scoring", "volgan") == "paper"
+    hd, unit = ("hd95_vox", "voxels") if paper else ("hd95_mm", "mm")
     regimes = st["regimes"]
     summ = results["summary"]
     net = st.get("network", {})
@@ -46,7 +48,10 @@ def render_markdown(results: dict[str, Any]) -> str:
         + f"; device `{st['device']}`. Runtime {results.get('runtime_s', '?')} s.",
         "",
         "Every score is on held-out real volumes that neither the teacher nor the students of their fold saw. "
-        "Values are mean ± SD over folds of the per-fold mean (SD with n − 1; — where undefined).",
+        + ("Scoring `paper` (Aydin et al. 2024: EvaluateSegmentation's Dice and HDRFDST@0.95 in voxels; classes "
+           "missing from the prediction or the ground truth are not scored): values are mean ± SD over the held-out "
+           "cases (SD with n − 1; — where undefined)." if paper else
+           "Scoring `volgan`: values are mean ± SD over folds of the per-fold mean (SD with n − 1; — where undefined)."),
         "",
     ]
     sch = get_scheme(st["label_scheme"])
@@ -57,11 +62,12 @@ def render_markdown(results: dict[str, Any]) -> str:
                                               for r in regimes) + " |")
     lines.append("| **mean over classes** | " + " | ".join(_pm(summ[r]["mean_dice"], summ[r]["mean_dice_sd"])
                                                        for r in regimes) + " |")
-    lines += ["", "## HD95 per class (mm)", "", "| Class | " + " | ".join(regimes) + " |", "|---|" + "---|" * len(regimes)]
+    title = "HDRFDST@0.95 per class (voxels)" if paper else "HD95 per class (mm)"
+    lines += ["", f"## {title}", "", "| Class | " + " | ".join(regimes) + " |", "|---|" + "---|" * len(regimes)]
     for n in names:
-        lines.append(f"| {n} | " + " | ".join(_pm(summ[r]["per_class"][n]["hd95_mm_mean"],
-                                                   summ[r]["per_class"][n]["hd95_mm_sd"], 2) for r in regimes) + " |")
-    lines.append("| **mean over classes** | " + " | ".join(_pm(summ[r]["mean_hd95_mm"], summ[r]["mean_hd95_mm_sd"], 2)
+        lines.append(f"| {n} | " + " | ".join(_pm(summ[r]["per_class"][n][f"{hd}_mean"],
+                                                   summ[r]["per_class"][n][f"{hd}_sd"], 2) for r in regimes) + " |")
+    lines.append("| **mean over classes** | " + " | ".join(_pm(summ[r][f"mean_{hd}"], summ[r][f"mean_{hd}_sd"], 2)
                                                        for r in regimes) + " |")
     lines.append("")
     det_names = list(summ[regimes[0]]["detection"])
@@ -87,6 +93,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {r} | {_f(v['anterior_accuracy'], 2)} | {_f(v['posterior_accuracy'], 2)} | "
                          f"{_f(v['both_accuracy'], 2)} | {v['n']} |")
         lines.append("")
+    lines += _topcow_section(summ, regimes)
     if results["tests"]:
         lines += ["## Paired tests between regimes", "",
                   "Wilcoxon signed-rank test (two-sided, `scipy.stats.wilcoxon`) over the per-case mean Dice; each real "
@@ -108,6 +115,56 @@ def render_markdown(results: dict[str, Any]) -> str:
     if plot:
         lines += [f"![Per-class Dice per regime]({plot})", ""]
     return "\n".join(lines)
+
+
+def _ms(d: Any, digits: int = 3) -> str:
+    return "—" if d is None else _pm(d.get("mean"), d.get("sd"), digits)
+
+
+def _topcow_section(summ: dict[str, Any], regimes: Sequence[str]) -> list[str]:
+    """The TopCoW 2023 metric suite per regime (``GANTrainerLib.segmentation.topcow``), if it was computed."""
+    suites = {r: summ[r].get("topcow") for r in regimes}
+    if not any(suites.values()):
+        return []
+    lines = ["## TopCoW 2023 metric suite", "",
+             "The challenge's definitions (CoWBenchmark/TopCoW_Eval_Metrics; `docs/evaluation.md`): per case over the "
+             "classes in the prediction or the ground truth, class average (cls-avg) and merged vessel tree "
+             "(label > 0); mean ± SD over the held-out cases. HD95 in mm (90 mm for a class in only one map).", "",
+             "| Metric | " + " | ".join(regimes) + " |", "|---|" + "---|" * len(regimes)]
+    rows = [("Dice, cls-avg", "dice", "cls_avg", 3), ("Dice, merged", "dice", "merged", 3),
+            ("clDice, merged", "cldice", "merged", 3), ("clDice, cls-avg", "cldice", "cls_avg", 3),
+            ("Betti-0 error, cls-avg", "b0_error", "cls_avg", 2), ("Betti-0 error, merged", "b0_error", "merged", 2),
+            ("HD95 (mm), cls-avg", "hd95", "cls_avg", 2), ("HD95 (mm), merged", "hd95", "merged", 2)]
+    for label, key, sub, digits in rows:
+        lines.append(f"| {label} | " + " | ".join(_ms((suites[r] or {}).get(key, {}).get(sub), digits)
+                                                  for r in regimes) + " |")
+    ref = next(s for s in suites.values() if s)
+    if ref.get("detection") is not None:
+        lines.append("| Group-2 detection F1, mean | " + " | ".join(_f(suites[r]["detection"]["mean_f1"])
+                                                               for r in regimes) + " |")
+        for region in ("anterior", "posterior"):
+            lines.append(f"| Variant-balanced accuracy, {region} | " + " | ".join(
+                _f(suites[r]["variant_balanced_accuracy"][region]) for r in regimes) + " |")
+        for region in ("anterior", "posterior"):
+            lines.append(f"| Topology match rate, {region} | " + " | ".join(
+                _f(suites[r]["topology_match_rate"][region]) for r in regimes) + " |")
+    lines += ["", "Per class over the cases that score it: clDice / Betti-0 error"
+              + (" / group-2 detection F1 (TP-FP-FN over the cases)" if ref.get("detection") is not None else "")
+              + ":", "", "| Class | " + " | ".join(regimes) + " |", "|---|" + "---|" * len(regimes)]
+    names = list(dict.fromkeys(n for r in regimes if suites[r] for n in suites[r]["cldice"]["per_class"]))
+    for n in names:
+        cells = []
+        for r in regimes:
+            s = suites[r] or {}
+            cell = (f"{_ms(s.get('cldice', {}).get('per_class', {}).get(n))} / "
+                    f"{_ms(s.get('b0_error', {}).get('per_class', {}).get(n), 2)}")
+            det = (s.get("detection") or {}).get(n)
+            if det is not None:
+                cell += f" / F1 {_f(det['f1'], 2)} ({det['TP']}-{det['FP']}-{det['FN']})"
+            cells.append(cell)
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def write_boxplot(path: Path, rows: list[dict[str, Any]], scheme: str, regimes: Sequence[str]) -> str:
