@@ -44,8 +44,8 @@ class MorphometrySceneLogic(mrml.SceneLogic):
     # -- bone ---------------------------------------------------------------------------------------------
     def computeBone(self, volumeNode, threshold=None, otsu: bool = False, maskNode=None, segmentId=None,
                     parameters: Optional[Iterable[str]] = None, tableNode=None, thicknessMaps: bool = True,
-                    histograms: bool = True, progress=None, cancel=None):
-        """Bone micro-structure of one volume node.
+                    histograms: bool = True, bonej: bool = False, progress=None, cancel=None):
+        """Bone micro-structure of one volume node (``bonej``: Tb.Th/Tb.Sp as BoneJ Thickness reports them).
 
         Returns ``{"values": dict, "table": node, "maps": {"Tb.Th": node, "Tb.Sp": node}, "chart": node}``.
         The table gets one row per call (appended to ``tableNode`` when given), units in column names;
@@ -56,7 +56,7 @@ class MorphometrySceneLogic(mrml.SceneLogic):
         image = mrml.node_to_volume(volumeNode)
         mask = self._mask(image, maskNode, segmentId)
         result = bone_morphometry(image, mask=mask, threshold=threshold, otsu=otsu, parameters=parameters,
-                                  return_maps=thicknessMaps, progress=progress, cancel=cancel)
+                                  return_maps=thicknessMaps, bonej=bonej, progress=progress, cancel=cancel)
         values, maps = result if thicknessMaps else (result, {})
         row = {"volume": volumeNode.GetName(), **values}
         table = self._append_row(row, tableNode, "Bone morphometry")
@@ -85,12 +85,12 @@ class MorphometrySceneLogic(mrml.SceneLogic):
         return mrml.table_from_rows(rows, self.scene, name=name, node=tableNode)
 
     def batchBone(self, folder, csvPath, threshold=None, otsu: bool = False, parameters=None, progress=None,
-                  cancel=None, tableNode=None):
+                  cancel=None, tableNode=None, bonej: bool = False):
         """Bone morphometry of every volume in ``folder``: a CSV file (written atomically) and a table node."""
         from MorphometryLib import batch_bone_morphometry, write_rows_csv
 
         rows = batch_bone_morphometry(folder, threshold=threshold, otsu=otsu, parameters=parameters,
-                                      progress=progress, cancel=cancel)
+                                      bonej=bonej, progress=progress, cancel=cancel)
         write_rows_csv(rows, csvPath)
         return mrml.table_from_rows(rows, self.scene, name=f"Bone morphometry of {Path(folder).name}", node=tableNode)
 

@@ -64,6 +64,23 @@ def test_bone_panel_with_roi_segment_and_bad_mask(headless):
         logic.computeBone(node, threshold=500, maskNode=seg)
 
 
+def test_bone_panel_bonej_mode_passes_through(headless, tmp_path):
+    from MorphometrySceneLogic import MorphometrySceneLogic
+
+    a = np.zeros((4, 13, 13), np.float32)
+    a[:, 3:10, 3:10] = 1000.0  # a 7 × 7 square rod: BoneJ's clean-up lifts its corner columns from 6 to 8 voxels
+    img = Volume(a, spacing=(0.1,) * 3)
+    logic = MorphometrySceneLogic(headless.scene)
+    node = mrml.volume_to_node(img, headless.scene, "rod")
+    plain = logic.computeBone(node, threshold=500, parameters=["Tb.Th"], thicknessMaps=False)
+    bonej = logic.computeBone(node, threshold=500, parameters=["Tb.Th"], thicknessMaps=False, bonej=True)
+    assert plain["values"]["Tb.Th [mm]"] == pytest.approx(0.1 * (45 * 8 + 4 * 6) / 49)
+    assert bonej["values"]["Tb.Th [mm]"] == pytest.approx(0.8)
+    write_volume(img, tmp_path / "in" / "rod.nrrd")
+    table = logic.batchBone(tmp_path / "in", tmp_path / "out.csv", threshold=500, parameters=["Tb.Th"], bonej=True)
+    assert mrml.rows_from_table(table)[0]["Tb.Th [mm]"] == pytest.approx(0.8)
+
+
 def test_threshold_preview_updates_one_node(headless):
     from MorphometrySceneLogic import MorphometrySceneLogic
 

@@ -88,6 +88,7 @@ def batch_bone_morphometry(
     parameters: Iterable[str] | None = None,
     workers: int | None = None,
     chunk_size: int = 16,
+    bonej: bool = False,
     progress=None,
     cancel=None,
 ) -> list[dict[str, Any]]:
@@ -99,7 +100,7 @@ def batch_bone_morphometry(
         What to measure. A folder is listed with :func:`VolGANCore.list_volumes`.
     spacing : 3 floats, optional
         (x, y, z) mm for array inputs (required for them).
-    threshold, otsu, parameters
+    threshold, otsu, parameters, bonej
         As :func:`MorphometryLib.bone.bone_morphometry`.
     workers : int, optional
         Worker processes (default: the CPU count, at most 8; 1 = in this process).
@@ -111,7 +112,8 @@ def batch_bone_morphometry(
     list of dict: ``case`` (file stem or index), the panel's keys, and ``error`` ("" when measured).
     """
     items = _items(inputs, spacing)
-    kwargs = {"threshold": threshold, "otsu": otsu, "parameters": None if parameters is None else list(parameters)}
+    kwargs = {"threshold": threshold, "otsu": otsu, "parameters": None if parameters is None else list(parameters),
+              "bonej": bool(bonej)}
     workers = max(1, min(8, os.cpu_count() or 1)) if workers is None else max(1, int(workers))
     chunks = [items[i : i + chunk_size] for i in range(0, len(items), chunk_size)]
     rows: list[dict[str, Any]] = []

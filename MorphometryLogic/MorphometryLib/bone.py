@@ -11,7 +11,8 @@ Entry points
 Parameters (``parameters=`` selects a subset by these names)
 ------------------------------------------------------------
 ``BV/TV``; ``BS`` (→ BS/BV, BS/TV; marching cubes, edge-aware); ``Tb.Th``, ``Tb.Sp`` (mean, SD, max;
-Hildebrand & Rüegsegger maximal spheres, BoneJ conventions, :mod:`.thickness`); ``Tb.N`` = 1/(Tb.Th + Tb.Sp);
+Hildebrand & Rüegsegger maximal spheres painted as Fiji's LocalThickness, :mod:`.thickness`; ``bonej=True``:
+BoneJ Thickness's map and statistics); ``Tb.N`` = 1/(Tb.Th + Tb.Sp);
 ``Conn`` (Euler characteristic, Δχ, connectivity, Conn.D; :mod:`.topology`); ``SMI``; ``DA`` (MIL
 ellipsoid) and ``DA.ST`` (structure tensor), :mod:`.anisotropy`; ``BMD``, ``TMD`` (grey input only);
 ``plate`` (Parfitt plate-model Tb.Th/Tb.Sp/Tb.N from BV/TV and BS/TV, for comparison only).
@@ -165,10 +166,11 @@ def thickness_map(
     otsu: bool = False,
     mask: Volume | np.ndarray | None = None,
     phase: str = "bone",
+    bonej: bool = False,
     progress=None,
     cancel=None,
 ) -> Volume:
-    """Local-thickness map (mm; diameter, BoneJ conventions) of the bone or marrow phase as a Volume.
+    """Local-thickness map (mm; diameter, Fiji LocalThickness) of the bone or marrow phase as a Volume.
 
     Parameters
     ----------
@@ -182,6 +184,9 @@ def thickness_map(
         Region of interest; the phase is intersected with it.
     phase : {"bone", "space"}
         ``"bone"`` → Tb.Th map, ``"space"`` → Tb.Sp map (marrow inside the ROI).
+    bonej : bool
+        BoneJ Thickness's map (Fiji's clean-up of the surface voxels; isotropic voxels only), see
+        :func:`MorphometryLib.thickness.local_thickness`.
 
     Returns
     -------
@@ -196,9 +201,9 @@ def thickness_map(
         struct = ~bone if roi is None else roi & ~bone
     else:
         raise VolGANError(f"phase: expected 'bone' or 'space', got {phase!r}")
-    tmap = thickness.local_thickness(struct, img.array_spacing, progress=progress, cancel=cancel)
+    tmap = thickness.local_thickness(struct, img.array_spacing, progress=progress, cancel=cancel, bonej=bonej)
     md = dict(img.metadata)
-    md["morphometry"] = f"local thickness ({phase}), mm"
+    md["morphometry"] = f"local thickness ({phase}{', BoneJ' if bonej else ''}), mm"
     return img.with_array(tmap, label_scheme=None, metadata=md)
 
 
@@ -213,6 +218,7 @@ def bone_morphometry(
     da_directions: int = 256,
     return_maps: bool = False,
     workers: int | None = None,
+    bonej: bool = False,
     progress=None,
     cancel=None,
 ) -> dict[str, float] | tuple[dict[str, float], dict[str, Volume]]:
@@ -241,6 +247,10 @@ def bone_morphometry(
         Also return the thickness maps (``{"Tb.Th": Volume, "Tb.Sp": Volume}``).
     workers : int, optional
         Threads for the surface (slabs along the first axis; default one per CPU, 1 for small volumes).
+    bonej : bool
+        Tb.Th and Tb.Sp as BoneJ Thickness reports them: Fiji's clean-up of the surface voxels of the map, and
+        the sample SD (n − 1) of ImageJ's statistics. Needs isotropic voxels. Default: the Fiji map without
+        the clean-up (every value a maximal-sphere diameter) and the population SD.
     progress, cancel : optional
         Progress callback and cancel token (VolGANCore protocol).
 
@@ -256,7 +266,7 @@ def bone_morphometry(
     ------
     VolGANError
         Empty or full bone (inside the ROI), empty ROI, a mask of another geometry, a non-binary image
-        without threshold, unknown parameter names.
+        without threshold, unknown parameter names, ``bonej`` with anisotropic voxels.
 
     Example
     -------
@@ -270,6 +280,8 @@ def bone_morphometry(
     roi = _roi_mask(mask, img)
     chosen = _parameters(parameters, info["grey"])
     sp = np.asarray(img.array_spacing, np.float64)
+    if bonej and ("Tb.Th" in chosen or "Tb.Sp" in chosen):
+        thickness.bonej_pixel_width(sp)  # fail before the long steps
     vox = float(np.prod(sp))
     inside = bone if roi is None else bone & roi
     n_roi = bone.size if roi is None else int(np.count_nonzero(roi))
@@ -311,8 +323,8 @@ def bone_morphometry(
                 continue
             if struct is None:
                 struct = ~bone if roi is None else roi & ~bone
-            tmap = thickness.local_thickness(struct, sp, cancel=cancel)
-            st = thickness.thickness_statistics(tmap, struct)
+            tmap = thickness.local_thickness(struct, sp, cancel=cancel, bonej=bonej)
+            st = thickness.thickness_statistics(tmap, struct, ddof=1 if bonej else 0)
             res[f"{name} [mm]"] = st["mean"]
             res[f"{name} SD [mm]"] = st["sd"]
             res[f"{name} max [mm]"] = st["max"]

@@ -27,6 +27,9 @@ def register(sub) -> None:
     b.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="override the voxel spacing in mm (when the header lacks it)")
     b.add_argument("--tmd-erosion", type=int, default=0, help="erode bone by N voxels before the TMD mean")
+    b.add_argument("--bonej", action="store_true",
+                   help="Tb.Th/Tb.Sp as BoneJ Thickness reports them: Fiji's clean-up of the map's surface voxels "
+                        "and the sample SD (isotropic voxels only); default: Fiji's local thickness without it")
     b.add_argument("--thickness-map", metavar="FILE", help="also write the Tb.Th map (mm) to this volume file")
     b.add_argument("--spacing-map", metavar="FILE", help="also write the Tb.Sp map (mm) to this volume file")
     b.add_argument("--csv", metavar="FILE", help="write the result row(s) to a CSV file")
@@ -103,7 +106,7 @@ def _cmd_bone(args: argparse.Namespace) -> int:
             raise InputFileError(path, "--mask/--thickness-map/--spacing-map apply to one image, not a folder",
                                  "run per file, or drop those options")
         rows = batch_bone_morphometry(path, threshold=threshold, otsu=args.otsu, parameters=args.parameters,
-                                      workers=args.workers, progress=progress_from_args(args))
+                                      workers=args.workers, bonej=args.bonej, progress=progress_from_args(args))
         bad = [r for r in rows if r.get("error")]
         for r in bad:
             _warn(args, f"{r['case']}: {r['error']}")
@@ -130,7 +133,8 @@ def _cmd_bone(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = bone_morphometry(image, mask=mask, threshold=threshold, otsu=args.otsu, parameters=args.parameters,
-                               tmd_erosion=args.tmd_erosion, return_maps=want_maps, progress=progress_from_args(args))
+                               tmd_erosion=args.tmd_erosion, return_maps=want_maps, bonej=args.bonej,
+                               progress=progress_from_args(args))
     for w in caught:
         _warn(args, str(w.message))
     res, maps = out if want_maps else (out, {})
