@@ -304,8 +304,11 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
 
         Table ``per_class``: one row per regime × class — Dice and HD95 (mm) mean and SD over folds (of the fold
         means), folds and cases scored (``n folds``, ``n cases``), the detection rate where TopCoW defines one —
-        and per regime a row ``mean over classes`` (per-case mean Dice/HD95, mean ± SD over folds). Table
-        ``tests``: the paired Wilcoxon signed-rank tests between regimes on the per-case mean Dice.
+        and per regime a row ``mean over classes`` (per-case mean Dice/HD95, mean ± SD over folds); with the
+        experiment's ``--scoring paper`` the columns are "HD95 mean (voxels)" / "HD95 SD (voxels)" (HDRFDST@0.95)
+        and mean ± SD are over cases. Table ``tests``: the paired Wilcoxon signed-rank tests between regimes on the
+        per-case mean Dice. Table ``topcow`` (when the results hold it): per regime the TopCoW 2023 metric suite
+        (rows regime × metric, mean and SD over the held-out cases).
 
         Chart (Slicer plots have no box type, so the box plot is drawn as its data): x is the class index in
         the scheme's order (the x-axis title lists the names), shifted a little per regime so that regimes sit
@@ -330,6 +333,7 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
             scheme = get_scheme(results["settings"]["label_scheme"])
             names = [scheme.name_of(i) for i in scheme.ids]
             table_rows, test_rows = _segmentation_table_rows(results, regimes, names)
+            topcow_rows = _topcow_table_rows(results, regimes)
             points = _dice_points(results["cases"], regimes, names)
             held_out = [(int(f["fold"]), [str(c) for c in f["test"]]) for f in results["folds"]]
         except (KeyError, TypeError, ValueError) as exc:  # (VolGANError is a ValueError: an unknown scheme)
@@ -340,6 +344,8 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         name = folder.name
         tables = {"per_class": mrml.table_from_rows(table_rows, scene, name=f"Segmentation Dice/HD95 ({name})"),
                   "tests": mrml.table_from_rows(test_rows, scene, name=f"Segmentation paired tests ({name})")}
+        if topcow_rows:
+            tables["topcow"] = mrml.table_from_rows(topcow_rows, scene, name=f"Segmentation TopCoW metrics ({name})")
         for t in tables.values():
             t.SetAttribute("GANTrainer.ReportFolder", str(folder))
         chart = self._dicePerCaseChart(points, names, f"Dice per case and class ({name})")
@@ -464,18 +470,19 @@ _REGIME_COLOURS = ((0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17))  # 
 def _segmentation_table_rows(results: dict, regimes: list, names: list) -> tuple:
     """Rows of the per-class Dice/HD95 table (regime × class, then a per-regime mean row) and of the tests."""
     rows = []
+    hd, unit = ("hd95_vox", "voxels") if results["settings"].get("scoring") == "paper" else ("hd95_mm", "mm")
     for reg in regimes:
         s = results["summary"][reg]
         for cls in names:
             c = s["per_class"][cls]
             det = (s.get("detection") or {}).get(cls)
             rows.append({"regime": reg, "class": cls, "Dice mean": c["dice_mean"], "Dice SD": c["dice_sd"],
-                         "HD95 mean (mm)": c["hd95_mm_mean"], "HD95 SD (mm)": c["hd95_mm_sd"],
+                         f"HD95 mean ({unit})": c[f"{hd}_mean"], f"HD95 SD ({unit})": c[f"{hd}_sd"],
                          "n folds": c["n_folds"], "n cases": c["n_cases"],
                          "detection rate": det["rate"] if det else None})
         rows.append({"regime": reg, "class": "mean over classes", "Dice mean": s["mean_dice"],
-                     "Dice SD": s["mean_dice_sd"], "HD95 mean (mm)": s["mean_hd95_mm"],
-                     "HD95 SD (mm)": s["mean_hd95_mm_sd"],
+                     "Dice SD": s["mean_dice_sd"], f"HD95 mean ({unit})": s[f"mean_{hd}"],
+                     f"HD95 SD ({unit})": s[f"mean_{hd}_sd"],
                      "n folds": sum(v is not None for v in s.get("fold_mean_dice", [])),
                      "n cases": s["n_cases"], "detection rate": None})
     tests = [{"regime a": t["a"], "regime b": t["b"], "quantity": t["quantity"], "n": t["n"],
@@ -483,6 +490,28 @@ def _segmentation_table_rows(results: dict, regimes: list, names: list) -> tuple
               "mean difference": t["mean_difference"], "Wilcoxon statistic": t["statistic"], "p": t["p_value"],
               "note": t["note"]} for t in results.get("tests", [])]
     return rows, tests
+
+
+def _topcow_table_rows(results: dict, regimes: list) -> list:
+    """Rows (regime × metric: mean, SD) of the TopCoW 2023 suite in results.json; [] when it is absent."""
+    rows = []
+    for reg in regimes:
+        t = results["summary"][reg].get("topcow")
+        if not t:
+            continue
+        for key, label in (("dice", "Dice"), ("cldice", "clDice"), ("b0_error", "Betti-0 error"),
+                           ("hd95", "HD95 (mm)")):
+            for sub, what in (("cls_avg", "class average"), ("merged", "merged tree")):
+                rows.append({"regime": reg, "metric": f"{label}, {what}", "mean": t[key][sub]["mean"],
+                             "SD": t[key][sub]["sd"]})
+        if t.get("detection"):
+            rows.append({"regime": reg, "metric": "group-2 detection F1, mean", "mean": t["detection"]["mean_f1"],
+                         "SD": t["detection"]["sd_f1"]})
+            for key, label in (("variant_balanced_accuracy", "variant-balanced accuracy"),
+                               ("topology_match_rate", "topology match rate")):
+                for region in ("anterior", "posterior"):
+                    rows.append({"regime": reg, "metric": f"{label}, {region}", "mean": t[key][region], "SD": None})
+    return rows
 
 
 def _dice_points(cases: list, regimes: list, names: list) -> dict:

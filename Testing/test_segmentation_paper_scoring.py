@@ -48,7 +48,7 @@ def _evaluatesegmentation_hdrfdst(gt: np.ndarray, pred: np.ndarray, quantile: fl
 
 
 def test_hdrfdst_hand_computed_whole_masks_pooled_nearest_rank():
-    from GANTrainerLib.segmentation.metrics import hdrfdst_voxels
+    from GANTrainerLib.segmentation.metrics import hd95_per_class, hdrfdst_voxels
 
     gt = np.zeros((3, 3, 24), bool)
     gt[1, 1, 0:10] = True                          # a 10-voxel line
@@ -57,8 +57,11 @@ def test_hdrfdst_hand_computed_whole_masks_pooled_nearest_rank():
     pred[1, 1, 20] = True                          # … and a stray voxel 11 past its end
     # ground truth outside the prediction (w = 5…9) → nearest prediction voxel (w = 4): 1, 2, 3, 4, 5;
     # prediction outside the ground truth (w = 20) → nearest ground truth (w = 9): 11. Pooled and sorted:
-    # [1, 2, 3, 4, 5, 11]; element int(0.95 · 5) = 4 → 5 voxels. (A surface HD95 would read 11 here.)
+    # [1, 2, 3, 4, 5, 11]; element int(0.95 · 5) = 4 → 5 voxels.
     assert hdrfdst_voxels(pred, gt) == 5.0
+    # the volgan scoring's surface HD95 of the same masks differs (the larger directed linear 95th percentile:
+    # [0]*5 + [11] → 8.25), not only by its unit
+    assert hd95_per_class(pred.astype(np.int16), gt.astype(np.int16), [1], (1.0, 1.0, 1.0))[0] == pytest.approx(8.25)
     assert hdrfdst_voxels(pred, gt, quantile=1.0) == 11.0            # HDRFDST without a quantile: the maximum
     assert hdrfdst_voxels(gt, gt) == 0.0                              # nothing outside the overlap
     one = gt.copy()
@@ -221,3 +224,28 @@ def test_experiment_report_with_either_scoring_and_the_topcow_suite(cow_sets, tm
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["summary"]["real"]["topcow"]["dice"]["merged"]["mean"] == pytest.approx(suite["dice"]["merged"]["mean"])
     assert saved["cases"][0]["topcow"]["classes"]
+
+
+def test_the_panel_logic_loads_paper_scored_results_and_the_topcow_table(headless, cow_sets, tmp_path):
+    from GANTrainerLib.segmentation import run_segmentation_experiment
+    from GANTrainerSceneLogic import GANTrainerSceneLogic
+    from VolGANCore import mrml
+
+    real, syn = cow_sets
+    truth = {p.name.split(".")[0]: read_label_volume(p).array for p in sorted((real / "labels").iterdir())}
+    truth.update({"syn:" + p.name.split(".")[0]: read_label_volume(p).array for p in sorted((syn / "labels").iterdir())})
+    out = tmp_path / "out"
+    res = run_segmentation_experiment(real / "images", real / "labels", syn / "images", out, folds=2,
+                                      trainer=_ShiftTrainer(truth), device="cpu", scoring="paper",
+                                      regimes=("real",), save_predictions=False)
+    loaded = GANTrainerSceneLogic(headless.scene).loadSegmentationExperiment(out)
+    rows = mrml.rows_from_table(loaded.tables["per_class"])
+    mca = next(r for r in rows if r["class"] == "L-MCA")
+    assert "HD95 mean (mm)" not in mca
+    assert mca["HD95 mean (voxels)"] == pytest.approx(res["summary"]["real"]["per_class"]["L-MCA"]["hd95_vox_mean"])
+    topcow = {r["metric"]: r for r in mrml.rows_from_table(loaded.tables["topcow"])}
+    suite = res["summary"]["real"]["topcow"]
+    assert topcow["clDice, merged tree"]["mean"] == pytest.approx(suite["cldice"]["merged"]["mean"])
+    assert topcow["HD95 (mm), class average"]["SD"] == pytest.approx(suite["hd95"]["cls_avg"]["sd"])
+    assert topcow["topology match rate, posterior"]["mean"] == pytest.approx(suite["topology_match_rate"]["posterior"])
+    assert len(topcow) == 8 + 1 + 4 and all(r["regime"] == "real" for r in topcow.values())

@@ -15,7 +15,8 @@ from VolGANCore import Volume, read_label_volume, write_volume
 TOPCOW_CROP = ("data", "topcow", "topcow_mr_roi_003_labels.nii.gz")
 
 
-def _line(shape, axis_len, start, stop, label=1, at=(1, 1)):
+def _line(shape, start, stop, label=1, at=(1, 1)):
+    """A one-voxel-thin line along W at (D, H) = ``at`` from ``start`` to ``stop``."""
     a = np.zeros(shape, np.int16)
     a[at[0], at[1], start:stop] = label
     return a
@@ -26,16 +27,19 @@ def _line(shape, axis_len, start, stop, label=1, at=(1, 1)):
 def test_cldice_of_thin_lines_and_empty_masks():
     from GANTrainerLib.segmentation.topcow import cldice
 
-    gt = _line((3, 3, 14), 14, 1, 11) > 0         # a 10-voxel centreline: its own skeleton
-    half = _line((3, 3, 14), 14, 1, 6) > 0        # the first 5 voxels of it
+    gt = _line((3, 3, 14), 1, 11) > 0         # a 10-voxel centreline: its own skeleton
+    half = _line((3, 3, 14), 1, 6) > 0        # the first 5 voxels of it
     assert cldice(gt, gt) == 1.0
     # Tprec = |S(P) ∩ G| / |S(P)| = 5/5, Tsens = |S(G) ∩ P| / |S(G)| = 5/10 → 2·1·0.5 / 1.5
     assert cldice(half, gt) == pytest.approx(2 / 3)
     assert cldice(gt, half) == pytest.approx(2 / 3)               # symmetric
-    far = _line((3, 3, 14), 14, 12, 14) > 0                       # disjoint from the half line
+    far = _line((3, 3, 14), 12, 14) > 0                       # disjoint from the half line
     assert cldice(far, half) == 0.0
     assert cldice(np.zeros_like(gt), gt) == 0.0                   # empty prediction: both ratios 0
     assert cldice(np.zeros_like(gt), np.zeros_like(gt)) == 0.0
+    bar = np.zeros((6, 6, 14), bool)
+    bar[2:4, 2:4, 1:12] = True                    # two voxels thick: Lee's thinning deletes it entirely …
+    assert cldice(bar, bar) == 0.0                # … so the definition scores even a perfect match 0 (documented)
 
 
 def test_cldice_is_topology_aware_where_dice_is_not():
@@ -65,7 +69,7 @@ def test_betti0_counts_26_connected_components():
 def test_hd95_hand_computed_linear_percentile_and_max_of_both_directions():
     from GANTrainerLib.segmentation.topcow import HD95_UPPER_BOUND, hd95_topcow
 
-    gt = _line((3, 5, 22), 22, 0, 20)             # 20 voxels along W at (1, 1)
+    gt = _line((3, 5, 22), 0, 20)             # 20 voxels along W at (1, 1)
     pred = gt.copy()
     pred[1, 1, 19] = 0
     pred[1, 3, 19] = 1                            # the last voxel moved 2 voxels along H

@@ -406,6 +406,10 @@ def run_segmentation_experiment(
     .vgan checkpoint) samples ``n_generate`` volumes with ``seed`` on ``device`` and writes them, with their
     latents and manifest, to ``out/synthetic`` (what ``volgan generate`` would write), so one call does both.
 
+    ``scoring`` chooses Dice/distance rules and units: ``"volgan"`` (HD95 in mm, a class in only one map scores Dice
+    0 and the volume diagonal, mean ± SD over folds) or ``"paper"`` (the paper's EvaluateSegmentation HDRFDST@0.95
+    in voxels, such classes left out, mean ± SD over cases); the TopCoW 2023 suite is computed either way.
+
     Progress: one task, "segmentation experiment", over the folds' steps (teacher, teacher labels, each regime's
     student and its scoring); a training step advances with its network's iterations, so the fraction moves
     through folds × regimes × iterations. Reading the sets (and generating) are tasks of their own before it.
