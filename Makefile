@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test venv benchmarks clean
+.PHONY: demo test venv benchmarks gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,5 +29,17 @@ demo: $(STAMP)
 benchmarks: $(STAMP)
 	$(PY) benchmarks/run.py
 
+# The prepared GPU check (benchmarks/gpu_check.py; docs/training.md "Checking a GPU"). With GPU_PYTHON set, that
+# interpreter (one with a CUDA torch) runs it without any install; otherwise the venv's (make TORCH_SPEC=... for CUDA).
+GPU_PYTHON ?=
+GPU_CHECK_ARGS ?=
+gpu-check:
+ifeq ($(GPU_PYTHON),)
+	$(MAKE) venv
+	$(PY) benchmarks/gpu_check.py --out gpu_check $(GPU_CHECK_ARGS)
+else
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out gpu_check $(GPU_CHECK_ARGS)
+endif
+
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache
+	rm -rf $(VENV) demo_output .pytest_cache gpu_check gpu_check_out
