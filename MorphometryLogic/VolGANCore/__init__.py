@@ -9,7 +9,7 @@ from .errors import Cancelled, InputFileError, VolGANError
 from .volume import Volume, as_volume, check_3d, check_finite
 from .io import SUPPORTED_SUFFIXES, read_label_volume, read_volume, write_volume
 from .atomic import atomic_directory, atomic_path, atomic_write_json, atomic_write_text
-from .progress import CancelToken, Progress, ProgressEvent, RecordingProgress, TqdmProgress
+from .progress import CancelToken, LineProgress, Progress, ProgressEvent, RecordingProgress, TqdmProgress
 from .dataset import DatasetReport, list_volumes, read_manifest, validate_dataset, write_manifest
 from .labels import AYDIN7, SCHEMES, TOPCOW13, convert_labels, get_scheme
 
@@ -21,7 +21,7 @@ __all__ = [
     "Volume", "as_volume", "check_3d", "check_finite",
     "SUPPORTED_SUFFIXES", "read_volume", "read_label_volume", "write_volume",
     "atomic_directory", "atomic_path", "atomic_write_json", "atomic_write_text",
-    "CancelToken", "Progress", "ProgressEvent", "RecordingProgress", "TqdmProgress",
+    "CancelToken", "LineProgress", "Progress", "ProgressEvent", "RecordingProgress", "TqdmProgress",
     "DatasetReport", "list_volumes", "read_manifest", "validate_dataset", "write_manifest",
     "AYDIN7", "SCHEMES", "TOPCOW13", "convert_labels", "get_scheme",
 ]

@@ -82,16 +82,17 @@ _BUILTIN: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_register_
 
 
 def progress_from_args(args: argparse.Namespace):
-    """The CLI's progress callback: a tqdm bar unless ``--quiet``; inside a background job (VolGANCore.job)
-    the job's recorder, which writes throttled progress into the job's ``job.json``."""
+    """The CLI's progress callback: a tqdm bar when stderr is a terminal, a plain line every 10 % or 30 s when it is
+    a file or pipe, nothing with ``--quiet``; inside a background job (VolGANCore.job) the job's recorder, which
+    writes throttled progress into the job's ``job.json``."""
     from .job import active_progress
 
     recorder = active_progress()
     if recorder is not None:
         return recorder
-    from .progress import TqdmProgress
+    from .progress import terminal_progress
 
-    return TqdmProgress(disable=bool(getattr(args, "quiet", False)))
+    return terminal_progress(quiet=bool(getattr(args, "quiet", False)))
 
 
 def _load_registrar(spec: str) -> Callable | None:

@@ -9,7 +9,8 @@ them through :class:`Progress`::
                 ...
                 p.advance()          # reports, and raises Cancelled if cancel.cancel() was called
 
-The callback receives a :class:`ProgressEvent`. The CLI passes :class:`TqdmProgress` (a tqdm bar); a
+The callback receives a :class:`ProgressEvent`. The CLI passes :class:`TqdmProgress` (a tqdm bar) when stderr is a
+terminal and :class:`LineProgress` (a plain line every 10 % or 30 s) when it is a file or pipe (logs, CI); a
 Slicer widget passes a function that updates its progress bar and calls ``slicer.app.processEvents()``,
 and a Cancel button that calls ``token.cancel()``.
 """
@@ -23,7 +24,8 @@ from typing import Callable, Optional
 
 from .errors import Cancelled
 
-__all__ = ["ProgressEvent", "ProgressCallback", "CancelToken", "Progress", "TqdmProgress", "RecordingProgress"]
+__all__ = ["ProgressEvent", "ProgressCallback", "CancelToken", "Progress", "TqdmProgress", "LineProgress",
+           "RecordingProgress", "terminal_progress"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +147,68 @@ class TqdmProgress:
         if event.finished:
             bar.close()
             del self._bars[event.description]
+
+
+class LineProgress:
+    """A :data:`ProgressCallback` for logs: one plain line per task at its start, then whenever it has moved
+    ``every_percent`` points or ``every_s`` seconds have passed since the last line (unknown totals: by time only),
+    and at its end. Never a line per step and never a carriage return, so files, pipes and CI logs stay readable."""
+
+    def __init__(self, stream=None, every_percent: float = 10.0, every_s: float = 30.0) -> None:
+        self.stream = stream
+        self.every_percent = float(every_percent)
+        self.every_s = float(every_s)
+        self._last: dict[str, tuple[float, float]] = {}   # description -> (percent, elapsed) of its last line
+
+    def __call__(self, event: ProgressEvent) -> None:
+        pct = None if event.fraction is None else 100.0 * event.fraction
+        last = self._last.get(event.description)
+        if last is not None and not event.finished:
+            moved = pct is not None and pct - last[0] >= self.every_percent
+            if not moved and event.elapsed_s - last[1] < self.every_s:
+                return
+        self._last[event.description] = (pct if pct is not None else 0.0, event.elapsed_s)
+        if event.finished:
+            self._last.pop(event.description, None)
+        self._write(self.format(event, pct))
+
+    @staticmethod
+    def format(event: ProgressEvent, pct: float | None) -> str:
+        count = f"{event.done:g}/{event.total:g}" if event.total else f"{event.done:g}"
+        parts = [f"{event.description}: " + (f"{pct:3.0f}% ({count})" if pct is not None else count),
+                 f"{_clock(event.elapsed_s)} elapsed"]
+        if event.finished:
+            parts.append("done")
+        elif event.eta_s is not None:
+            parts.append(f"about {_clock(event.eta_s)} left")
+        text = ", ".join(parts)
+        return text + (f" — {event.message}" if event.message else "")
+
+    def _write(self, line: str) -> None:
+        import sys
+
+        stream = self.stream if self.stream is not None else sys.stderr
+        stream.write(line + "\n")
+        stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+def terminal_progress(quiet: bool = False, stream=None) -> ProgressCallback | None:
+    """The command line's progress display: a tqdm bar on a terminal, :class:`LineProgress` otherwise, nothing when
+    ``quiet``."""
+    import sys
+
+    if quiet:
+        return None
+    stream = stream if stream is not None else sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return TqdmProgress(file=stream)
+    return LineProgress(stream)
 
 
 class RecordingProgress:
