@@ -166,3 +166,79 @@ def test_real_tof_crop_and_topcow_labels_read_with_geometry():
     ids = set(np.unique(lab.array).tolist()) - {0}
     assert ids and ids <= {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 15}
     np.testing.assert_allclose(lab.spacing, (0.297, 0.297, 0.6), rtol=1e-2)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha"])
+def test_nan_and_inf_are_refused_in_every_format_with_count_and_first_index(tmp_path, rng, suffix):
+    """ITK's NIfTI reader turns NaN/Inf into numbers without a word: NIfTI data are checked as stored."""
+    vol = make_volume(rng, (6, 7, 8))
+    vol.array[2, 3, 4] = np.nan
+    vol.array[5, 6, 7] = -np.inf
+    path = write_volume(vol, tmp_path / f"nan{suffix}")
+    with pytest.raises(InputFileError, match=r"contains 2 NaN/Inf voxel\(s\), the first at \(D,H,W\)=\(2, 3, 4\)"):
+        read_volume(path)
+    with pytest.raises(InputFileError, match=r"--nan-policy zero or min"):
+        read_volume(path, dtype=None)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_nan_policy_fills_with_zero_or_the_finite_minimum_and_says_so(tmp_path, rng, suffix, monkeypatch):
+    from VolGANCore.io import NonFiniteFilled
+
+    vol = make_volume(rng, (6, 7, 8))
+    vol.array += 5.0
+    vol.array[2, 3, 4] = np.nan
+    path = write_volume(vol, tmp_path / f"nan{suffix}")
+    finite_min = float(np.nanmin(vol.array))
+    with pytest.warns(NonFiniteFilled, match=r"1 NaN/Inf voxel\(s\) set to 0 \(--nan-policy zero\)"):
+        assert read_volume(path, nan_policy="zero").array[2, 3, 4] == 0.0
+    monkeypatch.setenv("VOLGAN_NAN_POLICY", "min")                  # what --nan-policy sets for worker processes
+    with pytest.warns(NonFiniteFilled):
+        filled = read_volume(path)
+    assert filled.array[2, 3, 4] == pytest.approx(finite_min) and np.isfinite(filled.array).all()
+    monkeypatch.setenv("VOLGAN_NAN_POLICY", "median")
+    with pytest.raises(VolGANError, match="--nan-policy 'median': choose one of refuse, zero, min"):
+        read_volume(path)
+
+
+def test_every_command_that_reads_volumes_takes_nan_policy_and_refuses_by_default(tmp_path, rng, monkeypatch, capsys):
+    from VolGANCore.cli import NO_VOLUME_INPUT, _leaf_parsers, build_parser, main
+
+    monkeypatch.delenv("VOLGAN_NAN_POLICY", raising=False)   # main() sets it; restored (removed) afterwards
+
+    parser = build_parser()
+    leaves = dict(_leaf_parsers(parser))
+    for path, leaf in leaves.items():
+        assert ("--nan-policy" in leaf._option_string_actions) == (path not in NO_VOLUME_INPUT), path
+    assert {"morphometry bone", "evaluate", "train", "dataset validate", "generate"} <= set(leaves) - NO_VOLUME_INPUT
+    vol = make_volume(rng, (8, 8, 8))
+    vol.array[1, 1, 1] = np.nan
+    path = write_volume(vol, tmp_path / "nan.nii.gz")
+    assert main(["--quiet", "morphometry", "bone", str(path), "--threshold", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"volgan morphometry: error: {path}: contains 1 NaN/Inf voxel(s), the first at (D,H,W)=(1, 1, 1) "
+                   "(replace them with the background value, or pass --nan-policy zero or min)"]
+    assert main(["--quiet", "morphometry", "bone", str(path), "--threshold", "0.5", "--nan-policy", "zero"]) == 0
+    assert "warning: " + str(path) + ": 1 NaN/Inf voxel(s) set to 0" in capsys.readouterr().err
+
+
+def test_float_nifti_voxels_and_geometry_match_itk_also_with_intensity_scaling(tmp_path, rng):
+    """Float NIfTI voxels come from nibabel (ITK hides NaN there): they must be exactly what ITK reads."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    data = rng.normal(size=(7, 6, 5)).astype(np.float32)            # NIfTI (x, y, z)
+    affine = np.array([[-0.5, 0, 0, 10], [0, 0, 0.7, 20], [0, -0.6, 0, -5], [0, 0, 0, 1]])   # axes permuted
+    for slope, inter, suffix in ((None, None, ".nii"), (None, None, ".nii.gz"), (2.0, -1.0, ".nii.gz")):
+        img = nib.Nifti1Image(data, affine)
+        img.header.set_slope_inter(slope, inter)
+        path = tmp_path / f"scaled{slope}{suffix}"
+        nib.save(img, str(path))
+        ours = read_volume(path, dtype=None)
+        itk = sitk.ReadImage(str(path))
+        if slope is None:   # stored values: exactly ITK's
+            np.testing.assert_array_equal(ours.array, sitk.GetArrayFromImage(itk))
+        else:               # scaled in float64 here, in float32 by ITK
+            np.testing.assert_allclose(ours.array, sitk.GetArrayFromImage(itk), rtol=1e-6)
+        assert ours.spacing == pytest.approx(itk.GetSpacing()) and ours.origin == pytest.approx(itk.GetOrigin())
+        np.testing.assert_allclose(ours.direction.ravel(), itk.GetDirection())

@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from importlib import metadata
 from typing import Callable, Sequence
 
 from . import __version__
 from .errors import Cancelled, VolGANError
+from .io import NONFINITE_ENV, NONFINITE_POLICIES
 
 ENTRY_POINT_GROUP = "volgan.commands"
 
@@ -136,7 +138,45 @@ def build_parser() -> argparse.ArgumentParser:
         register(sub)
     for _name, register in _plugin_registrars():
         register(sub)
+    for path, leaf in _leaf_parsers(parser):
+        if path not in NO_VOLUME_INPUT and "--nan-policy" not in leaf._option_string_actions:
+            leaf.add_argument("--nan-policy", choices=NONFINITE_POLICIES, default=None,
+                              help="NaN/Inf voxels in input volumes: refuse the file (default), or fill them with "
+                                   "zero or with the volume's finite minimum (min)")
     return parser
+
+
+def _show_fills_as_notes(prog: str) -> None:
+    """Print read_volume's NaN/Inf-filled warnings as one plain line each (not Python's file:line form)."""
+    import warnings
+
+    from .io import NonFiniteFilled
+
+    shown = getattr(warnings.showwarning, "volgan_wrapped", warnings.showwarning)  # wrap Python's once
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, NonFiniteFilled):
+            print(f"{prog}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.volgan_wrapped = shown
+    warnings.showwarning = show
+
+
+# Commands that read no volume file: they take no --nan-policy.
+NO_VOLUME_INPUT = {"info", "phantom cow", "phantom bone", "export", "steer"}
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, prefix: str = ""):
+    """(command path, parser) of every runnable sub-command, e.g. ("morphometry bone", parser)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _leaf_parsers(child, f"{prefix} {name}".strip())
+            return
+    if prefix:
+        yield prefix, parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,6 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "nan_policy", None):
+        os.environ[NONFINITE_ENV] = args.nan_policy   # read_volume's default here and in worker processes
+    _show_fills_as_notes(f"volgan {args.command}")
     try:
         rc = args.func(args)
     except VolGANError as exc:

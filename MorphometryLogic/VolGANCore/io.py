@@ -21,6 +21,8 @@ from .volume import Volume, check_3d
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
+    "NONFINITE_POLICIES",
+    "nonfinite_policy",
     "sha256_file",
     "is_volume_file",
     "read_volume",
@@ -29,6 +31,11 @@ __all__ = [
 ]
 
 SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+# What reading does with NaN/Inf voxels: refuse the file (default), or fill them with 0 or with the volume's finite
+# minimum (a background value for CT and MRA). Commands take --nan-policy; it travels to worker processes in the
+# environment variable below.
+NONFINITE_POLICIES = ("refuse", "zero", "min")
+NONFINITE_ENV = "VOLGAN_NAN_POLICY"
 _SCHEME_KEY = "volgan_label_scheme"
 _SKIP_KEYS_PREFIX = ("ITK_", "NRRD_", "dim[", "pixdim", "qto_", "sto_", "srow_", "qform", "sform", "quatern",
                      "qoffset", "scl_", "bitpix", "datatype", "intent", "descrip", "aux_file", "cal_",
@@ -60,10 +67,23 @@ def _check_suffix(path: Path) -> None:
         )
 
 
+def nonfinite_policy(policy: str | None = None) -> str:
+    """``policy``, else ``$VOLGAN_NAN_POLICY``, else ``"refuse"``; checked against :data:`NONFINITE_POLICIES`."""
+    value = policy or os.environ.get(NONFINITE_ENV) or "refuse"
+    if value not in NONFINITE_POLICIES:
+        raise VolGANError(f"--nan-policy {value!r}: choose one of {', '.join(NONFINITE_POLICIES)}")
+    return value
+
+
+class NonFiniteFilled(UserWarning):
+    """NaN/Inf voxels were replaced on reading, as ``--nan-policy`` asked."""
+
+
 def read_volume(
     path: str | os.PathLike,
     dtype: np.dtype | type | None = np.float32,
     allow_nonfinite: bool = False,
+    nan_policy: str | None = None,
 ) -> Volume:
     """Read a 3-D scalar volume with its geometry.
 
@@ -74,7 +94,12 @@ def read_volume(
     dtype : numpy dtype or None
         Cast the voxels to this type (default float32); ``None`` keeps the stored type.
     allow_nonfinite : bool
-        If False (default), NaN/Inf voxels raise an error naming the file.
+        True keeps NaN/Inf voxels as they are (internal uses that handle them); ``nan_policy`` is then ignored.
+    nan_policy : "refuse", "zero", "min" or None
+        NaN/Inf voxels: refuse the file with an error that gives their count and the first index (default), or
+        replace them with 0 or with the volume's finite minimum (with a :class:`NonFiniteFilled` warning).
+        ``None``: ``$VOLGAN_NAN_POLICY`` (set by the commands' ``--nan-policy``), else refuse. NIfTI needs care:
+        ITK's NIfTI reader turns NaN/Inf into numbers without a word, so float NIfTI data are checked as stored.
 
     Raises
     ------
@@ -90,21 +115,36 @@ def read_volume(
     if path.is_dir():
         raise InputFileError(path, "is a folder, not a volume file", "pass a file, or use a folder dataset")
     _check_suffix(path)
+    policy = None if allow_nonfinite else nonfinite_policy(nan_policy)
+    nifti = None
     if full_suffix(path).lower() in (".nii", ".nii.gz"):
-        _check_nifti_complete(path)  # ITK reads truncated NIfTI data silently (zeros/garbage): refuse it
+        nifti = _check_nifti_complete(path)  # ITK reads truncated NIfTI data silently (zeros/garbage): refuse it
+    # ITK's NIfTI reader turns NaN/Inf floats into numbers without a word; float NIfTI voxels are therefore taken
+    # from nibabel (one decompression, as stored, scaled as ITK scales them) and only the geometry from ITK
+    float_nifti = (nifti is not None and len(nifti.shape) == 3
+                   and np.issubdtype(nifti.get_data_dtype(), np.floating))
     try:
-        image = sitk.ReadImage(str(path))
+        if float_nifti:
+            image = sitk.ImageFileReader()
+            image.SetFileName(str(path))
+            image.ReadImageInformation()
+        else:
+            image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         detail = str(exc).strip().splitlines()[-1].replace("sitk::ERROR: ", "")
         if "No such file" in detail:  # MetaImage reports short data this way
             detail = "the image data is incomplete"
         raise InputFileError(path, f"cannot be read as a {full_suffix(path)} image: {detail}",
                              "the file is corrupt or truncated; re-export it") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputFileError(path, f"has {image.GetNumberOfComponentsPerPixel()} components per voxel",
+    components = image.GetNumberOfComponents() if float_nifti else image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise InputFileError(path, f"has {components} components per voxel",
                              "a scalar (grey-value or label) volume is needed")
     dim = image.GetDimension()
-    array = sitk.GetArrayFromImage(image)
+    if float_nifti:   # NIfTI stores x fastest: (x, y, z) -> the (D, H, W) array ITK would give
+        array = np.ascontiguousarray(np.asarray(nifti.dataobj).transpose(2, 1, 0))
+    else:
+        array = sitk.GetArrayFromImage(image)
     try:
         array = check_3d(array, str(path))
     except VolGANError:
@@ -113,11 +153,8 @@ def read_volume(
     spacing, origin, direction = _geometry_3d(image)
     if dtype is not None:
         array = array.astype(dtype, copy=False)
-    if not allow_nonfinite and np.issubdtype(array.dtype, np.floating):
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise InputFileError(path, f"contains {bad} NaN/Inf voxel(s)",
-                                 "replace them (e.g. with the background value) before use")
+    if policy is not None:
+        array = _handle_nonfinite(path, array, policy)
     metadata = {}
     scheme = None
     for key in image.GetMetaDataKeys():
@@ -129,8 +166,28 @@ def read_volume(
                   metadata=metadata)
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """Refuse a NIfTI file whose voxel data is shorter than its header promises.
+def _handle_nonfinite(path: Path, array: np.ndarray, policy: str) -> np.ndarray:
+    """Refuse or fill the NaN/Inf voxels of ``array`` (D, H, W) as ``policy`` says (see :func:`read_volume`)."""
+    if not np.issubdtype(array.dtype, np.floating) or np.isfinite(array).all():
+        return array
+    bad = ~np.isfinite(array)
+    n = int(np.count_nonzero(bad))
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    if policy == "refuse":
+        raise InputFileError(path, f"contains {n} NaN/Inf voxel(s), the first at (D,H,W)={first}",
+                             "replace them with the background value, or pass --nan-policy zero or min")
+    array = np.array(array, copy=True)
+    value = 0.0 if policy == "zero" else float(np.min(array[~bad])) if n < array.size else 0.0
+    array[bad] = value
+    import warnings
+
+    warnings.warn(f"{path}: {n} NaN/Inf voxel(s) set to {value:g} (--nan-policy {policy})", NonFiniteFilled,
+                  stacklevel=3)
+    return array
+
+
+def _check_nifti_complete(path: Path):
+    """Refuse a NIfTI file whose voxel data is shorter than its header promises; returns the nibabel image.
 
     Uncompressed: compare the file size. Gzipped: the gzip trailer holds the uncompressed size (mod 2³²);
     if it does not match, decompress the stream to be sure (multi-member files, > 4 GiB).
@@ -155,7 +212,7 @@ def _check_nifti_complete(path: Path) -> None:
             fh.seek(-4, os.SEEK_END)
             actual = struct.unpack("<I", fh.read(4))[0]
         if actual == expected % 2**32:
-            return
+            return image
         actual = 0
         try:
             with gzip.open(path, "rb") as fh:
@@ -167,6 +224,7 @@ def _check_nifti_complete(path: Path) -> None:
     if actual < expected:
         raise InputFileError(path, f"is truncated: the header promises {expected} bytes, the file holds {actual}",
                              "the file is incomplete (interrupted copy or download); copy it again")
+    return image
 
 
 def _geometry_3d(image) -> tuple[tuple, tuple, np.ndarray]:
