@@ -89,3 +89,24 @@ def test_cli_writes_volumes_latents_report_and_plot(spongiosa, tmp_path):
     assert np.load(tmp_path / "s" / "latents.npz")["z"].shape == (2, 32)
     assert sorted(p.name for p in (tmp_path / "s").glob("steered_*.nii.gz")) == ["steered_0000.nii.gz",
                                                                                  "steered_0001.nii.gz"]
+
+
+def test_a_model_of_another_anatomy_is_refused_before_any_work(tmp_path):
+    """The shipped vessel model: the library, and the CLI from the config alone (no output folder made)."""
+    from pathlib import Path
+
+    from VolumetricGANLib.checkpoint import read_config
+    from VolumetricGANLib.steer import steering_support
+
+    cow = Path(__file__).resolve().parents[1] / "VolumetricGAN" / "Resources" / "Models" / "tiny-cow.vgan"
+    assert steering_support(read_config(cow)) == (False, "steering measures bone micro-structure, but this is a "
+                                                         "'circle-of-willis' model")
+    with pytest.raises(VolGANError, match=r"tiny-cow\.vgan: steering measures bone .*'circle-of-willis' model"):
+        steer(str(cow), {"BV/TV": 0.2}, n=1, steps=1, device="cpu")
+    out = tmp_path / "steered"
+    proc = subprocess.run([sys.executable, "-m", "VolGANCore.cli", "steer", "--checkpoint", str(cow),
+                           "--target", "BV/TV=0.2", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and not out.exists()
+    assert proc.stderr.strip().splitlines() == [
+        f"volgan steer: error: {cow}: steering measures bone micro-structure, but this is a 'circle-of-willis' "
+        "model (steer a trabecular-bone (spongiosa) model)"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from VolGANCore import VolGANError, mrml
+from VolumetricGANLib.steer import steering_support
 
 PHANTOM_KINDS = ("cow", "bone")
 GENERATION_MODES = ("sample", "interpolate", "variation", "mix")
@@ -29,25 +30,8 @@ STEERING_UNITS = {"BV/TV": "", "BMD": "image units", "TMD": "image units", "Tb.T
                   "Tb.N": "1/mm", "DA": ""}
 LATENT_ATTRIBUTE = "VolumetricGAN.latent"
 CHECKPOINT_ATTRIBUTE = "VolumetricGAN.checkpoint"
-_BONE_WORDS = ("spongiosa", "bone", "trabecul")
-
-
-def steeringSupport(config) -> tuple[bool, str]:
-    """Whether a checkpoint config describes a model that steering can measure: ``(ok, note)``.
-
-    Steering measures bone micro-structure, so the model must generate single-channel grey levels of
-    trabecular bone (its anatomy names spongiosa / bone). A model that does not record its anatomy is
-    allowed with a note; one of another anatomy (e.g. circle-of-willis) is not.
-    """
-    anatomy = str(config.get("anatomy") or "").strip()
-    if int(config.get("img_channels", 1)) != 1 or config.get("label_scheme"):
-        return False, "steering needs a model that generates single-channel grey levels (not labels)"
-    if any(word in anatomy.lower() for word in _BONE_WORDS):
-        return True, ""
-    if not anatomy:
-        return True, ("the model does not record its anatomy; steering assumes trabecular bone in density units "
-                      "with a bone threshold of 225")
-    return False, f"steering measures bone micro-structure, but this is a '{anatomy}' model"
+# whether a model can be steered, from its config alone (no torch): one rule for the library, CLI and panel
+steeringSupport = steering_support
 
 
 def _parameterName(key) -> str:

@@ -188,10 +188,16 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from VolGANCore.cli import progress_from_args
     from VolGANCore.io import write_volume
 
+    from VolGANCore import InputFileError
+
+    from .checkpoint import read_config
     from .generate import read_latents, resolve_model
-    from .steer import parse_targets, plot_trajectories, steer
+    from .steer import parse_targets, plot_trajectories, steer, steering_support
 
     targets, changes = parse_targets(args.target + args.change)
+    supported, note = steering_support(read_config(args.checkpoint))   # from the config alone, before any work
+    if not supported:
+        raise InputFileError(args.checkpoint, note, "steer a trabecular-bone (spongiosa) model")
     model = resolve_model(args.checkpoint, device=args.device)
     latents = read_latents(args.from_latents, model[0].z_dim, "--from") if args.from_latents else None
     keep = tuple(args.keep) if args.keep is not None else ("TMD",)

@@ -6,7 +6,7 @@ Objective per sample (batched over all samples at once)::
 
 with ``p_k`` the differentiable proxies of :mod:`MorphometryLib.differentiable` (soft BV/TV, BMD, TMD, BS/TV,
 plate-model Tb.Th/Tb.Sp/Tb.N, structure-tensor DA). The proxies are biased against the exact measures (the
-plate-model Tb.Th reads ≈ 44 % low), so targets are given in **exact** units and the proxy targets are
+plate-model Tb.Th reads ≈ 45 % low), so targets are given in **exact** units and the proxy targets are
 calibrated in a loop: every ``check_every`` steps the exact measures (:mod:`MorphometryLib.bone`) are taken,
 samples within tolerance are frozen, and for the others each proxy target is multiplied by
 ``target / exact`` (clamped). Success is judged by the exact measures only.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from typing import Any, Optional, Sequence
 
@@ -28,7 +29,7 @@ import numpy as np
 from VolGANCore import VolGANError, Volume
 from VolGANCore.progress import Progress
 
-__all__ = ["STEERABLE", "parse_targets", "SteeringResult", "steer", "plot_trajectories"]
+__all__ = ["STEERABLE", "parse_targets", "steering_support", "SteeringResult", "steer", "plot_trajectories"]
 
 # steerable parameter → (proxy key in MorphometryLib.differentiable, exact key in MorphometryLib.bone_morphometry)
 STEERABLE: dict[str, tuple[str, str]] = {
@@ -43,6 +44,27 @@ STEERABLE: dict[str, tuple[str, str]] = {
 _SPEC = re.compile(r"^\s*([A-Za-z./]+)\s*=\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*(%|mm|1/mm)?\s*$")
 
 
+_BONE_WORDS = ("spongiosa", "bone", "trabecul")
+
+
+def steering_support(config) -> tuple[bool, str]:
+    """Whether a checkpoint config describes a model that steering can measure: ``(ok, note)``.
+
+    Steering measures bone micro-structure, so the model must generate single-channel grey levels of
+    trabecular bone (its anatomy names spongiosa / bone). A model that does not record its anatomy is
+    allowed with a note; one of another anatomy (e.g. circle-of-willis) is not. Needs no torch (the panels use it).
+    """
+    anatomy = str(config.get("anatomy") or "").strip()
+    if int(config.get("img_channels", 1)) != 1 or config.get("label_scheme"):
+        return False, "steering needs a model that generates single-channel grey levels (not labels)"
+    if any(word in anatomy.lower() for word in _BONE_WORDS):
+        return True, ""
+    if not anatomy:
+        return True, ("the model does not record its anatomy; steering assumes trabecular bone in density units "
+                      "with a bone threshold of 225")
+    return False, f"steering measures bone micro-structure, but this is a '{anatomy}' model"
+
+
 def parse_targets(specs: Sequence[str]) -> tuple[dict[str, float], dict[str, float]]:
     """``["BV/TV=0.22", "Tb.Th=0.4mm", "BV/TV=-20%"]`` → (absolute targets, relative changes in fractions)."""
     absolute, relative = {}, {}
@@ -51,6 +73,8 @@ def parse_targets(specs: Sequence[str]) -> tuple[dict[str, float], dict[str, flo
         if not m or m.group(1) not in STEERABLE:
             raise VolGANError(f"target '{spec}': write NAME=VALUE[mm|%] with NAME one of {list(STEERABLE)}")
         name, value, unit = m.group(1), float(m.group(2)), m.group(3)
+        if not math.isfinite(value):
+            raise VolGANError(f"target '{spec}': the value must be a finite number")
         if unit == "%":
             relative[name] = value / 100.0
         else:
@@ -177,6 +201,10 @@ def steer(
     model, config = resolve_model(checkpoint_or_model, None, device)
     if int(getattr(model, "img_channels", 1)) != 1:
         raise VolGANError("steer: the model must generate single-channel grey-level volumes")
+    supported, support_note = steering_support(config)
+    if not supported:
+        where = f"{checkpoint_or_model}: " if isinstance(checkpoint_or_model, (str, os.PathLike)) else "steer: "
+        raise VolGANError(f"{where}{support_note} (steer a trabecular-bone model, e.g. spongiosa-pgan)")
     dev = next(model.parameters()).device
     for p in model.parameters():
         p.requires_grad_(False)
@@ -203,7 +231,7 @@ def steer(
         pool_z = sample_z(n_pool, model.z_dim, seed + 7919, dist).to(dev)
         pool_exact = _exact(render_np(pool_z), spacing, threshold, names)
         pool_soft = soft_np(pool_z)
-    warnings = []
+    warnings = [support_note] if support_note else []
     goal = np.zeros((n if latents is None else len(latents), len(names)))
     if targets:
         for j, name in enumerate(names):
