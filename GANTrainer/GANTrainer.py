@@ -59,6 +59,7 @@ class GANTrainerParameterNode:
     inceptionWeights: pathlib.Path
     medicalnetWeights: pathlib.Path
     evalProtocol: Annotated[str, Choice(["default", "aydin2024"])] = "default"
+    evalMedicalnetBackground: Annotated[str, Choice(["noise", "zero"])] = "noise"  # aydin2024 only
     segRealImages: pathlib.Path
     segRealLabels: pathlib.Path
     segSyntheticSource: Annotated[str, Choice(["folder", "model"])] = "folder"
@@ -155,6 +156,7 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
             "Compare the generated with the real volumes in the background and show the report") if \
             can_evaluate else _("Choose the real, generated and output folders first")
         self.ui.cancelEvaluationButton.enabled = evaluating
+        self.ui.evalMedicalnetBackgroundComboBox.enabled = bool(p) and p.evalProtocol == "aydin2024"
         self.updateSegmentationButtons()
 
     def onStartTraining(self, resume: bool) -> None:
@@ -241,6 +243,7 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         with slicer.util.tryWithErrorDisplay(_("Starting the evaluation failed."), waitCursor=True):
             argv = self.logic.evaluationArgs(p.evalRealFolder, p.evalFakeFolder, p.evalOutFolder,
                                              protocol=p.evalProtocol, inceptionWeights=p.inceptionWeights,
+                                             medicalnetBackground=p.evalMedicalnetBackground,
                                              medicalnetWeights=p.medicalnetWeights, device=p.device)
             self.evaluationWatcher.start(argv, outFolder=p.evalOutFolder)
 

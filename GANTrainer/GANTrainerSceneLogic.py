@@ -86,17 +86,24 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
 
     @staticmethod
     def evaluationArgs(realFolder, fakeFolder, outFolder, protocol: str = "default", inceptionWeights=None,
-                       medicalnetWeights=None, device: str = "auto", seed: int = 0, overwrite: bool = False) -> list:
+                       medicalnetWeights=None, device: str = "auto", seed: int = 0, overwrite: bool = False,
+                       medicalnetBackground: str = "noise") -> list:
         """The ``volgan evaluate …`` arguments of what :meth:`runEvaluation` does, for a background job (the
         panel's Evaluate). Empty folders raise :class:`VolGANCore.VolGANError` naming the field; empty weight
-        paths mean none (the fallback extractors). :meth:`loadEvaluationReport` shows the result."""
+        paths mean none (the fallback extractors). ``medicalnetBackground`` ("noise", the paper's rule, or
+        "zero") is passed with ``protocol="aydin2024"`` only (the default protocol has no background).
+        :meth:`loadEvaluationReport` shows the result."""
         for field, value in (("real volumes folder", realFolder), ("generated volumes folder", fakeFolder),
                              ("report folder", outFolder)):
             _required_path(value, field, must_exist=False)
         if protocol not in ("default", "aydin2024"):
             raise _error(f"protocol {protocol!r}: choose 'default' or 'aydin2024'")
+        if medicalnetBackground not in ("noise", "zero"):
+            raise _error(f"MedicalNet background {medicalnetBackground!r}: choose 'noise' or 'zero'")
         argv = ["evaluate", "--real", str(realFolder), "--fake", str(fakeFolder), "--out", str(outFolder),
                 "--protocol", protocol, "--device", device or "auto", "--seed", str(int(seed))]
+        if protocol == "aydin2024":
+            argv += ["--medicalnet-background", medicalnetBackground]
         for flag, value in (("--inception-weights", inceptionWeights), ("--medicalnet-weights", medicalnetWeights)):
             if not _empty_path(value):
                 argv += [flag, str(value)]
@@ -430,6 +437,8 @@ class LoadedReport:
             n = len(r.get("memorisation", {}).get("suspects", []))
             div = (r.get("diversity") or {}).get("msssim")
             tail = f"; generated set {div['verdict']} (MS-SSIM)" if div else ""
+            w = len(r.get("warnings") or [])
+            tail += f"; {w} warning{'' if w == 1 else 's'} (see report.md)" if w else ""
             return (f"Evaluation ({r.get('protocol')}): {len(r.get('metrics', {}))} metrics, {n} suspected "
                     f"cop{'y' if n == 1 else 'ies'}{tail} — {self.folder}")
         if r.get("kind") == "cow":

@@ -98,6 +98,15 @@ def test_same_seed_same_numbers_and_anchor_protocol(folders, tmp_path):
     assert a["settings"]["slices_per_volume"] == SHAPE[0]  # fewer than 32 slices: all of them
     assert a["extractors"]["volumes_3d"]["name"] == "fallback-random-resnet10-seed5"
     assert a["metrics"]["prd_auc"]["ci95"] is not None
+    # the paper's MedicalNet background by default (seeded noise), its 10 clusters, and warnings for 6 volumes
+    assert a["settings"]["medicalnet_background"] == "noise" and a["settings"]["prd_clusters"] == 10
+    assert any(w.startswith("PRD real vs generated: 6 samples per set for 10 clusters") for w in a["warnings"])
+    assert "MedicalNet background (voxels at each volume's minimum): N(0, 1) noise" in \
+        (tmp_path / "a" / "report.md").read_text()
+    z = evaluate(folders / "real", folders / "fake", tmp_path / "z", medicalnet_background="zero", **kw)
+    assert z["settings"]["medicalnet_background"] == "zero"
+    assert z["metrics"]["frechet_2d"]["real_vs_generated"] == a["metrics"]["frechet_2d"]["real_vs_generated"]
+    assert z["metrics"]["frechet_3d"]["real_vs_generated"] != a["metrics"]["frechet_3d"]["real_vs_generated"]
 
 
 def test_bad_input_is_one_line_exit_2(folders, tmp_path, capsys):
@@ -110,6 +119,7 @@ def test_bad_input_is_one_line_exit_2(folders, tmp_path, capsys):
         "corrupt": (["--fake", tmp_path / "corrupt"], "bad.nii.gz"),
         "weights": (["--fake", folders / "fake", "--inception-weights", tmp_path / "nope.pth"], "weights file not found"),
         "inside": (["--fake", folders / "fake", "--out", folders / "fake" / "report"], "inside the input folder"),
+        "background": (["--fake", folders / "fake", "--medicalnet-background", "zero"], "aydin2024 only"),
     }
     _folder(tmp_path / "small", 3, seed=4, shape=(8, 16, 16))
     _folder(tmp_path / "corrupt", 2, seed=5)

@@ -102,9 +102,15 @@ def test_prd_auc_is_one_for_identical_and_zero_for_disjoint_sets(rng):
     far = prd_from_features(real + 100.0, real, seed=1)
     assert prd_auc(far[0], far[1]) < 0.01
     fake = rng.normal(size=(60, 8)) + 0.3
-    a, b = PRD(seed=4)(real, fake), PRD(seed=4)(real, fake)
+    a, b = PRD(seed=4, n_bootstrap=0)(real, fake), PRD(seed=4, n_bootstrap=0)(real, fake)
     assert a["auc"] == b["auc"] and np.array_equal(a["precision"], b["precision"])  # seeded: deterministic
-    assert a["num_clusters"] == 10 and a["runs"] == 10 and a["precision"].shape == (1001,)
+    assert a["num_clusters"] == 6 and a["num_clusters_per_run"] == [6] * 10  # the rule: 60 per set -> 6
+    assert a["runs"] == 10 and a["precision"].shape == (1001,) and a["auc_ci95"] is None
+    assert a["warning"] is None
+    assert PRD(num_clusters=10, n_bootstrap=0)(real, fake)["warning"].startswith("PRD: 60 samples per set")
+    small = PRD(seed=4, num_runs=2)(real[:15, :2], fake[:15, :2])  # n < 100: intervals by default
+    assert small["auc_bootstrap"]["n_boot"] == 200 and small["auc_ci95"][0] <= small["auc"] <= small["auc_ci95"][1]
+    assert small["num_clusters"] == 2 and "15 samples per set for 2 clusters" in small["warning"]
 
 
 def test_kmeans_recovers_separated_blobs_and_is_seeded(rng):
@@ -212,5 +218,5 @@ def test_prd_on_small_sets_of_different_sizes_caps_the_clusters_per_run(rng):
     from GANTrainerLib.evaluation.prd import prd_from_features
 
     p, r, info = prd_from_features(rng.normal(size=(5, 4)), rng.normal(size=(6, 4)), num_clusters=20, num_runs=3)
-    assert info["balanced_to"] == 5 and info["num_clusters"] == 10
+    assert info["balanced_to"] == 5 and info["num_clusters"] == 20 and info["num_clusters_per_run"] == [10] * 3
     assert np.all((p >= 0) & (p <= 1)) and np.all((r >= 0) & (r <= 1))

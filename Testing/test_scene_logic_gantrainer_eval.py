@@ -58,6 +58,7 @@ def test_run_evaluation_loads_metrics_table_and_pr_chart(headless, volume_sets, 
     assert knn == [{"recall": pytest.approx(report["metrics"]["recall"]["real_vs_generated"]),
                     "k-NN precision/recall (real vs generated)": pytest.approx(report["metrics"]["precision"]["real_vs_generated"])}]
     assert "suspected cop" in loaded.summary()
+    assert f"{len(report['warnings'])} warning" in loaded.summary() and report["warnings"]  # 6 volumes: too few for PRD
     # loading again in place of the first: no pile-up of tables and charts
     n_tables = headless.scene.GetNumberOfNodesByClass("vtkMRMLTableNode")
     again = logic.loadReport(tmp_path / "rep", previous=loaded)
@@ -153,6 +154,10 @@ def test_panel_evaluates_in_the_background_then_shows_the_report(volume_sets, tm
         p.evalRealFolder, p.evalFakeFolder, p.evalOutFolder = volume_sets / "real", volume_sets / "fake", tmp_path / "rep"
         p.device = "cpu"
         assert ui.evaluateButton.enabled and not ui.cancelEvaluationButton.enabled
+        assert not ui.evalMedicalnetBackgroundComboBox.enabled  # the default protocol has no background
+        p.evalProtocol = "aydin2024"
+        assert ui.evalMedicalnetBackgroundComboBox.enabled and p.evalMedicalnetBackground == "noise"
+        p.evalProtocol = "default"
         ui.evaluateButton.click()
         watcher = widget.evaluationWatcher
         assert watcher.running and not ui.evaluateButton.enabled and ui.cancelEvaluationButton.enabled
@@ -183,6 +188,20 @@ def test_panel_evaluates_in_the_background_then_shows_the_report(volume_sets, tm
         assert "Evaluation cancelled" in ui.statusLabel.text
         assert not (tmp_path / "rep2").exists()  # nothing half-written
         assert widget.loadedReport.folder == tmp_path / "rep"  # the first report stays shown
+
+
+def test_evaluation_args_pass_the_medicalnet_background_with_the_anchor_protocol(tmp_path):
+    from GANTrainerSceneLogic import GANTrainerSceneLogic
+    from VolGANCore import VolGANError
+
+    folders = (tmp_path / "real", tmp_path / "fake", tmp_path / "out")
+    anchor = GANTrainerSceneLogic.evaluationArgs(*folders, protocol="aydin2024")
+    assert anchor[anchor.index("--medicalnet-background") + 1] == "noise"  # the paper's rule by default
+    zero = GANTrainerSceneLogic.evaluationArgs(*folders, protocol="aydin2024", medicalnetBackground="zero")
+    assert zero[zero.index("--medicalnet-background") + 1] == "zero"
+    assert "--medicalnet-background" not in GANTrainerSceneLogic.evaluationArgs(*folders, medicalnetBackground="zero")
+    with pytest.raises(VolGANError, match="MedicalNet background 'grey'"):
+        GANTrainerSceneLogic.evaluationArgs(*folders, protocol="aydin2024", medicalnetBackground="grey")
 
 
 class _Environment:

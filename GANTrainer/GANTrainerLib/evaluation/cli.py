@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 __all__ = ["register"]
 
@@ -18,9 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fake", required=True, help="folder of generated volumes (same shape)")
     p.add_argument("--out", required=True, help="report folder (must be new or empty unless --overwrite)")
     p.add_argument("--protocol", choices=["default", "aydin2024"], default="default",
-                   help="aydin2024: the anchor's FID/MD/AUC-PRD exactly (deterministic); default: better defaults")
+                   help="aydin2024: the anchor's FID/MD/AUC-PRD (seeded, so reproducible); default: better defaults")
     p.add_argument("--inception-weights", metavar="F", help="pytorch-fid pt_inception-2015-12-05-6726825d.pth")
     p.add_argument("--medicalnet-weights", metavar="F", help="MedicalNet resnet_10_23dataset.pth")
+    p.add_argument("--medicalnet-background", choices=["noise", "zero"], default=None,
+                   help="aydin2024 only: fill the MedicalNet input's background (voxels at each volume's minimum) "
+                        "with N(0,1) noise seeded per volume, the paper's rule (default), or with 0")
     p.add_argument("--bootstrap", type=int, default=200, metavar="N", help="bootstrap replicates (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of clustering, splits, bootstrap, fallback network")
     p.add_argument("--knn-k", type=int, default=5, help="k of precision/recall/density/coverage")
@@ -104,8 +108,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         inception_weights=args.inception_weights, medicalnet_weights=args.medicalnet_weights,
         n_bootstrap=args.bootstrap, seed=args.seed, device=pick_device(args.device), knn_k=args.knn_k,
         copy_quantile=args.copy_quantile, msssim_pairs=args.msssim_pairs, overwrite=args.overwrite,
-        progress=progress_from_args(args),
+        progress=progress_from_args(args), medicalnet_background=args.medicalnet_background,
     )
+    for w in report.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
     for m in report["metrics"].values():  # the summary is the result, printed even with --quiet (no bars)
         ci = "" if not m["ci95"] else f" [{_fmt(m['ci95'][0])}, {_fmt(m['ci95'][1])}]"
         print(f"{m['label']}: {_fmt(m['real_vs_generated'])}{ci}  (real vs real {_fmt(m['real_vs_real'])}; "

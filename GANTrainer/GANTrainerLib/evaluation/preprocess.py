@@ -24,9 +24,11 @@ __all__ = [
     "default_medicalnet_input",
     "to_nifti_order",
     "ANCHOR_N_SLICES",
+    "MEDICALNET_BACKGROUNDS",
 ]
 
 ANCHOR_N_SLICES = 32
+MEDICALNET_BACKGROUNDS = ("noise", "zero")  # the anchor's MedicalNet background rule (seeded), or zeros
 
 
 def to_nifti_order(array: np.ndarray) -> np.ndarray:
@@ -87,22 +89,29 @@ def default_slices(array: np.ndarray, percentiles: tuple[float, float] = (0.5, 9
     return np.clip((s - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def anchor_medicalnet_input(array: np.ndarray, background: str = "zero", seed: int = 0) -> np.ndarray:
-    """The anchor's MedicalNet input, made deterministic.
+def anchor_medicalnet_input(array: np.ndarray, background: str = "noise", seed=0) -> np.ndarray:
+    """The anchor's MedicalNet input; the background rule is the paper's (seeded) or zeros.
 
-    Steps (as the anchor): NIfTI order; min-max to [0, 1] per volume (its ``squeeze_and_normalize_nifti``,
-    which overwrote the input files — we never do); z-score with the mean and SD of the voxels > 0;
-    the voxels equal to 0 (the volume's minimum) are "background". The anchor filled the background with
-    unseeded N(0, 1) noise, which made MD non-deterministic; here ``background="zero"`` (default) fills it
-    with 0, the noise's expectation, and ``"noise"`` with N(0, 1) noise from ``seed``. A constant volume
-    (no voxel > 0 after min-max) becomes all zeros.
+    Steps, as the anchor's ``squeeze_and_normalize_nifti`` and ``GANDataset`` (MedicalNet/evaluation.py,
+    MedicalNet/dataset.py): NIfTI order; min-max to [0, 1] per volume (the anchor overwrote the input files
+    with it — we never do); z-score with the mean and population SD of the voxels > 0; then the
+    **background** — the voxels equal to 0 after the min-max step, i.e. the voxels at the volume's minimum —
+    is replaced after the z-scoring:
+
+    * ``"noise"`` (the paper's rule): independent N(0, 1) values in the z-scored units, drawn here from
+      ``numpy.random.default_rng(seed)`` so that a report is reproducible (the anchor drew them unseeded);
+      ``seed`` may be a sequence, e.g. ``(seed, set, index)`` for one stream per volume;
+    * ``"zero"``: 0, the noise's expectation (deterministic without a seed; not the paper's MD).
+
+    Only the random draws differ from the anchor's. A constant volume (no voxel > 0 after min-max) becomes all
+    zeros under both rules (the anchor divided by zero there).
 
     Returns
     -------
     ndarray, float32, shape (W, H, D)
     """
-    if background not in ("zero", "noise"):
-        raise ValueError(f"background: expected 'zero' or 'noise', got {background!r}")
+    if background not in MEDICALNET_BACKGROUNDS:
+        raise ValueError(f"background: expected one of {MEDICALNET_BACKGROUNDS}, got {background!r}")
     v = to_nifti_order(np.asarray(array, dtype=np.float64))
     lo, hi = v.min(), v.max()
     if not hi > lo:

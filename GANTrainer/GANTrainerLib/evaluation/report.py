@@ -3,13 +3,15 @@
 Two protocols (see ``docs/evaluation.md``):
 
 ``aydin2024``
-    The anchor's figures, reproduced deterministically: FID over 2-D slices (first 32 along the third NIfTI
-    axis, per-slice min-max to 8 bit), MD (Fréchet distance of MedicalNet features after the anchor's
-    normalisation, background 0 instead of unseeded noise) and AUC-PRD (10 clusters, 10 runs, 1001 angles,
-    on the MedicalNet features, generated set as "eval").
+    The anchor's figures, reproducibly: FID over 2-D slices (first 32 along the third NIfTI axis, per-slice
+    min-max to 8 bit), MD (Fréchet distance of MedicalNet features after the anchor's normalisation, its
+    background filled with N(0, 1) noise as the anchor did, seeded per volume from (seed, set, index);
+    ``medicalnet_background="zero"`` fills 0 instead, which is not the paper's MD) and AUC-PRD (10 clusters,
+    10 runs, 1001 angles, on the MedicalNet features, generated set as "eval").
 ``default``
     Every slice with one robust window per volume, MedicalNet on z-scored volumes, and in addition PRD's
-    F8/F1/8, improved precision/recall, density/coverage and MMD on the volume features.
+    F8/F1/8, improved precision/recall, density/coverage and MMD on the volume features. PRD's number of
+    clusters follows :func:`.prd.prd_num_clusters` of the smallest per-set size the report clusters.
 
 Both protocols add: a bootstrap 95 % interval for each real-vs-generated figure (volumes resampled), the
 same figure between two disjoint halves of the real set (the real-vs-real baseline), the memorisation
@@ -42,7 +44,7 @@ from .frechet import frechet_distance_from_features
 from .knn import precision_recall_density_coverage
 from .memorisation import memorisation_check, standardise_rows
 from .mmd import median_bandwidth, mmd_rbf
-from .prd import prd_auc, prd_f_beta, prd_from_features
+from .prd import prd_auc, prd_f_beta, prd_from_features, prd_num_clusters, prd_sample_warning
 
 __all__ = ["PROTOCOLS", "evaluate", "compute_metrics", "load_volume_set"]
 
@@ -90,6 +92,7 @@ def compute_metrics(
     mmd_bandwidth: Optional[float] = None,
     device: str = "cpu",
     keep_curve: bool = False,
+    prd_clusters: Optional[int] = None,
 ) -> dict[str, Any]:
     """All scalar metrics of ``fake_idx`` against ``real_idx`` (indices into one pooled list of volumes).
 
@@ -110,6 +113,8 @@ def compute_metrics(
         Fixed RBF σ (None: median heuristic on these samples).
     keep_curve : bool
         Also return the PRD curve (``_prd_precision``, ``_prd_recall``).
+    prd_clusters : int or None
+        PRD's k-means cells (None: the rule of :func:`.prd.prd_num_clusters` on these sets).
     """
     out: dict[str, Any] = {}
     s_real = np.concatenate([slice_feats[i] for i in real_idx])
@@ -117,7 +122,7 @@ def compute_metrics(
     out["frechet_2d"] = frechet_distance_from_features(s_real, s_fake, device)
     v_real, v_fake = vol_feats[real_idx], vol_feats[fake_idx]
     out["frechet_3d"] = frechet_distance_from_features(v_real, v_fake, device)
-    p, r, info = prd_from_features(v_fake, v_real, num_clusters=10, num_angles=1001, num_runs=10, seed=seed)
+    p, r, info = prd_from_features(v_fake, v_real, num_clusters=prd_clusters, num_angles=1001, num_runs=10, seed=seed)
     out["prd_auc"] = prd_auc(p, r)
     if keep_curve:
         out["_prd_precision"], out["_prd_recall"], out["_prd_info"] = p, r, info
@@ -154,6 +159,7 @@ def evaluate(
     overwrite: bool = False,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
+    medicalnet_background: Optional[str] = None,
 ) -> dict[str, Any]:
     """Evaluate generated volumes against real ones and write ``out_dir`` (report.json, report.md, plots).
 
@@ -184,6 +190,11 @@ def evaluate(
         Distinct pairs per set for the MS-SSIM diversity (all pairs when a set has fewer; 0: skip it).
     overwrite : bool
         Replace an existing non-empty ``out_dir``.
+    medicalnet_background : {"noise", "zero"} or None
+        ``aydin2024`` only: how the MedicalNet input's background (the voxels at each volume's minimum) is
+        filled after the z-scoring — ``"noise"``, the paper's N(0, 1), seeded per volume from
+        ``(seed, set, index)`` (set 0 = real, 1 = generated; index in file order), or ``"zero"``. None: the
+        protocol's rule (``"noise"``). The ``default`` protocol z-scores all voxels and has no background.
 
     Returns
     -------
@@ -205,6 +216,7 @@ def evaluate(
         raise VolGANError(f"--knn-k: expected ≥ 1, got {knn_k}")
     if isinstance(msssim_pairs, bool) or not isinstance(msssim_pairs, (int, np.integer)) or msssim_pairs < 0:
         raise VolGANError(f"--msssim-pairs: expected a whole number ≥ 0 (0 skips the diversity), got {msssim_pairs!r}")
+    background = _medicalnet_background(protocol, medicalnet_background)
     out_dir = Path(out_dir)
     for folder in (real_dir, fake_dir):
         f, o = Path(folder).resolve(), out_dir.resolve()
@@ -229,6 +241,8 @@ def evaluate(
     slice_ext = make_slice_extractor(inception_weights, device)
     vol_ext = make_volume_extractor(medicalnet_weights, device, seed)
     n_r, n_f = len(real), len(fake)
+    # one PRD k for every PRD figure of the report (estimate, halves, replicates), from its smallest clustering
+    prd_k = 10 if protocol == "aydin2024" else prd_num_clusters(min(n_r // 2, n_f))
     allv = np.concatenate([real, fake])
     slice_feats: list[np.ndarray] = []
     vol_feats = np.zeros((n_r + n_f, vol_ext.dim))
@@ -238,7 +252,8 @@ def evaluate(
         for i, arr in enumerate(allv):
             if protocol == "aydin2024":
                 slices = preprocess.anchor_slices_uint8(arr)
-                vin = preprocess.anchor_medicalnet_input(arr, background="zero")
+                stream = [seed, 0, i] if i < n_r else [seed, 1, i - n_r]  # (seed, set, index): one per volume
+                vin = preprocess.anchor_medicalnet_input(arr, background=background, seed=stream)
             else:
                 slices = preprocess.default_slices(arr)
                 vin = preprocess.default_medicalnet_input(arr)
@@ -247,7 +262,8 @@ def evaluate(
             prog.advance(1, f"features {i + 1}/{n_r + n_f}")
         ri, fi = np.arange(n_r), np.arange(n_r, n_r + n_f)
         bandwidth = median_bandwidth(vol_feats[ri], vol_feats[fi])
-        kw = dict(protocol=protocol, seed=seed, knn_k=knn_k, mmd_bandwidth=bandwidth, device=device)
+        kw = dict(protocol=protocol, seed=seed, knn_k=knn_k, mmd_bandwidth=bandwidth, device=device,
+                  prd_clusters=prd_k)
         main = compute_metrics(slice_feats, vol_feats, ri, fi, keep_curve=True, **kw)
         prog.advance(1, "metrics")
         half_a, half_b = split_halves(n_r, seed)
@@ -283,6 +299,8 @@ def evaluate(
             "bootstrap_bias": None if ci is None else ci["bias"],
             "real_vs_real": None if base.get(key) is None else float(base[key]),
         }
+    prd_rule = "the paper's" if protocol == "aydin2024" else \
+        f"clip(floor(n / 10), 2, 20) for n = {min(n_r // 2, n_f)}, the smallest per-set size the report clusters"
     notes = [
         "real_vs_real: the same metric between two disjoint, seeded halves of the real set "
         f"({len(half_a)} vs {len(half_b)} volumes). Fréchet distances are biased upward in small samples, so this "
@@ -290,9 +308,21 @@ def evaluate(
         f"ci95: {n_bootstrap} half-sampling replicates (⌊n/2⌋ volumes of each set drawn without replacement), "
         "percentile interval re-centred on the estimate; bootstrap_bias = replicate mean − estimate "
         "(the half-size bias that the re-centring removes).",
-        f"PRD on the volume features; {main['_prd_info']['num_clusters']} clusters, 10 runs, 1001 angles, "
-        f"k-means seeded (seed {seed}); sets balanced to {main['_prd_info']['balanced_to']} samples per run.",
+        f"PRD on the volume features; {prd_k} clusters ({prd_rule}; the same k for the estimate, the halves and "
+        "the replicates), 10 runs, 1001 angles, k-means seeded "
+        f"(seed {seed}); sets balanced to {main['_prd_info']['balanced_to']} samples per run"
+        f"{_clusters_used(main['_prd_info'], base['_prd_info'], prd_k)}.",
     ]
+    if protocol == "aydin2024":
+        notes.append("MedicalNet input: the anchor's normalisation; background (voxels at each volume's minimum) "
+                     + ("filled with N(0, 1) noise as the paper did, seeded per volume from (seed, set, index)."
+                        if background == "noise" else "filled with 0 (--medicalnet-background zero): not the paper's "
+                        "MD and AUC-PRD, which filled it with N(0, 1) noise."))
+    warnings = [w for w in (prd_sample_warning(min(n_r, n_f), prd_k, "PRD real vs generated"),
+                            prd_sample_warning(len(half_a), prd_k, "PRD real vs real (halves)")) if w]
+    if n_bootstrap == 0 and min(n_r, n_f) < 100:
+        warnings.append(f"no intervals (--bootstrap 0) with {min(n_r, n_f)} volumes in the smaller set: below 100 "
+                        "volumes every figure here varies a lot from sample to sample; rerun with --bootstrap 200")
     if protocol == "default":
         notes.append(f"k-NN metrics with k = {main.get('_knn_k', knn_k)}; their bootstrap replicates use the distinct "
                      "resampled volumes (conservative intervals). MMD² with σ = "
@@ -325,6 +355,7 @@ def evaluate(
         "seed": seed,
         "settings": {"n_bootstrap": n_bootstrap, "knn_k": knn_k, "copy_quantile": copy_quantile,
                      "mmd_bandwidth": bandwidth, "device": device, "msssim_pairs": msssim_pairs,
+                     "medicalnet_background": background, "prd_clusters": prd_k,
                      "slices_per_volume": int(np.mean([len(s) for s in slice_feats]))},
         "inputs": {"real": _set_summary(real_dir, real_paths, real), "generated": _set_summary(fake_dir, fake_paths, fake)},
         "extractors": {"slices_2d": slice_ext.describe(), "volumes_3d": vol_ext.describe()},
@@ -337,6 +368,7 @@ def evaluate(
         "border": border,
         "real_vs_real_split": {"half_a": [real_ids[i] for i in half_a], "half_b": [real_ids[i] for i in half_b]},
         "notes": notes,
+        "warnings": warnings,
     }
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
         plots = write_plots(tmp, report, real, fake)
@@ -348,6 +380,27 @@ def evaluate(
                             slice_features_real=np.concatenate([slice_feats[i] for i in ri]),
                             slice_features_generated=np.concatenate([slice_feats[i] for i in fi]))
     return report
+
+
+def _medicalnet_background(protocol: str, background: Optional[str]) -> Optional[str]:
+    """The MedicalNet background rule of ``protocol`` (None for ``default``, which has no background)."""
+    if background is not None and background not in preprocess.MEDICALNET_BACKGROUNDS:
+        raise VolGANError(f"--medicalnet-background: expected one of {preprocess.MEDICALNET_BACKGROUNDS}, "
+                          f"got {background!r}")
+    if protocol != "aydin2024":
+        if background is not None:
+            raise VolGANError(f"--medicalnet-background {background}: applies to --protocol aydin2024 only (the "
+                              "default protocol z-scores all voxels and has no background); drop it or add "
+                              "--protocol aydin2024")
+        return None
+    return background or "noise"
+
+
+def _clusters_used(main_info: dict, base_info: dict, k: int) -> str:
+    """'' when every run used k cells, else which runs had fewer distinct points than k."""
+    runs = {"real vs generated": main_info["num_clusters_per_run"], "real vs real": base_info["num_clusters_per_run"]}
+    short = {name: ks for name, ks in runs.items() if min(ks) < k}
+    return "".join(f"; {name}: fewer distinct points than clusters, runs used {ks}" for name, ks in short.items())
 
 
 def _msssim_diversity(real, fake, pairs, half_a, half_b, n_bootstrap, seed, device, advance) -> dict:

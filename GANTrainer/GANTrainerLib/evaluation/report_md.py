@@ -24,10 +24,12 @@ def render_markdown(report: dict) -> str:
         f"- generated: `{inp['generated']['folder']}` — {inp['generated']['n']} volumes",
         f"- seed {report['seed']}, bootstrap replicates {report['settings']['n_bootstrap']}, "
         f"volgan {report['volgan_version']}, {report['created_utc']}",
-        "",
-        "## Feature extractors",
+        *_background_line(report["settings"].get("medicalnet_background")),
         "",
     ]
+    if report.get("warnings"):  # reports written before warnings existed have none
+        lines += ["## Warnings", ""] + [f"- **{w}**" for w in report["warnings"]] + [""]
+    lines += ["## Feature extractors", ""]
     for role, ext in report["extractors"].items():
         tag = " — **fallback (no weights given): not FID/MD**" if ext["fallback"] else ""
         src = f", weights `{ext['weights']['path']}`" if ext.get("weights") else ""
@@ -64,6 +66,15 @@ def render_markdown(report: dict) -> str:
             lines.append(f"![{name}]({plots[name]})")
     lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _background_line(background) -> list:
+    """The MedicalNet background rule of an ``aydin2024`` report (none for ``default`` and older reports)."""
+    if not background:
+        return []
+    what = "N(0, 1) noise seeded per volume (the paper's rule)" if background == "noise" else \
+        "0 (not the paper's rule, which fills N(0, 1) noise)"
+    return [f"- MedicalNet background (voxels at each volume's minimum): {what}"]
 
 
 def _ci(ci) -> str:
