@@ -3,7 +3,7 @@
 Functional core (NumPy in, floats out) with small metric classes on top, MONAI style:
 
 * :mod:`.frechet` — Fréchet distance (FID/MD), eigenvalue form, ``FrechetDistance``
-* :mod:`.prd` — PRD curve, seeded k-means, AUC, F8/F1/8, ``PRD``
+* :mod:`.prd` — PRD curve, seeded k-means, AUC, F8/F1/8, the cluster rule, ``PRD``
 * :mod:`.knn` — improved precision/recall, density/coverage, ``PRDC``
 * :mod:`.mmd` — unbiased RBF MMD², ``MMD``
 * :mod:`.bootstrap` — percentile intervals, real-vs-real halves
@@ -25,11 +25,11 @@ from .frechet import FrechetDistance, feature_statistics, frechet_distance, frec
 from .knn import PRDC, precision_recall_density_coverage
 from .memorisation import memorisation_check, ncc_matrix, standardise_rows
 from .mmd import MMD, mmd_rbf
-from .prd import PRD, kmeans, prd_auc, prd_f_beta, prd_from_features, prd_from_histograms
+from .prd import PRD, kmeans, prd_auc, prd_f_beta, prd_from_features, prd_from_histograms, prd_num_clusters
 
 __all__ = [
     "FrechetDistance", "feature_statistics", "frechet_distance", "frechet_distance_from_features",
-    "PRD", "kmeans", "prd_auc", "prd_f_beta", "prd_from_features", "prd_from_histograms",
+    "PRD", "kmeans", "prd_auc", "prd_f_beta", "prd_from_features", "prd_from_histograms", "prd_num_clusters",
     "PRDC", "precision_recall_density_coverage",
     "MMD", "mmd_rbf",
     "bootstrap_ci", "bootstrap_many", "split_halves",
