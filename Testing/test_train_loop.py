@@ -88,7 +88,10 @@ def test_non_finite_losses_stop_the_run_with_a_message(data, tmp_path, monkeypat
     monkeypatch.setattr(losses.StyleGAN2Loss, "discriminator_loss", nan_loss)
     with pytest.raises(VolGANError, match="3 consecutive non-finite losses"):
         train(data, tmp_path / "n", settings(max_bad_steps=3), max_steps=10, log=lambda m: None)
-    assert read_status(tmp_path / "n")["state"] == "failed"
+    assert not (tmp_path / "n").exists()   # it failed before any checkpoint: it leaves nothing half-done
+    with pytest.raises(VolGANError, match="3 consecutive non-finite losses"):   # with a checkpoint: kept, marked
+        train(data, tmp_path / "m", settings(max_bad_steps=3, snapshot_kimg=0.002), max_steps=10, log=lambda m: None)
+    assert read_status(tmp_path / "m")["state"] == "failed"
 
 
 def test_cancel_checkpoints_and_marks_stopped(data, tmp_path):
@@ -278,3 +281,33 @@ def test_learning_rate_and_ema_overrides_reach_the_settings_and_refuse_non_posit
     args = parser.parse_args(["train", "--preset", "tiny-spongiosa", "--data", "d", "--out", "o",
                               "--lr-g", "5e-4", "--lr-d", "6e-4", "--ema-kimg", "2"])
     assert (args.lr_g, args.lr_d, args.ema_kimg) == (5e-4, 6e-4, 2.0)
+
+
+def test_bad_data_creates_no_run_folder_and_a_failed_run_removes_what_it_made(data, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(VolGANError, match="no volumes found"):
+        train(empty, tmp_path / "never", settings(), max_steps=1, log=lambda m: None)
+    assert not (tmp_path / "never").exists()
+    nested = tmp_path / "phantoms"                       # what `volgan phantom` writes: the volumes in images/
+    (nested / "images").mkdir(parents=True)
+    write_volume(Volume(np.zeros((4, 8, 8), np.float32)), nested / "images" / "a.nrrd")
+    with pytest.raises(VolGANError, match=r"its sub-folder\(s\) images/ hold volumes .*pass .*phantoms/images"):
+        train(nested, tmp_path / "never", settings(), max_steps=1, log=lambda m: None)
+    # fails after the run folder was made (the generator makes another shape): it is removed again
+    wrong = settings(generator=dict(TINY["generator"], output_shape=[4, 16, 16], base_shape=[1, 4, 4]))
+    with pytest.raises(VolGANError, match="training volumes have shape"):
+        train(data, tmp_path / "made", wrong, max_steps=1, log=lambda m: None)
+    assert not (tmp_path / "made").exists()
+    # in a folder that existed (e.g. the panel's job folder) only what the run added goes
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "job.json").write_text("{}")
+    with pytest.raises(VolGANError, match="training volumes have shape"):
+        train(data, job, wrong, max_steps=1, log=lambda m: None)
+    assert sorted(p.name for p in job.iterdir()) == ["job.json"]
+    # a run folder with checkpoints is kept whole, for --resume
+    kept = train(data, tmp_path / "kept", settings(), max_steps=1, log=lambda m: None)
+    with pytest.raises(VolGANError):
+        train(data, tmp_path / "kept", wrong, resume=True, max_steps=1, log=lambda m: None)
+    assert Path(kept["checkpoint"]).is_file() and (tmp_path / "kept" / "log.txt").is_file()

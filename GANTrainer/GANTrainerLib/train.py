@@ -436,7 +436,42 @@ def train(
     cancel: Optional[CancelToken] = None,
     log=print,
 ) -> dict:
-    """Train a GAN on the volumes in ``data``; returns a summary (steps, kimg, last checkpoint, state)."""
+    """Train a GAN on the volumes in ``data``; returns a summary (steps, kimg, last checkpoint, state).
+
+    The data (and label) folders are checked before anything is written. A run that fails before its first
+    checkpoint removes what it created in ``out`` (the folder itself if it made it); a run folder that holds
+    checkpoints is kept as it is, so it can be resumed.
+    """
+    from VolGANCore.dataset import list_volumes
+
+    list_volumes(data)
+    if labels is not None:
+        list_volumes(labels)
+    with _removed_unless_checkpointed(Path(out)):
+        return _train(data, out, settings, labels, resume, device, max_steps, progress, cancel, log)
+
+
+@contextlib.contextmanager
+def _removed_unless_checkpointed(out: Path):
+    """On an exception, remove what the block created in ``out`` unless ``out`` then holds a checkpoint (rank 0)."""
+    before = set(out.iterdir()) if out.exists() else None
+    try:
+        yield
+    except BaseException:
+        has_checkpoint = (out / "checkpoints").is_dir() and any((out / "checkpoints").glob("*.vgan"))
+        if int(os.environ.get("RANK", "0")) == 0 and not has_checkpoint and out.exists():
+            import shutil
+
+            created = [out] if before is None else sorted(set(out.iterdir()) - before)
+            for path in created:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        raise
+
+
+def _train(data, out, settings: TrainSettings, labels, resume, device, max_steps, progress, cancel, log) -> dict:
     import torch
 
     from VolGANCore.env import pick_device

@@ -41,6 +41,10 @@ def case_id(path: str | os.PathLike) -> str:
     return name[: len(name) - len(suffix)] if suffix else name
 
 
+def _volume_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_volume_file(p))
+
+
 def list_volumes(folder: str | os.PathLike) -> list[Path]:
     """Sorted volume files directly inside ``folder``; a clear error if it is missing or holds none."""
     folder = Path(folder)
@@ -48,8 +52,14 @@ def list_volumes(folder: str | os.PathLike) -> list[Path]:
         raise InputFileError(folder, "folder not found", "check the path")
     if not folder.is_dir():
         raise InputFileError(folder, "is a file, not a folder", "pass the folder that holds the volumes")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_volume_file(p))
+    files = _volume_files(folder)
     if not files:
+        inside = [d for d in sorted(folder.iterdir(), key=lambda d: (d.name != "images", d.name))
+                  if d.is_dir() and not d.name.startswith(".") and _volume_files(d)]
+        if inside:   # e.g. what `volgan phantom` writes: data/images, data/labels or data/masks
+            names = ", ".join(f"{d.name}/" for d in inside)
+            raise InputFileError(folder, f"no volumes directly inside; its sub-folder(s) {names} hold volumes",
+                                 f"pass {inside[0]}, and its labels or masks folder where the command takes one")
         raise InputFileError(folder, "no volumes found", "looked for " + ", ".join(f"*{s}" for s in SUPPORTED_SUFFIXES))
     ids = [case_id(p) for p in files]
     dup = sorted({i for i in ids if ids.count(i) > 1})
