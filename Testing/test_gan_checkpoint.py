@@ -122,8 +122,12 @@ def test_not_a_checkpoint_errors(tmp_path):
         load_generator(pg)
     junk = tmp_path / "junk.vgan"
     junk.write_bytes(b"definitely not torch")
-    with pytest.raises(InputFileError, match="not a readable PyTorch file"):
+    with pytest.raises(InputFileError, match="junk.vgan: is not a PyTorch checkpoint: neither a zip archive"):
         load_generator(junk)
+    cut = tmp_path / "cut.vgan"                       # a checkpoint cut short (interrupted copy)
+    cut.write_bytes(sd_path.read_bytes()[: sd_path.stat().st_size // 2])
+    with pytest.raises(InputFileError, match="cut.vgan: is truncated or damaged: its zip archive is incomplete"):
+        load_generator(cut)
     with pytest.raises(InputFileError, match="not found"):
         load_generator(tmp_path / "missing.vgan")
 

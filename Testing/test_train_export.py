@@ -79,10 +79,14 @@ def test_export_refuses_untrained_levels_an_existing_file_and_a_run_without_rank
         export_model(run, tmp_path / "x.pt")
     empty = tmp_path / "empty"
     (empty / "checkpoints").mkdir(parents=True)
+    for which in ("best", "latest"):
+        with pytest.raises(VolGANError, match="no checkpoints/ckpt-"):
+            export_model(empty, tmp_path / "e.vgan", which=which)
+    import shutil
+
+    shutil.copy(low, empty / "checkpoints" / low.name)   # a checkpoint, but none scored at the full resolution
     with pytest.raises(VolGANError, match="--which latest"):
         export_model(empty, tmp_path / "e.vgan")
-    with pytest.raises(VolGANError, match="no checkpoints"):
-        export_model(empty, tmp_path / "e.vgan", which="latest")
 
 
 def test_cli_exports_the_newest_checkpoint(run, tmp_path, capsys):

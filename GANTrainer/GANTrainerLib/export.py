@@ -49,11 +49,11 @@ def training_level(blob: dict[str, Any]) -> Optional[tuple[float, int]]:
 
 def _pick(run: Path, which: str) -> tuple[Path, str, dict[str, Any]]:
     """The checkpoint of run folder ``run`` to export, why it was chosen, and its loaded container."""
+    ckpt = latest_checkpoint(run)
+    if ckpt is None:
+        raise VolGANError(f"{run}: no checkpoints/ckpt-*.vgan in this run folder (is it a `volgan train --out` "
+                          f"folder?)")
     if which == "latest":
-        ckpt = latest_checkpoint(run)
-        if ckpt is None:
-            raise VolGANError(f"{run}: no checkpoints/ckpt-*.vgan in this run folder (is it a `volgan train --out` "
-                              f"folder?)")
         return ckpt, "the newest checkpoint", load_checkpoint(ckpt)
     scored = [e for e in (read_status(run) or {}).get("checkpoints", []) if e.get("metric") is not None
               and (run / e["path"]).is_file()]

@@ -447,8 +447,36 @@ def train(
     list_volumes(data)
     if labels is not None:
         list_volumes(labels)
+    if resume:
+        _check_resumable(Path(out), settings)
     with _removed_unless_checkpointed(Path(out)):
         return _train(data, out, settings, labels, resume, device, max_steps, progress, cancel, log)
+
+
+def _check_resumable(out: Path, settings: TrainSettings) -> None:
+    """Before anything is written: ``out`` holds a checkpoint of this family whose generator has the settings this
+    run names (from its config alone; the full network comparison follows once the networks are built)."""
+    import json
+
+    from VolumetricGANLib.checkpoint import read_config
+
+    from .run import latest_checkpoint
+
+    ckpt = latest_checkpoint(out)
+    if ckpt is None:
+        raise VolGANError(f"--resume: no checkpoint in {out / 'checkpoints'} (start without --resume)")
+    config = read_config(ckpt)
+    if config["family"] != settings.family:
+        raise VolGANError(f"{ckpt}: a {config['family']} checkpoint; preset '{settings.preset or 'custom'}' trains "
+                          f"{settings.family} (resume with the run's own preset, or start a new run with another --out)")
+    saved = config.get("architecture") or {}
+    wanted = json.loads(json.dumps(settings.generator))
+    diff = sorted(k for k, v in wanted.items() if k in saved and saved[k] != v)
+    if diff:
+        raise VolGANError(f"{ckpt}: its generator has " + ", ".join(f"{k}={saved[k]!r}" for k in diff)
+                          + f"; preset '{settings.preset or 'custom'}' asks for "
+                          + ", ".join(f"{k}={wanted[k]!r}" for k in diff)
+                          + " (resume with the run's own preset and options, or start a new run with another --out)")
 
 
 @contextlib.contextmanager

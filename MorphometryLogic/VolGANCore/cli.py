@@ -146,6 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_line(exc: OSError) -> str:
+    """One line for a failed file-system call: the file, the system's reason, and the fix."""
+    import errno
+
+    where = f"{exc.filename}: " if exc.filename else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        fix = "free disk space or choose an output folder on another disk; nothing was left half-written"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "choose an output folder you can write to"
+    else:
+        fix = "check the path and the disk"
+    return f"{where}{reason} ({fix})"
+
+
 def _show_fills_as_notes(prog: str) -> None:
     """Print read_volume's NaN/Inf-filled warnings as one plain line each (not Python's file:line form)."""
     import warnings
@@ -194,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"volgan {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:   # the disk, not the input: say which file and what to do (atomic writes left nothing)
+        if args.debug:
+            raise
+        print(f"volgan {args.command}: error: {_os_error_line(exc)}", file=sys.stderr)
         return 2
     except Cancelled:
         print(f"volgan {args.command}: cancelled", file=sys.stderr)

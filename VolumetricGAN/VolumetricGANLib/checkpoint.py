@@ -433,6 +433,23 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return blob["config"]
 
 
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why torch.load failed, in words: a cut-off zip archive, or not a PyTorch file at all."""
+    import pickle
+    import zipfile
+
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] == b"PK" and not zipfile.is_zipfile(path):
+        return "is truncated or damaged: its zip archive is incomplete"
+    if head[:2] != b"PK" and not isinstance(exc, pickle.UnpicklingError):
+        return f"is not a PyTorch file ({type(exc).__name__})"
+    if head[:2] != b"PK":
+        return "is not a PyTorch checkpoint: neither a zip archive nor an old-style file that a safe load reads"
+    first = (str(exc).strip().splitlines() or [""])[0][:100]
+    return f"is not a readable PyTorch file ({type(exc).__name__}: {first})"
+
+
 def load_checkpoint(
     path: str | os.PathLike,                  # checkpoint file
     map_location: str = "cpu",                # device for the tensors
@@ -466,9 +483,8 @@ def load_checkpoint(
                 "nothing in it was executed",
                 "use a volgan checkpoint (.vgan) or a plain state dict; re-export untrusted models from their "
                 "source code, never load them unsafely") from None
-        first = (str(exc).strip().splitlines() or [""])[-1][:120] if isinstance(exc, pickle.UnpicklingError) else str(exc)[:120]
-        raise InputFileError(path, f"not a readable PyTorch file ({type(exc).__name__}: {first})",
-                             "pass a .vgan checkpoint written by volgan (re-download it if truncated)") from None
+        raise InputFileError(path, _unreadable(path, exc),
+                             "pass a .vgan checkpoint written by volgan (copy it again if it was cut short)") from None
 
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         hint = "write checkpoints with VolumetricGANLib.checkpoint.save_checkpoint"
