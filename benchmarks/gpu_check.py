@@ -1061,8 +1061,9 @@ def step_train_runs(check: Check, ctx: Ctx) -> dict:
         check.log("$ " + " ".join(cmd))
         (check.out / "runs").mkdir(exist_ok=True)
         log = open(check.out / "runs" / f"{preset}.out.log", "w")
-        procs[preset] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
-                                          start_new_session=True), out, log)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(), start_new_session=True)
+        check.background.append(proc)   # the watchdog ends it with the check (its own session outlives ours)
+        procs[preset] = (proc, out, log)
     # wait; at the box's end ask for a graceful stop (SIGINT: the run checkpoints), then kill
     stop_at = time.monotonic() + run_s
     for preset, (proc, out, log) in procs.items():
