@@ -32,7 +32,7 @@ def cases(quick: bool) -> list[Case]:
     from GANTrainerLib.evaluation.frechet import frechet_distance, frechet_distance_from_features
     from GANTrainerLib.evaluation.inception import FIDInceptionV3
     from GANTrainerLib.evaluation.knn import precision_recall_density_coverage
-    from GANTrainerLib.evaluation.prd import prd_auc, prd_from_features
+    from GANTrainerLib.evaluation.prd import prd_auc, prd_from_features, prd_num_clusters
 
     rng = np.random.default_rng(0)
     out: list[Case] = []
@@ -81,8 +81,12 @@ def cases(quick: bool) -> list[Case]:
 
     nv = 200 if quick else 1000
     fa, fb = rng.normal(size=(nv, 512)), rng.normal(size=(nv, 512)) + 0.1
-    out.append(Case(f"PRD {nv}+{nv} x 512-d (10 clusters, 10 runs, 1001 angles)", "GANTrainerLib prd (seeded k-means)",
+    out.append(Case(f"PRD {nv}+{nv} x 512-d (default {prd_num_clusters(nv)} clusters, 10 runs, 1001 angles)",
+                    "GANTrainerLib prd (seeded k-means)",
                     lambda: {"auc": prd_auc(*prd_from_features(fb, fa)[:2])}, reference=True, repeats=3))
+    out.append(Case(f"PRD {nv}+{nv} x 512-d (the paper's 10 clusters, 10 runs, 1001 angles)",
+                    "GANTrainerLib prd (seeded k-means)",
+                    lambda: {"auc": prd_auc(*prd_from_features(fb, fa, num_clusters=10)[:2])}, reference=True, repeats=3))
     out.append(Case(f"P/R/D/C {nv}+{nv} x 512-d (k=5)", "GANTrainerLib precision_recall_density_coverage",
                     lambda: (precision_recall_density_coverage(fa, fb), None)[1], reference=True, repeats=3))
 
