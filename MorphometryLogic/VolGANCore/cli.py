@@ -34,6 +34,7 @@ PROJECT_COMMANDS: dict[str, str] = {
     "train": "GANTrainerLib.cli:register",
     "evaluation": "GANTrainerLib.evaluation.cli:register",
     "segmentation": "GANTrainerLib.segmentation.cli:register",
+    "prepare": "GANTrainerLib.prepare.cli:register",
 }
 
 __all__ = ["main", "build_parser", "ENTRY_POINT_GROUP", "PROJECT_COMMANDS", "progress_from_args"]

@@ -18,10 +18,17 @@ __all__ = ["resample", "crop_or_pad", "downsample"]
 
 
 def resample(volume: Volume, spacing: Sequence[float], reference: Optional[Volume] = None,
-             label: bool = False) -> Volume:
-    """Resample to ``spacing`` (x, y, z) mm over the same physical extent (or onto ``reference``'s grid)."""
+             label: bool = False, interpolation: str = "linear") -> Volume:
+    """Resample to ``spacing`` (x, y, z) mm over the same physical extent (or onto ``reference``'s grid).
+
+    ``interpolation``: "linear" (default) or "bspline" (cubic B-spline) for grey values; labels (``label=True``)
+    always use nearest neighbour.
+    """
     import SimpleITK as sitk
 
+    interpolators = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline}
+    if interpolation not in interpolators:
+        raise VolGANError(f"interpolation '{interpolation}': choose one of {', '.join(interpolators)}")
     spacing = tuple(float(s) for s in spacing)
     image = sitk.GetImageFromArray(volume.array)
     image.SetSpacing(volume.spacing)
@@ -42,7 +49,7 @@ def resample(volume: Volume, spacing: Sequence[float], reference: Optional[Volum
     f.SetOutputSpacing(spacing)
     f.SetOutputOrigin(tuple(float(o) for o in origin))
     f.SetOutputDirection(tuple(np.asarray(direction).reshape(-1)))
-    f.SetInterpolator(sitk.sitkNearestNeighbor if label else sitk.sitkLinear)
+    f.SetInterpolator(sitk.sitkNearestNeighbor if label else interpolators[interpolation])
     f.SetDefaultPixelValue(0 if label else float(volume.array.min()))
     out = sitk.GetArrayFromImage(f.Execute(image))
     return Volume(out.astype(volume.array.dtype, copy=False), spacing=spacing, origin=origin, direction=direction,
