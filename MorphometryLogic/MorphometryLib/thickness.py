@@ -25,7 +25,9 @@ voxel size. BoneJ works in voxels, so this mode needs isotropic voxels.
 
 Algorithm (exact, no O(N·r³) painting of every voxel)
 ----------------------------------------------------
-1. Squared EDT with the ``edt`` package (multi-threaded, anisotropic).
+1. Squared EDT with the ``edt`` package (multi-threaded, anisotropic). Every voxel starts at its own ball's
+   diameter ``2·d(p)``, so the smallest balls (``d² = 1``) are not stamped (in the ``bonej`` mode their reach
+   into the background, the background voxels face-adjacent to the structure, is set directly).
 2. Candidate centres: a ball contained in a neighbour's ball (``B(q) ⊆ B(n)``, ``d(n) > d(q)``) can never give
    a larger maximum, so it is dropped — an exact pruning (Fiji's ``Distance_Ridge`` test, on the same discrete
    balls) that leaves the distance ridge (a thin, surface-like set).
@@ -370,23 +372,51 @@ def clean_up_local_thickness(painted: np.ndarray) -> np.ndarray:
     -------
     float32 ndarray, a new array.
     """
-    from scipy.ndimage import binary_erosion
-
     t = np.asarray(painted, np.float32)
     on = t != 0
-    interior = on & binary_erosion(on, structure=np.ones((3, 3, 3), bool), border_value=1)
-    k, j, i = np.nonzero(on & ~interior)
-    inner = np.pad(np.where(interior, t, np.float32(0)), 1)
-    total = np.zeros(k.size, np.float32)
-    count = np.zeros(k.size, np.int32)
-    for dk, dj, di in _FIJI_NEIGHBOURS:
-        v = inner[k + 1 + dk, j + 1 + dj, i + 1 + di]
+    interior = _all_26_neighbours(on)
+    lin = np.flatnonzero(on & ~interior)
+    shape = np.asarray(t.shape)
+    pshape = shape + 2
+    pstrides = np.array([pshape[1] * pshape[2], pshape[2], 1], np.int64)
+    k, j, i = np.unravel_index(lin, t.shape)
+    plin = (k + 1) * pstrides[0] + (j + 1) * pstrides[1] + (i + 1)
+    inner = np.pad(np.where(interior, t, np.float32(0)), 1).reshape(-1)
+    total = np.zeros(lin.size, np.float32)
+    count = np.zeros(lin.size, np.int32)
+    for e in _FIJI_NEIGHBOURS:
+        v = inner[plin + int(np.dot(e, pstrides))]
         total += v  # float32 adds in Fiji's order (adding 0 for a non-interior neighbour changes nothing)
         count += v > 0
     out = t.copy()
-    own = t[k, j, i]
+    flat = out.reshape(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out[k, j, i] = np.where(count > 0, total / count.astype(np.float32), own)
+        flat[lin] = np.where(count > 0, total / count.astype(np.float32), flat[lin])
+    return out
+
+
+def _face_dilation(on: np.ndarray) -> np.ndarray:
+    """``on`` or any of its 6 face neighbours on."""
+    out = on.copy()
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        out[tuple(lo)] |= on[tuple(hi)]
+        out[tuple(hi)] |= on[tuple(lo)]
+    return out
+
+
+def _all_26_neighbours(on: np.ndarray) -> np.ndarray:
+    """``on`` and all of its 26 neighbours inside the image on (outside counts as on): a separable 3³ erosion."""
+    out = on.copy()
+    for axis in range(3):
+        src = out.copy()
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        out[tuple(lo)] &= src[tuple(hi)]
+        out[tuple(hi)] &= src[tuple(lo)]
     return out
 
 
@@ -464,12 +494,14 @@ def local_thickness(
         d2 = squared_distance_map(mask, sp)
         prog.advance(1, "distance map")
         # Every structure voxel lies in its own ball, so τ(p) ≥ 2·d(p): start from that. Then a ball of the
-        # smallest radius (d² = 1: a face neighbour is background) can add nothing on the structure, and only
-        # the masked-away background needs it; it is dropped unless the raw map is cleaned up (BoneJ mode).
-        if not bonej:
-            np.sqrt(d2, out=out, where=mask)
-            out *= np.float32(2.0)
-        centres = ridge_candidates(d2, sp, reach=reach, min_d2=0.0 if bonej else 1.0)
+        # smallest radius (d² = 1: a face neighbour is background) adds nothing on the structure: such balls
+        # are not stamped. Off the structure they paint exactly the background voxels face-adjacent to it,
+        # with diameter 2, which only the BoneJ mode's clean-up reads (the rest is masked away).
+        np.sqrt(d2, out=out, where=mask)
+        out *= np.float32(2.0)
+        if bonej:
+            out[_face_dilation(mask) & ~mask] = 2.0
+        centres = ridge_candidates(d2, sp, reach=reach, min_d2=1.0)
         prog.advance(1, f"{len(centres)} maximal balls")
         _stamp(out, d2, centres, sp, cancel)
         prog.advance(1, "stamped")
