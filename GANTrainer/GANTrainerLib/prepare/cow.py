@@ -1,0 +1,407 @@
+"""``volgan prepare cow``: whole TOF-MRA scans -> Circle-of-Willis crops on a template grid, as the CoW paper did.
+
+The paper (DESIGN §2) registered every TOF-MRA rigidly (6 dof, mutual information, FSL flirt) to a TOF template,
+cropped x 80:208, y 120:248, z 40:72 on the template grid, did not skull-strip, and min-max normalised each volume.
+Here: SimpleITK Euler 3-D, Mattes mutual information, three resolution levels with full sampling at the finest.
+Like flirt, a coarse search comes first: after a centre-of-mass initialisation an exhaustive search over rotations
+(±``search_deg`` about each axis in ``search_step_deg`` steps, the plain centre start included) at the coarsest
+level keeps the start with the best (lowest) metric, which is then refined.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from VolGANCore import Volume, VolGANError
+from VolGANCore.atomic import atomic_directory, atomic_path, atomic_write_json
+from VolGANCore.dataset import case_id, list_volumes, write_manifest
+from VolGANCore.errors import InputFileError
+from VolGANCore.io import read_label_volume, read_volume, sha256_file, write_volume
+from VolGANCore.progress import CancelToken, Progress, ProgressCallback
+
+__all__ = ["PAPER_ROI", "parse_roi", "register_rigid", "resample_onto", "orientation_code", "build_template",
+           "prepare_cow"]
+
+PAPER_ROI = ((80, 208), (120, 248), (40, 72))   # x, y, z voxel index ranges on the template grid (DESIGN §2)
+SUSPECT_RATIO = 0.25     # final MI below this fraction of the template's self-information: flagged "suspect"
+
+
+def parse_roi(text: str) -> tuple[tuple[int, int], ...]:
+    """``"x0:x1,y0:y1,z0:z1"`` -> ((x0, x1), (y0, y1), (z0, z1)); a readable error otherwise."""
+    try:
+        parts = [tuple(int(v) for v in p.split(":")) for p in str(text).split(",")]
+        if len(parts) != 3 or any(len(p) != 2 or p[1] <= p[0] or p[0] < 0 for p in parts):
+            raise ValueError
+    except ValueError:
+        raise VolGANError(f"--roi '{text}': expected x0:x1,y0:y1,z0:z1 in template voxel indices with x0 < x1 "
+                          "(the paper's box is 80:208,120:248,40:72)") from None
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def _to_sitk(vol: Volume):
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(vol.array))
+    img.SetSpacing(tuple(float(s) for s in vol.spacing))
+    img.SetOrigin(tuple(float(o) for o in vol.origin))
+    img.SetDirection(tuple(float(d) for d in vol.direction.reshape(-1)))
+    return img
+
+
+def orientation_code(direction: np.ndarray) -> str:
+    """The nearest anatomical axis letters (LPS) of each index axis, e.g. "LPS" or "RAI"."""
+    letters = ("LR", "PA", "SI")
+    d = np.asarray(direction).reshape(3, 3)
+    out = ""
+    for col in range(3):
+        axis = int(np.argmax(np.abs(d[:, col])))
+        out += letters[axis][0 if d[axis, col] > 0 else 1]
+    return out
+
+
+def register_rigid(fixed: Volume, moving: Volume, search_deg: float = 30.0, search_step_deg: float = 15.0,
+                   iterations: int = 100, shrink: Sequence[int] = (4, 2, 1), smooth_mm: Sequence[float] = (1.0, 0.5, 0.0),
+                   bins: int = 32, seed: int = 0):
+    """Rigid (Euler 3-D) registration of ``moving`` onto ``fixed`` by Mattes mutual information.
+
+    Returns ``(transform, metric)``: a SimpleITK Euler3DTransform mapping fixed-space points to moving-space points
+    (the resampling direction) and its final metric (lower is better).
+    """
+    import SimpleITK as sitk
+
+    f = sitk.Cast(_to_sitk(fixed), sitk.sitkFloat32)
+    m = sitk.Cast(_to_sitk(moving), sitk.sitkFloat32)
+    centre = sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(),
+                                               sitk.CenteredTransformInitializerFilter.MOMENTS)
+
+    def method(kind: str):
+        r = sitk.ImageRegistrationMethod()
+        r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
+        r.SetInterpolator(sitk.sitkLinear)
+        if kind == "search":
+            r.SetMetricSamplingStrategy(r.REGULAR)
+            r.SetMetricSamplingPercentage(0.25, seed)
+            n = int(round(search_deg / search_step_deg))
+            r.SetOptimizerAsExhaustive([n, n, n, 0, 0, 0], stepLength=np.deg2rad(search_step_deg))
+            r.SetOptimizerScales([1, 1, 1, 1, 1, 1])
+            r.SetShrinkFactorsPerLevel([shrink[0]])
+            r.SetSmoothingSigmasPerLevel([smooth_mm[0]])
+        else:
+            r.SetMetricSamplingStrategy(r.REGULAR)
+            r.SetMetricSamplingPercentagePerLevel([0.25] * (len(shrink) - 1) + [1.0], seed)   # full at the finest
+            r.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=iterations,
+                                                       relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
+            r.SetOptimizerScalesFromPhysicalShift()
+            r.SetShrinkFactorsPerLevel(list(shrink))
+            r.SetSmoothingSigmasPerLevel(list(smooth_mm))
+        r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        return r
+
+    search = method("search")      # every start of the grid, the plain centre start (0°) included, by its metric
+    start = sitk.Euler3DTransform(centre)
+    search.SetInitialTransform(start, inPlace=True)
+    search.Execute(f, m)
+    refine = method("refine")
+    refine.SetInitialTransform(start, inPlace=True)
+    refine.Execute(f, m)
+    final = method("refine")       # the final metric with full sampling on the finest grid
+    final.SetMetricSamplingPercentage(1.0, seed)
+    final.SetInitialTransform(sitk.Euler3DTransform(start))
+    return sitk.Euler3DTransform(start), float(final.MetricEvaluate(f, m))
+
+
+def resample_onto(moving: Volume, reference: Volume, transform=None, label: bool = False, default: float = 0.0) -> Volume:
+    """``moving`` on ``reference``'s grid through ``transform`` (fixed -> moving points): B-spline, nearest for labels."""
+    import SimpleITK as sitk
+
+    f = sitk.ResampleImageFilter()
+    f.SetReferenceImage(_to_sitk(reference.with_array(np.zeros(reference.shape, np.uint8))))
+    f.SetInterpolator(sitk.sitkNearestNeighbor if label else sitk.sitkBSpline)
+    f.SetDefaultPixelValue(float(default))
+    if transform is not None:
+        f.SetTransform(transform)
+    arr = sitk.GetArrayFromImage(f.Execute(_to_sitk(moving)))
+    return reference.with_array(arr.astype(moving.array.dtype, copy=False), label_scheme=moving.label_scheme,
+                                metadata={})
+
+
+def _self_information(template: Volume, bins: int = 32) -> float:
+    import SimpleITK as sitk
+
+    f = sitk.Cast(_to_sitk(template), sitk.sitkFloat32)
+    r = sitk.ImageRegistrationMethod()
+    r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
+    r.SetInitialTransform(sitk.Euler3DTransform())
+    return float(r.MetricEvaluate(f, f))
+
+
+def build_template(images: Sequence[Volume], rounds: int = 3, **register_kw) -> Volume:
+    """Group-wise rigid template: start from the first volume, register every volume to the current mean and
+    average them on its grid, ``rounds`` times."""
+    template = images[0].with_array(images[0].array.astype(np.float32))
+    for _ in range(rounds):
+        moved = []
+        for vol in images:
+            t, _ = register_rigid(template, vol, **register_kw)
+            moved.append(resample_onto(vol.with_array(vol.array.astype(np.float32)), template, t,
+                                       default=float(np.percentile(vol.array, 1))).array)   # background outside
+        template = template.with_array(np.mean(moved, axis=0).astype(np.float32))
+    return template
+
+
+def _roi_slices(roi) -> tuple[slice, slice, slice]:
+    (x0, x1), (y0, y1), (z0, z1) = roi
+    return slice(z0, z1), slice(y0, y1), slice(x0, x1)
+
+
+def _check_inputs(images, labels, template_path, roi, label_scheme):
+    files = list_volumes(images)
+    label_files = {case_id(p): p for p in list_volumes(labels)} if labels is not None else {}
+    import SimpleITK as sitk
+
+    def header(path):
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(path))
+        try:
+            r.ReadImageInformation()
+        except RuntimeError:
+            raise InputFileError(path, "cannot be read as an image", "the file is corrupt or truncated; re-export it") from None
+        if r.GetDimension() < 3 or sum(s > 1 for s in r.GetSize()) < 3:
+            raise InputFileError(path, f"is {r.GetDimension()}-D with size {tuple(r.GetSize())}",
+                                 "a 3-D volume is needed; stack the slices into one file")
+        return r
+
+    heads = {f: header(f) for f in files}
+    pairs = []
+    for f in files:
+        lab = None
+        if labels is not None:
+            lab = label_files.get(case_id(f))
+            if lab is None:
+                raise InputFileError(f, f"has no label map in {labels} (same file name expected)",
+                                     "add it, or leave out --labels")
+            lh, ih = header(lab), heads[f]
+            if (tuple(lh.GetSize()) != tuple(ih.GetSize()) or not np.allclose(lh.GetSpacing(), ih.GetSpacing(), atol=1e-4)
+                    or not np.allclose(lh.GetOrigin(), ih.GetOrigin(), atol=1e-3)
+                    or not np.allclose(lh.GetDirection(), ih.GetDirection(), atol=1e-4)):
+                raise InputFileError(lab, f"is on another grid than {f.name} (size, spacing, origin or direction differ)",
+                                     "resample the labels onto their image first")
+            read_label_volume(lab, scheme=label_scheme)     # unknown label ids -> one line naming the file
+        pairs.append((f, lab))
+    orient = {orientation_code(np.reshape(h.GetDirection(), (3, 3))) for h in heads.values()}
+    if template_path is not None:
+        th = header(template_path)
+        t_orient = orientation_code(np.reshape(th.GetDirection(), (3, 3)))
+        odd = sorted(o for o in orient if o != t_orient)
+        if odd:
+            raise InputFileError(template_path, f"is oriented {t_orient}, the images {', '.join(odd)}",
+                                 "reorient the template (or the images) so that they share axes, e.g. with "
+                                 "SimpleITK.DICOMOrient")
+        size = th.GetSize()
+        for axis, (lo, hi) in zip("xyz", roi):
+            if hi > size["xyz".index(axis)]:
+                raise VolGANError(f"--roi {axis} {lo}:{hi} reaches beyond the template's {size[:3]} voxels "
+                                  f"({template_path}); pass a --roi inside it")
+    return pairs
+
+
+def _prepare_case(args) -> dict:
+    """Register one case, write its ROI image (+ labels) into the cache folder; a dict row for the manifest."""
+    import SimpleITK as sitk
+
+    src, lab, template, roi, cache, fmt, recipe, register_kw, self_info = args
+    stem = case_id(src)
+    row = {"case": stem, "source": src.name, "recipe": recipe}
+    try:
+        vol = read_volume(src)
+        transform, metric = register_rigid(template, vol, **register_kw)
+    except (VolGANError, RuntimeError) as exc:
+        return dict(row, status="failed", reason=str(exc).strip().splitlines()[-1])
+    sl = _roi_slices(roi)
+    grid = template.with_array(np.zeros(template.shape, np.uint8))
+    moved = resample_onto(vol, grid, transform, default=np.nan).array[sl]
+    inside = float(np.isfinite(moved).mean())
+    if inside < 0.9:
+        return dict(row, status="failed", metric=metric, reason=f"only {inside:.0%} of the ROI lies inside the scan "
+                                                               "after registration (wrong field of view?)")
+    moved = np.where(np.isfinite(moved), moved, np.nanmin(moved)).astype(np.float32)
+    lo, hi = float(moved.min()), float(moved.max())
+    if hi <= lo:
+        return dict(row, status="failed", metric=metric, reason="the ROI is constant after registration")
+    origin = tuple(float(v) for v in template.index_to_physical((roi[0][0], roi[1][0], roi[2][0])))
+    out = template.with_array(((moved - lo) / (hi - lo)).astype(np.float32), spacing=template.spacing, origin=origin,
+                              metadata={"intensity": "minmax [0, 1]", "source": src.name})
+    write_volume(out, cache / "images" / f"{stem}.{fmt}")
+    params = np.asarray(transform.GetParameters(), float)
+    row.update(status="ok", metric=metric, quality="ok" if metric <= SUSPECT_RATIO * self_info else "suspect",
+               transform={"type": "Euler3D", "angles_deg": np.rad2deg(params[:3]).tolist(),
+                          "translation_mm": params[3:].tolist(), "centre_mm": list(transform.GetCenter())},
+               image=f"images/{stem}.{fmt}", intensity_range=[lo, hi])
+    if lab is not None:
+        lv = read_label_volume(lab)
+        full = resample_onto(lv, grid, transform, label=True).array
+        crop = full[sl]
+        total = int(np.count_nonzero(full))
+        row["label_coverage"] = float(np.count_nonzero(crop) / total) if total else None
+        write_volume(out.with_array(crop.astype(np.int16), label_scheme=lv.label_scheme), cache / "labels" / f"{stem}.{fmt}")
+        row["label"] = f"labels/{stem}.{fmt}"
+    atomic_write_json(cache / "rows" / f"{stem}.json", row)
+    return row
+
+
+def _qc_page(path: Path, folder: Path, rows: list[dict]) -> None:
+    """Axial MIPs of every prepared case with their labels' outline, on one page."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    cols = int(np.ceil(np.sqrt(max(1, len(ok)))))
+    rows_n = int(np.ceil(max(1, len(ok)) / cols))
+    fig, axes = plt.subplots(rows_n, cols, figsize=(2.6 * cols, 2.8 * rows_n), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, r in zip(axes.ravel(), ok):
+        ax.imshow(read_volume(folder / r["image"]).array.max(axis=0), cmap="gray")
+        if "label" in r:
+            lab = read_volume(folder / r["label"], dtype=np.int16).array.max(axis=0)
+            if lab.any():
+                ax.contour(lab > 0, levels=[0.5], colors="red", linewidths=0.6)
+        ax.set_title(f"{r['case']} ({r['quality']})", fontsize=7, color="black" if r["quality"] == "ok" else "red")
+    fig.suptitle("volgan prepare cow: axial MIP of each prepared case, label outline in red", fontsize=8)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.25)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+def prepare_cow(
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    labels: Optional[str | os.PathLike] = None,
+    template: Optional[str | os.PathLike] = None,
+    build_template_iterations: int = 0,               # > 0: --build-template (group-wise, this many rounds)
+    roi: Optional[Sequence[Sequence[int]]] = None,    # ((x0, x1), (y0, y1), (z0, z1)) on the template grid
+    roi_around_labels_mm: Optional[float] = None,
+    label_scheme: str = "topcow13",
+    workers: int = 1,
+    fmt: str = "nii.gz",
+    overwrite: bool = False,
+    register_kw: Optional[dict] = None,
+    progress: Optional[ProgressCallback] = None,
+    cancel: Optional[CancelToken] = None,
+) -> Path:
+    """Register every scan to the template, crop the ROI and write ``images/`` (min-max [0, 1]), ``labels/``,
+    ``manifest.json`` (one row per case: transform, metric, quality flag, label coverage; failures listed under
+    ``failed``), ``template`` (with --build-template) and ``qc_mips.png``.
+
+    Resumable: finished cases are kept in ``OUT.cache/`` (beside ``out``) with their recipe; a rerun with the same
+    recipe skips them. The cache is removed once the output folder is complete.
+    """
+    register_kw = dict(register_kw or {})
+    if (template is None) == (build_template_iterations <= 0):
+        raise VolGANError("pass exactly one of --template FILE and --build-template")
+    if roi is not None and roi_around_labels_mm is not None:
+        raise VolGANError("--roi and --roi-around-labels are alternatives: pass one of them")
+    if roi_around_labels_mm is not None and labels is None:
+        raise VolGANError("--roi-around-labels needs --labels")
+    roi = tuple(tuple(int(v) for v in r) for r in (roi or PAPER_ROI)) if roi_around_labels_mm is None else None
+    if not isinstance(workers, int) or workers < 1:
+        raise VolGANError(f"--workers {workers}: must be an integer ≥ 1")
+    pairs = _check_inputs(images, labels, template, roi or ((0, 1),) * 3, label_scheme)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VolGANError(f"{out}: exists and is not a folder (choose another output folder)")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise VolGANError(f"{out}: output folder is not empty (choose a new folder or pass --overwrite)")
+    if template is not None:
+        tvol = read_volume(template)
+        t_id = sha256_file(template)
+    else:
+        vols = [read_volume(f) for f, _ in pairs]
+        tvol = build_template(vols, rounds=build_template_iterations, **register_kw)
+        t_id = hashlib.sha256(tvol.array.tobytes()).hexdigest()
+    if roi is None:   # --roi-around-labels: the labels' bounding box on the template grid, grown by the margin
+        roi = _roi_around_labels(pairs, tvol, roi_around_labels_mm, register_kw)
+    recipe = hashlib.sha256(json.dumps({"template": t_id, "roi": roi, "fmt": fmt, "register": register_kw,
+                                        "labels": labels is not None}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    cache = out.with_name(out.name + ".cache")
+    for sub in ("images", "labels", "rows"):
+        (cache / sub).mkdir(parents=True, exist_ok=True)
+    self_info = _self_information(tvol)
+    rows, todo = {}, []
+    for f, lab in pairs:
+        done = cache / "rows" / f"{case_id(f)}.json"
+        if done.exists():
+            row = json.loads(done.read_text(encoding="utf-8"))
+            if row.get("recipe") == recipe:
+                rows[case_id(f)] = dict(row, resumed=True)
+                continue
+        todo.append((f, lab, tvol, roi, cache, fmt, recipe, register_kw, self_info))
+    with Progress(len(pairs), "prepare cow", progress, cancel) as p:
+        if rows:
+            p.advance(len(rows), message=f"{len(rows)} case(s) done before (same recipe)")
+        if workers == 1:
+            for item in todo:
+                if cancel is not None:
+                    cancel.raise_if_cancelled()
+                row = _prepare_case(item)
+                rows[row["case"]] = row
+                p.advance(message=f"{row['case']}: {row['status']}")
+        else:
+            with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+                for row in pool.map(_prepare_case, todo):
+                    rows[row["case"]] = row
+                    p.advance(message=f"{row['case']}: {row['status']}")
+    ordered = [rows[case_id(f)] for f, _ in pairs]
+    good = [r for r in ordered if r["status"] == "ok"]
+    failed = [r for r in ordered if r["status"] != "ok"]
+    if not good:
+        raise VolGANError(f"{images}: no case could be registered to the template ({failed[0]['reason']}); "
+                          "check the template and the images' field of view")
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        for sub in ("images",) + (("labels",) if labels is not None else ()):
+            (tmp / sub).mkdir()
+            for r in good:
+                shutil.copy2(cache / r[sub[:-1]], tmp / r[sub[:-1]])
+        if template is None:
+            write_volume(tvol, tmp / f"template.{fmt}")
+        params = {"template": str(template) if template is not None else f"template.{fmt} (built)",
+                  "template_sha256": t_id, "roi_xyz": roi, "intensity": "minmax [0, 1] per volume",
+                  "label_scheme": label_scheme if labels is not None else None, "recipe": recipe,
+                  "register": register_kw, "suspect_below_self_information_ratio": SUSPECT_RATIO,
+                  "template_self_information": self_info}
+        write_manifest(tmp, good, kind="prepared-cow", parameters=params,
+                       extra={"failed": [{k: r.get(k) for k in ("case", "source", "reason", "metric")} for r in failed]})
+        _qc_page(tmp / "qc_mips.png", tmp, good)
+    shutil.rmtree(cache, ignore_errors=True)
+    return out
+
+
+def _roi_around_labels(pairs, template: Volume, margin_mm: float, register_kw: dict):
+    """Bounding box (template voxels) of every case's labels after registration, grown by ``margin_mm``."""
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    for f, lab in pairs:
+        t, _ = register_rigid(template, read_volume(f), **register_kw)
+        moved = resample_onto(read_label_volume(lab), template, t, label=True).array
+        idx = np.argwhere(moved > 0)
+        if idx.size:
+            lo = np.minimum(lo, idx.min(axis=0)[::-1])
+            hi = np.maximum(hi, idx.max(axis=0)[::-1] + 1)
+    if not np.all(np.isfinite(lo)):
+        raise VolGANError("--roi-around-labels: no label lies on the template grid after registration")
+    grow = np.ceil(margin_mm / np.asarray(template.spacing)).astype(int)
+    size = np.asarray(template.shape[::-1])
+    lo = np.maximum(0, lo.astype(int) - grow)
+    hi = np.minimum(size, hi.astype(int) + grow)
+    return tuple((int(a), int(b)) for a, b in zip(lo, hi))

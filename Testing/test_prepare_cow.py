@@ -1,0 +1,206 @@
+"""`volgan prepare cow` on the real TOF-MRA crop (and TopCoW label crop) of ../shared/data, moved by known rigid
+transforms (up to ±15° and ±10 mm) into a larger field of view and registered back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import shared_file
+
+from GANTrainerLib.prepare.cow import build_template, prepare_cow, resample_onto
+from VolGANCore import Cancelled, Volume
+from VolGANCore.cli import main
+from VolGANCore.geometry import downsample
+from VolGANCore.io import read_label_volume, read_volume, write_volume
+from VolGANCore.progress import CancelToken
+
+PAD = (4, 10, 10)   # template margin around the crop (z, y, x voxels)
+FAST = ["--iterations", "30", "--search-deg", "15"]
+
+
+@pytest.fixture(scope="module")
+def template_and_labels():
+    """The MRA crop padded into a template; the label crop put on the same grid (another subject: it only travels)."""
+    mra = read_volume(shared_file("data", "topcow", "topcow_mra_crop.mha"))
+    lab = read_label_volume(shared_file("data", "topcow", "topcow_mr_roi_003_labels.nii.gz"))
+    rng = np.random.default_rng(0)
+    lo = float(np.percentile(mra.array, 1))
+    inside = np.pad(np.ones(mra.shape, bool), [(p, p) for p in PAD])
+    arr = np.pad(mra.array, [(p, p) for p in PAD])
+    arr = np.where(inside, arr, lo + rng.normal(0, 3, arr.shape)).astype(np.float32)
+    template = mra.with_array(arr, spacing=mra.spacing, origin=tuple(mra.index_to_physical((-PAD[2], -PAD[1], -PAD[0]))))
+    L = np.zeros(mra.shape, np.int16)
+    s = [min(a, b) for a, b in zip(mra.shape, lab.shape)]
+    L[:s[0], :s[1], :s[2]] = lab.array[:s[0], :s[1], :s[2]]
+    return template, template.with_array(np.pad(L, [(p, p) for p in PAD]), label_scheme="topcow13")
+
+
+def _true_transform(template: Volume, rng):
+    import SimpleITK as sitk
+
+    t = sitk.Euler3DTransform()
+    t.SetCenter(tuple(template.index_to_physical((np.asarray(template.shape[::-1]) - 1) / 2)))
+    t.SetRotation(*np.deg2rad(rng.uniform(-15, 15, 3)))
+    t.SetTranslation(tuple(rng.uniform(-10, 10, 3)))
+    return t
+
+
+def _moved(vol: Volume, t, label=False, default=0.0) -> Volume:
+    """``vol`` seen through the rigid motion ``t`` (template -> scan points) on a larger, axis-aligned scan grid."""
+    ext = np.asarray(vol.shape[::-1]) * np.asarray(vol.spacing) + np.array([20.0, 20.0, 24.0])
+    size = np.ceil(ext / np.asarray(vol.spacing)).astype(int)
+    centre = vol.index_to_physical((np.asarray(vol.shape[::-1]) - 1) / 2)
+    origin = centre - vol.direction @ ((size - 1) / 2 * np.asarray(vol.spacing))
+    grid = Volume(np.zeros(size[::-1], np.uint8), spacing=vol.spacing, origin=tuple(origin), direction=vol.direction)
+    return resample_onto(vol, grid, t.GetInverse(), label=label, default=default)
+
+
+def _euler(row):
+    import SimpleITK as sitk
+
+    t = sitk.Euler3DTransform()
+    t.SetCenter(row["transform"]["centre_mm"])
+    t.SetRotation(*np.deg2rad(row["transform"]["angles_deg"]))
+    t.SetTranslation(row["transform"]["translation_mm"])
+    return t
+
+
+def test_registration_recovers_known_rigid_motion_and_labels(template_and_labels, tmp_path):
+    template, labels = template_and_labels
+    truth = _true_transform(template, np.random.default_rng(19))
+    lo = float(template.array.min())
+    for sub in ("img", "lab"):
+        (tmp_path / sub).mkdir()
+    write_volume(_moved(template, truth, default=lo), tmp_path / "img" / "case.nrrd")
+    write_volume(_moved(labels, truth, label=True), tmp_path / "lab" / "case.nrrd")
+    write_volume(template, tmp_path / "template.nrrd")
+    roi = [(PAD[2], template.shape[2] - PAD[2]), (PAD[1], template.shape[1] - PAD[1]), (PAD[0], template.shape[0] - PAD[0])]
+    roi_text = ",".join(f"{a}:{b}" for a, b in roi)
+    rc = main(["--quiet", "prepare", "cow", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
+               "--template", str(tmp_path / "template.nrrd"), "--roi", roi_text, "--out", str(tmp_path / "out"), *FAST])
+    assert rc == 0
+    doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert doc["failed"] == [] and len(doc["cases"]) == 1
+    row = doc["cases"][0]
+    assert row["quality"] == "ok" and row["label_coverage"] > 0.95
+    est = _euler(row)
+    for cx in roi[0]:
+        for cy in roi[1]:
+            for cz in roi[2]:
+                x = template.index_to_physical((cx, cy, cz))
+                d = np.asarray(est.TransformPoint(tuple(x))) - np.asarray(truth.TransformPoint(tuple(x)))
+                assert np.all(np.abs(template.direction.T @ d) / np.asarray(template.spacing) < 1.0)
+    r_est, r_true = (np.asarray(t.GetMatrix()).reshape(3, 3) for t in (est, truth))
+    angle = np.degrees(np.arccos(np.clip((np.trace(r_est.T @ r_true) - 1) / 2, -1, 1)))
+    assert angle < 1.0
+    sl = (slice(PAD[0], -PAD[0]), slice(PAD[1], -PAD[1]), slice(PAD[2], -PAD[2]))
+    got = read_volume(tmp_path / "out" / row["label"], dtype=np.int16).array
+    want = labels.array[sl]
+    for k in np.unique(want[want > 0]):
+        a, b = want == k, got == k
+        if a.sum() > 200:   # the larger arteries one by one
+            assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.9, k
+    a, b = want > 0, got > 0
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.95
+    img = read_volume(tmp_path / "out" / row["image"]).array
+    assert img.shape == want.shape and img.min() == 0.0 and img.max() == 1.0
+    assert (tmp_path / "out" / "qc_mips.png").stat().st_size > 5_000
+    assert not (tmp_path / "out.cache").exists()
+
+
+def _half(vol: Volume, label: bool = False) -> Volume:
+    """Half the resolution (cropped to even sizes first): small volumes for the slower tests."""
+    even = tuple(slice(0, s - s % 2) for s in vol.shape)
+    return downsample(vol.with_array(vol.array[even], spacing=vol.spacing), 2, label=label)
+
+
+def _small_copies(template, n, seed, quarter=False):
+    small = _half(_half(template)) if quarter else _half(template)
+    rng = np.random.default_rng(seed)
+    lo = float(np.percentile(small.array, 1))
+    return small, [_moved(small, _true_transform(small, rng), default=lo) for _ in range(n)]
+
+
+def _ncc(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def test_build_template_converges_to_a_sharp_mean(template_and_labels):
+    template, _ = template_and_labels
+    small, copies = _small_copies(template, 6, seed=7, quarter=True)
+    built = build_template(copies, 2, iterations=20, search_deg=15.0)
+    naive = np.mean([c.array for c in copies], axis=0)
+    # the built template is in the first copy's frame: it must look like that copy, far more than the plain mean does
+    assert _ncc(built.array, copies[0].array) > 0.9
+    assert _ncc(built.array, copies[0].array) > _ncc(naive, copies[0].array) + 0.1
+
+
+def test_resume_skips_done_cases(template_and_labels, tmp_path):
+    template, _ = template_and_labels
+    small, copies = _small_copies(template, 2, seed=3)
+    (tmp_path / "img").mkdir()
+    for i, c in enumerate(copies):
+        write_volume(c, tmp_path / "img" / f"c{i}.nrrd")
+    write_volume(small, tmp_path / "t.nrrd")
+    token = CancelToken()
+    kw = dict(template=tmp_path / "t.nrrd", roi=((2, 70), (2, 60), (2, 20)),
+              register_kw={"iterations": 20, "search_deg": 0.0})
+
+    def stop_after_first(event):
+        if event.done >= 1:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        prepare_cow(tmp_path / "img", tmp_path / "out", progress=stop_after_first, cancel=token, **kw)
+    assert not (tmp_path / "out").exists() and (tmp_path / "out.cache" / "rows" / "c0.json").exists()
+    prepare_cow(tmp_path / "img", tmp_path / "out", **kw)
+    rows = json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"]
+    assert [r["case"] for r in rows] == ["c0", "c1"]
+    assert rows[0].get("resumed") is True and not rows[1].get("resumed")
+
+
+def _one_line_error(argv, capsys):
+    rc = main(["--quiet", *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_bad_inputs_give_one_line_and_write_nothing(template_and_labels, tmp_path, capsys):
+    import SimpleITK as sitk
+
+    template, labels = template_and_labels
+    small = _half(template)
+    small_lab = _half(labels, label=True)
+    write_volume(small, tmp_path / "t.nrrd")
+    for sub in ("img", "lab", "flat", "empty", "badlab", "grid"):
+        (tmp_path / sub).mkdir()
+    write_volume(small, tmp_path / "img" / "a.nrrd")
+    write_volume(small_lab, tmp_path / "lab" / "a.nrrd")
+    base = ["prepare", "cow", "--template", str(tmp_path / "t.nrrd"), "--roi", "0:10,0:10,0:10"]
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((60, 60), np.float32)), str(tmp_path / "flat" / "s.nrrd"))
+    err = _one_line_error(base + ["--images", str(tmp_path / "flat"), "--out", str(tmp_path / "o1")], capsys)
+    assert "s.nrrd" in err and "3-D" in err
+    err = _one_line_error(base + ["--images", str(tmp_path / "empty"), "--out", str(tmp_path / "o2")], capsys)
+    assert "empty" in err and "no volumes" in err
+    write_volume(small_lab.with_array(np.full(small.shape, 40, np.int16)), tmp_path / "badlab" / "a.nrrd")
+    err = _one_line_error(base + ["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "badlab"),
+                                  "--out", str(tmp_path / "o3")], capsys)
+    assert "badlab/a.nrrd" in err and "unknown label id" in err and "40" in err
+    write_volume(small_lab.with_array(small_lab.array, spacing=(1.0, 1.0, 1.0)), tmp_path / "grid" / "a.nrrd")
+    err = _one_line_error(base + ["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "grid"),
+                                  "--out", str(tmp_path / "o4")], capsys)
+    assert "grid/a.nrrd" in err and "another grid" in err
+    flipped = small.with_array(small.array, direction=small.direction @ np.diag([-1.0, 1.0, 1.0]))
+    write_volume(flipped, tmp_path / "t_flipped.nrrd")
+    err = _one_line_error(["prepare", "cow", "--template", str(tmp_path / "t_flipped.nrrd"), "--images",
+                           str(tmp_path / "img"), "--roi", "0:10,0:10,0:10", "--out", str(tmp_path / "o5")], capsys)
+    assert "t_flipped.nrrd" in err and "oriented" in err
+    err = _one_line_error(base[:4] + ["--images", str(tmp_path / "img"), "--out", str(tmp_path / "o6")], capsys)
+    assert "reaches beyond the template" in err      # the paper's box does not fit this small template
+    for k in range(1, 7):
+        assert not (tmp_path / f"o{k}").exists() and not (tmp_path / f"o{k}.cache").exists()
