@@ -64,6 +64,85 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         table.SetAttribute("GANTrainer.DatasetValid", "true" if report.ok else "false")
         return report, table
 
+    # -- dataset preparation (volgan prepare) ---------------------------------------------------------------
+    def prepareDataset(self, kind: str, imagesFolder, outFolder, progress=None, cancel=None, **options) -> dict:
+        """Run ``volgan prepare bone|cow`` synchronously (console use); return :meth:`preparedTrainingFolders`.
+
+        ``options`` are :func:`GANTrainerLib.prepare.bone.prepare_bone`'s keywords for ``kind="bone"`` (``masks``,
+        ``spacing_mm``, ``calibration``, ``from_hu``, ``cortex_mm``, ``stride``, ``min_fill``, ``size``,
+        ``overwrite``) and :func:`GANTrainerLib.prepare.cow.prepare_cow`'s for ``kind="cow"`` (``labels``,
+        ``template``, ``build_template_iterations``, ``roi``, ``roi_around_labels_mm``, ``workers``, ``register_kw``,
+        ``overwrite``); empty paths mean none. Cancelling raises :class:`VolGANCore.Cancelled` and leaves no output.
+        """
+        _required_path(imagesFolder, "scans folder")
+        _required_path(outFolder, "output folder", must_exist=False)
+        for key in ("masks", "labels", "template"):
+            if key in options and _empty_path(options[key]):
+                del options[key]      # an empty field of the panel: the function's default (none)
+        if kind == "bone":
+            from GANTrainerLib.prepare.bone import prepare_bone as run
+        elif kind == "cow":
+            from GANTrainerLib.prepare.cow import prepare_cow as run
+        else:
+            raise _error(f"dataset kind {kind!r}: choose 'bone' or 'cow'")
+        run(str(imagesFolder), str(outFolder), progress=progress, cancel=cancel, **options)
+        return self.preparedTrainingFolders(outFolder)
+
+    @staticmethod
+    def prepareDatasetArgs(kind: str, imagesFolder, outFolder, masksFolder=None, labelsFolder=None, template=None,
+                           buildTemplate: bool = False, roi: str = "", spacing: float = 0.164, calibration: str = "",
+                           fromHU: bool = False, cortexMm: float = 1.0, stride: int = 0, minFill: float = 0.02,
+                           workers: int = 1, overwrite: bool = False) -> list:
+        """The ``volgan prepare …`` arguments for a background job (the panel's Prepare dataset section).
+
+        Bone: scans, optional masks, spacing, calibration ("slope,intercept") or HU, cortex, stride (0: the patch
+        size), min fill. CoW: scans, optional labels, a template file or ``buildTemplate``, an optional ROI
+        ("x0:x1,y0:y1,z0:z1"; empty: the paper's box), workers. Empty required folders raise VolGANError naming
+        the field. When the job has finished, :meth:`preparedTrainingFolders` gives the training folders."""
+        images = _required_path(imagesFolder, "scans folder", must_exist=False)
+        out = _required_path(outFolder, "output folder", must_exist=False)
+        argv = ["prepare", kind, "--images", images, "--out", out]
+        if kind == "bone":
+            argv += ["--spacing", f"{float(spacing):g}", "--cortex-mm", f"{float(cortexMm):g}",
+                     "--min-fill", f"{float(minFill):g}"]
+            if not _empty_path(masksFolder):
+                argv += ["--masks", str(masksFolder)]
+            if calibration and fromHU:
+                raise _error("calibration and HU input are alternatives: choose one")
+            if calibration:
+                argv += ["--calibration", str(calibration)]
+            if fromHU:
+                argv.append("--from-hu")
+            if stride:
+                argv += ["--stride", str(int(stride))]
+        elif kind == "cow":
+            if buildTemplate == (not _empty_path(template)):
+                raise _error("CoW preparation: choose a template file or 'build template', not both or neither")
+            argv += ["--build-template"] if buildTemplate else ["--template", str(template)]
+            if not _empty_path(labelsFolder):
+                argv += ["--labels", str(labelsFolder)]
+            if roi:
+                argv += ["--roi", str(roi)]
+            argv += ["--workers", str(int(workers))]
+        else:
+            raise _error(f"dataset kind {kind!r}: choose 'bone' or 'cow'")
+        if overwrite:
+            argv.append("--overwrite")
+        return argv
+
+    @staticmethod
+    def preparedTrainingFolders(outFolder) -> dict:
+        """``{"images": …, "labels": … or None, "cases": n, "failed": [...]}`` of a ``volgan prepare`` output, for the
+        training section's data (and labels) folder."""
+        from VolGANCore.dataset import read_manifest
+
+        doc = read_manifest(outFolder)
+        if doc.get("kind") not in ("prepared-bone", "prepared-cow"):
+            raise _error(f"{outFolder}: not written by volgan prepare (manifest kind {doc.get('kind')!r})")
+        labels = Path(outFolder) / "labels"
+        return {"images": str(Path(outFolder) / "images"), "labels": str(labels) if labels.is_dir() else None,
+                "cases": len(doc["cases"]), "failed": doc.get("failed", [])}
+
     # -- evaluation reports ---------------------------------------------------------------------------------
     def runEvaluation(self, realFolder, fakeFolder, outFolder, progress=None, cancel=None, previous=None,
                       **options) -> "LoadedReport":
