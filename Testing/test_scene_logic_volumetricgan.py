@@ -340,7 +340,7 @@ def test_shipped_models_lists_vgan_files_with_cards_and_families(headless, tiny_
     assert bone["family"] == "pgan-3d" and bone["anatomy"] == "spongiosa" and bone["steerable"]
     assert bone["outputShape"] == (16, 16, 16) and bone["spacing"] == pytest.approx((0.2, 0.2, 0.2))
     assert cow["card"] is None and cow["family"] == "stylegan2-3d" and not cow["steerable"] and cow["styleControls"]
-    assert "not a readable PyTorch file" in models["broken"]["error"] and not models["broken"]["steerable"]
+    assert "is not a PyTorch checkpoint" in models["broken"]["error"] and not models["broken"]["steerable"]
     assert logic.shippedModels(tmp_path / "missing") == {}
 
 
