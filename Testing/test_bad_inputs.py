@@ -129,7 +129,7 @@ CASES = [
     Bad("morphometry: 2-D image", lambda w, c: ["morphometry", "bone", S(w / "flat2d.nrrd"), "--threshold", "300"],
         r"flat2d\.nrrd: is 2-D .*a 3-D volume is needed", outputs=()),
     Bad("morphometry: grey image without threshold", lambda w, c: ["morphometry", "bone", S(w / "bone.nii.gz")],
-        r"not binary .*--threshold T, or otsu", outputs=()),
+        r"bone\.nii\.gz: not binary .*--threshold T, or otsu", outputs=()),
     Bad("morphometry: mask on another grid",
         lambda w, c: ["morphometry", "bone", S(w / "bone.nii.gz"), "--threshold", "300", "--mask", S(w / "mask16.nii.gz")],
         r"mask16\.nii\.gz.*(grid|shape)", outputs=()),

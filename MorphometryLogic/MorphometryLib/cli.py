@@ -93,7 +93,7 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
 
 def _cmd_bone(args: argparse.Namespace) -> int:
     from VolGANCore.cli import progress_from_args
-    from VolGANCore.errors import InputFileError
+    from VolGANCore.errors import InputFileError, VolGANError
     from VolGANCore.io import read_volume, write_volume
 
     from .batch import batch_bone_morphometry, write_rows_csv
@@ -132,9 +132,13 @@ def _cmd_bone(args: argparse.Namespace) -> int:
     want_maps = bool(args.thickness_map or args.spacing_map)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = bone_morphometry(image, mask=mask, threshold=threshold, otsu=args.otsu, parameters=args.parameters,
-                               tmd_erosion=args.tmd_erosion, return_maps=want_maps, bonej=args.bonej,
-                               progress=progress_from_args(args))
+        try:
+            out = bone_morphometry(image, mask=mask, threshold=threshold, otsu=args.otsu, parameters=args.parameters,
+                                   tmd_erosion=args.tmd_erosion, return_maps=want_maps, bonej=args.bonej,
+                                   progress=progress_from_args(args))
+        except VolGANError as exc:   # the library says "image: ..."; the command names the file
+            text = str(exc)
+            raise VolGANError(f"{path}: {text[len('image: '):]}" if text.startswith("image: ") else text) from None
     for w in caught:
         _warn(args, str(w.message))
     res, maps = out if want_maps else (out, {})
