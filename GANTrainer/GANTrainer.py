@@ -70,6 +70,12 @@ class GANTrainerParameterNode:
     segConfig: Annotated[str, Choice(["small", "full"])] = "small"
     segFolds: Annotated[int, WithinRange(2, 50)] = 5
     segEpochs: Annotated[int, WithinRange(0, 1000)] = 0  # 0: the config's own
+    prepKind: Annotated[str, Choice(["bone", "cow"])] = "bone"
+    prepScansFolder: pathlib.Path
+    prepMasksFolder: pathlib.Path  # bone: spongiosa masks; cow: label maps
+    prepTemplate: pathlib.Path  # cow: empty = build a template from the scans
+    prepFromHU: bool = False
+    prepOutFolder: pathlib.Path
 
 
 class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -85,6 +91,7 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.evaluationWatcher = None  # `volgan evaluate` in the background (JobWatcher)
         self.segmentationWatcher = None  # the downstream experiment in the background (JobWatcher)
         self.segmentationResult = None  # its results shown in the scene (replaced by the next ones)
+        self.prepareWatcher = None  # `volgan prepare` in the background (JobWatcher)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -113,6 +120,10 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
                                               self.ui.segStatusLabel, self.ui.segCancelButton,
                                               finished=self.onSegmentationExperimentFinished,
                                               what="Segmentation experiment")
+        self.prepareWatcher = JobWatcher(self, "prepare", self.ui.progressBar, self.ui.statusLabel,
+                                         self.ui.cancelPrepareButton, finished=self.onPrepareFinished,
+                                         what="Dataset preparation")
+        self.ui.prepareButton.connect("clicked(bool)", self.onPrepareButton)
         self.setupEnvironmentSection(needTorch=True)
         self.initializeParameterNode()
 
@@ -131,11 +142,13 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         # background evaluations and experiments started before the module was closed or Slicer restarted
         self.evaluationWatcher.reattach()
         self.segmentationWatcher.reattach()
+        self.prepareWatcher.reattach()
 
     def exit(self) -> None:
         self.pollTimer.stop()  # the run goes on; enter() picks it up again
         self.evaluationWatcher.pause()
         self.segmentationWatcher.pause()
+        self.prepareWatcher.pause()
         super().exit()
 
     def updateButtonStates(self) -> None:
@@ -158,6 +171,38 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         self.ui.cancelEvaluationButton.enabled = evaluating
         self.ui.evalMedicalnetBackgroundComboBox.enabled = bool(p) and p.evalProtocol == "aydin2024"
         self.updateSegmentationButtons()
+        self.updatePrepareButtons()
+
+    def updatePrepareButtons(self) -> None:
+        p = self._parameterNode
+        can_prepare = bool(p) and all(str(f) not in ("", ".") for f in (p.prepScansFolder, p.prepOutFolder))
+        preparing = self.prepareWatcher is not None and self.prepareWatcher.running
+        self.ui.prepareButton.enabled = can_prepare and not preparing
+        self.ui.cancelPrepareButton.enabled = preparing
+        self.ui.prepFromHUCheckBox.enabled = bool(p) and p.prepKind == "bone"
+        self.ui.prepTemplatePathLineEdit.enabled = bool(p) and p.prepKind == "cow"
+
+    def onPrepareButton(self) -> None:
+        p = self._parameterNode
+        if not self.ensureDependencies():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Starting the dataset preparation failed."), waitCursor=True):
+            cow = p.prepKind == "cow"
+            argv = self.logic.prepareDatasetArgs(
+                p.prepKind, p.prepScansFolder, p.prepOutFolder,
+                masksFolder=None if cow else p.prepMasksFolder, labelsFolder=p.prepMasksFolder if cow else None,
+                template=p.prepTemplate if cow else None,
+                buildTemplate=cow and str(p.prepTemplate) in ("", "."), fromHU=not cow and p.prepFromHU)
+            self.prepareWatcher.start(argv, outFolder=p.prepOutFolder)
+
+    def onPrepareFinished(self, status) -> None:
+        """Fill in the dataset section with the prepared folders."""
+        folders = self.logic.preparedTrainingFolders(status.get("out_folder"))
+        p = self._parameterNode
+        p.imagesFolder = pathlib.Path(folders["images"])
+        if folders["labels"]:
+            p.labelsFolder = pathlib.Path(folders["labels"])
+        self.ui.statusLabel.text = _("Prepared {n} volume(s); the images folder is filled in").format(n=folders["cases"])
 
     def onStartTraining(self, resume: bool) -> None:
         p = self._parameterNode
