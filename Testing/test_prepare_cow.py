@@ -17,7 +17,7 @@ from VolGANCore.io import read_label_volume, read_volume, write_volume
 from VolGANCore.progress import CancelToken
 
 PAD = (4, 10, 10)   # template margin around the crop (z, y, x voxels)
-FAST = ["--iterations", "30", "--search-deg", "15"]
+FAST = ["--iterations", "20", "--search-deg", "15"]
 
 
 @pytest.fixture(scope="module")
@@ -116,11 +116,33 @@ def _half(vol: Volume, label: bool = False) -> Volume:
     return downsample(vol.with_array(vol.array[even], spacing=vol.spacing), 2, label=label)
 
 
-def _small_copies(template, n, seed, quarter=False):
+def _small_copies(template, n, seed, quarter=False, with_motions=False):
     small = _half(_half(template)) if quarter else _half(template)
     rng = np.random.default_rng(seed)
     lo = float(np.percentile(small.array, 1))
-    return small, [_moved(small, _true_transform(small, rng), default=lo) for _ in range(n)]
+    motions = [_true_transform(small, rng) for _ in range(n)]
+    copies = [_moved(small, t, default=lo) for t in motions]
+    return (small, copies, motions) if with_motions else (small, copies)
+
+
+def test_several_random_motions_in_parallel_workers(template_and_labels, tmp_path):
+    template, _ = template_and_labels
+    small, copies, motions = _small_copies(template, 3, seed=1, with_motions=True)
+    (tmp_path / "img").mkdir()
+    for i, c in enumerate(copies):
+        write_volume(c, tmp_path / "img" / f"c{i}.nrrd")
+    write_volume(small, tmp_path / "t.nrrd")
+    roi = ((2, 70), (2, 60), (2, 18))
+    prepare_cow(tmp_path / "img", tmp_path / "out", template=tmp_path / "t.nrrd", roi=roi, workers=2,
+                register_kw={"iterations": 20, "search_deg": 15.0})
+    rows = json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"]
+    assert [r["case"] for r in rows] == ["c0", "c1", "c2"] and all(r["quality"] == "ok" for r in rows)
+    for row, truth in zip(rows, motions):
+        est = _euler(row)
+        for corner in [(x, y, z) for x in roi[0] for y in roi[1] for z in roi[2]]:
+            p = tuple(small.index_to_physical(corner))
+            d = np.asarray(est.TransformPoint(p)) - np.asarray(truth.TransformPoint(p))
+            assert np.all(np.abs(small.direction.T @ d) / np.asarray(small.spacing) < 1.0), row["case"]
 
 
 def _ncc(a, b):

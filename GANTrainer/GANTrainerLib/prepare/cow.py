@@ -4,8 +4,9 @@ The paper (DESIGN §2) registered every TOF-MRA rigidly (6 dof, mutual informati
 cropped x 80:208, y 120:248, z 40:72 on the template grid, did not skull-strip, and min-max normalised each volume.
 Here: SimpleITK Euler 3-D, Mattes mutual information, three resolution levels with full sampling at the finest.
 Like flirt, a coarse search comes first: after a centre-of-mass initialisation an exhaustive search over rotations
-(±``search_deg`` about each axis in ``search_step_deg`` steps, the plain centre start included) at the coarsest
-level keeps the start with the best (lowest) metric, which is then refined.
+(±``search_deg`` about each axis in ``search_step_deg`` steps) at the coarsest level picks the best-scoring start;
+it and the plain centre start are both refined (a coarse metric can mislead) and the one with the better (lower)
+final metric, evaluated with full sampling, is kept.
 """
 
 from __future__ import annotations
@@ -106,16 +107,25 @@ def register_rigid(fixed: Volume, moving: Volume, search_deg: float = 30.0, sear
         return r
 
     search = method("search")      # every start of the grid, the plain centre start (0°) included, by its metric
-    start = sitk.Euler3DTransform(centre)
-    search.SetInitialTransform(start, inPlace=True)
+    searched = sitk.Euler3DTransform(centre)
+    search.SetInitialTransform(searched, inPlace=True)
     search.Execute(f, m)
-    refine = method("refine")
-    refine.SetInitialTransform(start, inPlace=True)
-    refine.Execute(f, m)
-    final = method("refine")       # the final metric with full sampling on the finest grid
-    final.SetMetricSamplingPercentage(1.0, seed)
-    final.SetInitialTransform(sitk.Euler3DTransform(start))
-    return sitk.Euler3DTransform(start), float(final.MetricEvaluate(f, m))
+    starts = [centre]
+    if not np.allclose(searched.GetParameters(), centre.GetParameters()):
+        starts.append(searched)    # a coarse metric can mislead: refine both, keep the better final metric
+    best = None
+    for s in starts:
+        start = sitk.Euler3DTransform(s)
+        refine = method("refine")
+        refine.SetInitialTransform(start, inPlace=True)
+        refine.Execute(f, m)
+        final = method("refine")   # the final metric with full sampling on the finest grid
+        final.SetMetricSamplingPercentage(1.0, seed)
+        final.SetInitialTransform(sitk.Euler3DTransform(start))
+        value = float(final.MetricEvaluate(f, m))
+        if best is None or value < best[1]:
+            best = (sitk.Euler3DTransform(start), value)
+    return best
 
 
 def resample_onto(moving: Volume, reference: Volume, transform=None, label: bool = False, default: float = 0.0) -> Volume:
