@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from VolGANCore import VolGANError, mrml
-from VolumetricGANLib.steer import steering_support
+from VolumetricGANLib.steer import STEERABLE, steering_support   # torch-free: the panel builds without torch
 
 PHANTOM_KINDS = ("cow", "bone")
 GENERATION_MODES = ("sample", "interpolate", "variation", "mix")
 
-# steerable micro-structure parameters (the keys of VolumetricGANLib.steer.STEERABLE) and their units
-STEERING_PARAMETERS = ("BV/TV", "BMD", "TMD", "Tb.Th", "Tb.Sp", "Tb.N", "DA")
+# steerable micro-structure parameters (the library's own list) and their units
+STEERING_PARAMETERS = tuple(STEERABLE)
 STEERING_UNITS = {"BV/TV": "", "BMD": "image units", "TMD": "image units", "Tb.Th": "mm", "Tb.Sp": "mm",
                   "Tb.N": "1/mm", "DA": ""}
 LATENT_ATTRIBUTE = "VolumetricGAN.latent"
