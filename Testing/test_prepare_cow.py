@@ -226,3 +226,27 @@ def test_bad_inputs_give_one_line_and_write_nothing(template_and_labels, tmp_pat
     assert "reaches beyond the template" in err      # the paper's box does not fit this small template
     for k in range(1, 7):
         assert not (tmp_path / f"o{k}").exists() and not (tmp_path / f"o{k}.cache").exists()
+
+
+def test_roi_around_labels_holds_every_label(template_and_labels, tmp_path):
+    template, labels = template_and_labels
+    small, small_lab = _half(template), _half(labels, label=True)
+    rng = np.random.default_rng(5)
+    lo = float(np.percentile(small.array, 1))
+    for sub in ("img", "lab"):
+        (tmp_path / sub).mkdir()
+    for i in range(2):
+        t = _true_transform(small, rng)
+        write_volume(_moved(small, t, default=lo), tmp_path / "img" / f"c{i}.nrrd")
+        write_volume(_moved(small_lab, t, label=True), tmp_path / "lab" / f"c{i}.nrrd")
+    write_volume(small, tmp_path / "t.nrrd")
+    prepare_cow(tmp_path / "img", tmp_path / "out", labels=tmp_path / "lab", template=tmp_path / "t.nrrd",
+                roi_around_labels_mm=1.0, register_kw={"iterations": 20, "search_deg": 15.0})
+    doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    (x0, x1), (y0, y1), (z0, z1) = doc["parameters"]["roi_xyz"]
+    idx = np.argwhere(small_lab.array > 0)            # (z, y, x) of the template's own labels
+    assert idx.size and x0 <= idx[:, 2].min() and idx[:, 2].max() < x1 and y0 <= idx[:, 1].min()
+    assert idx[:, 1].max() < y1 and z0 <= idx[:, 0].min() and idx[:, 0].max() < z1
+    assert all(r["label_coverage"] > 0.99 for r in doc["cases"])
+    assert x1 - x0 < small.shape[2] and y1 - y0 < small.shape[1]     # a box around the labels, not the whole grid
+    assert read_volume(tmp_path / "out" / doc["cases"][0]["image"]).shape == (z1 - z0, y1 - y0, x1 - x0)
