@@ -73,3 +73,49 @@ def test_prepare_dataset_args_run_as_the_cli(scans, tmp_path):
         (tmp_path / "other").mkdir()
         (tmp_path / "other" / "manifest.json").write_text(json.dumps({"kind": "cow-tof-mra-phantom", "cases": []}))
         GANTrainerSceneLogic.preparedTrainingFolders(tmp_path / "other")
+
+
+class _Environment:
+    """``slicer.app.startupEnvironment()`` (a QProcessEnvironment) over this process's environment."""
+
+    def keys(self):
+        import os
+
+        return list(os.environ)
+
+    def value(self, key):
+        import os
+
+        return os.environ[key]
+
+
+def test_panel_prepares_in_the_background_then_fills_the_dataset_folder(scans, tmp_path, monkeypatch):
+    """Prepare dataset in the panel (Slicer 5.12.3's own layer) runs `volgan prepare bone` as a BackgroundJob through
+    PythonSlicer; when it finishes, the Dataset section's images folder is the prepared one."""
+    import os
+    import time
+
+    from install_layout import write_fake_pythonslicer
+    from slicer_layer import slicer_layer
+
+    launcher = write_fake_pythonslicer(tmp_path / "bin", python_args=())
+    monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with slicer_layer("5.12.3") as layer:
+        layer.app.__dict__["startupEnvironment"] = lambda: _Environment()
+        widget = layer.make_widget("GANTrainer")
+        ui, p = widget.ui, widget._parameterNode
+        assert not ui.prepareButton.enabled
+        p.prepScansFolder, p.prepMasksFolder, p.prepOutFolder = scans / "images", scans / "masks", tmp_path / "prep"
+        assert ui.prepareButton.enabled and ui.prepFromHUCheckBox.enabled and not ui.prepTemplatePathLineEdit.enabled
+        ui.prepareButton.click()
+        watcher = widget.prepareWatcher
+        assert watcher.job.poll()["argv"][:4] == ["prepare", "bone", "--images", str(scans / "images")]
+        t0 = time.time()
+        while watcher.job is not None and time.time() - t0 < 240:
+            watcher.poll()
+            time.sleep(0.2)
+        assert (tmp_path / "prep" / "manifest.json").is_file(), ui.statusLabel.text
+        assert str(p.imagesFolder) == str(tmp_path / "prep" / "images") and "Prepared 2 volume" in ui.statusLabel.text
+        p.prepKind = "cow"
+        assert not ui.prepFromHUCheckBox.enabled and ui.prepTemplatePathLineEdit.enabled
