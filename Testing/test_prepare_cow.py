@@ -224,7 +224,10 @@ def test_bad_inputs_give_one_line_and_write_nothing(template_and_labels, tmp_pat
     assert "t_flipped.nrrd" in err and "oriented" in err
     err = _one_line_error(base[:4] + ["--images", str(tmp_path / "img"), "--out", str(tmp_path / "o6")], capsys)
     assert "reaches beyond the template" in err      # the paper's box does not fit this small template
-    for k in range(1, 7):
+    err = _one_line_error(["prepare", "cow", "--build-template", "--images", str(tmp_path / "img"),
+                           "--out", str(tmp_path / "o7")], capsys)
+    assert "reaches beyond the template" in err and "a.nrrd" in err   # checked before a template is built
+    for k in range(1, 8):
         assert not (tmp_path / f"o{k}").exists() and not (tmp_path / f"o{k}.cache").exists()
 
 

@@ -215,11 +215,14 @@ def _check_inputs(images, labels, template_path, roi, label_scheme):
             raise InputFileError(template_path, f"is oriented {t_orient}, the images {', '.join(odd)}",
                                  "reorient the template (or the images) so that they share axes, e.g. with "
                                  "SimpleITK.DICOMOrient")
-        size = th.GetSize()
-        for axis, (lo, hi) in zip("xyz", roi):
-            if hi > size["xyz".index(axis)]:
-                raise VolGANError(f"--roi {axis} {lo}:{hi} reaches beyond the template's {size[:3]} voxels "
-                                  f"({template_path}); pass a --roi inside it")
+    else:   # --build-template: the template lies on the first scan's grid
+        th = heads[files[0]]
+    size = th.GetSize()
+    for axis, (lo, hi) in zip("xyz", roi):
+        if hi > size["xyz".index(axis)]:
+            where = template_path if template_path is not None else f"{files[0]}, whose grid a built template takes"
+            raise VolGANError(f"--roi {axis} {lo}:{hi} reaches beyond the template's {tuple(size[:3])} voxels "
+                              f"({where}); pass a --roi inside it")
     return pairs
 
 
