@@ -163,21 +163,26 @@ def test_progressive_gan_trains(tmp_path):
     assert cfg["latent"]["distribution"] == "hypersphere" and cfg["intensity"]["physical_range"] == [-350, 1100]
 
 
-def test_ddp_two_processes_with_gloo(data, tmp_path):
-    script = tmp_path / "ddp_train.py"
+def _torchrun_tiny(data, out, nproc: int, port: int) -> list[dict]:
+    """train() on TINY under ``torchrun --nproc_per_node nproc`` (gloo, one thread each); every rank's result."""
+    script = out.parent / f"{out.name}_train.py"
     script.write_text(textwrap.dedent(f"""
-        import json, sys
+        import json
         from GANTrainerLib.train import TrainSettings, train
         s = TrainSettings(**json.loads({json.dumps(json.dumps(TINY))}))
-        out = train({str(data)!r}, {str(tmp_path / 'ddp')!r}, s, max_steps=3, device="cpu", log=lambda m: None)
+        out = train({str(data)!r}, {str(out)!r}, s, max_steps=3, device="cpu", log=lambda m: None)
         print("RESULT " + json.dumps(out), flush=True)
     """))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29517", str(script)], capture_output=True, text=True, timeout=600,
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                           "--master_port", str(port), str(script)], capture_output=True, text=True, timeout=600,
                           env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
+    return [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
+
+
+def test_ddp_two_processes_with_gloo(data, tmp_path):
+    results = _torchrun_tiny(data, tmp_path / "ddp", nproc=2, port=29517)
     assert sorted(r["rank"] for r in results) == [0, 1] and all(r["world"] == 2 for r in results)
     assert results[0]["g_param_checksum"] == results[1]["g_param_checksum"]   # gradients were averaged
     ckpt = load_checkpoint(next(r["checkpoint"] for r in results if r["rank"] == 0))
@@ -188,20 +193,7 @@ def test_ddp_two_processes_with_gloo(data, tmp_path):
 def test_torchrun_with_one_process_joins_a_group_and_trains_exactly_like_a_plain_run(data, tmp_path):
     """One torchrun process runs every collective of the loop (how gpu_check proves NCCL on one GPU): a group of one
     averages nothing, so the weights are the plain run's bit for bit."""
-    script = tmp_path / "one_rank.py"
-    script.write_text(textwrap.dedent(f"""
-        import json
-        from GANTrainerLib.train import TrainSettings, train
-        s = TrainSettings(**json.loads({json.dumps(json.dumps(TINY))}))
-        out = train({str(data)!r}, {str(tmp_path / 'one')!r}, s, max_steps=3, device="cpu", log=lambda m: None)
-        print("RESULT " + json.dumps(out), flush=True)
-    """))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
-                           "--master_port", "29519", str(script)], capture_output=True, text=True, timeout=600,
-                          env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (result,) = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
+    (result,) = _torchrun_tiny(data, tmp_path / "one", nproc=1, port=29519)
     assert result["process_group"] is True and result["world"] == 1
     assert read_status(tmp_path / "one")["process_group"] == "gloo"   # what gpu_check reads (nccl on a GPU)
     threads = torch.get_num_threads()
