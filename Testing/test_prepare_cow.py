@@ -253,3 +253,24 @@ def test_roi_around_labels_holds_every_label(template_and_labels, tmp_path):
     assert all(r["label_coverage"] > 0.99 for r in doc["cases"])
     assert x1 - x0 < small.shape[2] and y1 - y0 < small.shape[1]     # a box around the labels, not the whole grid
     assert read_volume(tmp_path / "out" / doc["cases"][0]["image"]).shape == (z1 - z0, y1 - y0, x1 - x0)
+
+
+def test_spacing_resamples_images_and_labels_onto_one_grid(template_and_labels, tmp_path):
+    template, labels = template_and_labels
+    small, small_lab = _half(template), _half(labels, label=True)
+    for sub in ("img", "lab"):
+        (tmp_path / sub).mkdir()
+    write_volume(small, tmp_path / "img" / "a.nrrd")
+    write_volume(small_lab, tmp_path / "lab" / "a.nrrd")
+    write_volume(small, tmp_path / "t.nrrd")
+    rc = main(["--quiet", "prepare", "cow", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
+               "--template", str(tmp_path / "t.nrrd"), "--roi", "4:68,4:60,2:18", "--spacing", "0.8",
+               "--out", str(tmp_path / "out"), "--iterations", "10", "--search-deg", "0"])
+    assert rc == 0
+    row = json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"][0]
+    img, lab = read_volume(tmp_path / "out" / row["image"]), read_volume(tmp_path / "out" / row["label"], dtype=np.int16)
+    assert np.allclose(img.spacing, 0.8) and img.same_geometry(lab)
+    # the same physical box: 64 × 0.59375 mm in x at 0.8 mm -> 48 voxels; 16 × 1.2 mm in z -> 24
+    assert img.shape == (24, 42, 48) and img.array.min() == 0.0 and img.array.max() == 1.0
+    sl = (slice(2, 18), slice(4, 60), slice(4, 68))
+    assert abs((lab.array > 0).mean() - (small_lab.array[sl] > 0).mean()) < 0.02   # label volume kept

@@ -66,6 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                                  "80:208,120:248,40:72)")
     box.add_argument("--roi-around-labels", type=float, metavar="MM",
                      help="crop the labels' bounding box on the template grid, grown by MM")
+    c.add_argument("--spacing", type=float, nargs="+", metavar="MM",
+                   help="resample the crops to this voxel size: one value (isotropic) or three (x y z); default: "
+                        "the template's")
     c.add_argument("--label-scheme", choices=["topcow13", "aydin7"], default="topcow13",
                    help="allowed label ids (default topcow13)")
     c.add_argument("--iterations", type=int, default=100, help="optimiser iterations per level (default 100)")
@@ -106,7 +109,9 @@ def _cmd_cow(args: argparse.Namespace) -> int:
     out = prepare_cow(args.images, args.out, labels=args.labels, template=args.template,
                       build_template_iterations=args.template_iterations if args.build_template else 0,
                       roi=parse_roi(args.roi) if args.roi else None, roi_around_labels_mm=args.roi_around_labels,
-                      label_scheme=args.label_scheme, workers=args.workers, fmt=args.format, overwrite=args.overwrite,
+                      label_scheme=args.label_scheme, workers=args.workers,
+                      spacing_mm=(args.spacing[0] if len(args.spacing) == 1 else args.spacing) if args.spacing else None,
+                      fmt=args.format, overwrite=args.overwrite,
                       register_kw=register_kw, progress=progress_from_args(args))
     from VolGANCore.dataset import read_manifest
 

@@ -25,6 +25,7 @@ from VolGANCore import Volume, VolGANError
 from VolGANCore.atomic import atomic_directory, atomic_path, atomic_write_json
 from VolGANCore.dataset import case_id, list_volumes, write_manifest
 from VolGANCore.errors import InputFileError
+from VolGANCore.geometry import resample
 from VolGANCore.io import read_label_volume, read_volume, sha256_file, write_volume
 from VolGANCore.progress import CancelToken, Progress, ProgressCallback
 
@@ -230,7 +231,7 @@ def _prepare_case(args) -> dict:
     """Register one case, write its ROI image (+ labels) into the cache folder; a dict row for the manifest."""
     import SimpleITK as sitk
 
-    src, lab, template, roi, cache, fmt, recipe, register_kw, self_info = args
+    src, lab, template, roi, cache, fmt, recipe, register_kw, self_info, spacing = args
     stem = case_id(src)
     row = {"case": stem, "source": src.name, "recipe": recipe}
     try:
@@ -246,12 +247,15 @@ def _prepare_case(args) -> dict:
         return dict(row, status="failed", metric=metric, reason=f"only {inside:.0%} of the ROI lies inside the scan "
                                                                "after registration (wrong field of view?)")
     moved = np.where(np.isfinite(moved), moved, np.nanmin(moved)).astype(np.float32)
-    lo, hi = float(moved.min()), float(moved.max())
+    origin = tuple(float(v) for v in template.index_to_physical((roi[0][0], roi[1][0], roi[2][0])))
+    crop_grid = template.with_array(moved, spacing=template.spacing, origin=origin, metadata={})
+    if spacing is not None:     # the same physical box at the chosen spacing (B-spline)
+        crop_grid = resample(crop_grid, spacing, interpolation="bspline")
+    lo, hi = float(crop_grid.array.min()), float(crop_grid.array.max())
     if hi <= lo:
         return dict(row, status="failed", metric=metric, reason="the ROI is constant after registration")
-    origin = tuple(float(v) for v in template.index_to_physical((roi[0][0], roi[1][0], roi[2][0])))
-    out = template.with_array(((moved - lo) / (hi - lo)).astype(np.float32), spacing=template.spacing, origin=origin,
-                              metadata={"intensity": "minmax [0, 1]", "source": src.name})
+    out = crop_grid.with_array(((crop_grid.array - lo) / (hi - lo)).astype(np.float32),
+                               metadata={"intensity": "minmax [0, 1]", "source": src.name})
     write_volume(out, cache / "images" / f"{stem}.{fmt}")
     params = np.asarray(transform.GetParameters(), float)
     row.update(status="ok", metric=metric, quality="ok" if metric <= SUSPECT_RATIO * self_info else "suspect",
@@ -264,7 +268,11 @@ def _prepare_case(args) -> dict:
         crop = full[sl]
         total = int(np.count_nonzero(full))
         row["label_coverage"] = float(np.count_nonzero(crop) / total) if total else None
-        write_volume(out.with_array(crop.astype(np.int16), label_scheme=lv.label_scheme), cache / "labels" / f"{stem}.{fmt}")
+        lab_crop = template.with_array(crop.astype(np.int16), spacing=template.spacing, origin=origin,
+                                       label_scheme=lv.label_scheme, metadata={})
+        if spacing is not None:
+            lab_crop = resample(lab_crop, spacing, label=True)
+        write_volume(lab_crop, cache / "labels" / f"{stem}.{fmt}")
         row["label"] = f"labels/{stem}.{fmt}"
     atomic_write_json(cache / "rows" / f"{stem}.json", row)
     return row
@@ -306,6 +314,7 @@ def prepare_cow(
     roi: Optional[Sequence[Sequence[int]]] = None,    # ((x0, x1), (y0, y1), (z0, z1)) on the template grid
     roi_around_labels_mm: Optional[float] = None,
     label_scheme: str = "topcow13",
+    spacing_mm: Optional[float | Sequence[float]] = None,   # resample the crops to this spacing (x, y, z mm)
     workers: int = 1,
     fmt: str = "nii.gz",
     overwrite: bool = False,
@@ -328,6 +337,11 @@ def prepare_cow(
     if roi_around_labels_mm is not None and labels is None:
         raise VolGANError("--roi-around-labels needs --labels")
     roi = tuple(tuple(int(v) for v in r) for r in (roi or PAPER_ROI)) if roi_around_labels_mm is None else None
+    spacing = None
+    if spacing_mm is not None:
+        spacing = tuple(float(v) for v in np.broadcast_to(np.asarray(spacing_mm, float), (3,)))
+        if not all(np.isfinite(v) and v > 0 for v in spacing):
+            raise VolGANError(f"--spacing {spacing_mm}: voxel sizes must be positive numbers of mm")
     if not isinstance(workers, int) or workers < 1:
         raise VolGANError(f"--workers {workers}: must be an integer ≥ 1")
     pairs = _check_inputs(images, labels, template, roi or ((0, 1),) * 3, label_scheme)
@@ -345,7 +359,7 @@ def prepare_cow(
         t_id = hashlib.sha256(tvol.array.tobytes()).hexdigest()
     if roi is None:   # --roi-around-labels: the labels' bounding box on the template grid, grown by the margin
         roi = _roi_around_labels(pairs, tvol, roi_around_labels_mm, register_kw)
-    recipe = hashlib.sha256(json.dumps({"template": t_id, "roi": roi, "fmt": fmt, "register": register_kw,
+    recipe = hashlib.sha256(json.dumps({"template": t_id, "roi": roi, "fmt": fmt, "register": register_kw, "spacing": spacing,
                                         "labels": labels is not None}, sort_keys=True, default=str).encode()).hexdigest()[:16]
     cache = out.with_name(out.name + ".cache")
     for sub in ("images", "labels", "rows"):
@@ -359,7 +373,7 @@ def prepare_cow(
             if row.get("recipe") == recipe:
                 rows[case_id(f)] = dict(row, resumed=True)
                 continue
-        todo.append((f, lab, tvol, roi, cache, fmt, recipe, register_kw, self_info))
+        todo.append((f, lab, tvol, roi, cache, fmt, recipe, register_kw, self_info, spacing))
     with Progress(len(pairs), "prepare cow", progress, cancel) as p:
         if rows:
             p.advance(len(rows), message=f"{len(rows)} case(s) done before (same recipe)")
@@ -390,6 +404,7 @@ def prepare_cow(
             write_volume(tvol, tmp / f"template.{fmt}")
         params = {"template": str(template) if template is not None else f"template.{fmt} (built)",
                   "template_sha256": t_id, "roi_xyz": roi, "intensity": "minmax [0, 1] per volume",
+                  "spacing_mm": spacing or "the template's",
                   "label_scheme": label_scheme if labels is not None else None, "recipe": recipe,
                   "register": register_kw, "suspect_below_self_information_ratio": SUSPECT_RATIO,
                   "template_self_information": self_info}
