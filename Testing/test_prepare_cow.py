@@ -274,3 +274,18 @@ def test_spacing_resamples_images_and_labels_onto_one_grid(template_and_labels, 
     assert img.shape == (24, 42, 48) and img.array.min() == 0.0 and img.array.max() == 1.0
     sl = (slice(2, 18), slice(4, 60), slice(4, 68))
     assert abs((lab.array > 0).mean() - (small_lab.array[sl] > 0).mean()) < 0.02   # label volume kept
+
+
+def test_an_unrelated_scan_is_flagged_suspect(template_and_labels, tmp_path):
+    template, _ = template_and_labels
+    small = _half(template)
+    (tmp_path / "img").mkdir()
+    write_volume(small, tmp_path / "img" / "good.nrrd")
+    noise = np.random.default_rng(0).gamma(2.0, 50.0, small.shape).astype(np.float32)   # no anatomy at all
+    write_volume(small.with_array(noise), tmp_path / "img" / "noise.nrrd")
+    write_volume(small, tmp_path / "t.nrrd")
+    prepare_cow(tmp_path / "img", tmp_path / "out", template=tmp_path / "t.nrrd", roi=((4, 68), (4, 60), (2, 18)),
+                register_kw={"iterations": 10, "search_deg": 0.0})
+    rows = {r["case"]: r for r in json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"]}
+    assert rows["good"]["quality"] == "ok" and rows["noise"]["quality"] == "suspect"
+    assert rows["noise"]["metric"] > rows["good"]["metric"]
