@@ -289,3 +289,21 @@ def test_an_unrelated_scan_is_flagged_suspect(template_and_labels, tmp_path):
     rows = {r["case"]: r for r in json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"]}
     assert rows["good"]["quality"] == "ok" and rows["noise"]["quality"] == "suspect"
     assert rows["noise"]["metric"] > rows["good"]["metric"]
+
+
+def test_failed_cases_are_listed_and_left_out(template_and_labels, tmp_path, capsys):
+    template, _ = template_and_labels
+    small = _half(template)
+    (tmp_path / "img").mkdir()
+    write_volume(small, tmp_path / "img" / "good.nrrd")
+    piece = small.array[8:14, 20:36, 20:36]          # a scan covering a small part of the ROI only
+    write_volume(small.with_array(piece, spacing=small.spacing,
+                                  origin=tuple(small.index_to_physical((20, 20, 8)))), tmp_path / "img" / "piece.nrrd")
+    write_volume(small, tmp_path / "t.nrrd")
+    rc = main(["prepare", "cow", "--images", str(tmp_path / "img"), "--template", str(tmp_path / "t.nrrd"),
+               "--roi", "4:68,4:60,2:18", "--out", str(tmp_path / "out"), "--iterations", "10", "--search-deg", "0"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "piece.nrrd excluded" in out
+    doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [r["case"] for r in doc["cases"]] == ["good"] and [f["case"] for f in doc["failed"]] == ["piece"]
+    assert doc["failed"][0]["reason"] and sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["good.nii.gz"]
