@@ -189,6 +189,13 @@ def _montage(path: Path, tiles: list[tuple[np.ndarray, str]], window=(-350.0, 11
         ax.set_title(title, fontsize=6)
     fig.suptitle(f"volgan prepare bone: {len(tiles)} patch(es), middle axial slice, window {window}", fontsize=8)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.3)
+    save_qc_figure(fig, path)
+
+
+def save_qc_figure(fig, path) -> None:
+    """Write a QC page atomically (a reader never sees half a PNG) and close the figure (prepare bone and cow)."""
+    import matplotlib.pyplot as plt
+
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)

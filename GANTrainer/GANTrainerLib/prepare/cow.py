@@ -22,12 +22,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from VolGANCore import Volume, VolGANError
-from VolGANCore.atomic import atomic_directory, atomic_path, atomic_write_json
+from VolGANCore.atomic import atomic_directory, atomic_write_json
 from VolGANCore.dataset import case_id, list_volumes, write_manifest
 from VolGANCore.errors import InputFileError
 from VolGANCore.geometry import resample
 from VolGANCore.io import read_label_volume, read_volume, sha256_file, write_volume
 from VolGANCore.progress import CancelToken, Progress, ProgressCallback
+
+from .bone import save_qc_figure
 
 __all__ = ["PAPER_ROI", "parse_roi", "register_rigid", "resample_onto", "orientation_code", "build_template",
            "prepare_cow"]
@@ -229,8 +231,6 @@ def _check_inputs(images, labels, template_path, roi, label_scheme):
 
 def _prepare_case(args) -> dict:
     """Register one case, write its ROI image (+ labels) into the cache folder; a dict row for the manifest."""
-    import SimpleITK as sitk
-
     src, lab, template, roi, cache, fmt, recipe, register_kw, self_info, spacing = args
     stem = case_id(src)
     row = {"case": stem, "source": src.name, "recipe": recipe}
@@ -300,9 +300,7 @@ def _qc_page(path: Path, folder: Path, rows: list[dict]) -> None:
         ax.set_title(f"{r['case']} ({r['quality']})", fontsize=7, color="black" if r["quality"] == "ok" else "red")
     fig.suptitle("volgan prepare cow: axial MIP of each prepared case, label outline in red", fontsize=8)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.25)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
+    save_qc_figure(fig, path)
 
 
 def prepare_cow(
