@@ -660,6 +660,20 @@ class LayoutManager(QObject):
         return vtk.vtkCollection()
 
 
+class _ProcessEnvironment:
+    """The parts of QProcessEnvironment that Slicer's util reads, over ``os.environ`` at call time."""
+
+    def keys(self) -> list:
+        import os
+
+        return list(os.environ)
+
+    def value(self, key: str) -> str:
+        import os
+
+        return os.environ[key]
+
+
 class FakeApplication(QObject):
     """``slicer.app``: application state only (settings, testing flag, module manager, layout manager)."""
 
@@ -685,6 +699,11 @@ class FakeApplication(QObject):
 
     def thread(self):
         return QThread.currentThread()
+
+    def startupEnvironment(self):
+        """``slicer.app.startupEnvironment()``: a QProcessEnvironment (``keys()``, ``value(k)``) over this process's
+        environment, as Slicer's launcher left it (what ``slicer.util.startupEnvironment()`` reads)."""
+        return _ProcessEnvironment()
 
     def topLevelWidgets(self) -> list:
         main = self.__dict__.get("_mainWindow")

@@ -147,7 +147,6 @@ def test_panel_evaluates_in_the_background_then_shows_the_report(volume_sets, tm
     monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with slicer_layer("5.12.3") as layer:
-        layer.app.__dict__["startupEnvironment"] = lambda: _Environment()
         widget = layer.make_widget("GANTrainer")
         ui, p = widget.ui, widget._parameterNode
         assert not ui.evaluateButton.enabled
@@ -202,17 +201,3 @@ def test_evaluation_args_pass_the_medicalnet_background_with_the_anchor_protocol
     assert "--medicalnet-background" not in GANTrainerSceneLogic.evaluationArgs(*folders, medicalnetBackground="zero")
     with pytest.raises(VolGANError, match="MedicalNet background 'grey'"):
         GANTrainerSceneLogic.evaluationArgs(*folders, protocol="aydin2024", medicalnetBackground="grey")
-
-
-class _Environment:
-    """``slicer.app.startupEnvironment()`` (a QProcessEnvironment) over this process's environment."""
-
-    def keys(self):
-        import os
-
-        return list(os.environ)
-
-    def value(self, key):
-        import os
-
-        return os.environ[key]

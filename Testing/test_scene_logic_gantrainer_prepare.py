@@ -75,20 +75,6 @@ def test_prepare_dataset_args_run_as_the_cli(scans, tmp_path):
         GANTrainerSceneLogic.preparedTrainingFolders(tmp_path / "other")
 
 
-class _Environment:
-    """``slicer.app.startupEnvironment()`` (a QProcessEnvironment) over this process's environment."""
-
-    def keys(self):
-        import os
-
-        return list(os.environ)
-
-    def value(self, key):
-        import os
-
-        return os.environ[key]
-
-
 def test_panel_prepares_in_the_background_then_fills_the_dataset_folder(scans, tmp_path, monkeypatch):
     """Prepare dataset in the panel (Slicer 5.12.3's own layer) runs `volgan prepare bone` as a BackgroundJob through
     PythonSlicer; when it finishes, the Dataset section's images folder is the prepared one."""
@@ -102,7 +88,6 @@ def test_panel_prepares_in_the_background_then_fills_the_dataset_folder(scans, t
     monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with slicer_layer("5.12.3") as layer:
-        layer.app.__dict__["startupEnvironment"] = lambda: _Environment()
         widget = layer.make_widget("GANTrainer")
         ui, p = widget.ui, widget._parameterNode
         assert not ui.prepareButton.enabled
