@@ -120,7 +120,9 @@ def _same_grid(a, b, tol: float = 1e-4) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5))
 
 
-def _header(path: Path):
+def scan_header(path: Path):
+    """The header of a 3-D scan (size, spacing, origin, direction) without its voxels; one clear error for an
+    unreadable file or one with fewer than three non-singleton axes (prepare bone and cow)."""
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -129,6 +131,10 @@ def _header(path: Path):
         reader.ReadImageInformation()
     except RuntimeError:
         raise InputFileError(path, "cannot be read as an image", "the file is corrupt or truncated; re-export it") from None
+    dims = [s for s in reader.GetSize() if s > 1]
+    if reader.GetDimension() < 3 or len(dims) < 3:
+        raise InputFileError(path, f"is {len(dims)}-D with size {tuple(reader.GetSize())}",
+                             "a 3-D scan is needed; stack the slices into one volume file")
     return reader
 
 
@@ -149,11 +155,7 @@ def _check_inputs(images: str | os.PathLike, masks: Optional[str | os.PathLike],
     mask_files = {case_id(p): p for p in list_volumes(masks)} if masks is not None else {}
     pairs = []
     for f in files:
-        head = _header(f)
-        dims = [s for s in head.GetSize() if s > 1]
-        if head.GetDimension() < 3 or len(dims) < 3:
-            raise InputFileError(f, f"is {len(dims)}-D with size {tuple(head.GetSize())}",
-                                 "a 3-D scan is needed; stack the slices into one volume file")
+        head = scan_header(f)
         extent = np.asarray(head.GetSize()[:3]) * np.asarray(head.GetSpacing()[:3])
         if np.any(extent < size * spacing_mm):
             raise InputFileError(f, f"spans {tuple(np.round(extent, 2))} mm, smaller than one {size}³ patch at "
@@ -164,7 +166,7 @@ def _check_inputs(images: str | os.PathLike, masks: Optional[str | os.PathLike],
             if m is None:
                 raise InputFileError(f, f"has no mask in {masks} (same file name expected)",
                                      "add its mask or leave out --masks to build masks automatically")
-            if not _same_grid(head, _header(m)):
+            if not _same_grid(head, scan_header(m)):
                 raise InputFileError(m, f"is on another grid than {f.name} (size, spacing, origin or direction differ)",
                                      "resample the mask onto its image first")
         pairs.append((f, m))

@@ -29,7 +29,7 @@ from VolGANCore.geometry import resample
 from VolGANCore.io import read_label_volume, read_volume, sha256_file, write_volume
 from VolGANCore.progress import CancelToken, Progress, ProgressCallback
 
-from .bone import save_qc_figure
+from .bone import save_qc_figure, scan_header
 
 __all__ = ["PAPER_ROI", "parse_roi", "register_rigid", "resample_onto", "orientation_code", "build_template",
            "prepare_cow"]
@@ -178,21 +178,7 @@ def _roi_slices(roi) -> tuple[slice, slice, slice]:
 def _check_inputs(images, labels, template_path, roi, label_scheme):
     files = list_volumes(images)
     label_files = {case_id(p): p for p in list_volumes(labels)} if labels is not None else {}
-    import SimpleITK as sitk
-
-    def header(path):
-        r = sitk.ImageFileReader()
-        r.SetFileName(str(path))
-        try:
-            r.ReadImageInformation()
-        except RuntimeError:
-            raise InputFileError(path, "cannot be read as an image", "the file is corrupt or truncated; re-export it") from None
-        if r.GetDimension() < 3 or sum(s > 1 for s in r.GetSize()) < 3:
-            raise InputFileError(path, f"is {r.GetDimension()}-D with size {tuple(r.GetSize())}",
-                                 "a 3-D volume is needed; stack the slices into one file")
-        return r
-
-    heads = {f: header(f) for f in files}
+    heads = {f: scan_header(f) for f in files}
     pairs = []
     for f in files:
         lab = None
@@ -201,7 +187,7 @@ def _check_inputs(images, labels, template_path, roi, label_scheme):
             if lab is None:
                 raise InputFileError(f, f"has no label map in {labels} (same file name expected)",
                                      "add it, or leave out --labels")
-            lh, ih = header(lab), heads[f]
+            lh, ih = scan_header(lab), heads[f]
             if (tuple(lh.GetSize()) != tuple(ih.GetSize()) or not np.allclose(lh.GetSpacing(), ih.GetSpacing(), atol=1e-4)
                     or not np.allclose(lh.GetOrigin(), ih.GetOrigin(), atol=1e-3)
                     or not np.allclose(lh.GetDirection(), ih.GetDirection(), atol=1e-4)):
@@ -211,7 +197,7 @@ def _check_inputs(images, labels, template_path, roi, label_scheme):
         pairs.append((f, lab))
     orient = {orientation_code(np.reshape(h.GetDirection(), (3, 3))) for h in heads.values()}
     if template_path is not None:
-        th = header(template_path)
+        th = scan_header(template_path)
         t_orient = orientation_code(np.reshape(th.GetDirection(), (3, 3)))
         odd = sorted(o for o in orient if o != t_orient)
         if odd:
