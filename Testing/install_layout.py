@@ -136,3 +136,11 @@ sys.exit(child.wait())
 """, encoding="utf-8")
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return exe
+def put_fake_pythonslicer_on_path(monkeypatch, bin_dir: Path, python_args=("-S",)) -> Path:
+    """:func:`write_fake_pythonslicer` into ``bin_dir``, first on PATH (through ``monkeypatch``) so that background
+    jobs find it as Slicer's PythonSlicer; returns the launcher."""
+    launcher = write_fake_pythonslicer(bin_dir, python_args=python_args)
+    monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
+    return launcher
+
+

@@ -125,7 +125,7 @@ def test_stop_timeout_ends_the_whole_tree(how, tmp_path, monkeypatch):
     """Behind a PythonSlicer-like launcher (the interpreter is its child, no signal forwarding) a job that
     ignores the stop request is ended with its launcher and its own children; the job says so. A panel only
     requests the stop and later calls stopIfOverdue, which does the same once the grace time has passed."""
-    from install_layout import write_fake_pythonslicer
+    from install_layout import put_fake_pythonslicer_on_path
 
     plugin = tmp_path / "plugin"
     plugin.mkdir()
@@ -135,8 +135,7 @@ def test_stop_timeout_ends_the_whole_tree(how, tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: volgan-hang-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[volgan.commands]\nhang = volgan_hang_plugin:register\n")
     monkeypatch.setenv("PYTHONPATH", str(plugin))
-    launcher = write_fake_pythonslicer(tmp_path / "bin", python_args=())
-    monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
+    put_fake_pythonslicer_on_path(monkeypatch, tmp_path / "bin", python_args=())
 
     job = BackgroundJob.start(["hang", tmp_path / "grandchild.pid"], kind="hang")
     status = wait_for(job, lambda s: (tmp_path / "grandchild.pid").exists() and s["state"] == "running")
@@ -178,13 +177,12 @@ def test_inside_slicer_a_missing_pythonslicer_is_an_error(monkeypatch, tmp_path)
 def test_inside_slicer_jobs_go_through_launch_console_process(version, tmp_path, monkeypatch):
     """With Slicer's own slicer.util (5.8 has no `blocking` argument): PythonSlicer from PATH, launched by
     launchConsoleProcess with PYTHONPATH naming the project's folders; the job runs and reports."""
-    from install_layout import write_fake_pythonslicer
+    from install_layout import put_fake_pythonslicer_on_path
     from slicer_layer import slicer_layer
 
     from VolGANCore import jobs
 
-    launcher = write_fake_pythonslicer(tmp_path / "bin", python_args=())
-    monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
+    launcher = put_fake_pythonslicer_on_path(monkeypatch, tmp_path / "bin", python_args=())
     calls = []
     with slicer_layer(version) as layer:
         real = layer.slicer.util.launchConsoleProcess

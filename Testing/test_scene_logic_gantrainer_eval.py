@@ -137,14 +137,12 @@ def test_bad_report_folders_are_clear_errors(headless, tmp_path):
 def test_panel_evaluates_in_the_background_then_shows_the_report(volume_sets, tmp_path, monkeypatch):
     """Evaluate in the panel (Slicer 5.12.3's own layer) runs `volgan evaluate` as a BackgroundJob through
     PythonSlicer; the panel's poll follows it and loads the report; Cancel ends a second run with no report."""
-    import os
     import time
 
-    from install_layout import write_fake_pythonslicer
+    from install_layout import put_fake_pythonslicer_on_path
     from slicer_layer import slicer_layer
 
-    launcher = write_fake_pythonslicer(tmp_path / "bin", python_args=())
-    monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
+    put_fake_pythonslicer_on_path(monkeypatch, tmp_path / "bin", python_args=())
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with slicer_layer("5.12.3") as layer:
         widget = layer.make_widget("GANTrainer")

@@ -78,14 +78,12 @@ def test_prepare_dataset_args_run_as_the_cli(scans, tmp_path):
 def test_panel_prepares_in_the_background_then_fills_the_dataset_folder(scans, tmp_path, monkeypatch):
     """Prepare dataset in the panel (Slicer 5.12.3's own layer) runs `volgan prepare bone` as a BackgroundJob through
     PythonSlicer; when it finishes, the Dataset section's images folder is the prepared one."""
-    import os
     import time
 
-    from install_layout import write_fake_pythonslicer
+    from install_layout import put_fake_pythonslicer_on_path
     from slicer_layer import slicer_layer
 
-    launcher = write_fake_pythonslicer(tmp_path / "bin", python_args=())
-    monkeypatch.setenv("PATH", f"{launcher.parent}{os.pathsep}{os.environ['PATH']}")
+    put_fake_pythonslicer_on_path(monkeypatch, tmp_path / "bin", python_args=())
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     with slicer_layer("5.12.3") as layer:
         widget = layer.make_widget("GANTrainer")
