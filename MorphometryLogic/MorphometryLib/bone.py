@@ -446,7 +446,8 @@ def _tmd(panel: _Panel, res: dict) -> dict[str, float]:
         if eroded.any():
             b = eroded
         else:
-            warnings.warn("tmd_erosion: the eroded bone is empty; TMD uses the uneroded bone", UserWarning, stacklevel=3)
+            warnings.warn("tmd_erosion: the eroded bone is empty; TMD uses the uneroded bone", UserWarning,
+                          stacklevel=3)
     return {"TMD [image units]": float(np.mean(panel.seg.image.array[b], dtype=np.float64))}
 
 

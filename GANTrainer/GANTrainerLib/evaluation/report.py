@@ -202,7 +202,8 @@ def evaluate(
     dict
         The report (as written to report.json).
     """
-    cfg = _settings(protocol, n_bootstrap, seed, device, knn_k, copy_quantile, msssim_pairs, medicalnet_background)
+    cfg = _checked_settings(protocol, n_bootstrap, seed, device, knn_k, copy_quantile, msssim_pairs,
+                            medicalnet_background)
     out_dir = Path(out_dir)
     _check_outside_inputs(out_dir, (real_dir, fake_dir))
     sets = _read_sets(real_dir, fake_dir)
@@ -292,7 +293,7 @@ class _Findings:
     half_b: np.ndarray
 
 
-def _settings(protocol, n_bootstrap, seed, device, knn_k, copy_quantile, msssim_pairs, background) -> _Settings:
+def _checked_settings(protocol, n_bootstrap, seed, device, knn_k, copy_quantile, msssim_pairs, background) -> _Settings:
     if protocol not in PROTOCOLS:
         raise VolGANError(f"--protocol: expected one of {PROTOCOLS}, got {protocol!r}")
     if n_bootstrap < 0:
@@ -405,11 +406,12 @@ def _notes(sets: _Sets, found: _Findings, cfg: _Settings, slice_ext, vol_ext) ->
     """How each figure was made: the halves, the bootstrap, PRD, the background rule, k-NN/MMD, MS-SSIM, fallbacks."""
     main, prd_k = found.main, cfg.prd_clusters
     prd_rule = "the paper's" if cfg.protocol == "aydin2024" else \
-        f"clip(floor(n / 10), 2, 20) for n = {min(sets.n_real // 2, sets.n_fake)}, the smallest per-set size the report clusters"
+        f"clip(floor(n / 10), 2, 20) for n = {min(sets.n_real // 2, sets.n_fake)}, the smallest per-set size the " \
+        "report clusters"
     notes = [
         "real_vs_real: the same metric between two disjoint, seeded halves of the real set "
-        f"({len(found.half_a)} vs {len(found.half_b)} volumes). Fréchet distances are biased upward in small samples, so this "
-        "half-size baseline overstates the full-size real-vs-real value.",
+        f"({len(found.half_a)} vs {len(found.half_b)} volumes). Fréchet distances are biased upward in small samples, "
+        "so this half-size baseline overstates the full-size real-vs-real value.",
         f"ci95: {cfg.n_bootstrap} half-sampling replicates (⌊n/2⌋ volumes of each set drawn without replacement), "
         "percentile interval re-centred on the estimate; bootstrap_bias = replicate mean − estimate "
         "(the half-size bias that the re-centring removes).",
@@ -421,11 +423,11 @@ def _notes(sets: _Sets, found: _Findings, cfg: _Settings, slice_ext, vol_ext) ->
     if cfg.protocol == "aydin2024":
         notes.append("MedicalNet input: the anchor's normalisation; background (voxels at each volume's minimum) "
                      + ("filled with N(0, 1) noise as the paper did, seeded per volume from (seed, set, index)."
-                        if cfg.background == "noise" else "filled with 0 (--medicalnet-background zero): not the paper's "
-                        "MD and AUC-PRD, which filled it with N(0, 1) noise."))
+                        if cfg.background == "noise" else "filled with 0 (--medicalnet-background zero): not the "
+                        "paper's MD and AUC-PRD, which filled it with N(0, 1) noise."))
     if cfg.protocol == "default":
-        notes.append(f"k-NN metrics with k = {main.get('_knn_k', cfg.knn_k)}; their bootstrap replicates use the distinct "
-                     "resampled volumes (conservative intervals). MMD² with σ = "
+        notes.append(f"k-NN metrics with k = {main.get('_knn_k', cfg.knn_k)}; their bootstrap replicates use the "
+                     "distinct resampled volumes (conservative intervals). MMD² with σ = "
                      f"{found.bandwidth:.6g} (median heuristic on the full sets, kept fixed in the bootstrap).")
     if found.diversity is not None:
         d = found.diversity["msssim"]

@@ -635,7 +635,8 @@ def _run_fold(f: int, test: np.ndarray, req: _Request, data: _Data, trainer, reu
     held-out real cases."""
     real = data.real
     train = np.setdiff1d(np.arange(len(real)), test)
-    sub = np.sort(np.random.default_rng(np.random.SeedSequence([int(req.seed), f, 0x5EA])).permutation(train)[: (req.n_real or len(train))])
+    rng = np.random.default_rng(np.random.SeedSequence([int(req.seed), f, 0x5EA]))
+    sub = np.sort(rng.permutation(train)[: (req.n_real or len(train))])
     info: dict[str, Any] = {"fold": f, "test": [real[i].case for i in test],
                             "teacher_train": [real[i].case for i in train],
                             "student_real_train": [real[i].case for i in sub]}
