@@ -61,7 +61,7 @@ def test_prepare_dataset_args_run_as_the_cli(scans, tmp_path):
     cow = GANTrainerSceneLogic.prepareDatasetArgs("cow", "/scans", "/out", template="/t.nii.gz", roi="0:8,0:8,0:8",
                                                   workers=3)
     assert cow == ["prepare", "cow", "--images", "/scans", "--out", "/out", "--template", "/t.nii.gz",
-                   "--roi", "0:8,0:8,0:8", "--workers", "3"]
+                   "--roi", "0:8,0:8,0:8", "--label-scheme", "topcow13", "--workers", "3", "--format", "nii.gz"]
     assert "--build-template" in GANTrainerSceneLogic.prepareDatasetArgs("cow", "/s", "/o", buildTemplate=True)
     with pytest.raises(VolGANError, match="template"):
         GANTrainerSceneLogic.prepareDatasetArgs("cow", "/s", "/o", template="/t.nii.gz", buildTemplate=True)
@@ -90,7 +90,7 @@ def test_panel_prepares_in_the_background_then_fills_the_dataset_folder(scans, t
         ui, p = widget.ui, widget._parameterNode
         assert not ui.prepareButton.enabled
         p.prepScansFolder, p.prepMasksFolder, p.prepOutFolder = scans / "images", scans / "masks", tmp_path / "prep"
-        assert ui.prepareButton.enabled and ui.prepFromHUCheckBox.enabled and not ui.prepTemplatePathLineEdit.enabled
+        assert ui.prepareButton.enabled and ui.prepCalibrationComboBox.visible and not ui.prepTemplatePathLineEdit.visible
         ui.prepareButton.click()
         watcher = widget.prepareWatcher
         assert watcher.job.poll()["argv"][:4] == ["prepare", "bone", "--images", str(scans / "images")]
@@ -101,4 +101,4 @@ def test_panel_prepares_in_the_background_then_fills_the_dataset_folder(scans, t
         assert (tmp_path / "prep" / "manifest.json").is_file(), ui.statusLabel.text
         assert str(p.imagesFolder) == str(tmp_path / "prep" / "images") and "Prepared 2 volume" in ui.statusLabel.text
         p.prepKind = "cow"
-        assert not ui.prepFromHUCheckBox.enabled and ui.prepTemplatePathLineEdit.enabled
+        assert not ui.prepCalibrationComboBox.visible and ui.prepTemplatePathLineEdit.visible
