@@ -14,7 +14,7 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -91,18 +91,18 @@ class GANTrainerParameterNode:
     prepTemplateIterations: Annotated[int, WithinRange(1, 20)] = 3  # cow, template source "build"
     prepRoi: Annotated[str, Choice(list(PREPARE_ROIS))] = "paper box"  # cow
     prepRoiText: str = ""  # cow, ROI "custom": x0:x1,y0:y1,z0:z1 in template voxels
-    prepRoiMarginMm: Annotated[float, WithinRange(0.0, 100.0), Decimals(1)] = 5.0  # cow, ROI "around labels"
+    prepRoiMarginMm: Annotated[float, WithinRange(0.0, 100.0)] = 5.0  # cow, ROI "around labels"
     prepCowSpacing: str = ""  # cow: empty = the template's; one value (isotropic) or three (x y z) mm
     prepLabelScheme: Annotated[str, Choice(list(PREPARE_LABEL_SCHEMES))] = "topcow13"  # cow
     prepWorkers: Annotated[int, WithinRange(1, 64)] = 1  # cow
-    prepBoneSpacing: Annotated[float, WithinRange(0.001, 10.0), Decimals(4)] = 0.164  # bone (mm)
+    prepBoneSpacing: Annotated[float, WithinRange(0.001, 10.0)] = 0.164  # bone (mm)
     prepCalibration: Annotated[str, Choice(list(PREPARE_CALIBRATIONS))] = "none"  # bone
     prepSlope: str = ""  # bone, calibration "slope+intercept"
     prepIntercept: str = ""  # bone, calibration "slope+intercept" (mg HA/cm³)
-    prepCortexMm: Annotated[float, WithinRange(0.0, 20.0), Decimals(2)] = 1.0  # bone, automatic masks
-    prepClosingMm: Annotated[float, WithinRange(0.0, 20.0), Decimals(2)] = 1.0  # bone, automatic masks
+    prepCortexMm: Annotated[float, WithinRange(0.0, 20.0)] = 1.0  # bone, automatic masks
+    prepClosingMm: Annotated[float, WithinRange(0.0, 20.0)] = 1.0  # bone, automatic masks
     prepStride: Annotated[int, WithinRange(0, 1024)] = 0  # bone: 0 = the patch size
-    prepMinFill: Annotated[float, WithinRange(0.0, 1.0), Decimals(3)] = 0.02  # bone
+    prepMinFill: Annotated[float, WithinRange(0.0, 1.0)] = 0.02  # bone
     prepPatchSize: Annotated[int, WithinRange(4, 256)] = 32  # bone
 
 
