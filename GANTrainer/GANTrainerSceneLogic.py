@@ -78,10 +78,10 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         """Run ``volgan prepare bone|cow`` synchronously (console use); return :meth:`preparedTrainingFolders`.
 
         ``options`` are :func:`GANTrainerLib.prepare.bone.prepare_bone`'s keywords for ``kind="bone"`` (``masks``,
-        ``spacing_mm``, ``calibration``, ``from_hu``, ``cortex_mm``, ``stride``, ``min_fill``, ``size``,
-        ``overwrite``) and :func:`GANTrainerLib.prepare.cow.prepare_cow`'s for ``kind="cow"`` (``labels``,
-        ``template``, ``build_template_iterations``, ``roi``, ``roi_around_labels_mm``, ``workers``, ``register_kw``,
-        ``overwrite``); empty paths mean none. Cancelling raises :class:`VolGANCore.Cancelled` and leaves no output.
+        ``spacing_mm``, ``calibration``, ``from_hu``, ``cortex_mm``, ``closing_mm``, ``stride``, ``min_fill``,
+        ``size``, ``fmt``, ``overwrite``) and :func:`GANTrainerLib.prepare.cow.prepare_cow`'s for ``kind="cow"``
+        (``labels``, ``template``, ``build_template_iterations``, ``roi``, ``roi_around_labels_mm``, ``label_scheme``,
+        ``spacing_mm``, ``workers``, ``register_kw``, ``fmt``, ``overwrite``); empty paths mean none. Cancelling raises :class:`VolGANCore.Cancelled` and leaves no output.
         """
         _required_path(imagesFolder, "scans folder")
         _required_path(outFolder, "output folder", must_exist=False)
