@@ -39,6 +39,7 @@ import numpy as np
 from VolGANCore.atomic import atomic_path, atomic_write_text
 from VolGANCore.errors import InputFileError, VolGANError
 from VolGANCore.io import sha256_file  # noqa: F401  (re-exported: importers record sources with it)
+from VolGANCore.torchfile import safe_torch_load
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "SUFFIX",
@@ -333,40 +334,6 @@ def save_checkpoint(
 _PGAN_KEY = re.compile(r"^(blocks\.\d+\.conv\d|toRGBs\.\d+)\.conv\.(weight|bias)$")
 
 
-_SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset")
-
-
-def _pickle_globals(path: Path) -> list[str]:
-    """Globals (``module.name``) a pickle would import, found by a static opcode scan (nothing is executed).
-
-    Looks inside a torch zip archive (``*/data.pkl``) or at a raw pickle; tensors' own torch rebuild
-    functions are ignored. Returns [] for files that are not pickles at all.
-    """
-    import pickletools
-    import zipfile
-
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                names = [n for n in zf.namelist() if n.endswith("data.pkl")]
-                if not names:
-                    return []
-                data = zf.read(names[0])
-        else:
-            data = path.read_bytes()
-        found, strings = [], []
-        for op, arg, _pos in pickletools.genops(data):
-            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings.append(str(arg))
-            elif op.name == "GLOBAL" or op.name == "INST":
-                found.append(str(arg).replace(" ", "."))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
-    except Exception:  # not a pickle (or a damaged one): nothing to report as unsafe
-        return []
-    return [g for g in dict.fromkeys(found) if not g.startswith(_SAFE_GLOBAL_PREFIXES)]
-
-
 class _Stub:
     """What a torch tensor or storage becomes when only the header of a checkpoint is read."""
 
@@ -433,23 +400,6 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return blob["config"]
 
 
-def _unreadable(path: Path, exc: Exception) -> str:
-    """Why torch.load failed, in words: a cut-off zip archive, or not a PyTorch file at all."""
-    import pickle
-    import zipfile
-
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head[:2] == b"PK" and not zipfile.is_zipfile(path):
-        return "is truncated or damaged: its zip archive is incomplete"
-    if head[:2] != b"PK" and not isinstance(exc, pickle.UnpicklingError):
-        return f"is not a PyTorch file ({type(exc).__name__})"
-    if head[:2] != b"PK":
-        return "is not a PyTorch checkpoint: neither a zip archive nor an old-style file that a safe load reads"
-    first = (str(exc).strip().splitlines() or [""])[0][:100]
-    return f"is not a readable PyTorch file ({type(exc).__name__}: {first})"
-
-
 def load_checkpoint(
     path: str | os.PathLike,                  # checkpoint file
     map_location: str = "cpu",                # device for the tensors
@@ -465,26 +415,8 @@ def load_checkpoint(
         (with a hint to ``volgan import`` for known published formats), a newer format version, or a
         family / output shape other than the expected one.
     """
-    import pickle
-
-    import torch
-
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "checkpoint file not found", "check the path")
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # refused by the safe unpickler, corrupt zip, truncated or foreign file
-        globals_ = _pickle_globals(path)
-        if globals_:
-            shown = ", ".join(globals_[:4]) + (" …" if len(globals_) > 4 else "")
-            raise InputFileError(
-                path, f"unsafe file: unpickling it would import and call code ({shown}); it was refused and "
-                "nothing in it was executed",
-                "use a volgan checkpoint (.vgan) or a plain state dict; re-export untrusted models from their "
-                "source code, never load them unsafely") from None
-        raise InputFileError(path, _unreadable(path, exc),
-                             "pass a .vgan checkpoint written by volgan (copy it again if it was cut short)") from None
+    blob = safe_torch_load(path, "checkpoint", "pass a .vgan checkpoint written by volgan", map_location=map_location)
 
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         hint = "write checkpoints with VolumetricGANLib.checkpoint.save_checkpoint"

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from VolGANCore.atomic import atomic_directory, atomic_write_json
+from VolGANCore.env import amp_dtype
 from VolGANCore.errors import InputFileError, VolGANError
 from VolGANCore.progress import Progress
 from VolGANCore.volume import Volume
@@ -163,22 +164,6 @@ def volume_geometry(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"spacing": spacing, "origin": origin, "direction": direction}
 
 
-def _amp_dtype(amp: str, device_type: str):
-    import torch
-
-    if amp in ("off", "none", "fp32", None):
-        return None
-    if amp == "auto":
-        if device_type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    raise VolGANError(f"amp: expected auto, off, bf16 or fp16, got {amp!r}")
-
-
 def synthesize(model, z, ws=None, noise_mode: str = "const", noise=None, amp_dtype=None):
     """One batch through the generator (from ``ws`` if given), optionally under autocast; float32 output."""
     import torch
@@ -197,7 +182,7 @@ def _run_batches(model, config, z, ws, noise_seeds, noise_mode, batch, amp, prog
     import torch
 
     dev = next(model.parameters()).device
-    amp_dtype = _amp_dtype(amp, dev.type)
+    dtype = amp_dtype(amp, dev).dtype
     n = int(z.shape[0]) if ws is None else int(ws.shape[0])
     out = np.empty((n, *[int(s) for s in config["output_shape"]]), np.float32)
     retries: list[int] = []
@@ -211,8 +196,8 @@ def _run_batches(model, config, z, ws, noise_seeds, noise_mode, batch, amp, prog
             if noise_mode == "random" and getattr(model, "has_w", False):
                 gens = [torch.Generator().manual_seed(int(s)) for s in noise_seeds[start:stop]]
                 noise = model.make_noise(stop - start, gens, dev)
-            img = synthesize(model, zb, wb, noise_mode, noise, amp_dtype)
-            if amp_dtype is not None and not bool(torch.isfinite(img).all()):
+            img = synthesize(model, zb, wb, noise_mode, noise, dtype)
+            if dtype is not None and not bool(torch.isfinite(img).all()):
                 retries.append(start // batch)
                 img = synthesize(model, zb, wb, noise_mode, noise, None)
             if not bool(torch.isfinite(img).all()):
@@ -223,7 +208,7 @@ def _run_batches(model, config, z, ws, noise_seeds, noise_mode, batch, amp, prog
             prog.advance(stop - start, f"{stop}/{n}")
     info = {
         "device": str(dev),
-        "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+        "amp": None if dtype is None else str(dtype).replace("torch.", ""),
         "fp32_retries": len(retries),
         "fp32_retry_batches": retries,
         "seconds": round(time.perf_counter() - t0, 4),
