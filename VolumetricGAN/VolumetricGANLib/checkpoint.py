@@ -23,6 +23,7 @@ depends on pickled classes: a file that needs arbitrary code to unpickle is refu
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -44,7 +45,7 @@ from VolGANCore.torchfile import safe_torch_load
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "SUFFIX",
     "make_config", "validate_config", "to_physical", "to_network",
-    "save_checkpoint", "load_checkpoint", "read_config", "load_generator", "load_discriminator",
+    "save_checkpoint", "load_checkpoint", "read_config", "LoadedModel", "load_generator", "load_discriminator",
     "build_from_config", "model_card", "card_path", "capture_rng_state", "restore_rng_state",
     "default_provenance", "command_line", "sha256_file",
 ]
@@ -483,25 +484,48 @@ def _load_state(model, state: Mapping[str, Any], path, which: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A generator rebuilt from a checkpoint, with what the file says about it (a value: nothing is injected
+    into ``config``).
+
+    ``generate``, ``interpolate``, ``variation``, ``mix``, ``steer`` and ``invert`` take it wherever they take
+    a checkpoint path; :func:`VolumetricGANLib.generate.resolve_model` also wraps a ``(model, config)`` pair
+    built in code into one (``path`` None).
+    """
+
+    generator: Any                                   # the network, eval mode, requires_grad off
+    config: dict[str, Any]                           # the checkpoint's validated config (as stored)
+    path: str | None = None                          # the .vgan file it came from; None when built in code
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)   # the file's provenance record
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)      # the file's metrics record
+    tensors: str = "G_ema"                           # which tensors were loaded ("G_ema" or "G")
+
+    @property
+    def device(self):
+        """The torch.device the generator's parameters are on."""
+        return next(self.generator.parameters()).device
+
+
 def load_generator(
     path: str | os.PathLike,                  # checkpoint file
     device: str = "cpu",                      # device to put the generator on ("auto" allowed)
     which: str = "G_ema",                     # "G_ema" (falls back to "G") or "G"
     expect_family: str | None = None,         # refuse another family
     expect_output_shape: Sequence[int] | None = None,  # refuse another output shape
-):
+) -> LoadedModel:
     """Rebuild the generator from the checkpoint's config and load its tensors.
 
     Returns
     -------
-    (model, config)
-        ``model`` in eval mode with ``requires_grad`` off; ``config`` the checkpoint's config dict with
-        ``config["_path"]`` set to the file path.
+    LoadedModel
+        ``generator`` in eval mode with ``requires_grad`` off; ``config`` the checkpoint's config dict;
+        ``path``, ``provenance`` and ``metrics`` from the file.
 
     Example
     -------
-    >>> G, cfg = load_generator("spongiosa.vgan")          # doctest: +SKIP
-    >>> cfg["spacing"], cfg["intensity"]["units"]           # doctest: +SKIP
+    >>> loaded = load_generator("spongiosa.vgan")                               # doctest: +SKIP
+    >>> loaded.config["spacing"], loaded.config["intensity"]["units"]           # doctest: +SKIP
     ([0.164, 0.164, 0.164], 'MICCAI 2020 density units')
     """
     from VolGANCore.env import pick_device
@@ -517,11 +541,8 @@ def load_generator(
     _load_state(G, tensors[key], path, key)
     G.eval().requires_grad_(False)
     G.to(pick_device(device))
-    cfg = dict(cfg)
-    cfg["_path"] = str(path)
-    cfg["_provenance"] = blob.get("provenance") or {}
-    cfg["_metrics"] = blob.get("metrics") or {}
-    return G, cfg
+    return LoadedModel(G, dict(cfg), str(path), dict(blob.get("provenance") or {}), dict(blob.get("metrics") or {}),
+                       key)
 
 
 def load_discriminator(path: str | os.PathLike, device: str = "cpu"):
