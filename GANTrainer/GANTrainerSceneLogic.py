@@ -37,8 +37,7 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         ckpt = latest_checkpoint(runFolder)
         if ckpt is None:
             return None
-        G, cfg = load_generator(ckpt)
-        volumes, _latents = generate((G, cfg), n=1, seed=seed)
+        volumes, _latents = generate(load_generator(ckpt), n=1, seed=seed)
         node = mrml.volume_to_node(volumes[0], self.scene, name=f"Training sample ({Path(runFolder).name})", node=node)
         node.SetAttribute("GANTrainer.Checkpoint", str(ckpt))
         return node
