@@ -195,7 +195,8 @@ def steer(
         raise VolGANError("steer: give at least one --target or --change")
     if changes and latents is None:
         raise VolGANError("steer: --change needs a starting sample (--from a latents file or an inverted volume)")
-    model, config = resolve_model(checkpoint_or_model, None, device)
+    loaded = resolve_model(checkpoint_or_model, None, device)
+    model, config = loaded.generator, loaded.config
     support_note = _check_model(model, config, checkpoint_or_model)
     ren = _Renderer.of(model, config)
     meas = _Measurement.of(config, targets, changes, keep, threshold, width)
