@@ -116,8 +116,15 @@ def test_doc_command_line_matches_the_parser(argv, line, parser, leaves):
     path, leaf = _leaf_for([a for a in argv if a not in ("--debug", "--quiet")], leaves)
     if SYNOPSIS.search(line):
         known = set(leaf._option_string_actions)
-        for token in re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", line.split("#", 1)[0]):
+        synopsis = line.split("#", 1)[0]
+        for token in re.findall(r"(?<![\w-])--?[A-Za-z][\w-]*", synopsis):
             assert token in known, f"`volgan {path}` has no option {token}: {line}"
+        # `--amp auto|bf16|fp16|off`, `[--kind bone]`: named values must be the option's choices
+        for option, values in re.findall(r"(--[\w-]+)[ =]([a-z0-9][\w.+-]*(?:\|[\w.+-]+)*)", synopsis):
+            choices = leaf._option_string_actions[option].choices
+            if choices is not None:
+                for value in values.split("|"):
+                    assert value in choices, f"`volgan {path} {option}` has no choice {value!r}: {line}"
         return
     cut = [k for k, a in enumerate(argv) if a in SHELL_OPERATORS]   # `... --json > out.json`
     argv = argv[:cut[0]] if cut else argv
@@ -131,7 +138,7 @@ def test_doc_command_line_matches_the_parser(argv, line, parser, leaves):
 
 
 def test_a_renamed_option_would_fail(parser, leaves):
-    """The check itself: the real parser refuses a line with a misspelt option or a wrong choice."""
+    """The check itself: misspelt options, wrong choices, missing required options and unknown sub-commands fail."""
     good = shlex.split("train --preset tiny-cow --data d --out r --amp auto")
     parser.parse_args(good)
     for bad in ("train --preset tiny-cow --data d --out r --amp fast",
@@ -140,6 +147,13 @@ def test_a_renamed_option_would_fail(parser, leaves):
         with contextlib.redirect_stderr(io.StringIO()), pytest.raises(SystemExit):
             parser.parse_args(shlex.split(bad))
     assert "--from-hu" in leaves["prepare bone"]._option_string_actions
+    for bad in ("volgan prepare bone --images v/ --out s/ --from-HU",          # concrete: parse_args refuses
+                "volgan prepare cow --images a --out b",                      # a required alternative missing
+                "volgan train --preset tiny-cow --data d --out r [--amp fast]",   # synopsis: not a choice
+                "volgan steer --checkpoint m --target-value BV/TV=0.2 [--n N] --out o",   # synopsis: no such option
+                "volgan prepare bones --images a --out b"):                   # no such sub-command
+        with pytest.raises(AssertionError):
+            test_doc_command_line_matches_the_parser(_volgan_argv(bad), bad, parser, leaves)
 
 
 def _inline_commands():
