@@ -11,25 +11,24 @@ final metric, evaluated with full sampling, is kept.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from VolGANCore import Volume, VolGANError
-from VolGANCore.atomic import atomic_directory, atomic_write_json
+from VolGANCore.atomic import atomic_write_json
 from VolGANCore.dataset import case_id, list_volumes, write_manifest
 from VolGANCore.errors import InputFileError
 from VolGANCore.geometry import resample
 from VolGANCore.io import read_label_volume, read_volume, sha256_file, write_volume
-from VolGANCore.progress import CancelToken, Progress, ProgressCallback
+from VolGANCore.progress import CancelToken, ProgressCallback
 
 from .bone import save_qc_figure, scan_header
+from .runner import CaseStore, file_stamp
 
 __all__ = ["PAPER_ROI", "parse_roi", "register_rigid", "resample_onto", "orientation_code", "build_template",
            "prepare_cow"]
@@ -216,10 +215,10 @@ def _check_inputs(images, labels, template_path, roi, label_scheme):
 
 
 def _prepare_case(args) -> dict:
-    """Register one case, write its ROI image (+ labels) into the cache folder; a dict row for the manifest."""
-    src, lab, template, roi, cache, fmt, recipe, register_kw, self_info, spacing = args
+    """Register one case, write its ROI image (+ labels) into the cache folder; its record (a manifest row)."""
+    src, lab, template, roi, cache, fmt, recipe, register_kw, self_info, spacing, stamp = args
     stem = case_id(src)
-    row = {"case": stem, "source": src.name, "recipe": recipe}
+    row = {"case": stem, "source": src.name, "recipe": recipe, "stamp": stamp}
     try:
         vol = read_volume(src)
         transform, metric = register_rigid(template, vol, **register_kw)
@@ -260,7 +259,7 @@ def _prepare_case(args) -> dict:
             lab_crop = resample(lab_crop, spacing, label=True)
         write_volume(lab_crop, cache / "labels" / f"{stem}.{fmt}")
         row["label"] = f"labels/{stem}.{fmt}"
-    atomic_write_json(cache / "rows" / f"{stem}.json", row)
+    row["files"] = [row["image"]] + ([row["label"]] if "label" in row else [])
     return row
 
 
@@ -310,8 +309,10 @@ def prepare_cow(
     ``manifest.json`` (one row per case: transform, metric, quality flag, label coverage; failures listed under
     ``failed``), ``template`` (with --build-template) and ``qc_mips.png``.
 
-    Resumable: finished cases are kept in ``OUT.cache/`` (beside ``out``) with their recipe; a rerun with the same
-    recipe skips them. The cache is removed once the output folder is complete.
+    Resumable (:mod:`.runner`): finished cases wait in ``OUT.cache/`` (beside ``out``) with their recipe until the
+    output folder is complete; a rerun with the same recipe, after an interruption or into the finished folder,
+    skips every case whose scan (and label map) is unchanged. Another recipe into a finished folder needs
+    ``overwrite``.
     """
     register_kw = dict(register_kw or {})
     if (template is None) == (build_template_iterations <= 0):
@@ -329,65 +330,57 @@ def prepare_cow(
     if not isinstance(workers, int) or workers < 1:
         raise VolGANError(f"--workers {workers}: must be an integer ≥ 1")
     pairs = _check_inputs(images, labels, template, roi or ((0, 1),) * 3, label_scheme)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise VolGANError(f"{out}: exists and is not a folder (choose another output folder)")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise VolGANError(f"{out}: output folder is not empty (choose a new folder or pass --overwrite)")
+    stamps = {case_id(f): file_stamp(f, lab) for f, lab in pairs}
+    if template is not None:
+        t_id = sha256_file(template)
+    else:   # a built template is known by what it is built from; it is kept for a rerun of the same recipe
+        t_id = hashlib.sha256(json.dumps({"built_from": [stamps[case_id(f)] for f, _ in pairs],
+                                          "rounds": build_template_iterations, "register": register_kw},
+                                         sort_keys=True, default=str).encode()).hexdigest()
+    recipe = hashlib.sha256(json.dumps({"template": t_id, "roi": roi if roi is not None else
+                                        f"around labels {roi_around_labels_mm} mm", "fmt": fmt, "register": register_kw,
+                                        "spacing": spacing, "labels": labels is not None},
+                                       sort_keys=True, default=str).encode()).hexdigest()[:16]
+    store = CaseStore(out, "prepared-cow", recipe, overwrite, previous=lambda doc: doc.get("cases", []),
+                      command="volgan prepare cow")
     if template is not None:
         tvol = read_volume(template)
-        t_id = sha256_file(template)
     else:
-        vols = [read_volume(f) for f, _ in pairs]
-        tvol = build_template(vols, rounds=build_template_iterations, **register_kw)
-        t_id = hashlib.sha256(tvol.array.tobytes()).hexdigest()
-    if roi is None:   # --roi-around-labels: the labels' bounding box on the template grid, grown by the margin
-        roi = _roi_around_labels(pairs, tvol, roi_around_labels_mm, register_kw)
-    recipe = hashlib.sha256(json.dumps({"template": t_id, "roi": roi, "fmt": fmt, "register": register_kw, "spacing": spacing,
-                                        "labels": labels is not None}, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    cache = out.with_name(out.name + ".cache")
-    for sub in ("images", "labels", "rows"):
-        (cache / sub).mkdir(parents=True, exist_ok=True)
-    self_info = _self_information(tvol)
-    rows, todo = {}, []
-    for f, lab in pairs:
-        done = cache / "rows" / f"{case_id(f)}.json"
-        if done.exists():
-            row = json.loads(done.read_text(encoding="utf-8"))
-            if row.get("recipe") == recipe:
-                rows[case_id(f)] = dict(row, resumed=True)
-                continue
-        todo.append((f, lab, tvol, roi, cache, fmt, recipe, register_kw, self_info, spacing))
-    with Progress(len(pairs), "prepare cow", progress, cancel) as p:
-        if rows:
-            p.advance(len(rows), message=f"{len(rows)} case(s) done before (same recipe)")
-        if workers == 1:
-            for item in todo:
-                if cancel is not None:
-                    cancel.raise_if_cancelled()
-                row = _prepare_case(item)
-                rows[row["case"]] = row
-                p.advance(message=f"{row['case']}: {row['status']}")
+        kept = store.reusable(f"template-{recipe}.nrrd", f"template.{fmt}")
+        if kept is not None:
+            tvol = read_volume(kept)
         else:
-            with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-                for row in pool.map(_prepare_case, todo):
-                    rows[row["case"]] = row
-                    p.advance(message=f"{row['case']}: {row['status']}")
-    ordered = [rows[case_id(f)] for f, _ in pairs]
+            vols = [read_volume(f) for f, _ in pairs]
+            tvol = build_template(vols, rounds=build_template_iterations, **register_kw)
+            write_volume(tvol, store.cache / f"template-{recipe}.nrrd")
+    if roi is None:   # --roi-around-labels: the labels' bounding box on the template grid, grown by the margin
+        previous = (store.previous_doc or {}).get("parameters", {}).get("roi_xyz")
+        kept = store.reusable(f"roi-{recipe}.json")
+        if kept is not None:
+            roi = json.loads(kept.read_text(encoding="utf-8"))
+        elif previous is not None:
+            roi = previous
+        else:
+            roi = _roi_around_labels(pairs, tvol, roi_around_labels_mm, register_kw)
+            atomic_write_json(store.cache / f"roi-{recipe}.json", roi)
+        roi = tuple(tuple(int(v) for v in r) for r in roi)
+    self_info = _self_information(tvol)
+    items = [(case_id(f), stamps[case_id(f)],
+              (f, lab, tvol, roi, store.cache, fmt, recipe, register_kw, self_info, spacing, stamps[case_id(f)]))
+             for f, lab in pairs]
+    results = store.run(_prepare_case, items, workers, "prepare cow", progress, cancel)
+    ordered = [results[case_id(f)][0] for f, _ in pairs]
     good = [r for r in ordered if r["status"] == "ok"]
     failed = [r for r in ordered if r["status"] != "ok"]
     if not good:
         raise VolGANError(f"{images}: no case could be registered to the template ({failed[0]['reason']}); "
                           "check the template and the images' field of view")
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        for sub in ("images",) + (("labels",) if labels is not None else ()):
-            (tmp / sub).mkdir()
-            for r in good:
-                shutil.copy2(cache / r[sub[:-1]], tmp / r[sub[:-1]])
+
+    def write(tmp: Path) -> None:
         if template is None:
             write_volume(tvol, tmp / f"template.{fmt}")
         params = {"template": str(template) if template is not None else f"template.{fmt} (built)",
-                  "template_sha256": t_id, "roi_xyz": roi, "intensity": "minmax [0, 1] per volume",
+                  "template_id": t_id, "roi_xyz": roi, "intensity": "minmax [0, 1] per volume",
                   "spacing_mm": spacing or "the template's",
                   "label_scheme": label_scheme if labels is not None else None, "recipe": recipe,
                   "register": register_kw, "suspect_below_self_information_ratio": SUSPECT_RATIO,
@@ -395,8 +388,8 @@ def prepare_cow(
         write_manifest(tmp, good, kind="prepared-cow", parameters=params,
                        extra={"failed": [{k: r.get(k) for k in ("case", "source", "reason", "metric")} for r in failed]})
         _qc_page(tmp / "qc_mips.png", tmp, good)
-    shutil.rmtree(cache, ignore_errors=True)
-    return out
+
+    return store.assemble(write, results)
 
 
 def _roi_around_labels(pairs, template: Volume, margin_mm: float, register_kw: dict):
