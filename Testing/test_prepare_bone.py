@@ -182,3 +182,37 @@ def test_workers_and_resume_after_a_cancel(roi, tmp_path):
     for c in doc["cases"]:
         np.testing.assert_array_equal(read_volume(tmp_path / "out" / c["image"]).array,
                                       read_volume(tmp_path / "ref" / c["image"]).array)
+
+
+def test_rerun_into_the_finished_folder_only_does_new_or_changed_scans(roi, tmp_path, monkeypatch, capsys):
+    import GANTrainerLib.prepare.bone as bone
+
+    _small_scans(roi, tmp_path / "in", 2)
+    argv = ["--quiet", "prepare", "bone", "--images", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+            "--from-hu", "--size", "16", "--stride", "16"]
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    original, done = bone._prepare_scan, []
+
+    def count(args):
+        done.append(args[0].name)
+        return original(args)
+
+    monkeypatch.setattr(bone, "_prepare_scan", count)
+    assert main(argv) == 0                       # the same scans and recipe: nothing is prepared again
+    assert done == [] and json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"] == first["cases"]
+    write_volume(_scan_hu(roi[:96, :96, :96], seed=2), tmp_path / "in" / "s2.nii.gz")     # a new scan
+    write_volume(_scan_hu(roi[:96, :96, :96], seed=7), tmp_path / "in" / "s1.nii.gz")     # a changed one
+    (tmp_path / "in" / "s0.nii.gz").rename(tmp_path / "s0.nii.gz")                        # a removed one
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sorted(done) == ["s1.nii.gz", "s2.nii.gz"] and [s["source"] for s in doc["sources"]] == ["s1.nii.gz", "s2.nii.gz"]
+    names = sorted(p.name for p in (tmp_path / "out" / "images").iterdir())
+    assert names == sorted(c["image"][len("images/"):] for c in doc["cases"]) and not any(n.startswith("s0") for n in names)
+    capsys.readouterr()
+    rc = main(argv[:-1] + ["8"])                 # another recipe (stride) without --overwrite
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "another recipe" in err and "out" in err
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == doc
+    assert main(argv[:-1] + ["8", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["parameters"]["stride"] == 8

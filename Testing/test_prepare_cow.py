@@ -313,3 +313,48 @@ def test_failed_cases_are_listed_and_left_out(template_and_labels, tmp_path, cap
     doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [r["case"] for r in doc["cases"]] == ["good"] and [f["case"] for f in doc["failed"]] == ["piece"]
     assert doc["failed"][0]["reason"] and sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["good.nii.gz"]
+
+
+def test_rerun_into_the_finished_folder_only_does_new_scans(template_and_labels, tmp_path, monkeypatch, capsys):
+    import GANTrainerLib.prepare.cow as cow
+
+    template, _ = template_and_labels
+    small, copies = _small_copies(template, 3, seed=11, quarter=True)
+    (tmp_path / "img").mkdir()
+    for i, c in enumerate(copies[:2]):
+        write_volume(c, tmp_path / "img" / f"c{i}.nrrd")
+    write_volume(small, tmp_path / "t.nrrd")
+    argv = ["--quiet", "prepare", "cow", "--images", str(tmp_path / "img"), "--template", str(tmp_path / "t.nrrd"),
+            "--roi", "2:38,2:33,2:8", "--out", str(tmp_path / "out"), "--iterations", "10", "--search-deg", "0"]
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [r["case"] for r in first["cases"]] == ["c0", "c1"] and first["parameters"]["recipe"]
+    original, done = cow._prepare_case, []
+
+    def no_work(args):
+        raise AssertionError(f"{args[0].name} registered again")
+
+    monkeypatch.setattr(cow, "_prepare_case", no_work)          # the same inputs and recipe: no registration at all
+    assert main(argv) == 0
+    again = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [r["transform"] for r in again["cases"]] == [r["transform"] for r in first["cases"]]
+    assert all(r["resumed"] for r in again["cases"]) and not (tmp_path / "out.cache").exists()
+
+    def count(args):
+        done.append(args[0].name)
+        return original(args)
+
+    monkeypatch.setattr(cow, "_prepare_case", count)
+    write_volume(copies[2], tmp_path / "img" / "c2.nrrd")      # one new scan: only it is registered
+    assert main(argv) == 0
+    third = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert done == ["c2.nrrd"] and [r["case"] for r in third["cases"]] == ["c0", "c1", "c2"]
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["c0.nii.gz", "c1.nii.gz", "c2.nii.gz"]
+    assert third["cases"][0]["transform"] == first["cases"][0]["transform"] and not third["cases"][2].get("resumed")
+    assert not list(tmp_path.glob(".out*")) and not (tmp_path / "out.cache").exists()
+
+    capsys.readouterr()        # another recipe into the finished folder: one line, exit 2, the folder untouched
+    rc = main([a if a != "10" else "12" for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "another recipe" in err and "--overwrite" in err
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == third and done == ["c2.nrrd"]
