@@ -358,3 +358,80 @@ def test_rerun_into_the_finished_folder_only_does_new_scans(template_and_labels,
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "another recipe" in err and "--overwrite" in err
     assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == third and done == ["c2.nrrd"]
+
+
+def _c0_or_hang(args):
+    """A per-case function for the cancel test: c0 is registered, any other case records its pid and hangs."""
+    import os
+    import time
+
+    import GANTrainerLib.prepare.cow as cow
+
+    src, cache = args[0], args[4]
+    if src.name == "c0.nrrd":
+        return cow._REAL_CASE(args)
+    (cache.parent / f"pid-{src.name}").write_text(str(os.getpid()))
+    time.sleep(300)
+    raise AssertionError("a hanging worker was not terminated")
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_cancel_with_workers_terminates_the_running_ones(template_and_labels, tmp_path, monkeypatch):
+    import _thread
+    import threading
+    import time
+
+    import GANTrainerLib.prepare.cow as cow
+
+    template, _ = template_and_labels
+    small, copies = _small_copies(template, 3, seed=13, quarter=True)
+    (tmp_path / "img").mkdir()
+    for i, c in enumerate(copies):
+        write_volume(c, tmp_path / "img" / f"c{i}.nrrd")
+    write_volume(small, tmp_path / "t.nrrd")
+    kw = dict(template=tmp_path / "t.nrrd", roi=((2, 38), (2, 33), (2, 8)), workers=3,
+              register_kw={"iterations": 10, "search_deg": 0.0})
+    monkeypatch.setattr(cow, "_REAL_CASE", cow._prepare_case, raising=False)
+    monkeypatch.setattr(cow, "_prepare_case", _c0_or_hang)
+    token = CancelToken()
+
+    def stop_after_first(event):
+        if event.done >= 1:
+            token.cancel()
+
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):          # the token (the Python API, a Slicer console call)
+        prepare_cow(tmp_path / "img", tmp_path / "out", progress=stop_after_first, cancel=token, **kw)
+    assert time.monotonic() - t0 < 60       # not the 300 s the hanging workers would take
+    pids = [int((tmp_path / f"pid-c{i}.nrrd").read_text()) for i in (1, 2)]
+    assert all(_gone(p) for p in pids)
+    assert not (tmp_path / "out").exists() and [p.name for p in (tmp_path / "out.cache" / "rows").iterdir()] == ["c0.json"]
+
+    for i in (1, 2):                        # KeyboardInterrupt (Ctrl-C; a panel job's Cancel arrives as one)
+        (tmp_path / f"pid-c{i}.nrrd").unlink()
+
+    def interrupt_when_hanging():
+        while not all((tmp_path / f"pid-c{i}.nrrd").exists() for i in (1, 2)):
+            time.sleep(0.05)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_when_hanging, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cow(tmp_path / "img", tmp_path / "out", **kw)
+    assert time.monotonic() - t0 < 60
+    assert all(_gone(int((tmp_path / f"pid-c{i}.nrrd").read_text())) for i in (1, 2))
+
+    monkeypatch.setattr(cow, "_prepare_case", cow._REAL_CASE)     # the rerun resumes c0 and does the others
+    prepare_cow(tmp_path / "img", tmp_path / "out", **kw)
+    rows = json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"]
+    assert [r["case"] for r in rows] == ["c0", "c1", "c2"] and rows[0]["resumed"] and not rows[1].get("resumed")
