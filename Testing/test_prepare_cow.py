@@ -435,3 +435,37 @@ def test_cancel_with_workers_terminates_the_running_ones(template_and_labels, tm
     prepare_cow(tmp_path / "img", tmp_path / "out", **kw)
     rows = json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"]
     assert [r["case"] for r in rows] == ["c0", "c1", "c2"] and rows[0]["resumed"] and not rows[1].get("resumed")
+
+
+def test_quality_flag_passes_good_registrations_and_flags_failed_ones(template_and_labels, tmp_path):
+    """The measured criterion (benchmarks/prepare_quality_flag.py, docs/preparation.md) on a few of its cases: the
+    real MRA moved (also deformed by 2 mm with bias, blur and noise) is ok; a 180° or 90° start without the search,
+    and an unrelated scan (the real trabecular bone ROI), are suspect (or failed)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "prepare_quality_flag.py"
+    spec = importlib.util.spec_from_file_location("prepare_quality_flag", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    small = _half(template_and_labels[0])
+    cases = bench.registration_cases(small, np.random.default_rng(4), n_good=1, degraded=[(2.0, 0.3, 0.05, 0.8)],
+                                     far_off=[((0, 0, 180), "180 z"), ((0, 90, 0), "90 y")], unrelated=("bone",))
+    (tmp_path / "img").mkdir()
+    names = []
+    for k, (group, _, scan, _, _) in enumerate(cases):
+        names.append(f"{k}_{group}")
+        write_volume(scan, tmp_path / "img" / f"{names[-1]}.nrrd")
+    write_volume(small, tmp_path / "t.nrrd")
+    prepare_cow(tmp_path / "img", tmp_path / "out", template=tmp_path / "t.nrrd", roi=((4, 76), (4, 67), (2, 19)),
+                register_kw={"iterations": 20, "search_deg": 0.0})
+    doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    rows = {r["case"]: r for r in doc["cases"]}
+    failed = {r["case"] for r in doc["failed"]}
+    assert [n for n in names if n.endswith("good")] == ["0_good", "1_good"]
+    for name in names:
+        if name.endswith("good"):
+            assert rows[name]["quality"] == "ok" and rows[name]["metric_ratio"] > 0.375, rows[name]
+        else:
+            assert name in failed or rows[name]["quality"] == "suspect", rows[name]
+    assert sum(n in rows for n in names if n.endswith("failed")) >= 2      # most failures are kept, and flagged
