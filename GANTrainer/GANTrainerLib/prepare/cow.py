@@ -39,6 +39,7 @@ PAPER_ROI = ((80, 208), (120, 248), (40, 72))   # x, y, z voxel index ranges on 
 # by up to 3 mm with bias, blur and noise, 0.42-0.90; deliberately failed ones (60°-180° starts without the search,
 # unrelated scans, noise) 0.001-0.33.
 SUSPECT_RATIO = 0.375
+COARSE_SAMPLES = 30000   # metric samples per coarse level (regular grid), capped at every voxel
 
 
 def parse_roi(text: str) -> tuple[tuple[int, int], ...]:
@@ -74,10 +75,19 @@ def orientation_code(direction: np.ndarray) -> str:
     return out
 
 
-def register_rigid(fixed: Volume, moving: Volume, search_deg: float = 30.0, search_step_deg: float = 15.0,
+def register_rigid(fixed: Volume, moving: Volume, search_deg: float = 30.0, search_step_deg: float = 30.0,
                    iterations: int = 100, shrink: Sequence[int] = (4, 2, 1), smooth_mm: Sequence[float] = (1.0, 0.5, 0.0),
-                   bins: int = 32, seed: int = 0):
+                   bins: int = 32, seed: int = 0, coarse_samples: Optional[int] = COARSE_SAMPLES,
+                   finest_best_only: bool = True, finest_learning_rate: float = 1.0, min_step: float = 1e-4):
     """Rigid (Euler 3-D) registration of ``moving`` onto ``fixed`` by Mattes mutual information.
+
+    A centre-of-mass start, then (``search_deg`` > 0) an exhaustive search over rotations of ±``search_deg`` in
+    ``search_step_deg`` steps about each axis on the coarsest grid. The plain centre start and the search's best are
+    both refined over the coarse levels (``shrink[:-1]``; about ``coarse_samples`` regularly placed samples per
+    level, None: 25 %); with ``finest_best_only`` the one with the better full-sampling metric on the last coarse
+    grid goes on to the finest level alone (otherwise both), which uses every voxel, starts with steps of
+    ``finest_learning_rate`` mm and stops at ``min_step`` mm. Of the finished starts the one with the better final
+    metric (full sampling on the finest grid) is kept.
 
     Returns ``(transform, metric)``: a SimpleITK Euler3DTransform mapping fixed-space points to moving-space points
     (the resampling direction) and its final metric (lower is better).
@@ -88,49 +98,69 @@ def register_rigid(fixed: Volume, moving: Volume, search_deg: float = 30.0, sear
     m = sitk.Cast(_to_sitk(moving), sitk.sitkFloat32)
     centre = sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(),
                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
+    n_fixed = int(np.prod(f.GetSize()))
 
-    def method(kind: str):
+    def fraction(level_shrink: int) -> float:
+        if coarse_samples is None:
+            return 0.25
+        return float(min(1.0, coarse_samples / max(1.0, n_fixed / level_shrink ** 3)))
+
+    def method(levels: Sequence[int], sigmas: Sequence[float], fractions: Sequence[float], learning_rate=1.0):
         r = sitk.ImageRegistrationMethod()
         r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
         r.SetInterpolator(sitk.sitkLinear)
-        if kind == "search":
-            r.SetMetricSamplingStrategy(r.REGULAR)
-            r.SetMetricSamplingPercentage(0.25, seed)
-            n = int(round(search_deg / search_step_deg))
-            r.SetOptimizerAsExhaustive([n, n, n, 0, 0, 0], stepLength=np.deg2rad(search_step_deg))
-            r.SetOptimizerScales([1, 1, 1, 1, 1, 1])
-            r.SetShrinkFactorsPerLevel([shrink[0]])
-            r.SetSmoothingSigmasPerLevel([smooth_mm[0]])
-        else:
-            r.SetMetricSamplingStrategy(r.REGULAR)
-            r.SetMetricSamplingPercentagePerLevel([0.25] * (len(shrink) - 1) + [1.0], seed)   # full at the finest
-            r.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=iterations,
-                                                       relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
-            r.SetOptimizerScalesFromPhysicalShift()
-            r.SetShrinkFactorsPerLevel(list(shrink))
-            r.SetSmoothingSigmasPerLevel(list(smooth_mm))
+        r.SetMetricSamplingStrategy(r.REGULAR)
+        r.SetMetricSamplingPercentagePerLevel(list(fractions), seed)
+        r.SetOptimizerAsRegularStepGradientDescent(learningRate=learning_rate, minStep=min_step,
+                                                   numberOfIterations=iterations, relaxationFactor=0.6,
+                                                   gradientMagnitudeTolerance=1e-8)
+        r.SetOptimizerScalesFromPhysicalShift()
+        r.SetShrinkFactorsPerLevel(list(levels))
+        r.SetSmoothingSigmasPerLevel(list(sigmas))
         r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
         return r
 
-    search = method("search")      # every start of the grid, the plain centre start (0°) included, by its metric
-    searched = sitk.Euler3DTransform(centre)
-    search.SetInitialTransform(searched, inPlace=True)
-    search.Execute(f, m)
     starts = [centre]
-    if not np.allclose(searched.GetParameters(), centre.GetParameters()):
-        starts.append(searched)    # a coarse metric can mislead: refine both, keep the better final metric
-    best = None
+    n = int(round(search_deg / search_step_deg)) if search_deg > 0 and search_step_deg > 0 else 0
+    if n > 0:        # every start of the grid, the plain centre start (0°) included, by its metric
+        search = method([shrink[0]], [smooth_mm[0]], [fraction(shrink[0])])
+        search.SetOptimizerAsExhaustive([n, n, n, 0, 0, 0], stepLength=np.deg2rad(search_step_deg))
+        search.SetOptimizerScales([1, 1, 1, 1, 1, 1])
+        searched = sitk.Euler3DTransform(centre)
+        search.SetInitialTransform(searched, inPlace=True)
+        search.Execute(f, m)
+        if not np.allclose(searched.GetParameters(), centre.GetParameters()):
+            starts.append(searched)    # a coarse metric can mislead: refine both, keep the better
+    coarse = list(shrink[:-1])
+    refined = []
     for s in starts:
-        start = sitk.Euler3DTransform(s)
-        refine = method("refine")
-        refine.SetInitialTransform(start, inPlace=True)
-        refine.Execute(f, m)
-        final = method("refine")   # the final metric with full sampling on the finest grid
-        final.SetMetricSamplingPercentage(1.0, seed)
-        final.SetInitialTransform(sitk.Euler3DTransform(start))
+        t = sitk.Euler3DTransform(s)
+        if coarse:
+            r = method(coarse, smooth_mm[:-1], [fraction(k) for k in coarse])
+            r.SetInitialTransform(t, inPlace=True)
+            r.Execute(f, m)
+        refined.append(t)
+    if finest_best_only and len(refined) > 1 and coarse:
+        # the better start on the last coarse grid, every voxel of it, before the costly finest level
+        k, sigma = coarse[-1], smooth_mm[len(coarse) - 1]
+        fk, mk = ((sitk.Shrink(sitk.SmoothingRecursiveGaussian(img, sigma) if sigma > 0 else img, [k] * 3))
+                  for img in (f, m))
+        value = []
+        for t in refined:
+            e = method([1], [0.0], [1.0])
+            e.SetInitialTransform(sitk.Euler3DTransform(t))
+            value.append(float(e.MetricEvaluate(fk, mk)))
+        refined = [refined[int(np.argmin(value))]]
+    best = None
+    for t in refined:
+        r = method([shrink[-1]], [smooth_mm[-1]], [1.0], learning_rate=finest_learning_rate if coarse else 1.0)
+        r.SetInitialTransform(t, inPlace=True)
+        r.Execute(f, m)
+        final = method([shrink[-1]], [smooth_mm[-1]], [1.0])   # the final metric with full sampling on the finest grid
+        final.SetInitialTransform(sitk.Euler3DTransform(t))
         value = float(final.MetricEvaluate(f, m))
         if best is None or value < best[1]:
-            best = (sitk.Euler3DTransform(start), value)
+            best = (sitk.Euler3DTransform(t), value)
     return best
 
 
@@ -247,14 +277,16 @@ def _prepare_case(args) -> dict:
         return dict(row, status="failed", reason=str(exc).strip().splitlines()[-1])
     sl = _roi_slices(roi)
     grid = template.with_array(np.zeros(template.shape, np.uint8))
-    moved = resample_onto(vol, grid, transform, default=np.nan).array[sl]
+    origin = tuple(float(v) for v in template.index_to_physical((roi[0][0], roi[1][0], roi[2][0])))
+    roi_grid = template.with_array(np.zeros(template.array[sl].shape, np.uint8), spacing=template.spacing,
+                                   origin=origin, metadata={})
+    moved = resample_onto(vol, roi_grid, transform, default=np.nan).array   # the ROI only, not the whole grid
     quality = quality_figures(template.array[sl], moved, metric, self_info)
     inside = quality["roi_inside"]
     if inside < 0.9:
         return dict(row, status="failed", metric=metric, reason=f"only {inside:.0%} of the ROI lies inside the scan "
                                                                "after registration (wrong field of view?)")
     moved = np.where(np.isfinite(moved), moved, np.nanmin(moved)).astype(np.float32)
-    origin = tuple(float(v) for v in template.index_to_physical((roi[0][0], roi[1][0], roi[2][0])))
     crop_grid = template.with_array(moved, spacing=template.spacing, origin=origin, metadata={})
     if spacing is not None:     # the same physical box at the chosen spacing (B-spline)
         crop_grid = resample(crop_grid, spacing, interpolation="bspline")
