@@ -5,8 +5,9 @@ cropped x 80:208, y 120:248, z 40:72 on the template grid, did not skull-strip, 
 Here: SimpleITK Euler 3-D, Mattes mutual information, three resolution levels with full sampling at the finest.
 Like flirt, a coarse search comes first: after a centre-of-mass initialisation an exhaustive search over rotations
 (±``search_deg`` about each axis in ``search_step_deg`` steps) at the coarsest level picks the best-scoring start;
-it and the plain centre start are both refined (a coarse metric can mislead) and the one with the better (lower)
-final metric, evaluated with full sampling, is kept.
+it and the plain centre start are both refined over the coarse levels (a coarse metric can mislead), the better of
+the two by the full-sampling metric on the last coarse grid goes on to the finest level, and its final metric,
+evaluated with full sampling, is recorded.
 """
 
 from __future__ import annotations
