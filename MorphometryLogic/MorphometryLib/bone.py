@@ -34,6 +34,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from VolGANCore.errors import VolGANError
+from VolGANCore.names import BONE_PARAMETERS
 from VolGANCore.progress import Progress
 from VolGANCore.volume import Volume, check_3d, check_finite
 
@@ -41,7 +42,7 @@ from . import anisotropy, surface, thickness, topology
 
 __all__ = ["ALL_PARAMETERS", "PRESETS", "bone_morphometry", "thickness_map", "segment_bone", "as_bone_volume"]
 
-ALL_PARAMETERS = ("BV/TV", "BS", "Tb.Th", "Tb.Sp", "Tb.N", "Conn", "SMI", "DA", "DA.ST", "BMD", "TMD", "plate")
+ALL_PARAMETERS = tuple(BONE_PARAMETERS)  # ("BV/TV", "BS", "Tb.Th", "Tb.Sp", "Tb.N", …, "BMD", "TMD", "plate")
 DEFAULT_PARAMETERS = ("BV/TV", "BS", "Tb.Th", "Tb.Sp", "Tb.N", "Conn", "SMI", "DA", "DA.ST", "BMD", "TMD")
 
 # Named thresholds: the MICCAI 2020 spongiosa paper's bone threshold (its units, DESIGN.md §2).
