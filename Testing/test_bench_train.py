@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_arch import tiny_stylegan_d, tiny_stylegan_g
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
 
-TINY_G = dict(z_dim=32, w_dim=32, output_shape=[8, 16, 16], base_shape=[2, 4, 4], channel_base=16, channel_max=16,
-              mapping_layers=2)
-TINY_D = dict(img_shape=[8, 16, 16], base_shape=[2, 4, 4], channel_base=16, channel_max=16, mbstd_group_size=2)
+TINY_G = tiny_stylegan_g([8, 16, 16], [2, 4, 4], z_dim=32)
+TINY_D = tiny_stylegan_d([8, 16, 16], [2, 4, 4], mbstd_group_size=2)
 
 
 @pytest.fixture(scope="module")

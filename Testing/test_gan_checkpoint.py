@@ -27,9 +27,10 @@ from VolumetricGANLib.checkpoint import (
 )
 from VolumetricGANLib.networks import StyleGAN2Discriminator, StyleGAN2Generator
 
-ARCH = dict(z_dim=16, w_dim=16, output_shape=(8, 32, 32), base_shape=(2, 8, 8), channel_base=16,
-            channel_max=16, mapping_layers=2)
-DARCH = dict(img_shape=(8, 32, 32), base_shape=(2, 8, 8), channel_base=16, channel_max=16)
+from tiny_arch import tiny_stylegan_d, tiny_stylegan_g
+
+ARCH = tiny_stylegan_g()
+DARCH = tiny_stylegan_d()
 
 
 def _config():

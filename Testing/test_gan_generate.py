@@ -16,8 +16,9 @@ from VolumetricGANLib.checkpoint import load_generator, make_config, save_checkp
 from VolumetricGANLib.generate import generate, interpolate, mix, variation, write_generated
 from VolumetricGANLib.networks import StyleGAN2Generator
 
-ARCH = dict(z_dim=16, w_dim=16, output_shape=(8, 32, 32), base_shape=(2, 8, 8), channel_base=16,
-            channel_max=16, mapping_layers=2)
+from tiny_arch import tiny_stylegan_g
+
+ARCH = tiny_stylegan_g()
 INTENSITY = {"network_range": [-1, 1], "physical_range": [0, 1000], "units": "a.u.", "clip": False}
 
 

@@ -16,8 +16,9 @@ from VolumetricGANLib.generate import generate
 from VolumetricGANLib.invert import invert, noise_regularisation
 from VolumetricGANLib.networks import build_generator
 
-ARCH = dict(z_dim=16, w_dim=16, output_shape=[8, 16, 16], base_shape=[2, 4, 4], channel_base=16, channel_max=16,
-            mapping_layers=2)
+from tiny_arch import tiny_stylegan_g
+
+ARCH = tiny_stylegan_g([8, 16, 16], [2, 4, 4])
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ from VolumetricGANLib.networks import (
 )
 from VolumetricGANLib.networks.layers import Resample3d, minibatch_std, modulated_conv3d
 
-TINY = dict(z_dim=16, w_dim=16, output_shape=(8, 32, 32), base_shape=(2, 8, 8), channel_base=16,
-            channel_max=16, mapping_layers=2)
+from tiny_arch import tiny_stylegan_g
+
+TINY = tiny_stylegan_g()
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,8 @@ import pytest
 
 from VolGANCore import TOPCOW13, VolGANError, mrml
 
+from tiny_arch import tiny_stylegan_g
+
 
 def test_cow_phantom_becomes_volume_and_named_segmentation(headless):
     from VolumetricGANSceneLogic import VolumetricGANSceneLogic
@@ -47,8 +49,7 @@ def tiny_checkpoint(tmp_path_factory):
     from VolumetricGANLib.checkpoint import make_config, save_checkpoint
     from VolumetricGANLib.networks import build_generator
 
-    arch = dict(z_dim=8, w_dim=8, output_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8, channel_max=8,
-                mapping_layers=1)
+    arch = tiny_stylegan_g([4, 8, 8], [1, 2, 2], width=8, z_dim=8, mapping_layers=1)
     torch.manual_seed(0)
     G = build_generator("stylegan2-3d", arch)
     with torch.no_grad():  # a fresh StyleGAN2 starts with zero noise strengths: make noise matter, as after training

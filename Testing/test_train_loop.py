@@ -18,11 +18,12 @@ from GANTrainerLib.train import TrainSettings, _Phase, train
 from VolGANCore import CancelToken, Volume, VolGANError, write_volume
 from VolumetricGANLib.checkpoint import load_checkpoint, load_generator
 
+from tiny_arch import tiny_stylegan_d, tiny_stylegan_g
+
 TINY = dict(
     family="stylegan2-3d",
-    generator=dict(z_dim=8, w_dim=8, output_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8, channel_max=8,
-                   mapping_layers=1),
-    discriminator=dict(img_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8, channel_max=8, mbstd_group_size=2),
+    generator=tiny_stylegan_g([4, 8, 8], [1, 2, 2], width=8, z_dim=8, mapping_layers=1),
+    discriminator=tiny_stylegan_d([4, 8, 8], [1, 2, 2], width=8, mbstd_group_size=2),
     batch=2, loss=dict(kind="stylegan2", r1_interval=2, pl_weight=1.0, pl_interval=2, style_mixing_prob=0.5),
     augment=dict(p=0.5, translation=0.25, cutout=0.25), ada_target=0.6, ada_kimg=0.01, kimg=1.0,
     snapshot_kimg=1.0, sample_kimg=1.0, log_steps=1, preprocess=dict(intensity="minmax"), ema_kimg=0.01,

@@ -16,6 +16,8 @@ from GANTrainerLib.run import read_metrics, read_status
 from GANTrainerLib.train import Dist, _finite_step, settings_from_preset, train
 from VolumetricGANLib.checkpoint import load_checkpoint
 
+from tiny_arch import tiny_stylegan_d, tiny_stylegan_g
+
 
 @pytest.fixture(scope="module")
 def bone(tmp_path_factory):
@@ -127,10 +129,9 @@ def test_data_too_small_for_the_feature_network_trains_without_quick_metrics(tmp
         vol = Volume(np.random.default_rng(k).normal(size=(4, 8, 8)).astype(np.float32))
         write_volume(vol, tmp_path / f"c{k}.nrrd")
     s = TrainSettings(family="stylegan2-3d", batch=2, kimg=1.0, log_steps=1, metrics_kimg=0.002,
-                      generator=dict(z_dim=8, w_dim=8, output_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8,
-                                     channel_max=8, mapping_layers=1),
-                      discriminator=dict(img_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8, channel_max=8,
-                                         mbstd_group_size=2), preprocess=dict(intensity="minmax"))
+                      generator=tiny_stylegan_g([4, 8, 8], [1, 2, 2], width=8, z_dim=8, mapping_layers=1),
+                      discriminator=tiny_stylegan_d([4, 8, 8], [1, 2, 2], width=8, mbstd_group_size=2),
+                      preprocess=dict(intensity="minmax"))
     messages = []
     out = train(tmp_path, tmp_path / "run", s, max_steps=1, device="cpu", log=messages.append)
     assert out["state"] == "finished" and any("quick metrics off" in m and "≥ 8 voxels" in m for m in messages)
