@@ -62,7 +62,7 @@ def test_targets_reached_as_measured_independently(bvtv, tbth, da, rodness):
 
 
 def test_rendering_resembles_hrpqct_statistics():
-    """Statistics at the paper's threshold 225 near DESIGN.md §9 (TMD 338 ± 27, marrow 74 ± 16, BMD 122 ± 35)."""
+    """Statistics at the paper's threshold 225 near the targets of docs/generation.md (TMD 338 ± 27, marrow 74 ± 16, BMD 122 ± 35)."""
     tmd, marrow, bmd, bv225 = [], [], [], []
     for s in range(8):
         img, mask, _ = make_bone_phantom(s, bvtv=0.18)

@@ -127,7 +127,7 @@ def test_each_class_has_a_connected_component_of_plausible_radius(rendered):
 
 
 def test_intensities_look_like_tof_mra(rendered):
-    """Against DESIGN.md §9 (real crop): median ≈ 108, background 98 ± 30, vessels ≈ 5.9× the median."""
+    """Against a real TopCoW crop (docs/generation.md, "Built-in phantoms"): median ≈ 108, background 98 ± 30, vessels ≈ 5.9× the median."""
     for i, img, lab, p in rendered:
         a = img.array
         assert a.dtype == np.float32 and a.min() >= 0

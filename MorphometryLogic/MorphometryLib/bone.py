@@ -45,7 +45,8 @@ __all__ = ["ALL_PARAMETERS", "PRESETS", "bone_morphometry", "thickness_map", "se
 ALL_PARAMETERS = tuple(BONE_PARAMETERS)  # ("BV/TV", "BS", "Tb.Th", "Tb.Sp", "Tb.N", …, "BMD", "TMD", "plate")
 DEFAULT_PARAMETERS = ("BV/TV", "BS", "Tb.Th", "Tb.Sp", "Tb.N", "Conn", "SMI", "DA", "DA.ST", "BMD", "TMD")
 
-# Named thresholds: the MICCAI 2020 spongiosa paper's bone threshold (its units, DESIGN.md §2).
+# Named thresholds: the MICCAI 2020 spongiosa paper's bone threshold, in its density units (docs/morphometry.md,
+# "Differentiable counterparts"; docs/preparation.md).
 PRESETS: dict[str, dict[str, float]] = {"miccai2020": {"threshold": 225.0, "width": 10.0}}
 
 

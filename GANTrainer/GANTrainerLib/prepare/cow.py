@@ -1,6 +1,6 @@
 """``volgan prepare cow``: whole TOF-MRA scans -> Circle-of-Willis crops on a template grid, as the CoW paper did.
 
-The paper (DESIGN §2) registered every TOF-MRA rigidly (6 dof, mutual information, FSL flirt) to a TOF template,
+The paper (docs/preparation.md) registered every TOF-MRA rigidly (6 dof, mutual information, FSL flirt) to a TOF template,
 cropped x 80:208, y 120:248, z 40:72 on the template grid, did not skull-strip, and min-max normalised each volume.
 Here: SimpleITK Euler 3-D, Mattes mutual information, three resolution levels with full sampling at the finest.
 Like flirt, a coarse search comes first: after a centre-of-mass initialisation an exhaustive search over rotations
@@ -34,7 +34,7 @@ from .bone import save_qc_figure, scan_header
 __all__ = ["PAPER_ROI", "parse_roi", "register_rigid", "resample_onto", "orientation_code", "build_template",
            "prepare_cow"]
 
-PAPER_ROI = ((80, 208), (120, 248), (40, 72))   # x, y, z voxel index ranges on the template grid (DESIGN §2)
+PAPER_ROI = ((80, 208), (120, 248), (40, 72))   # x, y, z voxel index ranges on the template grid (docs/preparation.md)
 SUSPECT_RATIO = 0.25     # final MI below this fraction of the template's self-information: flagged "suspect"
 
 
