@@ -135,6 +135,7 @@ def test_reference_forward_is_their_output(ref):
     assert float((reference_forward(sd, ref["z"], ref["noise"]) - ref["output"]).abs().max()) <= TOL
 
 
+@pytest.mark.slow
 def test_noise_path_matches_reference_forward(tmp_path, ref):
     # the fixture's noise scales are zero (their initialisation), so the noise crop is checked here
     src = _copy_with(tmp_path, with_noise_weights)

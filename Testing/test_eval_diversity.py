@@ -17,6 +17,7 @@ def _smooth_field(rng, shape, sigma=2.0):
     return (f / f.std()).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_identical_is_one_and_independent_noise_is_much_lower():
     rng = np.random.default_rng(0)
     for shape in ((8, 32, 32), (32, 40, 40)):  # one scale, and three scales
@@ -53,6 +54,7 @@ def test_pairs_are_distinct_and_seeded():
     assert a["n_pairs"] == 10 and a["mean"] == b["mean"] and np.array_equal(a["pairs"], b["pairs"])
 
 
+@pytest.mark.slow
 def test_copies_are_flagged_less_diverse_in_the_report(tmp_path, capsys):
     from VolGANCore.cli import main
 

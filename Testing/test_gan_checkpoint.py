@@ -71,6 +71,7 @@ def test_round_trip_rebuilds_network_from_config(tmp_path):
     assert "stylegan2-3d" in card and "8 × 32 × 32" in card and "0.3, 0.3, 0.6 mm" in card and "fid" in card
 
 
+@pytest.mark.slow
 def test_resume_state_round_trip(tmp_path):
     G, D = _models()
     opt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.99))

@@ -108,6 +108,7 @@ def test_stylegan2_generator_anisotropic_shapes(base, arch):
     assert G.num_ws == G.mapping.num_ws == len(G.synthesis.noise_shapes()) + 1
 
 
+@pytest.mark.slow
 def test_stylegan2_noise_modes_and_reproducible_noise():
     G = StyleGAN2Generator(**TINY)
     with torch.no_grad():

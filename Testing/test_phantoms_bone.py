@@ -44,6 +44,7 @@ def mil_ratio(mask: np.ndarray) -> float:
     (0.12, 0.36, 1.7, 1.0),     # sparse, rod-like, strongly anisotropic
     (0.30, 0.46, 1.1, 0.1),     # dense, plate-like, nearly isotropic
 ])
+@pytest.mark.slow
 def test_targets_reached_as_measured_independently(bvtv, tbth, da, rodness):
     for seed in (3, 11):
         img, mask, p = make_bone_phantom(seed, size=32, spacing_mm=0.164, bvtv=bvtv, tbth_mm=tbth, da=da,

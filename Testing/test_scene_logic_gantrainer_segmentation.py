@@ -22,6 +22,8 @@ from VolGANCore.labels import get_scheme
 
 from tiny_arch import tiny_stylegan_g
 
+pytestmark = pytest.mark.slow  # every test here shares a module fixture that takes tens of seconds
+
 SHAPE, SPACING = (16, 32, 32), 2.4
 REGIMES = ("real", "synthetic", "real+synthetic")
 

@@ -47,6 +47,7 @@ def tensors(path):
     return load_checkpoint(path)["tensors"]
 
 
+@pytest.mark.slow
 def test_resumed_run_is_bit_for_bit_the_uninterrupted_one(data, tmp_path):
     straight = train(data, tmp_path / "a", settings(), max_steps=4, log=lambda m: None)
     first = train(data, tmp_path / "b", settings(), max_steps=2, log=lambda m: None)
@@ -64,6 +65,7 @@ def test_resumed_run_is_bit_for_bit_the_uninterrupted_one(data, tmp_path):
     assert "resumed from step 2" in (tmp_path / "b" / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_run_folder_is_observable_and_checkpoint_generates(data, tmp_path):
     out = train(data, tmp_path / "r", settings(), max_steps=3, log=lambda m: None)
     status = read_status(tmp_path / "r")
@@ -77,6 +79,7 @@ def test_run_folder_is_observable_and_checkpoint_generates(data, tmp_path):
     assert cfg["spacing"] == [0.5, 0.5, 1.0] and G(torch.randn(1, 8)).shape == (1, 1, 4, 8, 8)
 
 
+@pytest.mark.slow
 def test_non_finite_losses_stop_the_run_with_a_message(data, tmp_path, monkeypatch):
     from GANTrainerLib import losses
 
@@ -95,6 +98,7 @@ def test_non_finite_losses_stop_the_run_with_a_message(data, tmp_path, monkeypat
     assert read_status(tmp_path / "m")["state"] == "failed"
 
 
+@pytest.mark.slow
 def test_cancel_checkpoints_and_marks_stopped(data, tmp_path):
     token = CancelToken()
 
@@ -109,6 +113,7 @@ def test_cancel_checkpoints_and_marks_stopped(data, tmp_path):
     assert load_checkpoint(out["checkpoint"])["provenance"]["reason"] == "stopped"
 
 
+@pytest.mark.slow
 def test_resume_with_new_learning_rates_uses_them_and_says_so(data, tmp_path):
     train(data, tmp_path / "r", settings(), max_steps=1, log=lambda m: None)
     messages = []
@@ -154,6 +159,7 @@ def tiny_pgan(folder, **generator):
                          intensity={"network_range": [-1, 1], "physical_range": [-350, 1100], "units": "density"})
 
 
+@pytest.mark.slow
 def test_progressive_gan_trains(tmp_path):
     folder = tmp_path / "bone"
     s = tiny_pgan(folder)
@@ -182,6 +188,7 @@ def _torchrun_tiny(data, out, nproc: int, port: int) -> list[dict]:
     return [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_with_gloo(data, tmp_path):
     results = _torchrun_tiny(data, tmp_path / "ddp", nproc=2, port=29517)
     assert sorted(r["rank"] for r in results) == [0, 1] and all(r["world"] == 2 for r in results)
@@ -191,6 +198,7 @@ def test_ddp_two_processes_with_gloo(data, tmp_path):
     assert len(ckpt["training"]["latent_rng"]) == 2                            # both ranks' streams saved
 
 
+@pytest.mark.slow
 def test_torchrun_with_one_process_joins_a_group_and_trains_exactly_like_a_plain_run(data, tmp_path):
     """One torchrun process runs every collective of the loop (how gpu_check proves NCCL on one GPU): a group of one
     averages nothing, so the weights are the plain run's bit for bit."""
@@ -224,6 +232,7 @@ def test_phase_kimg_sets_the_progressive_schedule_and_is_refused_where_it_cannot
         settings_from_preset("tiny-spongiosa", phase_kimg=0)
 
 
+@pytest.mark.slow
 def test_padding_reaches_the_saved_generator_and_a_resume_with_another_padding_is_refused(tmp_path):
     from GANTrainerLib.train import settings_from_preset
 
@@ -266,6 +275,7 @@ def test_learning_rate_and_ema_overrides_reach_the_settings_and_refuse_non_posit
     assert (args.lr_g, args.lr_d, args.ema_kimg) == (5e-4, 6e-4, 2.0)
 
 
+@pytest.mark.slow
 def test_bad_data_creates_no_run_folder_and_a_failed_run_removes_what_it_made(data, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

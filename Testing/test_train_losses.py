@@ -49,6 +49,7 @@ def test_logistic_and_hinge_main_terms(nets):
         assert st["loss/D"].item() == pytest.approx(expect.item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_generator_loss_with_path_length_updates_mean_and_backprops(nets):
     G, D = nets
     loss = StyleGAN2Loss(G, D, pl_weight=2.0, pl_interval=2)

@@ -62,6 +62,7 @@ def test_voxel_spread_ratio_is_one_for_the_data_and_falls_to_zero_for_a_collapse
     assert math.isnan(voxel_spread(real[:1]))
 
 
+@pytest.mark.slow
 def test_metrics_pick_the_best_checkpoint_and_resume_remembers_it(bone, tmp_path, monkeypatch):
     out = tmp_path / "run"
     s = tiny_bone(snapshot_kimg=0.008)                         # a checkpoint and quick metrics at every step
@@ -96,6 +97,7 @@ def test_metrics_pick_the_best_checkpoint_and_resume_remembers_it(bone, tmp_path
     assert resumed_state["best_step"] == best["step"]
 
 
+@pytest.mark.slow
 def test_a_new_best_between_snapshots_is_saved_and_kept(bone, tmp_path, monkeypatch):
     values = iter([3.0, 1.0, 2.0, 5.0])
     monkeypatch.setattr(quick_metrics, "quick_frechet", lambda a, b: next(values))
@@ -111,6 +113,7 @@ def test_a_new_best_between_snapshots_is_saved_and_kept(bone, tmp_path, monkeypa
     assert "quick metrics at step 3: fd_quick 2" in (out / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_quick_metrics_leave_the_training_streams_untouched(bone, tmp_path):
     s = tiny_bone(snapshot_kimg=1.0, metrics_morph_n=2)
     with_metrics = train(bone, tmp_path / "a", s, max_steps=3, device="cpu", log=lambda m: None)
@@ -121,6 +124,7 @@ def test_quick_metrics_leave_the_training_streams_untouched(bone, tmp_path):
     assert with_metrics["g_param_checksum"] == without["g_param_checksum"]
 
 
+@pytest.mark.slow
 def test_data_too_small_for_the_feature_network_trains_without_quick_metrics(tmp_path):
     from GANTrainerLib.train import TrainSettings
     from VolGANCore import Volume, write_volume
@@ -211,6 +215,7 @@ def test_cli_passes_the_quick_metric_options():
     assert settings_from_preset("tiny-cow").metrics_kimg == settings_from_preset("tiny-cow").snapshot_kimg
 
 
+@pytest.mark.slow
 def test_a_collapsed_generator_is_never_the_best_however_good_its_frechet_distance(bone, tmp_path, monkeypatch):
     fds = iter([3.0, 1.0, 2.0])
     spreads = iter([1.0, 0.5, 0.1, 1.0])   # the real spread, then the fake one at each step (step 2 collapsed)
