@@ -174,6 +174,7 @@ def test_cli_generate_on_imported_model(model, tmp_path):
     _check_geometry(read_volume(files[0]))
 
 
+@pytest.mark.slow
 def test_gradients_flow_to_styles_for_inversion(model):
     G, _ = model
     ws = G.mapping(torch.randn(1, 512, generator=torch.Generator().manual_seed(1))).detach().requires_grad_(True)

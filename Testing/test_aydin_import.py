@@ -154,6 +154,7 @@ def test_noise_path_matches_reference_forward(tmp_path, ref):
         assert float((G(ref["z"], noise=ref["noise"]) - want.transpose(-1, -2)).abs().max()) <= TOL
 
 
+@pytest.mark.slow
 def test_round_trip_through_vgan_reproduces_reference_output(imported, ref):
     G, cfg = load_generator(imported)
     assert cfg["family"] == FAMILY and cfg["output_shape"] == [32, 64, 64]

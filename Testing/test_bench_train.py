@@ -85,6 +85,7 @@ def test_spongiosa_anchor_and_ours_train(bt):
     assert _changed(before, o.G) and _changed(before, o.D)
 
 
+@pytest.mark.slow
 def test_timing_amortises_over_the_regulariser_cycle(bt):
     a = bt.CowAnchor(image_size=16, depth=8, network_capacity=2, fmap_max=16, latent_dim=32, style_depth=2,
                      batch_size=2)

@@ -42,6 +42,7 @@ def test_scale_rule_follows_the_smallest_axis():
         msssim_settings((2, 64, 64))
 
 
+@pytest.mark.slow
 def test_pairs_are_distinct_and_seeded():
     p = sample_pairs(40, 100, seed=3)
     assert len(p) == 100 and len({tuple(x) for x in p}) == 100 and np.all(p[:, 0] < p[:, 1]) and p.max() < 40

@@ -52,6 +52,7 @@ def test_generate_volumes_geometry_units_latents(ckpt):
     assert prog.events[-1].finished and prog.events[-1].done == 5
 
 
+@pytest.mark.slow
 def test_same_seed_same_volumes_batch_invariant_and_latents_file(ckpt, tmp_path):
     a = generate(ckpt, n=4, seed=7, batch=4, device="cpu", noise="random")
     b = generate(ckpt, n=4, seed=7, batch=1, device="cpu", noise="random")
@@ -98,6 +99,7 @@ def test_write_generated_files_and_atomic_folder(ckpt, tmp_path):
         generate(ckpt, n=2, seed=0, device="cpu", cancel=token)
 
 
+@pytest.mark.slow
 def test_amp_nan_is_detected_and_retried_in_fp32(ckpt):
     G, cfg = load_generator(ckpt)
     orig = G.synthesis.forward
