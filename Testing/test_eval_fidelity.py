@@ -45,7 +45,6 @@ def test_too_few_patches_is_a_clear_error(populations, tmp_path):
         bone_fidelity(real, tiny / "images")
 
 
-@pytest.mark.slow
 def test_cli_report(populations, tmp_path):
     real, _, dense = populations
     out = subprocess.run([sys.executable, "-m", "VolGANCore.cli", "--quiet", "evaluate-morphometry", "--real",
