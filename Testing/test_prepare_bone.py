@@ -13,6 +13,8 @@ from VolGANCore import Volume, VolGANError
 from VolGANCore.cli import main
 from VolGANCore.io import read_volume, write_volume
 
+pytestmark = pytest.mark.slow  # every test here shares a module fixture that takes tens of seconds
+
 FINE = 0.082          # the ROI is declared at half the paper's 164 µm, so preparing resamples it 2:1
 CORTEX, SOFT = 12, 10  # cortex shell (≈ 1 mm) and soft tissue around it, in fine voxels
 BONE_HU, CORTEX_HU = 1150.0, 1500.0

@@ -67,6 +67,7 @@ def _euler(row):
     return t
 
 
+@pytest.mark.slow
 def test_registration_recovers_known_rigid_motion_and_labels(template_and_labels, tmp_path):
     template, labels = template_and_labels
     truth = _true_transform(template, np.random.default_rng(19))
@@ -125,6 +126,7 @@ def _small_copies(template, n, seed, quarter=False, with_motions=False):
     return (small, copies, motions) if with_motions else (small, copies)
 
 
+@pytest.mark.slow
 def test_several_random_motions_in_parallel_workers(template_and_labels, tmp_path):
     template, _ = template_and_labels
     small, copies, motions = _small_copies(template, 3, seed=1, with_motions=True)
@@ -150,6 +152,7 @@ def _ncc(a, b):
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
+@pytest.mark.slow
 def test_build_template_converges_to_a_sharp_mean(template_and_labels):
     template, _ = template_and_labels
     small, copies = _small_copies(template, 6, seed=7, quarter=True)
@@ -160,6 +163,7 @@ def test_build_template_converges_to_a_sharp_mean(template_and_labels):
     assert _ncc(built.array, copies[0].array) > _ncc(naive, copies[0].array) + 0.1
 
 
+@pytest.mark.slow
 def test_resume_skips_done_cases(template_and_labels, tmp_path):
     template, _ = template_and_labels
     small, copies = _small_copies(template, 2, seed=3)
@@ -231,6 +235,7 @@ def test_bad_inputs_give_one_line_and_write_nothing(template_and_labels, tmp_pat
         assert not (tmp_path / f"o{k}").exists() and not (tmp_path / f"o{k}.cache").exists()
 
 
+@pytest.mark.slow
 def test_roi_around_labels_holds_every_label(template_and_labels, tmp_path):
     template, labels = template_and_labels
     small, small_lab = _half(template), _half(labels, label=True)

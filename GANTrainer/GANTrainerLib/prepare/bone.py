@@ -4,14 +4,14 @@ Steps per scan: resample to the paper's 164 µm (cubic B-spline for images, near
 the grey values to density, build a spongiosa mask when none is given, and cut ``size``³ patches on a ``stride``
 grid, each lying fully inside the mask and with a bone fraction of at least ``min_fill``.
 
-Density units. The spongiosa preset's window [-350, 1100] and bone threshold 225 (DESIGN §2) are in the MICCAI 2020
-paper's units, Scanco's calibrated density in mg HA/cm³: the paper's samples give BMD 122, TMD 338 and marrow ≈ 74
-(DESIGN §9), HR-pQCT values in mg HA/cm³. Images already in mg HA/cm³ need no calibration; other grey values are
-mapped linearly with ``calibration=(slope, intercept)`` (density = slope·value + intercept). Hounsfield units are
-mapped with Scanco's rule: µ = µ_water·(1 + HU/1000), density = slope_µ·µ + intercept_µ, with the XtremeCT II
-defaults µ_water = 0.2409 /cm, slope_µ = 1603.51904 mg HA/cm³·cm, intercept_µ = -391.209015 mg HA/cm³ (the values an
-XtremeCT II AIM header carries; ITK's IOScanco module tests read these same numbers), i.e.
-density ≈ 0.38629·HU − 4.92.
+Density units (docs/preparation.md). The spongiosa preset's window [-350, 1100] and bone threshold 225 are in the
+MICCAI 2020 paper's units, Scanco's calibrated density in mg HA/cm³: the paper's samples give BMD 122, TMD 338 and
+marrow ≈ 74 (docs/generation.md, "Built-in phantoms"), HR-pQCT values in mg HA/cm³. Images already in mg HA/cm³ need
+no calibration; other grey values are mapped linearly with ``calibration=(slope, intercept)`` (density = slope·value +
+intercept). Hounsfield units are mapped with Scanco's rule: µ = µ_water·(1 + HU/1000), density = slope_µ·µ +
+intercept_µ, with the XtremeCT II defaults µ_water = 0.2409 /cm, slope_µ = 1603.51904 mg HA/cm³·cm, intercept_µ =
+-391.209015 mg HA/cm³ (the values an XtremeCT II AIM header carries; ITK's IOScanco module tests read these same
+numbers), i.e. density ≈ 0.38629·HU − 4.92.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from .runner import CaseStore, file_stamp
 __all__ = ["BONE_THRESHOLD", "SCANCO_XCT2", "hu_to_density", "parse_calibration", "resample_to_spacing",
            "spongiosa_mask", "cut_patches", "prepare_bone"]
 
-BONE_THRESHOLD = 225.0     # mg HA/cm³: the paper's bone threshold (DESIGN §2)
+BONE_THRESHOLD = 225.0     # mg HA/cm³: the paper's bone threshold (docs/preparation.md)
 # Scanco XtremeCT II calibration: linear attenuation of water (/cm), density = slope·µ + intercept (mg HA/cm³)
 SCANCO_XCT2 = {"mu_water": 0.2409, "slope": 1603.51904, "intercept": -391.209015}
 UNITS = "mg HA/cm³ (MICCAI 2020 density units)"

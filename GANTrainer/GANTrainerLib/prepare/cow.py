@@ -1,6 +1,6 @@
 """``volgan prepare cow``: whole TOF-MRA scans -> Circle-of-Willis crops on a template grid, as the CoW paper did.
 
-The paper (DESIGN §2) registered every TOF-MRA rigidly (6 dof, mutual information, FSL flirt) to a TOF template,
+The paper (docs/preparation.md) registered every TOF-MRA rigidly (6 dof, mutual information, FSL flirt) to a TOF template,
 cropped x 80:208, y 120:248, z 40:72 on the template grid, did not skull-strip, and min-max normalised each volume.
 Here: SimpleITK Euler 3-D, Mattes mutual information, three resolution levels with full sampling at the finest.
 Like flirt, a coarse search comes first: after a centre-of-mass initialisation an exhaustive search over rotations
@@ -34,7 +34,7 @@ from .runner import CaseStore, file_stamp
 __all__ = ["PAPER_ROI", "parse_roi", "register_rigid", "resample_onto", "orientation_code", "build_template",
            "prepare_cow"]
 
-PAPER_ROI = ((80, 208), (120, 248), (40, 72))   # x, y, z voxel index ranges on the template grid (DESIGN §2)
+PAPER_ROI = ((80, 208), (120, 248), (40, 72))   # x, y, z voxel index ranges on the template grid (docs/preparation.md)
 # A case is flagged "suspect" when its final Mattes MI is below this fraction of the template's self-match. Measured
 # (benchmarks/prepare_quality_flag.py, docs/preparation.md): good registrations of the real TOF-MRA, also deformed
 # by up to 3 mm with bias, blur and noise, 0.42-0.90; deliberately failed ones (60°-180° starts without the search,
