@@ -553,10 +553,8 @@ def _train(data, out, settings: TrainSettings, labels, resume, device, max_steps
     """The loop after :func:`train`'s input checks: setup, resume, iterations with their reports, final snapshot."""
     import torch
 
-    from VolumetricGANLib.checkpoint import load_checkpoint
-
     from .data import BatchFeeder, InfiniteSampler
-    from .run import GracefulStop, latest_checkpoint
+    from .run import GracefulStop
 
     # -- setup: device and process group, run folder, data, networks, training parts, streams -----------------------
     dev, dist = _device_and_group(device)
@@ -575,26 +573,7 @@ def _train(data, out, settings: TrainSettings, labels, resume, device, max_steps
     state = TrainingState(parts, sampler, gen, quick)
 
     # -- resume: the newest checkpoint's networks and training state; otherwise rank 0's initial networks -----------
-    ckpt = latest_checkpoint(out) if resume else None
-    if resume and ckpt is None:
-        raise VolGANError(f"--resume: no checkpoint in {out / 'checkpoints'} (start without --resume)")
-    if ckpt is not None:
-        restored = state.restore(load_checkpoint(ckpt, map_location="cpu", expect_family=settings.family), ckpt,
-                                 dist, dev)
-        msg = f"resumed from step {state.step} ({state.nimg / 1000:.2f} kimg) of {ckpt}" + (
-            f"; learning rates now {restored.learning_rates}" if restored.learning_rates else "")
-        if dist.main:
-            log(msg)
-            run.log(msg)
-        if restored.quick_metrics is not None:                # rank 0 only (it alone measures quick metrics)
-            if restored.quick_metrics_dropped:
-                run.clear_metrics()
-            log(restored.quick_metrics)
-            run.log(restored.quick_metrics)
-    else:
-        broadcast_params(G, dist)
-        broadcast_params(D, dist)
-        parts.G_ema.load_state_dict(G.state_dict())
+    _resume_or_start(state, out, resume, dist, dev, run, log)
 
     # -- schedule, data feeding, latents ----------------------------------------------------------------------------
     batch_total = settings.batch * settings.accumulate * dist.world
@@ -612,8 +591,7 @@ def _train(data, out, settings: TrainSettings, labels, resume, device, max_steps
                        z_fixed=_fixed_latents(settings, G.z_dim, dev), t_start=time.perf_counter())
 
     # -- the iterations -----------------------------------------------------------------------------------------------
-    bad_d = bad_g = 0                             # consecutive non-finite D / G steps
-    worst_bad = torch.zeros((), device=dev)       # CUDA: their maximum since the last host sync
+    non_finite = _NonFiniteSteps(dev)             # consecutive non-finite D / G steps
     stats_acc: dict[str, Any] = {}                # loss statistics summed since the last scalar log
     last_snapshot_time = time.perf_counter()
     saved_step = sampled_step = quick_step = -1   # steps of the latest checkpoint, montage and quick-metrics attempt
@@ -640,14 +618,8 @@ def _train(data, out, settings: TrainSettings, labels, resume, device, max_steps
             step, nimg = state.step, state.nimg
 
             # ---- non-finite losses: skipped steps, counted; too many in a row stop the run ----
-            bad_d = (bad_d + 1) * (1 - ok_d)  # CUDA: device tensors, read at logging intervals only
-            bad_g = (bad_g + 1) * (1 - ok_g)
-            if dev.type == "cuda":
-                worst_bad = torch.maximum(worst_bad, torch.maximum(bad_d, bad_g))
-                sync_now = step % settings.log_steps == 0 or step == total_steps or step % snapshot_every == 0
-                worst, worst_bad = (int(worst_bad), torch.zeros((), device=dev)) if sync_now else (0, worst_bad)
-            else:
-                worst = max(bad_d, bad_g)
+            worst = non_finite.count(ok_d, ok_g, host_sync=step % settings.log_steps == 0 or step == total_steps
+                                     or step % snapshot_every == 0)
             if worst >= settings.max_bad_steps:
                 msg = (f"stopped: {worst} consecutive non-finite losses at step {step} "
                        "(lower the learning rates, use --amp bf16 or off, or check the data for outliers)")
@@ -791,6 +763,63 @@ def _quick_metrics(settings: TrainSettings, dataset, out: Path, dev, dist: Dist,
     if why_not is not None:
         return False, None
     return True, (QuickMetrics(settings, dataset, out, dev, _data_spacing(dataset)) if dist.main else None)
+
+
+def _resume_or_start(state: TrainingState, out: Path, resume: bool, dist: Dist, dev, run, log) -> None:
+    """With ``resume``: restore the newest checkpoint of ``out`` into ``state`` and say so (log and run log).
+    Otherwise: every rank takes rank 0's initial networks, and the EMA generator starts as G."""
+    from VolumetricGANLib.checkpoint import load_checkpoint
+
+    from .run import latest_checkpoint
+
+    parts = state.parts
+    ckpt = latest_checkpoint(out) if resume else None
+    if resume and ckpt is None:
+        raise VolGANError(f"--resume: no checkpoint in {out / 'checkpoints'} (start without --resume)")
+    if ckpt is None:
+        broadcast_params(parts.G, dist)
+        broadcast_params(parts.D, dist)
+        parts.G_ema.load_state_dict(parts.G.state_dict())
+        return
+    restored = state.restore(load_checkpoint(ckpt, map_location="cpu", expect_family=parts.settings.family), ckpt,
+                             dist, dev)
+    msg = f"resumed from step {state.step} ({state.nimg / 1000:.2f} kimg) of {ckpt}" + (
+        f"; learning rates now {restored.learning_rates}" if restored.learning_rates else "")
+    if dist.main:
+        log(msg)
+        run.log(msg)
+    if restored.quick_metrics is not None:                # rank 0 only (it alone measures quick metrics)
+        if restored.quick_metrics_dropped:
+            run.clear_metrics()
+        log(restored.quick_metrics)
+        run.log(restored.quick_metrics)
+
+
+class _NonFiniteSteps:
+    """Consecutive skipped (non-finite) D and G steps. On CUDA the counts are device tensors, read on the host only
+    at the steps the loop syncs anyway (:func:`GANTrainerLib.optim.finite_step` returns device flags there)."""
+
+    def __init__(self, dev) -> None:
+        import torch
+
+        self.cuda = dev.type == "cuda"
+        self.bad_d = self.bad_g = 0
+        self.worst_bad = torch.zeros((), device=dev)   # CUDA: the longest run since the last host sync
+
+    def count(self, ok_d, ok_g, host_sync: bool) -> int:
+        """Add one iteration's outcomes; returns the longest current run of failures known on the host (on CUDA: 0
+        unless ``host_sync``)."""
+        import torch
+
+        self.bad_d = (self.bad_d + 1) * (1 - ok_d)
+        self.bad_g = (self.bad_g + 1) * (1 - ok_g)
+        if not self.cuda:
+            return max(self.bad_d, self.bad_g)
+        self.worst_bad = torch.maximum(self.worst_bad, torch.maximum(self.bad_d, self.bad_g))
+        if not host_sync:
+            return 0
+        worst, self.worst_bad = int(self.worst_bad), torch.zeros((), device=self.worst_bad.device)
+        return worst
 
 
 class _Latents:
