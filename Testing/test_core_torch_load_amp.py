@@ -116,5 +116,5 @@ def test_amp_on_cuda_follows_bf16_support(monkeypatch, bf16, device):
     else:
         with pytest.raises(VolGANError, match=r"--amp bf16: this GPU has no bfloat16 support; use --amp fp16"):
             amp_dtype("bf16", dev, training=True)
-    dtype, scaler = amp_dtype("auto", dev)                           # unpacks like train.resolve_amp's pair
+    dtype, scaler = amp_dtype("auto", dev)                           # unpacks as a (dtype, grad scaler) pair
     assert (dtype, scaler) == tuple(auto)

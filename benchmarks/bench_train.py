@@ -650,7 +650,8 @@ class OursTrainer:
     def __init__(self, preset: str, generator: Optional[dict] = None, discriminator: Optional[dict] = None,
                  amp: str = "off", seed: int = 0, augment_p: Optional[float] = None, device: str = "cpu",
                  **overrides):
-        from GANTrainerLib.train import build_train_parts, resolve_amp, settings_from_preset
+        from GANTrainerLib.train import build_train_parts, settings_from_preset
+        from VolGANCore.env import amp_dtype
         from VolumetricGANLib.networks import build_discriminator, build_generator
         from VolumetricGANLib.networks.layers import to_channels_last_3d
 
@@ -663,7 +664,7 @@ class OursTrainer:
             s.augment = {**s.augment, "p": float(augment_p)}
         self.settings = s
         self.device = torch.device(device)
-        dtype, scaler = resolve_amp(s.amp, self.device.type)
+        dtype, scaler = amp_dtype(s.amp, self.device.type, training=True)
         torch.manual_seed(seed)
         self.G = build_generator(s.family, s.generator).to(self.device)
         self.D = build_discriminator(s.family, s.discriminator).to(self.device)

@@ -344,7 +344,8 @@ def make_parts(check: Check, family: str, amp: str, batch: Optional[int] = None,
     """Networks on the device (channels-last as train() stores them) and the loop's parts for ``family``."""
     import torch
 
-    from GANTrainerLib.train import build_train_parts, resolve_amp, settings_from_preset
+    from GANTrainerLib.train import build_train_parts, settings_from_preset
+    from VolGANCore.env import amp_dtype
     from VolumetricGANLib.networks import build_discriminator, build_generator
     from VolumetricGANLib.networks.layers import to_channels_last_3d
 
@@ -354,7 +355,7 @@ def make_parts(check: Check, family: str, amp: str, batch: Optional[int] = None,
         tiny_dry_networks(s)
     if s.augment:
         s.augment = {**s.augment, "p": 0.5}  # exercise the augmentation kernels too
-    dtype, scaler = resolve_amp(s.amp, check.dev.type)
+    dtype, scaler = amp_dtype(s.amp, check.dev.type, training=True)
     torch.manual_seed(0)
     G = build_generator(s.family, s.generator).to(check.dev)
     D = build_discriminator(s.family, s.discriminator).to(check.dev)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from VolGANCore import VolGANError
+from VolGANCore.env import amp_dtype
 from VolGANCore.progress import CancelToken, Progress, ProgressCallback
 
 from .distributed import Dist, all_reduce_grads, any_rank, broadcast_params, gather_states, init_distributed
@@ -139,26 +140,6 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
 
 
 # -- mixed precision -----------------------------------------------------------------------------------------
-def resolve_amp(amp: str, device_type: str):
-    """(autocast dtype or None, use GradScaler) for the requested mode on this device."""
-    import torch
-
-    amp = amp.lower()
-    if amp not in ("auto", "bf16", "fp16", "off"):
-        raise VolGANError(f"--amp {amp}: choose auto, bf16, fp16 or off")
-    if amp == "off" or (amp == "auto" and device_type != "cuda"):
-        return None, False
-    if amp == "auto":
-        return (torch.bfloat16, False) if torch.cuda.is_bf16_supported() else (torch.float16, True)
-    if amp == "bf16":
-        if device_type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise VolGANError("--amp bf16: this GPU has no bfloat16 support; use --amp fp16")
-        return torch.bfloat16, False
-    if device_type != "cuda":
-        raise VolGANError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16 or off")
-    return torch.float16, True
-
-
 # -- the loop -------------------------------------------------------------------------------------------------
 class _Phase:
     """Progressive-growing schedule: progress value (0 … max_res) as a function of images shown."""
@@ -558,7 +539,7 @@ def _train(data, out, settings: TrainSettings, labels, resume, device, max_steps
 
     # -- setup: device and process group, run folder, data, networks, training parts, streams -----------------------
     dev, dist = _device_and_group(device)
-    autocast_dtype, use_scaler = resolve_amp(settings.amp, dev.type)
+    autocast_dtype, use_scaler = amp_dtype(settings.amp, dev.type, training=True)   # the project's one AMP rule
     out = Path(out)
     run = _open_run(out, settings, resume, dev, dist)
     dataset, config = _training_data(data, labels, out, settings, dist, progress, cancel)
