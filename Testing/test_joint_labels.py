@@ -1,0 +1,172 @@
+"""Joint image + label generation (issue 21, first part): the label head, conditioning, label-aware
+augmentation, and the CoW variant-fidelity metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from GANTrainerLib.augment import DiffAugment3D
+from GANTrainerLib.evaluation.variants import conditional_accuracy, total_variation, variant_fidelity, variant_matrix
+from VolGANCore.errors import VolGANError
+from VolGANCore.labels import TOPCOW13
+from VolumetricGANLib.labelmaps import (
+    class_ids,
+    discriminator_input,
+    hard_labels,
+    labels_to_onehot,
+    lr_flip_permutation,
+    parse_variant,
+    split_output,
+    variant_vector,
+)
+from VolumetricGANLib.networks.layers import ShapeError
+from VolumetricGANLib.networks.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
+
+K = len(TOPCOW13.ids) + 1
+TINY = dict(z_dim=16, w_dim=16, output_shape=(4, 16, 16), base_shape=(1, 4, 4), channel_base=16, channel_max=16,
+            mapping_layers=2)
+
+
+def test_an_image_only_generator_is_unchanged_by_the_label_option():
+    """Same seed, same weights, same output: label_classes=0 / c_dim=0 builds the network it always built."""
+    torch.manual_seed(3)
+    a = StyleGAN2Generator(**TINY)
+    torch.manual_seed(3)
+    b = StyleGAN2Generator(**TINY, label_classes=0, c_dim=0)
+    assert "label_classes" not in a.config() and "c_dim" not in a.config()
+    z = torch.randn(2, 16)
+    assert torch.equal(a(z), b(z))
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+
+
+@pytest.mark.parametrize("architecture", ["skip", "resnet"])
+def test_the_label_head_emits_class_logits_at_full_resolution(architecture):
+    G = StyleGAN2Generator(**TINY, architecture=architecture, label_classes=K)
+    x = G(torch.randn(3, 16))
+    assert x.shape == (3, 1 + K, 4, 16, 16)
+    img, logits = split_output(x, K)
+    # the label branch is trained: logits get gradients through tolabel at every level that has one
+    logits.square().mean().backward()
+    heads = [n for n, p in G.named_parameters() if "tolabel" in n and p.grad is not None and p.grad.abs().sum() > 0]
+    expected = len(G.synthesis.blocks) if architecture == "skip" else 1
+    assert len({h.split(".tolabel")[0] for h in heads}) == expected
+    rebuilt = StyleGAN2Generator(**G.config())
+    assert rebuilt.label_classes == K
+    labels = hard_labels(logits.detach(), "topcow13")
+    assert labels.shape == (3, 4, 16, 16) and set(np.unique(labels)) <= set(class_ids("topcow13").tolist())
+
+
+def test_label_classes_must_include_background():
+    with pytest.raises(ValueError, match="at least 2"):
+        StyleGAN2Generator(**TINY, label_classes=1)
+
+
+def test_conditioning_changes_the_sample_and_is_required():
+    G = StyleGAN2Generator(**TINY, label_classes=K, c_dim=8).eval()
+    z = torch.randn(2, 16)
+    c0, c1 = torch.zeros(2, 8), torch.ones(2, 8)
+    assert not torch.allclose(G(z, c=c0), G(z, c=c1))
+    assert torch.equal(G(z, c=c1), G(z, c=c1))
+    with pytest.raises(ShapeError, match="conditional"):
+        G(z)
+    with pytest.raises(ShapeError, match="unconditional"):
+        StyleGAN2Generator(**TINY).mapping(z, c=c0)
+
+
+def test_the_discriminator_projects_on_the_condition():
+    D = StyleGAN2Discriminator(img_shape=(4, 16, 16), base_shape=(1, 4, 4), img_channels=1 + K,
+                               channel_base=16, channel_max=16, c_dim=8)
+    x = torch.randn(2, 1 + K, 4, 16, 16)
+    a, b = D(x, c=torch.zeros(2, 8)), D(x, c=torch.ones(2, 8))
+    assert a.shape == (2, 1) and not torch.allclose(a, b)
+    assert StyleGAN2Discriminator(**D.config()).c_dim == 8
+    with pytest.raises(ShapeError):
+        D(x)
+
+
+def test_one_hot_and_discriminator_inputs_live_on_the_same_simplex():
+    ids = torch.tensor(TOPCOW13.ids_with_background).view(1, 1, 1, 1, -1).expand(2, 1, 2, 3, -1)
+    oh = labels_to_onehot(ids, "topcow13")
+    assert oh.shape == (2, K, 2, 3, K) and torch.equal(oh.sum(1), torch.ones(2, 2, 3, K))
+    assert np.array_equal(hard_labels(oh, "topcow13"), ids[:, 0].numpy())  # id 15 (3rd-A2) round-trips
+    with pytest.raises(VolGANError, match=r"unknown label id\(s\) \[13\]"):
+        labels_to_onehot(torch.full((1, 1, 2, 2, 2), 13), "topcow13")
+    fake = discriminator_input(torch.randn(2, 1 + K, 2, 3, 4), K)
+    assert torch.allclose(fake[:, 1:].sum(1), torch.ones(2, 2, 3, 4), atol=1e-6)
+
+
+def test_a_left_right_mirror_swaps_left_and_right_classes():
+    perm = lr_flip_permutation("topcow13")
+    names = ["image", "background"] + [TOPCOW13.name_of(i) for i in TOPCOW13.ids]
+    swapped = [names[p] for p in perm]
+    assert swapped[names.index("L-ICA")] == "R-ICA" and swapped[names.index("R-Pcom")] == "L-Pcom"
+    assert swapped[names.index("BA")] == "BA" and swapped[:2] == ["image", "background"]
+    # an L-ICA blob on the left becomes an R-ICA blob on the right after the mirror
+    lab = torch.zeros(1, 1, 2, 4, 8, dtype=torch.long)
+    lab[..., :2] = TOPCOW13.id_of("L-ICA")
+    x = torch.cat([torch.rand(1, 1, 2, 4, 8), labels_to_onehot(lab, "topcow13")], 1)
+    aug = DiffAugment3D(p=1.0, translation=0, cutout=0, flip_axes=(2,), intensity_channels=1,
+                        flip_permutations={2: perm})
+    out = aug(x)
+    got = hard_labels(out[:, 1:], "topcow13")[0]
+    assert (got[..., -2:] == TOPCOW13.id_of("R-ICA")).all() and (got[..., :-2] == 0).all()
+    assert torch.equal(out[:, :1], torch.flip(x[:, :1], dims=(4,)))
+
+
+def test_intensity_augmentation_leaves_label_channels_alone():
+    x = torch.cat([torch.rand(4, 1, 4, 8, 8), labels_to_onehot(torch.randint(0, 3, (4, 1, 4, 8, 8)), "topcow13")], 1)
+    aug = DiffAugment3D(p=1.0, translation=0, cutout=0, flip_axes=(), brightness=0.5, contrast=0.5,
+                        intensity_channels=1)
+    out = aug(x, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, 1:], x[:, 1:]) and not torch.allclose(out[:, :1], x[:, :1])
+    # image-only batches draw the same random numbers as before the option existed
+    img = x[:, :1]
+    old = DiffAugment3D(p=1.0, translation=0, cutout=0, flip_axes=(), brightness=0.5, contrast=0.5)
+    assert torch.allclose(old(img, generator=torch.Generator().manual_seed(0)), out[:, :1])
+
+
+def test_variant_strings_and_vectors():
+    v = parse_variant(["anterior=1,1,0,1", "posterior=0,1,1,0"])
+    assert variant_vector(v).tolist() == [1, 1, 0, 1, 0, 1, 1, 0]
+    assert parse_variant("posterior=0,1,1,1", default=v)["anterior"] == [1, 1, 0, 1]
+    for bad in ("posterior=0,1,1", "middle=1,1,1,1", "posterior=0,1,2,1"):
+        with pytest.raises(VolGANError, match="--variant"):
+            parse_variant(bad, default=v)
+    with pytest.raises(VolGANError, match="anterior"):
+        parse_variant("posterior=0,1,1,1")
+
+
+def test_total_variation_and_fidelity_report():
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 2, (200, 8))
+    assert total_variation(real, real) == 0.0
+    collapsed = np.tile(real[:1], (200, 1))          # a mode-collapsed generator: one variant only
+    fid_good = variant_fidelity(real, real[rng.permutation(200)], n_boot=50)
+    fid_bad = variant_fidelity(real, collapsed, n_boot=50)
+    assert fid_good["tvd"]["joint"] == 0.0 and fid_bad["tvd"]["joint"] > 0.9
+    lo, hi = fid_bad["ci"]["joint"]["low"], fid_bad["ci"]["joint"]["high"]
+    assert 0.0 <= lo <= fid_bad["tvd"]["joint"] <= hi <= 1.0
+    # the real-vs-real floor is what sampling alone gives: far below the collapsed model's distance
+    assert 0 < fid_bad["real_vs_real"]["anterior"] < fid_bad["tvd"]["anterior"]
+    pres = fid_bad["presence"]["Acom"]
+    assert pres["real"] == pytest.approx(real[:, 1].mean()) and pres["generated"] == real[0, 1]
+    assert fid_bad["frequencies"]["posterior"][0]["generated"] in (0.0, 1.0)
+    with pytest.raises(VolGANError, match="generated variants"):
+        variant_fidelity(real, [[0, 1]])
+
+
+def test_conditional_accuracy_per_part_and_segment():
+    req = [[1, 1, 0, 1, 0, 1, 1, 0]] * 4
+    obs = [[1, 1, 0, 1, 0, 1, 1, 0], [1, 0, 0, 1, 0, 1, 1, 0], [1, 1, 0, 1, 1, 1, 1, 0], [1, 1, 0, 1, 0, 1, 0, 0]]
+    acc = conditional_accuracy(req, obs)
+    assert acc["accuracy"] == 0.25 and acc["anterior"] == 0.75 and acc["posterior"] == 0.5
+    assert acc["per_segment"]["Acom"] == 0.75 and acc["per_segment"]["R-P1"] == 0.75
+    resolved = conditional_accuracy(req, obs, segments=["L-A1", "R-A1", "L-P1", "R-P1"])
+    assert resolved["accuracy"] == 0.75 and resolved["anterior"] == 1.0
+    only_anterior = conditional_accuracy(req, obs, segments=["L-A1"])
+    assert only_anterior["posterior"] is None
+    with pytest.raises(VolGANError, match="choose from"):
+        conditional_accuracy(req, obs, segments=["Pcom"])
+    assert variant_matrix([{"anterior": [1, 0, 0, 1], "posterior": [0, 1, 1, 0]}]).tolist() == [[1, 0, 0, 1, 0, 1, 1, 0]]
