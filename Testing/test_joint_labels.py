@@ -170,3 +170,32 @@ def test_conditional_accuracy_per_part_and_segment():
     with pytest.raises(VolGANError, match="choose from"):
         conditional_accuracy(req, obs, segments=["Pcom"])
     assert variant_matrix([{"anterior": [1, 0, 0, 1], "posterior": [0, 1, 1, 0]}]).tolist() == [[1, 0, 0, 1, 0, 1, 1, 0]]
+
+
+def test_the_cached_set_keeps_label_maps_beside_the_images(tmp_path, rng):
+    from GANTrainerLib.data import CachedVolumeSet, Preprocess
+    from VolGANCore import Volume
+    from VolGANCore.io import write_volume
+
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    truth = []
+    for k in range(2):
+        lab = rng.choice(np.asarray(TOPCOW13.ids_with_background, np.uint8), size=(6, 10, 10))
+        write_volume(Volume(rng.normal(size=(6, 10, 10)).astype(np.float32), spacing=(0.3, 0.3, 0.6)),
+                     images / f"c{k}.nrrd")
+        write_volume(Volume(lab, spacing=(0.3, 0.3, 0.6)), labels / f"c{k}.nrrd")
+        truth.append(lab[1:5, 1:9, 1:9])
+    recipe = Preprocess(roi_shape=(4, 8, 8), intensity="minmax")
+    plain = CachedVolumeSet.build(images, recipe, tmp_path / "cache", labels_folder=labels)
+    joint = CachedVolumeSet.build(images, recipe, tmp_path / "cache", labels_folder=labels, keep_labels="topcow13")
+    assert plain[0].shape == (1, 4, 8, 8) and joint[1].shape == (2, 4, 8, 8)
+    assert joint.cache_dir != plain.cache_dir and isinstance(joint.labels, np.memmap)
+    np.testing.assert_array_equal(joint[1][0], plain[1][0])
+    np.testing.assert_array_equal(joint[1][1], truth[1])
+    again = CachedVolumeSet.build(images, recipe, tmp_path / "cache", labels_folder=labels, keep_labels="topcow13")
+    np.testing.assert_array_equal(again[0][1], truth[0])
+    write_volume(Volume(np.full((6, 10, 10), 13, np.uint8), spacing=(0.3, 0.3, 0.6)), labels / "c1.nrrd")
+    with pytest.raises(VolGANError, match=r"c1\.nrrd: unknown label id\(s\) \[13\]"):
+        CachedVolumeSet.build(images, recipe, tmp_path / "cache", labels_folder=labels, keep_labels="topcow13")
+    with pytest.raises(VolGANError, match="needs a label folder"):
+        CachedVolumeSet.build(images, recipe, tmp_path / "cache", keep_labels="topcow13")
