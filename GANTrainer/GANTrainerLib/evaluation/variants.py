@@ -25,7 +25,7 @@ from VolGANCore.errors import VolGANError
 
 from .bootstrap import bootstrap_many, split_halves
 
-__all__ = ["SEGMENTS", "variant_matrix", "total_variation", "variant_fidelity", "conditional_accuracy"]
+__all__ = ["SEGMENTS", "PARTS", "variant_matrix", "total_variation", "variant_fidelity", "conditional_accuracy"]
 
 SEGMENTS = ("L-A1", "Acom", "3rd-A2", "R-A1", "L-Pcom", "L-P1", "R-P1", "R-Pcom")
 PARTS = {"anterior": slice(0, 4), "posterior": slice(4, 8), "joint": slice(0, 8)}
