@@ -199,3 +199,82 @@ def test_the_cached_set_keeps_label_maps_beside_the_images(tmp_path, rng):
         CachedVolumeSet.build(images, recipe, tmp_path / "cache", labels_folder=labels, keep_labels="topcow13")
     with pytest.raises(VolGANError, match="needs a label folder"):
         CachedVolumeSet.build(images, recipe, tmp_path / "cache", keep_labels="topcow13")
+
+
+def test_variant_vectors_on_the_device_match_cow_variants(tmp_path):
+    """The torch rule (max-pool dilation) gives cow_variants' vectors: on the real TopCoW crop, on each of its
+    arteries removed in turn, and on phantoms of several variants."""
+    from conftest import shared_file
+    from MorphometryLib.vessels import cow_variants
+    from VolGANCore.io import read_label_volume
+    from VolumetricGANLib.labelmaps import variant_vectors
+    from VolumetricGANLib.phantoms import write_cow_dataset
+    from VolGANCore import list_volumes
+
+    maps = [read_label_volume(shared_file("data", "topcow", "topcow_mr_roi_003_labels.nii.gz"), scheme="topcow13")]
+    for lid in (3, 9, 10, 12):  # L-PCA, L-Pcom, Acom, L-ACA removed: different vectors from the same anatomy
+        lab = maps[0].with_array(np.where(maps[0].array == lid, 0, maps[0].array))
+        lab.label_scheme = "topcow13"
+        maps.append(lab)
+    folder = write_cow_dataset(tmp_path / "ph", n=4, seed=11, shape=(16, 64, 64), spacing_mm=1.0) / "labels"
+    maps += [read_label_volume(p, scheme="topcow13") for p in list_volumes(folder)]
+    expected = [variant_vector(cow_variants(m)).tolist() for m in maps]
+    assert len({tuple(e) for e in expected}) >= 4  # the comparison covers several distinct variants
+    for m, e in zip(maps, expected):
+        ids = torch.from_numpy(np.asarray(m.array).astype(np.int64))[None, None]
+        assert variant_vectors(labels_to_onehot(ids, "topcow13")).tolist() == [e]
+
+
+def test_one_joint_training_step_reaches_the_label_head():
+    """D and G losses of a conditional joint model: finite, R1 over the one-hot reals, gradients into tolabel
+    and the conditioning embeddings; fakes are conditioned on the pool's vectors."""
+    from GANTrainerLib.joint import JointSpec, VariantPool, joint_augment_kwargs
+    from GANTrainerLib.losses import StyleGAN2Loss
+
+    torch.manual_seed(0)
+    G = StyleGAN2Generator(**TINY, label_classes=K, c_dim=8)
+    D = StyleGAN2Discriminator(img_shape=(4, 16, 16), base_shape=(1, 4, 4), img_channels=1 + K, channel_base=16,
+                               channel_max=16, c_dim=8, mbstd_group_size=2)
+    spec = JointSpec.of(G, "topcow13")
+    assert spec == JointSpec("topcow13", K, 8)
+    ids = torch.zeros(4, 1, 4, 16, 16)
+    ids[:, :, 1:3, 4:12, 7:9] = TOPCOW13.id_of("BA")
+    ids[:2, :, 1:3, 4:8, 9:11] = TOPCOW13.id_of("R-PCA")    # touches BA: R-P1 present in the first two
+    reals = torch.cat([torch.rand(4, 1, 4, 16, 16) * 2 - 1, ids], 1)
+    d_in, c_real = spec.reals(reals)
+    assert d_in.shape == (4, 1 + K, 4, 16, 16) and c_real[:, 6].tolist() == [1, 1, -1, -1]
+    assert c_real[2].tolist() == [-1] * 8  # the variant with every segment absent is a condition too
+    pool = VariantPool((c_real + 1) / 2)
+    assert pool.frequencies()["counts"] == [2, 2]
+    aug = DiffAugment3D(**joint_augment_kwargs(dict(p=0.5, translation=0.125, cutout=0.25, flip_axes=[2],
+                                                    brightness=0.1), spec))
+    loss = StyleGAN2Loss(G, D, aug, r1_gamma=1.0, r1_interval=1, pl_weight=2.0, pl_interval=1, joint=spec,
+                         c_pool=pool)
+    d_loss, d_stats = loss.discriminator_loss(reals, torch.randn(4, 16), step=0)
+    assert torch.isfinite(d_loss) and float(d_stats["reg/r1"]) > 0
+    d_loss.backward()
+    assert D.c_embed.weight.grad.abs().sum() > 0 and D.fromrgb.weight.grad[:, 1:].abs().sum() > 0
+    g_loss, g_stats = loss.generator_loss(torch.randn(4, 16), step=0)
+    assert torch.isfinite(g_loss) and "reg/pl_penalty" in g_stats
+    assert float(g_stats["scores/fake"]) != 0  # D's projection is not blind to any drawn condition
+    g_loss.backward()
+    assert G.synthesis.blocks[-1].tolabel.weight.grad.abs().sum() > 0
+    assert G.mapping.embed.weight.grad.abs().sum() > 0
+    assert set(map(tuple, loss.sample_c(64).tolist())) <= set(map(tuple, c_real.tolist()))
+
+
+def test_joint_settings_are_checked():
+    from GANTrainerLib.joint import JointSpec, joint_augment_kwargs
+
+    G = StyleGAN2Generator(**TINY, label_classes=K)
+    assert JointSpec.of(StyleGAN2Generator(**TINY), None) is None
+    with pytest.raises(VolGANError, match="no label_scheme"):
+        JointSpec.of(G, None)
+    with pytest.raises(VolGANError, match="aydin7 has 8 classes"):
+        JointSpec.of(G, "aydin7")
+    with pytest.raises(VolGANError, match="needs the label branch"):
+        JointSpec.of(StyleGAN2Generator(**TINY, c_dim=8), "topcow13")
+    with pytest.raises(VolGANError, match="left-right"):
+        joint_augment_kwargs({"flip_axes": [0, 2]}, JointSpec.of(G, "topcow13"))
+    with pytest.raises(VolGANError, match="keep_labels"):
+        JointSpec.of(G, "topcow13").reals(torch.zeros(2, 1, 4, 16, 16))

@@ -22,7 +22,8 @@ from VolGANCore.errors import VolGANError
 from VolGANCore.labels import LabelScheme, get_scheme
 
 __all__ = ["VARIANT_NAMES", "ANTERIOR", "POSTERIOR", "class_ids", "labels_to_onehot", "split_output",
-           "discriminator_input", "hard_labels", "variant_vector", "parse_variant", "lr_flip_permutation"]
+           "discriminator_input", "hard_labels", "variant_vector", "variant_vectors", "variant_condition", "parse_variant",
+           "lr_flip_permutation"]
 
 ANTERIOR = ("L-A1", "Acom", "3rd-A2", "R-A1")
 POSTERIOR = ("L-Pcom", "L-P1", "R-P1", "R-Pcom")
@@ -131,3 +132,45 @@ def lr_flip_permutation(scheme: str | LabelScheme, leading_channels: int = 1) ->
         partner = ("R-" + n[2:]) if n.startswith("L-") else ("L-" + n[2:]) if n.startswith("R-") else n
         perm.append(index.get(partner, index[n]))
     return list(range(leading_channels)) + [leading_channels + k for k in perm]
+
+
+def _channel(scheme: LabelScheme, name: str) -> int:
+    return 1 + list(scheme.ids).index(scheme.id_of(name))
+
+
+def variant_vectors(onehot: torch.Tensor, scheme: str | LabelScheme = "topcow13") -> torch.Tensor:
+    """CoW variant vectors of a batch of one-hot label maps ``(N, K, D, H, W)`` → ``(N, 8)`` float 0/1, on the device.
+
+    The same rule as :func:`MorphometryLib.vessels.cow_variants` (26-adjacency = a 3×3×3 max-pool dilation):
+    A1 when the ACA touches the same-side ICA, P1 when the PCA touches the BA, the others when present. For a
+    generator's output, pass the one-hot of its argmax. No host synchronisation.
+    """
+    s = get_scheme(scheme) if isinstance(scheme, str) else scheme
+    if onehot.ndim != 5 or onehot.shape[1] != len(s.ids) + 1:
+        raise VolGANError(f"variant_vectors: expected (N, {len(s.ids) + 1}, D, H, W) one-hot labels, "
+                          f"got shape {tuple(onehot.shape)}")
+    x = onehot.float()
+
+    def ch(name: str) -> torch.Tensor:
+        k = _channel(s, name)
+        return x[:, k:k + 1]
+
+    def present(name: str) -> torch.Tensor:
+        return ch(name).amax(dim=(1, 2, 3, 4)) > 0.5
+
+    def touch(a: str, b: str) -> torch.Tensor:
+        grown = torch.nn.functional.max_pool3d(ch(a), kernel_size=3, stride=1, padding=1)
+        return (grown * ch(b)).amax(dim=(1, 2, 3, 4)) > 0.5
+
+    bits = [touch("L-ACA", "L-ICA"), present("Acom"), present("3rd-A2"), touch("R-ACA", "R-ICA"),
+            present("L-Pcom"), touch("L-PCA", "BA"), touch("R-PCA", "BA"), present("R-Pcom")]
+    return torch.stack(bits, dim=1).float()
+
+
+def variant_condition(vectors: torch.Tensor) -> torch.Tensor:
+    """0/1 variant vectors → the conditioning a conditional network takes: ±1 (present +1, absent −1).
+
+    Coded as 0/1, the variant with every segment absent would embed to zero, and a zero embedding makes the
+    projection discriminator's output 0 whatever the volume (no signal for it at all).
+    """
+    return vectors.float() * 2 - 1
