@@ -278,3 +278,34 @@ def test_joint_settings_are_checked():
         joint_augment_kwargs({"flip_axes": [0, 2]}, JointSpec.of(G, "topcow13"))
     with pytest.raises(VolGANError, match="keep_labels"):
         JointSpec.of(G, "topcow13").reals(torch.zeros(2, 1, 4, 16, 16))
+
+
+def test_majority_label_downsampling_keeps_thin_vessels_in_place():
+    from VolGANCore import Volume
+    from VolGANCore.geometry import downsample
+
+    lab = np.zeros((4, 8, 8), np.int16)
+    lab[:, 2:4, 2:4] = 4          # a vessel filling a block, with a minority id on the block's first voxel
+    lab[:, 2, 2] = 6
+    lab[:, 5, 4:6] = 5            # a 1-voxel-thin vessel on odd rows: half of its blocks
+    lab[0:2, 7, 7] = 9            # a quarter of a block: background under the majority rule
+    first = downsample(Volume(lab), 2, label=True).array
+    major = downsample(Volume(lab), 2, label=True, label_mode="majority").array
+    assert (first[:, 1, 1] == 6).all() and (first[:, 2, 2] == 0).all()  # the corner: minority id, vessel missed
+    assert (major[:, 1, 1] == 4).all() and (major[:, 2, 2] == 5).all() and (major == 9).sum() == 0
+    assert np.count_nonzero(major) == 4
+    with pytest.raises(VolGANError, match="label_mode"):
+        downsample(Volume(lab), 2, label=True, label_mode="mean")
+
+
+def test_label_presets_build_joint_conditional_networks():
+    from GANTrainerLib.joint import JointSpec
+    from GANTrainerLib.presets import get_preset
+
+    for name, shape in (("cow-stylegan-labels", [32, 128, 128]), ("tiny-cow-labels", [16, 64, 64])):
+        p = get_preset(name)
+        G = StyleGAN2Generator(**p["generator"])
+        D = StyleGAN2Discriminator(**p["discriminator"])
+        assert list(G.output_shape) == shape and D.img_channels == 1 + K and D.c_dim == G.c_dim == 8
+        assert JointSpec.of(G, p["label_scheme"]) == JointSpec("topcow13", K, 8)
+        assert p["preprocess"].get("label_downsample", "first") == ("majority" if name.startswith("tiny") else "first")

@@ -68,6 +68,7 @@ class Preprocess:
     percentiles: tuple[float, float] = (0.5, 99.5)                # for intensity="percentile"
     window: tuple[float, float] = (-350.0, 1100.0)                # for intensity="window" (physical units)
     downsample: int = 1                                           # block-average by this factor after the ROI
+    label_downsample: str = "first"                               # labels' block rule: "first" or "majority"
 
     def __post_init__(self) -> None:
         if self.intensity not in ("minmax", "percentile", "window", "none"):
@@ -76,11 +77,16 @@ class Preprocess:
             raise VolGANError(f"window {self.window}: upper bound must exceed the lower bound")
         if int(self.downsample) < 1:
             raise VolGANError(f"downsample {self.downsample}: must be a positive integer")
+        if self.label_downsample not in ("first", "majority"):
+            raise VolGANError(f"label_downsample '{self.label_downsample}': choose 'first' or 'majority'")
         if isinstance(self.roi_centre, str) and self.roi_centre not in ("centre", "label-centroid"):
             raise VolGANError(f"roi_centre '{self.roi_centre}': use 'centre', 'label-centroid' or a point (x, y, z)")
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        if d["label_downsample"] == "first":  # recipes from before the option keep their cache keys
+            del d["label_downsample"]
+        return d
 
     def apply(self, volume: Volume, labels: Optional[Volume] = None) -> tuple[Volume, Optional[Volume]]:
         """Resample, crop/pad and normalise ``volume`` (and carry ``labels`` through the same geometry)."""
@@ -97,7 +103,7 @@ class Preprocess:
         if self.downsample > 1:
             volume = downsample(volume, self.downsample)
             if labels is not None:
-                labels = downsample(labels, self.downsample, label=True)
+                labels = downsample(labels, self.downsample, label=True, label_mode=self.label_downsample)
         return normalise(volume, self.intensity, self.percentiles, self.window), labels
 
     def _centre_index(self, volume: Volume, labels: Optional[Volume]) -> np.ndarray:
