@@ -476,3 +476,30 @@ def test_bad_inputs_give_one_readable_error(phantoms, tmp_path, capsys):
         assert err.startswith("volgan segmentation-experiment: error: ") and err.strip().count("\n") == 0, name
         assert needle in err, (name, err)
         assert not out.exists(), name
+
+
+def test_volgan_segment_labels_a_folder_with_a_saved_teacher(phantoms, tiny_run, tmp_path, capsys):
+    """`volgan segment`: the teacher's own predictions, in its scheme; a volume at another spacing is one line,
+    exit 2, and no output folder."""
+    from GANTrainerLib.segmentation.network import SegmentationModel
+    from VolGANCore.cli import main
+
+    real, syn = phantoms
+    _, out, _ = tiny_run
+    ckpt = out / "checkpoints" / "fold1_teacher.pt"
+    model = SegmentationModel.load(ckpt)
+    assert main(["segment", "--model", str(ckpt), "--images", str(syn / "images"), "--out", str(tmp_path / "lab"),
+                 "--device", "cpu"]) == 0
+    images = sorted((syn / "images").iterdir())
+    assert len(list((tmp_path / "lab").iterdir())) == len(images) >= 2
+    for p in images:
+        lab = read_label_volume(tmp_path / "lab" / p.name, scheme="topcow13")  # ids checked against the scheme
+        assert np.array_equal(lab.array, model.predict(read_volume(p)))
+    bad = tmp_path / "bad"
+    vol = read_volume(images[0])
+    write_volume(vol.with_array(vol.array, spacing=tuple(2 * s for s in vol.spacing)), bad / "x.nii.gz")
+    capsys.readouterr()
+    assert main(["segment", "--model", str(ckpt), "--images", str(bad), "--out", str(tmp_path / "o2")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # progress lines aside
+    assert len(err) == 1 and "x.nii.gz" in err[0] and "trained at (2.4, 2.4, 2.4) mm" in err[0]
+    assert not (tmp_path / "o2").exists()

@@ -5,12 +5,39 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["register", "register_segmentation_experiment", "register_evaluate_segmentation"]
+__all__ = ["register", "register_segmentation_experiment", "register_evaluate_segmentation", "register_segment"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     register_segmentation_experiment(sub)
     register_evaluate_segmentation(sub)
+    register_segment(sub)
+
+
+def register_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment", help="label a folder of volumes with a saved segmenter (e.g. the experiment's teacher)",
+        description="Label every volume of --images with a segmentation checkpoint written by volgan "
+                    "segmentation-experiment (OUT/checkpoints/fold*_teacher.pt) and write OUT/<case>.nii.gz label maps "
+                    "in its scheme. Use it to score an image-only generator's samples with volgan evaluate-morphometry "
+                    "(CoW variant and artery fidelity via the teacher).")
+    p.add_argument("--model", required=True, metavar="CKPT", help="segmentation checkpoint (.pt)")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of volumes (at the model's spacing)")
+    p.add_argument("--out", required=True, metavar="DIR", help="label folder (new or empty unless --overwrite)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=_cmd_segment)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from VolGANCore.cli import progress_from_args
+
+    from .apply import segment_folder
+
+    res = segment_folder(args.model, args.images, args.out, device=args.device, overwrite=args.overwrite,
+                         progress=progress_from_args(args))
+    print(f"labelled {res['cases']} volume(s) in scheme {res['scheme']} to {res['out']}")
+    return 0
 
 
 def register_segmentation_experiment(sub: argparse._SubParsersAction) -> None:
