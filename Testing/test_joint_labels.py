@@ -309,3 +309,18 @@ def test_label_presets_build_joint_conditional_networks():
         assert list(G.output_shape) == shape and D.img_channels == 1 + K and D.c_dim == G.c_dim == 8
         assert JointSpec.of(G, p["label_scheme"]) == JointSpec("topcow13", K, 8)
         assert p["preprocess"].get("label_downsample", "first") == ("majority" if name.startswith("tiny") else "first")
+
+
+def test_image_view_gives_the_intensity_with_repeatable_conditions():
+    from GANTrainerLib.joint import ImageView, VariantPool
+
+    G = StyleGAN2Generator(**TINY, label_classes=K, c_dim=8).eval()
+    pool = VariantPool(torch.tensor([[1, 1, 0, 1, 0, 1, 1, 0], [0, 0, 0, 0, 1, 1, 1, 1]], dtype=torch.float32))
+    z = torch.randn(6, 16)
+    a, b = ImageView(G, pool, seed=4)(z), ImageView(G, pool, seed=4)(z)
+    assert a.shape == (6, 1, 4, 16, 16) and torch.equal(a, b)
+    view = ImageView(G, pool, seed=4)
+    chunked = torch.cat([view(z[:3]), view(z[3:])])
+    assert torch.allclose(chunked, a, atol=1e-5)  # the same stream of conditions, whatever the chunking
+    plain = StyleGAN2Generator(**TINY).eval()
+    assert torch.equal(ImageView(plain, pool)(z), plain(z))

@@ -127,3 +127,24 @@ def joint_augment_kwargs(augment: dict, spec: Optional[JointSpec]) -> dict:
     if flips:
         out["flip_permutations"] = {2: lr_flip_permutation(spec.label_scheme)}
     return out
+
+
+class ImageView(torch.nn.Module):
+    """A joint generator seen as an image generator (training montages and quick metrics): ``forward(z, **kw)``
+    returns the intensity channel only; a conditional generator is conditioned on pool draws from a stream seeded
+    at construction (a fresh view per evaluation repeats the same conditions for the same latents)."""
+
+    def __init__(self, G: torch.nn.Module, pool: Optional[VariantPool] = None, seed: int = 0) -> None:
+        super().__init__()
+        self.G = G
+        self.pool = pool if int(getattr(G, "c_dim", 0) or 0) else None
+        self.z_dim = G.z_dim
+        self._gen = None
+        if self.pool is not None:
+            self._gen = torch.Generator(device=self.pool.vectors.device)
+            self._gen.manual_seed(int(seed))
+
+    def forward(self, z: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.pool is not None:
+            kwargs["c"] = self.pool.sample(z.shape[0], generator=self._gen).to(z.device)
+        return self.G(z, **kwargs)[:, :1]
