@@ -24,7 +24,16 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from GANTrainerLib.presets import PRESETS
-from GANTrainerSceneLogic import RUN_PLOTS, GANTrainerSceneLogic, TrainingProcess, updateRunPlot
+from GANTrainerSceneLogic import (
+    PREPARE_CALIBRATIONS,
+    PREPARE_FORMATS,
+    PREPARE_LABEL_SCHEMES,
+    PREPARE_ROIS,
+    RUN_PLOTS,
+    GANTrainerSceneLogic,
+    TrainingProcess,
+    updateRunPlot,
+)
 from VolGANSlicer.widgets import JobWatcher, PanelProgress, ParameterNodeWidgetMixin
 
 
@@ -70,12 +79,31 @@ class GANTrainerParameterNode:
     segConfig: Annotated[str, Choice(["small", "full"])] = "small"
     segFolds: Annotated[int, WithinRange(2, 50)] = 5
     segEpochs: Annotated[int, WithinRange(0, 1000)] = 0  # 0: the config's own
+    # Prepare dataset (`volgan prepare bone|cow`); GANTrainerSceneLogic.prepareDatasetArgsFromParameters maps these
     prepKind: Annotated[str, Choice(["bone", "cow"])] = "bone"
     prepScansFolder: pathlib.Path
     prepMasksFolder: pathlib.Path  # bone: spongiosa masks; cow: label maps
-    prepTemplate: pathlib.Path  # cow: empty = build a template from the scans
-    prepFromHU: bool = False
     prepOutFolder: pathlib.Path
+    prepFormat: Annotated[str, Choice(list(PREPARE_FORMATS))] = "nii.gz"
+    prepOverwrite: bool = False
+    prepTemplateSource: Annotated[str, Choice(["file", "build"])] = "file"  # cow
+    prepTemplate: pathlib.Path  # cow, template source "file"
+    prepTemplateIterations: Annotated[int, WithinRange(1, 20)] = 3  # cow, template source "build"
+    prepRoi: Annotated[str, Choice(list(PREPARE_ROIS))] = "paper box"  # cow
+    prepRoiText: str = ""  # cow, ROI "custom": x0:x1,y0:y1,z0:z1 in template voxels
+    prepRoiMarginMm: Annotated[float, WithinRange(0.0, 100.0)] = 5.0  # cow, ROI "around labels"
+    prepCowSpacing: str = ""  # cow: empty = the template's; one value (isotropic) or three (x y z) mm
+    prepLabelScheme: Annotated[str, Choice(list(PREPARE_LABEL_SCHEMES))] = "topcow13"  # cow
+    prepWorkers: Annotated[int, WithinRange(1, 64)] = 1  # cow
+    prepBoneSpacing: Annotated[float, WithinRange(0.001, 10.0)] = 0.164  # bone (mm)
+    prepCalibration: Annotated[str, Choice(list(PREPARE_CALIBRATIONS))] = "none"  # bone
+    prepSlope: str = ""  # bone, calibration "slope+intercept"
+    prepIntercept: str = ""  # bone, calibration "slope+intercept" (mg HA/cm³)
+    prepCortexMm: Annotated[float, WithinRange(0.0, 20.0)] = 1.0  # bone, automatic masks
+    prepClosingMm: Annotated[float, WithinRange(0.0, 20.0)] = 1.0  # bone, automatic masks
+    prepStride: Annotated[int, WithinRange(0, 1024)] = 0  # bone: 0 = the patch size
+    prepMinFill: Annotated[float, WithinRange(0.0, 1.0)] = 0.02  # bone
+    prepPatchSize: Annotated[int, WithinRange(4, 256)] = 32  # bone
 
 
 class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -179,20 +207,30 @@ class GANTrainerWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget, V
         preparing = self.prepareWatcher is not None and self.prepareWatcher.running
         self.ui.prepareButton.enabled = can_prepare and not preparing
         self.ui.cancelPrepareButton.enabled = preparing
-        self.ui.prepFromHUCheckBox.enabled = bool(p) and p.prepKind == "bone"
-        self.ui.prepTemplatePathLineEdit.enabled = bool(p) and p.prepKind == "cow"
+        # only the options of the chosen kind (and of its choices: template, ROI, calibration) are shown
+        used = self.logic.prepareFieldsInUse(p) if p else set()
+        for field, widgets in self.prepareFieldWidgets().items():
+            for widget in widgets:
+                widget.visible = field in used
+        if p:
+            self.ui.prepMasksFolderLabel.text = _("Labels folder:") if p.prepKind == "cow" else _("Masks folder:")
+
+    def prepareFieldWidgets(self) -> dict:
+        """``{field: [its widget, its label]}`` of the Prepare dataset section's bound widgets (``<field>Label``)."""
+        out = {}
+        for widget in vars(self.ui).values():
+            field = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
+            if field and str(field).startswith("prep"):
+                label = getattr(self.ui, f"{field}Label", None)
+                out[str(field)] = [widget] + ([label] if label is not None else [])
+        return out
 
     def onPrepareButton(self) -> None:
         p = self._parameterNode
         if not self.ensureDependencies():
             return
         with slicer.util.tryWithErrorDisplay(_("Starting the dataset preparation failed."), waitCursor=True):
-            cow = p.prepKind == "cow"
-            argv = self.logic.prepareDatasetArgs(
-                p.prepKind, p.prepScansFolder, p.prepOutFolder,
-                masksFolder=None if cow else p.prepMasksFolder, labelsFolder=p.prepMasksFolder if cow else None,
-                template=p.prepTemplate if cow else None,
-                buildTemplate=cow and str(p.prepTemplate) in ("", "."), fromHU=not cow and p.prepFromHU)
+            argv = self.logic.prepareDatasetArgsFromParameters(p)  # a bad combination stops here, nothing starts
             self.prepareWatcher.start(argv, outFolder=p.prepOutFolder)
 
     def onPrepareFinished(self, status) -> None:

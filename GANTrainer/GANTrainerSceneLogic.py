@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Optional
 
 from VolGANCore import mrml
 from VolGANCore.dataset import DatasetReport, validate_dataset
+
+# the panel's Prepare dataset choices (the parameter node's Choice lists; the `volgan prepare` parser accepts them)
+PREPARE_FORMATS = ("nii.gz", "nrrd", "mha")
+PREPARE_LABEL_SCHEMES = ("topcow13", "aydin7")
+PREPARE_ROIS = ("paper box", "custom", "around labels")        # cow: the paper's box, --roi, --roi-around-labels
+PREPARE_CALIBRATIONS = ("none", "from HU", "slope+intercept")  # bone: as is, --from-hu, --calibration
+PREPARE_COMMON_FIELDS = ("prepKind", "prepScansFolder", "prepMasksFolder", "prepOutFolder", "prepFormat",
+                         "prepOverwrite")
 
 
 class GANTrainerSceneLogic(mrml.SceneLogic):
@@ -28,8 +37,7 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         ckpt = latest_checkpoint(runFolder)
         if ckpt is None:
             return None
-        G, cfg = load_generator(ckpt)
-        volumes, _latents = generate((G, cfg), n=1, seed=seed)
+        volumes, _latents = generate(load_generator(ckpt), n=1, seed=seed)
         node = mrml.volume_to_node(volumes[0], self.scene, name=f"Training sample ({Path(runFolder).name})", node=node)
         node.SetAttribute("GANTrainer.Checkpoint", str(ckpt))
         return node
@@ -69,10 +77,10 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         """Run ``volgan prepare bone|cow`` synchronously (console use); return :meth:`preparedTrainingFolders`.
 
         ``options`` are :func:`GANTrainerLib.prepare.bone.prepare_bone`'s keywords for ``kind="bone"`` (``masks``,
-        ``spacing_mm``, ``calibration``, ``from_hu``, ``cortex_mm``, ``stride``, ``min_fill``, ``size``,
-        ``overwrite``) and :func:`GANTrainerLib.prepare.cow.prepare_cow`'s for ``kind="cow"`` (``labels``,
-        ``template``, ``build_template_iterations``, ``roi``, ``roi_around_labels_mm``, ``workers``, ``register_kw``,
-        ``overwrite``); empty paths mean none. Cancelling raises :class:`VolGANCore.Cancelled` and leaves no output.
+        ``spacing_mm``, ``calibration``, ``from_hu``, ``cortex_mm``, ``closing_mm``, ``stride``, ``min_fill``,
+        ``size``, ``fmt``, ``overwrite``) and :func:`GANTrainerLib.prepare.cow.prepare_cow`'s for ``kind="cow"``
+        (``labels``, ``template``, ``build_template_iterations``, ``roi``, ``roi_around_labels_mm``, ``label_scheme``,
+        ``spacing_mm``, ``workers``, ``register_kw``, ``fmt``, ``overwrite``); empty paths mean none. Cancelling raises :class:`VolGANCore.Cancelled` and leaves no output.
         """
         _required_path(imagesFolder, "scans folder")
         _required_path(outFolder, "output folder", must_exist=False)
@@ -90,25 +98,44 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
 
     @staticmethod
     def prepareDatasetArgs(kind: str, imagesFolder, outFolder, masksFolder=None, labelsFolder=None, template=None,
-                           buildTemplate: bool = False, roi: str = "", spacing: float = 0.164, calibration: str = "",
-                           fromHU: bool = False, cortexMm: float = 1.0, stride: int = 0, minFill: float = 0.02,
-                           workers: int = 1, overwrite: bool = False) -> list:
+                           buildTemplate: bool = False, templateIterations: int = 3, roi: str = "",
+                           roiAroundLabelsMm: Optional[float] = None, spacing=None, labelScheme: str = "topcow13",
+                           calibration: str = "", fromHU: bool = False, cortexMm: float = 1.0, closingMm: float = 1.0,
+                           stride: int = 0, minFill: float = 0.02, size: int = 32, workers: int = 1,
+                           fmt: str = "nii.gz", overwrite: bool = False) -> list:
         """The ``volgan prepare …`` arguments for a background job (the panel's Prepare dataset section).
 
-        Bone: scans, optional masks, spacing, calibration ("slope,intercept") or HU, cortex, stride (0: the patch
-        size), min fill. CoW: scans, optional labels, a template file or ``buildTemplate``, an optional ROI
-        ("x0:x1,y0:y1,z0:z1"; empty: the paper's box), workers. Empty required folders raise VolGANError naming
-        the field. When the job has finished, :meth:`preparedTrainingFolders` gives the training folders."""
+        Bone: scans, optional masks, ``spacing`` (default 0.164 mm), ``calibration`` ("slope,intercept") or
+        ``fromHU``, cortex and closing (automatic masks), ``stride`` (0: the patch size), min fill, patch ``size``.
+        CoW: scans, optional labels, a ``template`` file or ``buildTemplate`` (``templateIterations`` rounds), the ROI
+        (``roi`` "x0:x1,y0:y1,z0:z1" in template voxels, or ``roiAroundLabelsMm``, or neither: the paper's box), an
+        optional output ``spacing`` (one value or three, x y z; a string "0.3" or "0.3 0.3 0.5" too), the label
+        scheme and ``workers``. Both: ``fmt``, ``overwrite``. Empty required folders, alternatives chosen together
+        and values the command would refuse raise VolGANError naming the field before anything starts. When the
+        job has finished, :meth:`preparedTrainingFolders` gives the training folders."""
         images = _required_path(imagesFolder, "scans folder", must_exist=False)
         out = _required_path(outFolder, "output folder", must_exist=False)
+        if fmt not in PREPARE_FORMATS:
+            raise _error(f"file format {fmt!r}: choose one of {', '.join(PREPARE_FORMATS)}")
         argv = ["prepare", kind, "--images", images, "--out", out]
         if kind == "bone":
-            argv += ["--spacing", f"{float(spacing):g}", "--cortex-mm", f"{float(cortexMm):g}",
-                     "--min-fill", f"{float(minFill):g}"]
-            if not _empty_path(masksFolder):
-                argv += ["--masks", str(masksFolder)]
+            from GANTrainerLib.prepare.bone import parse_calibration
+
             if calibration and fromHU:
                 raise _error("calibration and HU input are alternatives: choose one")
+            if calibration:
+                try:
+                    parse_calibration(calibration)
+                except Exception as exc:  # VolGANError with the command's own explanation
+                    raise _error(f"calibration: {exc}") from None
+            (spacing_mm,) = _spacing_values(0.164 if spacing is None else spacing, "spacing", counts=(1,))
+            if int(size) < 4:
+                raise _error(f"patch size {size}: at least 4 voxels")
+            argv += ["--spacing", f"{spacing_mm:g}", "--cortex-mm", f"{float(cortexMm):g}",
+                     "--closing-mm", f"{float(closingMm):g}", "--min-fill", f"{float(minFill):g}",
+                     "--size", str(int(size))]
+            if not _empty_path(masksFolder):
+                argv += ["--masks", str(masksFolder)]
             if calibration:
                 argv += ["--calibration", str(calibration)]
             if fromHU:
@@ -116,19 +143,94 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
             if stride:
                 argv += ["--stride", str(int(stride))]
         elif kind == "cow":
+            from GANTrainerLib.prepare.cow import parse_roi
+
             if buildTemplate == (not _empty_path(template)):
                 raise _error("CoW preparation: choose a template file or 'build template', not both or neither")
-            argv += ["--build-template"] if buildTemplate else ["--template", str(template)]
+            argv += ["--build-template", "--template-iterations", str(int(templateIterations))] if buildTemplate \
+                else ["--template", str(template)]
             if not _empty_path(labelsFolder):
                 argv += ["--labels", str(labelsFolder)]
+            if roi and roiAroundLabelsMm is not None:
+                raise _error("ROI: a custom box and a box around the labels are alternatives: choose one")
             if roi:
-                argv += ["--roi", str(roi)]
-            argv += ["--workers", str(int(workers))]
+                try:
+                    parse_roi(roi)
+                except Exception as exc:  # VolGANError with the command's own explanation
+                    raise _error(f"custom ROI: {exc}") from None
+                argv += ["--roi", str(roi).strip()]
+            if roiAroundLabelsMm is not None:
+                if _empty_path(labelsFolder):
+                    raise _error("ROI around the labels: choose a labels folder (or another ROI)")
+                if not float(roiAroundLabelsMm) >= 0:
+                    raise _error(f"ROI margin {roiAroundLabelsMm}: must be ≥ 0 mm")
+                argv += ["--roi-around-labels", f"{float(roiAroundLabelsMm):g}"]
+            if spacing is not None and str(spacing).strip() != "":
+                argv += ["--spacing", *(f"{v:g}" for v in _spacing_values(spacing, "output spacing"))]
+            if labelScheme not in PREPARE_LABEL_SCHEMES:
+                raise _error(f"label scheme {labelScheme!r}: choose one of {', '.join(PREPARE_LABEL_SCHEMES)}")
+            if int(workers) < 1:
+                raise _error(f"workers {workers}: at least 1")
+            argv += ["--label-scheme", labelScheme, "--workers", str(int(workers))]
         else:
             raise _error(f"dataset kind {kind!r}: choose 'bone' or 'cow'")
+        argv += ["--format", fmt]
         if overwrite:
             argv.append("--overwrite")
         return argv
+
+    @staticmethod
+    def prepareFieldsInUse(params) -> set:
+        """Names of the panel's ``prep*`` parameters that apply to the chosen kind and choices (``params``: the
+        GANTrainer parameter node, or anything with its ``prep*`` attributes). The panel shows only these, and
+        :meth:`prepareDatasetArgsFromParameters` reads only these."""
+        used = set(PREPARE_COMMON_FIELDS)
+        if params.prepKind == "cow":
+            used |= {"prepTemplateSource", "prepRoi", "prepCowSpacing", "prepLabelScheme", "prepWorkers"}
+            used.add("prepTemplateIterations" if params.prepTemplateSource == "build" else "prepTemplate")
+            used |= {"custom": {"prepRoiText"}, "around labels": {"prepRoiMarginMm"}}.get(params.prepRoi, set())
+        else:
+            used |= {"prepBoneSpacing", "prepCalibration", "prepCortexMm", "prepClosingMm", "prepStride",
+                     "prepMinFill", "prepPatchSize"}
+            if params.prepCalibration == "slope+intercept":
+                used |= {"prepSlope", "prepIntercept"}
+        return used
+
+    @classmethod
+    def prepareDatasetArgsFromParameters(cls, params) -> list:
+        """:meth:`prepareDatasetArgs` of the panel's ``prep*`` parameters (the one place that maps them to
+        ``volgan prepare`` options); an invalid combination raises VolGANError naming the field, before any job
+        starts."""
+        p = params
+        common = {"fmt": p.prepFormat, "overwrite": bool(p.prepOverwrite)}
+        if p.prepKind == "cow":
+            build = p.prepTemplateSource == "build"
+            if not build and _empty_path(p.prepTemplate):
+                raise _error("template: choose a template file, or 'build' to build one from the scans")
+            if p.prepRoi not in PREPARE_ROIS:
+                raise _error(f"ROI {p.prepRoi!r}: choose one of {', '.join(PREPARE_ROIS)}")
+            if p.prepRoi == "custom" and not p.prepRoiText.strip():
+                raise _error("custom ROI: enter the box as x0:x1,y0:y1,z0:z1 in template voxels "
+                             "(the paper's is 80:208,120:248,40:72)")
+            return cls.prepareDatasetArgs(
+                "cow", p.prepScansFolder, p.prepOutFolder, labelsFolder=p.prepMasksFolder,
+                template=None if build else p.prepTemplate, buildTemplate=build,
+                templateIterations=p.prepTemplateIterations, roi=p.prepRoiText if p.prepRoi == "custom" else "",
+                roiAroundLabelsMm=p.prepRoiMarginMm if p.prepRoi == "around labels" else None,
+                spacing=p.prepCowSpacing, labelScheme=p.prepLabelScheme, workers=p.prepWorkers, **common)
+        if p.prepCalibration not in PREPARE_CALIBRATIONS:
+            raise _error(f"calibration {p.prepCalibration!r}: choose one of {', '.join(PREPARE_CALIBRATIONS)}")
+        calibration = ""
+        if p.prepCalibration == "slope+intercept":
+            slope, intercept = str(p.prepSlope).strip(), str(p.prepIntercept).strip()
+            if not slope or not intercept:
+                raise _error("calibration: enter both the slope and the intercept (density = slope·value + "
+                             "intercept, in mg HA/cm³)")
+            calibration = f"{slope},{intercept}"
+        return cls.prepareDatasetArgs(
+            "bone", p.prepScansFolder, p.prepOutFolder, masksFolder=p.prepMasksFolder, spacing=p.prepBoneSpacing,
+            calibration=calibration, fromHU=p.prepCalibration == "from HU", cortexMm=p.prepCortexMm,
+            closingMm=p.prepClosingMm, stride=p.prepStride, minFill=p.prepMinFill, size=p.prepPatchSize, **common)
 
     @staticmethod
     def preparedTrainingFolders(outFolder) -> dict:
@@ -661,6 +763,21 @@ def _least_faithful(params: list) -> Optional[str]:
 
 def _empty_path(value) -> bool:
     return value is None or str(value) in ("", ".")
+
+
+def _spacing_values(value, field: str, counts=(1, 3)) -> list:
+    """Voxel sizes (mm) from a number, a sequence or a text ("0.3", "0.3 0.3 0.5", "0.3,0.3,0.5"); VolGANError
+    naming ``field`` unless there are ``counts`` positive finite values."""
+    parts = str(value).replace(",", " ").split() if isinstance(value, str) else \
+        [value] if isinstance(value, (int, float)) else list(value)
+    try:
+        values = [float(v) for v in parts]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) not in counts or not all(math.isfinite(v) and v > 0 for v in values):
+        what = "one value (isotropic) or three (x y z)" if tuple(counts) == (1, 3) else "one value"
+        raise _error(f"{field} {value!r}: expected {what}, positive numbers of mm")
+    return values
 
 
 def _required_path(value, field: str, must_exist: bool = True) -> str:

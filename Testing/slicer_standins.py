@@ -317,6 +317,16 @@ class QPushButton(QWidget):
             self.signal("clicked").emit(False)
 
 
+class QLineEdit(QWidget):
+    _defaults = {**QWidget._defaults, "text": ""}
+
+    def _set(self, prop, value):
+        old = self._props.get("text")
+        super()._set(prop, value)
+        if prop == "text" and value != old:
+            self.signal("textChanged").emit(value)
+
+
 class ctkPathLineEdit(QWidget):
     _defaults = {**QWidget._defaults, "currentPath": ""}
 
@@ -527,7 +537,7 @@ def make_qt() -> types.ModuleType:
         "QTableWidgetItem": QTableWidgetItem, "QThread": QThread, "QSpinBox": _sub("QSpinBox", _Value),
         "QDoubleSpinBox": _sub("QDoubleSpinBox", _Value), "QSlider": _sub("QSlider", _Value),
         "QLabel": type("QLabel", (QWidget,), {"_defaults": {**QWidget._defaults, "text": ""}}),
-        "QLineEdit": type("QLineEdit", (QWidget,), {"_defaults": {**QWidget._defaults, "text": ""}}),
+        "QLineEdit": QLineEdit,
         "QProgressBar": type("QProgressBar", (QWidget,), {"_defaults": {**QWidget._defaults, "value": 0,
                                                                          "minimum": 0, "maximum": 100}}),
         "QMessageBox": QMessageBoxStandIn, "QUiLoader": UiLoader,

@@ -51,7 +51,7 @@ def _check_geometry(vol: Volume, spacing=SPACING):
 
 
 def test_sample_with_truncation(model):
-    G, cfg = model
+    G = model.generator
     res = generate(model, n=2, seed=5, truncation=0.7, noise="const", device="cpu")
     assert len(res.volumes) == 2 and res.w.shape == (2, 5, 512)
     for v in res.volumes:
@@ -73,7 +73,7 @@ def test_sample_with_truncation(model):
 
 
 def test_noise_modes(model):
-    G, _ = model
+    G = model.generator
     ws = G.mapping(torch.randn(1, 512, generator=torch.Generator().manual_seed(0))).expand(2, -1, -1)
     with torch.no_grad():
         const = G.synthesis(ws, noise_mode="const")
@@ -150,19 +150,20 @@ def test_authors_quirks_as_options(model, tmp_path):
     lo = min(float(v.array.min()) for v in plain.volumes)
     hi = max(float(v.array.max()) for v in plain.volumes)
     assert lo < 0 or hi > 1, "the tiny model's raw output leaves [0, 1]; unclamped output must show it"
-    src = Path(model[1]["_path"]).parent / "model_1.pt"        # the same weights, quirks switched on
+    src = Path(model.path).parent / "model_1.pt"        # the same weights, quirks switched on
     out = import_aydin2024(src, tmp_path / "quirks.vgan", clamp=True, truncation_mean_samples=2000)
-    Gq, cfg = load_generator(out)
-    clamped = generate((Gq, cfg), latents=z, truncation=1.0, noise="const", device="cpu")
+    quirks = load_generator(out)
+    clamped = generate(quirks, latents=z, truncation=1.0, noise="const", device="cpu")
     for a, b in zip(plain.volumes, clamped.volumes):
         assert np.array_equal(np.clip(a.array, 0, 1), b.array)
     with torch.no_grad():   # truncation mean: 2000 seeded latents through the EMA mapping net
         zz = torch.randn(2000, 512, generator=torch.Generator().manual_seed(0))
+        Gq = quirks.generator
         assert torch.allclose(Gq.mapping.w_avg, Gq.mapping.style(zz).mean(0), atol=1e-5)
 
 
 def test_cli_generate_on_imported_model(model, tmp_path):
-    rc = volgan_main(["--quiet", "generate", "--checkpoint", model[1]["_path"], "--n", "2", "--seed", "4",
+    rc = volgan_main(["--quiet", "generate", "--checkpoint", model.path, "--n", "2", "--seed", "4",
                       "--truncation", "0.9", "--out", str(tmp_path / "cli"), "--device", "cpu"])
     assert rc == 0
     files = sorted((tmp_path / "cli").glob("sample_*.nii.gz"))
@@ -171,7 +172,7 @@ def test_cli_generate_on_imported_model(model, tmp_path):
 
 
 def test_gradients_flow_to_styles_for_inversion(model):
-    G, _ = model
+    G = model.generator
     ws = G.mapping(torch.randn(1, 512, generator=torch.Generator().manual_seed(1))).detach().requires_grad_(True)
     for fused in (False, True):
         G.synthesis.fused_modconv = fused

@@ -134,7 +134,7 @@ def test_wrong_or_corrupt_weights_give_one_readable_error(tmp_path):
     with pytest.raises(InputFileError, match=r"shape mismatch.*layer4\.0\.conv2\.weight"):
         load_medicalnet(tmp_path / "shape.pth")
     (tmp_path / "corrupt.pth").write_bytes(b"not a zip or pickle")
-    with pytest.raises(InputFileError, match="cannot be read as a PyTorch weights file"):
+    with pytest.raises(InputFileError, match="corrupt.pth: is not a PyTorch weights file: neither a zip archive"):
         load_medicalnet(tmp_path / "corrupt.pth")
     with pytest.raises(InputFileError, match="weights file not found"):
         load_medicalnet(tmp_path / "absent.pth")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import random
@@ -52,8 +53,16 @@ def test_round_trip_rebuilds_network_from_config(tmp_path):
                            provenance={"data_summary": "unit test"}, metrics={"fid": np.float32(12.5)})
     assert path.is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temp files left
-    G2, cfg = load_generator(path)
+    loaded = load_generator(path)
+    G2, cfg = loaded.generator, loaded.config
     assert cfg["family"] == "stylegan2-3d" and cfg["spacing"] == [0.3, 0.3, 0.6] and cfg["z_dim"] == 16
+    # a value: the file's facts are fields, the config is the stored one (nothing injected)
+    assert loaded.path == str(path) and loaded.tensors == "G_ema" and loaded.device == torch.device("cpu")
+    assert loaded.provenance["data_summary"] == "unit test" and loaded.metrics["fid"] == 12.5
+    assert cfg == load_checkpoint(path)["config"] and not any(k.startswith("_") for k in cfg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.path = "elsewhere.vgan"
+    assert load_generator(path, which="G").tensors == "G"
     assert not G2.training and not any(p.requires_grad for p in G2.parameters())
     z = torch.randn(2, 16)
     with torch.no_grad():

@@ -44,7 +44,7 @@ def test_generate_volumes_geometry_units_latents(ckpt):
     assert v.shape == (8, 32, 32) and v.spacing == (0.3, 0.3, 0.6)
     centre = v.index_to_physical([(32 - 1) / 2, (32 - 1) / 2, (8 - 1) / 2])
     assert np.allclose(centre, 0, atol=1e-9)
-    G, cfg = load_generator(ckpt)
+    G = load_generator(ckpt).generator
     with torch.no_grad():
         raw = G(torch.from_numpy(lat["z"]))[:, 0].numpy()
     assert np.allclose(vols[3].array, (raw[3] + 1) * 500, atol=1e-3)   # [-1, 1] → [0, 1000]
@@ -98,7 +98,8 @@ def test_write_generated_files_and_atomic_folder(ckpt, tmp_path):
 
 
 def test_amp_nan_is_detected_and_retried_in_fp32(ckpt):
-    G, cfg = load_generator(ckpt)
+    loaded = load_generator(ckpt)
+    G = loaded.generator
     orig = G.synthesis.forward
 
     def flaky(ws, noise_mode="const", noise=None):
@@ -108,7 +109,7 @@ def test_amp_nan_is_detected_and_retried_in_fp32(ckpt):
         return out
 
     G.synthesis.forward = flaky
-    res = generate((G, cfg), n=3, seed=0, batch=2, amp="bf16", device="cpu")
+    res = generate(loaded, n=3, seed=0, batch=2, amp="bf16", device="cpu")
     assert res.info["fp32_retries"] == 2 and "fp32" in res.info["warning"]
     assert all(np.isfinite(v.array).all() for v in res.volumes)
     ref = generate(ckpt, n=3, seed=0, device="cpu")

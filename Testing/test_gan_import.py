@@ -60,7 +60,8 @@ def imported(tmp_path_factory):
 @needs_anchor
 def test_import_reproduces_published_forward_bit_for_bit(imported):
     sd = torch.load(ANCHOR, map_location="cpu", weights_only=True)
-    G, cfg = load_generator(imported)
+    loaded = load_generator(imported)
+    G = loaded.generator
     g = torch.Generator().manual_seed(2020)
     z = torch.randn(6, 32, generator=g)
     z = z / z.norm(p=2, dim=1, keepdim=True)
@@ -70,7 +71,7 @@ def test_import_reproduces_published_forward_bit_for_bit(imported):
     assert ours.shape == (6, 1, 32, 32, 32)
     assert torch.equal(ours, ref), f"max abs diff {float((ours - ref).abs().max())}"
     # physical units exactly as the authors' denormalize_volume: ((y + 1) * 1450 / 2) - 350
-    res = generate((G, cfg), latents=z.numpy(), batch=6, device="cpu")
+    res = generate(loaded, latents=z.numpy(), batch=6, device="cpu")
     ref_phys = (((ref + 1.0) * (1100.0 - (-350.0)) / 2.0) - 350.0)[:, 0].numpy()
     for vol, r in zip(res.volumes, ref_phys):
         assert np.array_equal(vol.array, r)

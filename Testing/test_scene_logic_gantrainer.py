@@ -92,3 +92,25 @@ def test_background_training_stops_gracefully(bone_patches, tmp_path):
     final = wait_for(resumed, lambda s: not s["running"])
     assert final["state"] == "finished" and final["step"] == status["step"] + 1
     assert "resumed from step" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_latest_sample_is_generated_from_the_newest_checkpoint(headless, tmp_path):
+    """loadLatestSample: the run's newest checkpoint, loaded once, one seeded sample into a volume node."""
+    import shutil
+    from pathlib import Path
+
+    from GANTrainerSceneLogic import GANTrainerSceneLogic
+    from VolumetricGANLib.generate import generate
+
+    models = Path(__file__).resolve().parents[1] / "VolumetricGAN" / "Resources" / "Models"
+    logic = GANTrainerSceneLogic(headless.scene)
+    assert logic.loadLatestSample(str(tmp_path / "run")) is None            # no checkpoint yet
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    shutil.copy(models / "tiny-spongiosa.vgan", tmp_path / "run" / "checkpoints" / "ckpt-0000001.vgan")
+    newest = tmp_path / "run" / "checkpoints" / "ckpt-0000002.vgan"
+    shutil.copy(models / "tiny-cow.vgan", newest)
+    node = logic.loadLatestSample(str(tmp_path / "run"), seed=3)
+    assert node.GetAttribute("GANTrainer.Checkpoint") == str(newest)
+    want = generate(str(newest), n=1, seed=3, device="cpu").volumes[0]
+    got = mrml.node_to_volume(node)
+    assert got.shape == want.shape == (8, 32, 32) and np.allclose(got.array, want.array, atol=1e-5)

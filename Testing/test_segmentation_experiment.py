@@ -175,7 +175,8 @@ def test_wilcoxon_reports_n_and_small_samples():
 
 
 def test_network_plan_is_nnunet_like_for_anisotropic_spacing():
-    from GANTrainerLib.segmentation.network import amp_dtype, plan_network
+    from GANTrainerLib.segmentation.network import plan_network
+    from VolGANCore.env import amp_dtype
 
     plan = plan_network((32, 128, 128), (1.5, 0.5, 0.5), filters_base=32, filters_max=320, max_stages=6)
     assert plan["kernel_size"][0] == [1, 3, 3]          # coarse D axis: in-plane kernels first
@@ -185,7 +186,7 @@ def test_network_plan_is_nnunet_like_for_anisotropic_spacing():
     assert plan["filters"] == [32, 64, 128, 256, 320, 320][: len(plan["strides"])]
     final = np.asarray([32, 128, 128]) // np.prod(np.asarray(plan["strides"]), axis=0)
     assert final.min() >= 4
-    assert amp_dtype("cpu") is None
+    assert amp_dtype("auto", "cpu").dtype is None
     with pytest.raises(VolGANError, match="down-sampling"):
         plan_network((8, 8, 8), (1, 1, 1))
 

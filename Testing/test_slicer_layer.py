@@ -98,6 +98,7 @@ def test_every_bound_widget_accepts_its_field_and_moves_values_both_ways(layer, 
         for value in _candidates(info, layer.scene, tmp_path):
             setattr(params, name, value)  # node -> widget
             assert _plain(probe.read()) == _plain(value), f"{module}.{name}: node -> widget"
+        setattr(params, name, info.default.value)  # back to the default, so that every write below is a change
         for value in reversed(_candidates(info, layer.scene, tmp_path)):
             probe.write(value)  # widget -> node (through the widget's own signal)
             assert _plain(getattr(params, name)) == _plain(value), f"{module}.{name}: widget -> node"

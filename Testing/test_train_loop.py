@@ -72,7 +72,8 @@ def test_run_folder_is_observable_and_checkpoint_generates(data, tmp_path):
     assert {"loss/G", "loss/D", "augment/p", "scores/real"} <= set(rows[-1])
     assert any("reg/r1" in r for r in rows) and any("reg/pl_penalty" in r for r in rows)
     assert list((tmp_path / "r" / "samples").glob("*.png"))
-    G, cfg = load_generator(out["checkpoint"])
+    loaded = load_generator(out["checkpoint"])
+    G, cfg = loaded.generator, loaded.config
     assert cfg["spacing"] == [0.5, 0.5, 1.0] and G(torch.randn(1, 8)).shape == (1, 1, 4, 8, 8)
 
 
@@ -159,7 +160,7 @@ def test_progressive_gan_trains(tmp_path):
     out = train(folder, tmp_path / "run", s, max_steps=4, log=lambda m: None)
     levels = [r["progress/level"] for r in read_metrics(tmp_path / "run")]
     assert levels[0] == 0.0 and levels[-1] > 0.0
-    G, cfg = load_generator(out["checkpoint"])
+    cfg = load_generator(out["checkpoint"]).config
     assert cfg["latent"]["distribution"] == "hypersphere" and cfg["intensity"]["physical_range"] == [-350, 1100]
 
 
@@ -246,7 +247,8 @@ def test_padding_reaches_the_saved_generator_and_a_resume_with_another_padding_i
     folder = tmp_path / "bone"
     out = train(folder, tmp_path / "run", tiny_pgan(folder, padding_mode="replicate"), max_steps=2,
                 log=lambda m: None)
-    G, cfg = load_generator(out["checkpoint"])
+    loaded = load_generator(out["checkpoint"])
+    G, cfg = loaded.generator, loaded.config
     assert cfg["architecture"]["padding_mode"] == "replicate" and G.blocks[1].conv0.conv.padding_mode == "replicate"
     with pytest.raises(VolGANError, match=r"generator was built with padding_mode='replicate', this run asks for "
                                           r"padding_mode unset \(default\); resume with the run's original options"):

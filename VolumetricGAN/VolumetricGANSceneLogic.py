@@ -68,7 +68,7 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
 
     def __init__(self, scene=None):
         super().__init__(scene)
-        self._models: dict = {}  # checkpoint path -> (model, config, mtime): loaded once per file version
+        self._models: dict = {}  # (checkpoint path, device) -> (LoadedModel, mtime): loaded once per file version
         self._modelInfos: dict = {}  # (checkpoint path, mtime) -> modelInfo(): configs read once per file version
 
     def loadPhantom(self, kind: str = "cow", seed: int = 0, name: str | None = None):
@@ -121,7 +121,7 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
 
     # -- generation --------------------------------------------------------------------------------------
     def loadModel(self, checkpoint, device: str = "auto"):
-        """The generator and config of a ``.vgan`` file, cached until the file changes."""
+        """The :class:`~VolumetricGANLib.checkpoint.LoadedModel` of a ``.vgan`` file, cached until the file changes."""
         import os
 
         from VolumetricGANLib.checkpoint import load_generator
@@ -129,10 +129,9 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
         key = (os.path.abspath(str(checkpoint)), device)
         mtime = os.path.getmtime(checkpoint) if os.path.exists(checkpoint) else None
         cached = self._models.get(key)
-        if cached is None or cached[2] != mtime:
-            model, config = load_generator(checkpoint, device=device)
-            self._models[key] = (model, config, mtime)
-        return self._models[key][:2]
+        if cached is None or cached[1] != mtime:
+            self._models[key] = (load_generator(checkpoint, device=device), mtime)
+        return self._models[key][0]
 
     def generateVolumes(self, checkpoint, mode: str = "sample", n: int = 4, seed: int = 0, truncation=None,
                         noise=None, seedB: int = 1, cutoff: int = 4, steps: int = 8, device: str = "auto",
@@ -166,7 +165,7 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
             result = gen.mix(model, seed_a=seed, seeds_b=[seedB], cutoff=cutoff, truncation=truncation,
                              noise=noise, **common)
         volumes, _latents = result
-        config = model[1]
+        config = model.config
         source = str(Path(checkpoint).resolve())
         name = name or (config.get("name") or "generated")
         out = {"volumes": [], "sequence": None, "table": None}
@@ -348,10 +347,10 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
 
     def _steeringModel(self, checkpoint, device):
         model = self.loadModel(checkpoint, device)
-        ok, note = steeringSupport(model[1])
+        ok, note = steeringSupport(model.config)
         if not ok:
             raise VolGANError(f"{checkpoint}: {note}")
-        threshold = float((model[1].get("defaults") or {}).get("bone_threshold", 225.0))
+        threshold = float((model.config.get("defaults") or {}).get("bone_threshold", 225.0))
         return model, threshold, [note] if note else []
 
     @contextlib.contextmanager
@@ -441,7 +440,7 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
         targets = self._checkTargets(targets)
         self._checkSteering(n, tolerance, steps, checkEvery)
         model, threshold, warnings = self._steeringModel(checkpoint, device)
-        config = model[1]
+        config = model.config
         result = steer(model, targets=targets, n=int(n), seed=int(seed), tolerance=float(tolerance), steps=int(steps),
                        check_every=int(checkEvery), threshold=threshold, device=device, progress=progress,
                        cancel=cancel)
@@ -491,11 +490,11 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
             z = np.array([float(v) for v in text.split(",")], dtype=np.float32)
         except ValueError:
             return None, f"its {LATENT_ATTRIBUTE} attribute is not a list of numbers"
-        if z.shape != (int(model[0].z_dim),) or not np.all(np.isfinite(z)):
-            return None, f"its stored latent has {z.size} values, the model needs {model[0].z_dim}"
+        if z.shape != (int(model.generator.z_dim),) or not np.all(np.isfinite(z)):
+            return None, f"its stored latent has {z.size} values, the model needs {model.generator.z_dim}"
         vol = mrml.node_to_volume(volumeNode)
         again = generate(model, latents=z[None], device=device).volumes[0]
-        lo, hi = (float(v) for v in model[1]["intensity"]["physical_range"])
+        lo, hi = (float(v) for v in model.config["intensity"]["physical_range"])
         if vol.shape != again.shape or not np.allclose(vol.array, again.array, atol=1e-3 * abs(hi - lo), rtol=0):
             return None, "the volume no longer matches its stored latent (edited since it was generated?)"
         return z, ""
@@ -523,7 +522,7 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
         if volumeNode is None or not hasattr(volumeNode, "GetImageData"):
             raise VolGANError("simulate change: choose a volume node")
         model, threshold, warnings = self._steeringModel(checkpoint, device)
-        config = model[1]
+        config = model.config
         z, why = self._startLatent(checkpoint, volumeNode, model, device)
         start = {"from": "latent", "reason": ""}
         if z is None:

@@ -58,7 +58,8 @@ def cases(quick: bool) -> list[Case]:
         return []
     tmp = Path(tempfile.mkdtemp(prefix="bench_aydin_"))
     ck = import_aydin2024(ANCHOR / "model_1.pt", tmp / "cow_tiny.vgan", truncation_mean_samples=2000)
-    G, cfg = load_generator(ck)
+    loaded = load_generator(ck)
+    G = loaded.generator
     their_cfg = json.loads((ANCHOR / ".config.json").read_text())
     sd = torch.load(ANCHOR / "model_1.pt", map_location="cpu", weights_only=True)["GAN"]
     S, peer = _authors_peer(sd, their_cfg["image_size"], their_cfg["network_capacity"], their_cfg["lr_mlp"])
@@ -84,7 +85,7 @@ def cases(quick: bool) -> list[Case]:
             return None
 
         def ours(bs=bs):
-            generate((G, cfg), latents=z.numpy(), truncation=1.0, noise="random", batch=bs, device="cpu", amp="off")
+            generate(loaded, latents=z.numpy(), truncation=1.0, noise="random", batch=bs, device="cpu", amp="off")
             return {"max_abs_diff_vs_peer": diff}
 
         def model_only(bs=bs):

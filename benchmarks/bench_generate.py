@@ -113,14 +113,14 @@ def cases(quick: bool) -> list[Case]:
         ck = import_miccai2020_pgan(ANCHOR, tmp / "spongiosa.vgan")
         from VolumetricGANLib.checkpoint import load_generator
 
-        P, pcfg = load_generator(ck)
+        spongiosa = load_generator(ck)
         sd = torch.load(ANCHOR, map_location="cpu", weights_only=True)
         peer = _authors_style_generator(sd)
         n_p = 16 if quick else 64
         z = sample_z(n_p, 32, 0, "hypersphere")
         for bs in (1, 8):
             def ours(bs=bs):
-                r = generate((P, pcfg), latents=z.numpy(), batch=bs, device="cpu")
+                r = generate(spongiosa, latents=z.numpy(), batch=bs, device="cpu")
                 return {"max_abs_diff_vs_peer": float(abs(r.volumes[0].array - ref_phys[0]).max())}
 
             def theirs(bs=bs):

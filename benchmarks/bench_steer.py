@@ -47,7 +47,8 @@ def _setup(n: int):
     torch.set_num_threads(1)
     tmp = tempfile.mkdtemp(prefix="bench_steer_")
     path = import_model("miccai2020-pgan", ANCHOR, Path(tmp) / "spongiosa.vgan")
-    model, config = load_generator(path, device="cpu")
+    loaded = load_generator(path, device="cpu")
+    model, config = loaded.generator, loaded.config
     with torch.no_grad():
         target_volumes = to_physical(model(sample_z(n, model.z_dim, 100, "hypersphere")), config["intensity"])
     exact = _exact(target_volumes[:, 0].numpy(), tuple(config["spacing"]), 225.0, SIX)

@@ -41,7 +41,7 @@ def real_patches(folder: Path, n: int, seed: int) -> np.ndarray:
 
 
 def samples(path: str, n: int, seed: int) -> np.ndarray:
-    G, _ = load_generator(path)
+    G = load_generator(path).generator
     G.eval()
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed))
     z = z / z.norm(dim=1, keepdim=True)

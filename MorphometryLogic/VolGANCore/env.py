@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 import platform
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["package_versions", "device_report", "pick_device", "environment_report", "format_environment"]
+__all__ = ["package_versions", "device_report", "pick_device", "AMP_MODES", "Amp", "amp_dtype", "environment_report",
+           "format_environment"]
 
 _PACKAGES = ("numpy", "scipy", "SimpleITK", "nibabel", "torch", "monai", "tqdm", "slicer", "vtk")
 
@@ -77,6 +78,47 @@ def pick_device(requested: str = "auto") -> str:
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise VolGANError(f"--device {requested}: MPS is not available on this machine")
     return str(dev)
+
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+class Amp(NamedTuple):
+    """What an ``--amp`` mode means on one device (see :func:`amp_dtype`)."""
+
+    dtype: Any            # torch.bfloat16 or torch.float16 for autocast; None: no autocast (fp32)
+    grad_scaler: bool     # fp16 on CUDA: training must scale the loss (torch.amp.GradScaler); bf16 and fp32 need not
+
+
+def amp_dtype(amp: str | None, device: Any, training: bool = False) -> Amp:
+    """The mixed-precision rule of every command: ``--amp`` on ``device`` -> ``Amp(dtype, grad_scaler)``.
+
+    ``auto``: bf16 on a CUDA GPU that supports it, else fp16 (with a loss scaler); off on CPU and MPS.
+    ``bf16``: bfloat16 on any device (CPU autocast runs it); refused on a CUDA GPU without bfloat16.
+    ``fp16``: float16; on CUDA it needs a loss scaler when training, and ``training=True`` refuses it off CUDA.
+    ``off`` (also None, ``none``, ``fp32``): no autocast. ``device`` is a device string (``cuda:1``), a
+    ``torch.device`` or a device type. Raises :class:`VolGANError` for an unknown mode or a refused combination.
+    """
+    import torch
+
+    from .errors import VolGANError
+
+    mode = "off" if amp is None else str(amp).lower()
+    mode = "off" if mode in ("none", "fp32") else mode
+    if mode not in AMP_MODES:
+        raise VolGANError(f"--amp {amp}: choose auto, bf16, fp16 or off")
+    cuda = (device.type if isinstance(device, torch.device) else str(device).split(":")[0]) == "cuda"
+    if mode == "off" or (mode == "auto" and not cuda):
+        return Amp(None, False)
+    if mode == "auto":
+        return Amp(torch.bfloat16, False) if torch.cuda.is_bf16_supported() else Amp(torch.float16, True)
+    if mode == "bf16":
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise VolGANError("--amp bf16: this GPU has no bfloat16 support; use --amp fp16")
+        return Amp(torch.bfloat16, False)
+    if training and not cuda:
+        raise VolGANError("--amp fp16 needs a CUDA GPU; on CPU use --amp bf16 or off")
+    return Amp(torch.float16, cuda)
 
 
 def environment_report() -> dict[str, Any]:

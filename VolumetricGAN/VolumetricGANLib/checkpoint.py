@@ -23,6 +23,7 @@ depends on pickled classes: a file that needs arbitrary code to unpickle is refu
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -39,11 +40,12 @@ import numpy as np
 from VolGANCore.atomic import atomic_path, atomic_write_text
 from VolGANCore.errors import InputFileError, VolGANError
 from VolGANCore.io import sha256_file  # noqa: F401  (re-exported: importers record sources with it)
+from VolGANCore.torchfile import safe_torch_load
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "SUFFIX",
     "make_config", "validate_config", "to_physical", "to_network",
-    "save_checkpoint", "load_checkpoint", "read_config", "load_generator", "load_discriminator",
+    "save_checkpoint", "load_checkpoint", "read_config", "LoadedModel", "load_generator", "load_discriminator",
     "build_from_config", "model_card", "card_path", "capture_rng_state", "restore_rng_state",
     "default_provenance", "command_line", "sha256_file",
 ]
@@ -333,40 +335,6 @@ def save_checkpoint(
 _PGAN_KEY = re.compile(r"^(blocks\.\d+\.conv\d|toRGBs\.\d+)\.conv\.(weight|bias)$")
 
 
-_SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset")
-
-
-def _pickle_globals(path: Path) -> list[str]:
-    """Globals (``module.name``) a pickle would import, found by a static opcode scan (nothing is executed).
-
-    Looks inside a torch zip archive (``*/data.pkl``) or at a raw pickle; tensors' own torch rebuild
-    functions are ignored. Returns [] for files that are not pickles at all.
-    """
-    import pickletools
-    import zipfile
-
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as zf:
-                names = [n for n in zf.namelist() if n.endswith("data.pkl")]
-                if not names:
-                    return []
-                data = zf.read(names[0])
-        else:
-            data = path.read_bytes()
-        found, strings = [], []
-        for op, arg, _pos in pickletools.genops(data):
-            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings.append(str(arg))
-            elif op.name == "GLOBAL" or op.name == "INST":
-                found.append(str(arg).replace(" ", "."))
-            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                found.append(f"{strings[-2]}.{strings[-1]}")
-    except Exception:  # not a pickle (or a damaged one): nothing to report as unsafe
-        return []
-    return [g for g in dict.fromkeys(found) if not g.startswith(_SAFE_GLOBAL_PREFIXES)]
-
-
 class _Stub:
     """What a torch tensor or storage becomes when only the header of a checkpoint is read."""
 
@@ -433,23 +401,6 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return blob["config"]
 
 
-def _unreadable(path: Path, exc: Exception) -> str:
-    """Why torch.load failed, in words: a cut-off zip archive, or not a PyTorch file at all."""
-    import pickle
-    import zipfile
-
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head[:2] == b"PK" and not zipfile.is_zipfile(path):
-        return "is truncated or damaged: its zip archive is incomplete"
-    if head[:2] != b"PK" and not isinstance(exc, pickle.UnpicklingError):
-        return f"is not a PyTorch file ({type(exc).__name__})"
-    if head[:2] != b"PK":
-        return "is not a PyTorch checkpoint: neither a zip archive nor an old-style file that a safe load reads"
-    first = (str(exc).strip().splitlines() or [""])[0][:100]
-    return f"is not a readable PyTorch file ({type(exc).__name__}: {first})"
-
-
 def load_checkpoint(
     path: str | os.PathLike,                  # checkpoint file
     map_location: str = "cpu",                # device for the tensors
@@ -465,26 +416,8 @@ def load_checkpoint(
         (with a hint to ``volgan import`` for known published formats), a newer format version, or a
         family / output shape other than the expected one.
     """
-    import pickle
-
-    import torch
-
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "checkpoint file not found", "check the path")
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # refused by the safe unpickler, corrupt zip, truncated or foreign file
-        globals_ = _pickle_globals(path)
-        if globals_:
-            shown = ", ".join(globals_[:4]) + (" …" if len(globals_) > 4 else "")
-            raise InputFileError(
-                path, f"unsafe file: unpickling it would import and call code ({shown}); it was refused and "
-                "nothing in it was executed",
-                "use a volgan checkpoint (.vgan) or a plain state dict; re-export untrusted models from their "
-                "source code, never load them unsafely") from None
-        raise InputFileError(path, _unreadable(path, exc),
-                             "pass a .vgan checkpoint written by volgan (copy it again if it was cut short)") from None
+    blob = safe_torch_load(path, "checkpoint", "pass a .vgan checkpoint written by volgan", map_location=map_location)
 
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         hint = "write checkpoints with VolumetricGANLib.checkpoint.save_checkpoint"
@@ -551,25 +484,48 @@ def _load_state(model, state: Mapping[str, Any], path, which: str) -> None:
     model.load_state_dict(state, strict=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """A generator rebuilt from a checkpoint, with what the file says about it (a value: nothing is injected
+    into ``config``).
+
+    ``generate``, ``interpolate``, ``variation``, ``mix``, ``steer`` and ``invert`` take it wherever they take
+    a checkpoint path; :func:`VolumetricGANLib.generate.resolve_model` also wraps a ``(model, config)`` pair
+    built in code into one (``path`` None).
+    """
+
+    generator: Any                                   # the network, eval mode, requires_grad off
+    config: dict[str, Any]                           # the checkpoint's validated config (as stored)
+    path: str | None = None                          # the .vgan file it came from; None when built in code
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)   # the file's provenance record
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)      # the file's metrics record
+    tensors: str = "G_ema"                           # which tensors were loaded ("G_ema" or "G")
+
+    @property
+    def device(self):
+        """The torch.device the generator's parameters are on."""
+        return next(self.generator.parameters()).device
+
+
 def load_generator(
     path: str | os.PathLike,                  # checkpoint file
     device: str = "cpu",                      # device to put the generator on ("auto" allowed)
     which: str = "G_ema",                     # "G_ema" (falls back to "G") or "G"
     expect_family: str | None = None,         # refuse another family
     expect_output_shape: Sequence[int] | None = None,  # refuse another output shape
-):
+) -> LoadedModel:
     """Rebuild the generator from the checkpoint's config and load its tensors.
 
     Returns
     -------
-    (model, config)
-        ``model`` in eval mode with ``requires_grad`` off; ``config`` the checkpoint's config dict with
-        ``config["_path"]`` set to the file path.
+    LoadedModel
+        ``generator`` in eval mode with ``requires_grad`` off; ``config`` the checkpoint's config dict;
+        ``path``, ``provenance`` and ``metrics`` from the file.
 
     Example
     -------
-    >>> G, cfg = load_generator("spongiosa.vgan")          # doctest: +SKIP
-    >>> cfg["spacing"], cfg["intensity"]["units"]           # doctest: +SKIP
+    >>> loaded = load_generator("spongiosa.vgan")                               # doctest: +SKIP
+    >>> loaded.config["spacing"], loaded.config["intensity"]["units"]           # doctest: +SKIP
     ([0.164, 0.164, 0.164], 'MICCAI 2020 density units')
     """
     from VolGANCore.env import pick_device
@@ -585,11 +541,8 @@ def load_generator(
     _load_state(G, tensors[key], path, key)
     G.eval().requires_grad_(False)
     G.to(pick_device(device))
-    cfg = dict(cfg)
-    cfg["_path"] = str(path)
-    cfg["_provenance"] = blob.get("provenance") or {}
-    cfg["_metrics"] = blob.get("metrics") or {}
-    return G, cfg
+    return LoadedModel(G, dict(cfg), str(path), dict(blob.get("provenance") or {}), dict(blob.get("metrics") or {}),
+                       key)
 
 
 def load_discriminator(path: str | os.PathLike, device: str = "cpu"):

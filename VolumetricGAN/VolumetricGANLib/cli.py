@@ -124,29 +124,29 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from . import generate as gen
 
     common = dict(batch=args.batch, amp=args.amp, progress=progress_from_args(args))
-    model = gen.resolve_model(args.checkpoint, device=args.device)
     sequence = False
     if args.mode == "invert":
-        return _invert(args, model)
+        return _invert(args)
     if args.mode == "sample":
-        result = gen.generate(model, n=args.n, seed=args.seed, truncation=args.truncation, noise=args.noise,
-                              latents=args.latents, truncation_cutoff=args.truncation_cutoff,
+        result = gen.generate(args.checkpoint, n=args.n, seed=args.seed, truncation=args.truncation,
+                              noise=args.noise, latents=args.latents, truncation_cutoff=args.truncation_cutoff,
                               device=args.device, **common)
     elif args.mode == "interpolate":
         seeds = args.seeds if args.latents is None else None
         if args.latents is None and (not args.seeds or len(args.seeds) != 2):
             raise VolGANError("--mode interpolate: give --seeds A B or --latents with two rows")
-        result = gen.interpolate(model, steps=args.steps, seeds=seeds, latents=args.latents, space=args.space,
-                                 truncation=args.truncation, noise=args.noise, device=args.device, **common)
+        result = gen.interpolate(args.checkpoint, steps=args.steps, seeds=seeds, latents=args.latents,
+                                 space=args.space, truncation=args.truncation, noise=args.noise,
+                                 device=args.device, **common)
         sequence = True
     elif args.mode == "variation":
-        result = gen.variation(model, k=args.n or 8, seed=args.seed, truncation=args.truncation,
+        result = gen.variation(args.checkpoint, k=args.n or 8, seed=args.seed, truncation=args.truncation,
                                device=args.device, **common)
     else:
         if not args.seeds or args.cutoff is None:
             raise VolGANError("--mode mix: give --seeds (fine-style seeds) and --cutoff (first layer they drive)")
-        result = gen.mix(model, args.seed, args.seeds, args.cutoff, truncation=args.truncation, noise=args.noise,
-                         device=args.device, **common)
+        result = gen.mix(args.checkpoint, args.seed, args.seeds, args.cutoff, truncation=args.truncation,
+                         noise=args.noise, device=args.device, **common)
     out = gen.write_generated(result, args.out, fmt=args.format, overwrite=args.overwrite, sequence=sequence)
     info = result.info
     if info.get("warning"):
@@ -158,7 +158,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _invert(args: argparse.Namespace, model) -> int:
+def _invert(args: argparse.Namespace) -> int:
     """`--mode invert`: reconstruction, latents.npz and report.json in an atomically written folder."""
     from VolGANCore.atomic import atomic_directory, atomic_write_json
     from VolGANCore.cli import progress_from_args
@@ -169,7 +169,7 @@ def _invert(args: argparse.Namespace, model) -> int:
 
     if not args.target:
         raise VolGANError("--mode invert: give --target VOLUME")
-    result = invert(model, read_volume(args.target), space=args.invert_space, steps=args.invert_steps,
+    result = invert(args.checkpoint, read_volume(args.target), space=args.invert_space, steps=args.invert_steps,
                     seed=args.seed, resample=args.resample, device=args.device, progress=progress_from_args(args))
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:
         write_volume(result.volume, tmp / f"reconstruction.{args.format}")
@@ -191,17 +191,17 @@ def _cmd_steer(args: argparse.Namespace) -> int:
     from VolGANCore import InputFileError
 
     from .checkpoint import read_config
-    from .generate import read_latents, resolve_model
+    from .generate import read_latents
     from .steer import parse_targets, plot_trajectories, steer, steering_support
 
     targets, changes = parse_targets(args.target + args.change)
-    supported, note = steering_support(read_config(args.checkpoint))   # from the config alone, before any work
+    config = read_config(args.checkpoint)
+    supported, note = steering_support(config)   # from the config alone, before any work
     if not supported:
         raise InputFileError(args.checkpoint, note, "steer a trabecular-bone (spongiosa) model")
-    model = resolve_model(args.checkpoint, device=args.device)
-    latents = read_latents(args.from_latents, model[0].z_dim, "--from") if args.from_latents else None
+    latents = read_latents(args.from_latents, int(config["z_dim"]), "--from") if args.from_latents else None
     keep = tuple(args.keep) if args.keep is not None else ("TMD",)
-    result = steer(model, targets, changes, n=args.n, seed=args.seed, latents=latents, steps=args.steps,
+    result = steer(args.checkpoint, targets, changes, n=args.n, seed=args.seed, latents=latents, steps=args.steps,
                    tolerance=args.tolerance, pool=args.pool, keep=keep, device=args.device,
                    progress=progress_from_args(args))
     with atomic_directory(args.out, overwrite=args.overwrite) as tmp:

@@ -2,8 +2,8 @@
 
 Main entry points (all callable from the Slicer logic or a script)::
 
-    G, cfg = load_generator("model.vgan")
-    result = generate("model.vgan", n=8, seed=0, truncation=0.9)     # or generate((G, cfg), ...)
+    model = load_generator("model.vgan")                             # LoadedModel: generator, config, path, ...
+    result = generate("model.vgan", n=8, seed=0, truncation=0.9)     # or generate(model, ...)
     volumes, latents = result                                        # list[Volume], {"z": ..., "w": ...}
     write_generated(result, "samples/")                              # files + latents.npz + manifest
 
@@ -28,12 +28,13 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from VolGANCore.atomic import atomic_directory, atomic_write_json
+from VolGANCore.atomic import atomic_directory
+from VolGANCore.env import amp_dtype
 from VolGANCore.errors import InputFileError, VolGANError
 from VolGANCore.progress import Progress
 from VolGANCore.volume import Volume
 
-from .checkpoint import load_generator, to_physical
+from .checkpoint import LoadedModel, load_generator, to_physical
 
 __all__ = [
     "GenerationResult", "resolve_model", "sample_z", "read_latents", "generate", "synthesize",
@@ -63,6 +64,10 @@ class GenerationResult:
         The checkpoint config.
     info : dict
         Parameters and run report: device, AMP dtype, fp32 retries, seconds.
+    checkpoint : str or None
+        The checkpoint file the model came from (None for a model built in code).
+    provenance : dict
+        The checkpoint's provenance record.
 
     Unpacks as ``volumes, latents = result`` with ``latents = {"z": z, "w": w}``.
     """
@@ -73,6 +78,8 @@ class GenerationResult:
     noise_seeds: np.ndarray | None
     config: dict[str, Any]
     info: dict[str, Any]
+    checkpoint: str | None = None
+    provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def latents(self) -> dict[str, np.ndarray | None]:
@@ -87,13 +94,20 @@ class GenerationResult:
 
 
 # -- inputs --------------------------------------------------------------------------------------------------
-def resolve_model(checkpoint_or_model, config: Mapping[str, Any] | None = None, device: str = "auto"):
-    """Accept a checkpoint path, a ``(model, config)`` pair, or a model plus ``config``; return both on ``device``."""
+def resolve_model(checkpoint_or_model, config: Mapping[str, Any] | None = None, device: str = "auto") -> LoadedModel:
+    """The :class:`LoadedModel` to sample from, on ``device``.
+
+    Accepts a checkpoint path (loaded), a :class:`LoadedModel` (moved to ``device``), a ``(model, config)``
+    pair or a model plus ``config`` (a generator built in code; ``path`` None).
+    """
     from VolGANCore.env import pick_device
 
     dev = pick_device(device)
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
         return load_generator(checkpoint_or_model, device=dev)
+    if isinstance(checkpoint_or_model, LoadedModel):
+        checkpoint_or_model.generator.eval().to(dev)
+        return checkpoint_or_model
     if isinstance(checkpoint_or_model, tuple) and len(checkpoint_or_model) == 2:
         model, config = checkpoint_or_model
     else:
@@ -103,7 +117,7 @@ def resolve_model(checkpoint_or_model, config: Mapping[str, Any] | None = None, 
     if not hasattr(model, "z_dim") or not hasattr(model, "output_shape"):
         raise VolGANError(f"generate: {type(model).__name__} is not a VolumetricGANLib generator")
     model.eval()
-    return model.to(dev), dict(config)
+    return LoadedModel(model.to(dev), dict(config))
 
 
 def sample_z(n: int, z_dim: int, seed: int, distribution: str = "normal"):
@@ -163,22 +177,6 @@ def volume_geometry(config: Mapping[str, Any]) -> dict[str, Any]:
     return {"spacing": spacing, "origin": origin, "direction": direction}
 
 
-def _amp_dtype(amp: str, device_type: str):
-    import torch
-
-    if amp in ("off", "none", "fp32", None):
-        return None
-    if amp == "auto":
-        if device_type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    raise VolGANError(f"amp: expected auto, off, bf16 or fp16, got {amp!r}")
-
-
 def synthesize(model, z, ws=None, noise_mode: str = "const", noise=None, amp_dtype=None):
     """One batch through the generator (from ``ws`` if given), optionally under autocast; float32 output."""
     import torch
@@ -192,12 +190,13 @@ def synthesize(model, z, ws=None, noise_mode: str = "const", noise=None, amp_dty
     return img.float()
 
 
-def _run_batches(model, config, z, ws, noise_seeds, noise_mode, batch, amp, progress, cancel, description):
+def _run_batches(loaded: LoadedModel, z, ws, noise_seeds, noise_mode, batch, amp, progress, cancel, description):
     """Generate from z (or ws) in batches with NaN detection and fp32 retry; returns (arrays, info)."""
     import torch
 
+    model, config = loaded.generator, loaded.config
     dev = next(model.parameters()).device
-    amp_dtype = _amp_dtype(amp, dev.type)
+    dtype = amp_dtype(amp, dev).dtype
     n = int(z.shape[0]) if ws is None else int(ws.shape[0])
     out = np.empty((n, *[int(s) for s in config["output_shape"]]), np.float32)
     retries: list[int] = []
@@ -211,19 +210,19 @@ def _run_batches(model, config, z, ws, noise_seeds, noise_mode, batch, amp, prog
             if noise_mode == "random" and getattr(model, "has_w", False):
                 gens = [torch.Generator().manual_seed(int(s)) for s in noise_seeds[start:stop]]
                 noise = model.make_noise(stop - start, gens, dev)
-            img = synthesize(model, zb, wb, noise_mode, noise, amp_dtype)
-            if amp_dtype is not None and not bool(torch.isfinite(img).all()):
+            img = synthesize(model, zb, wb, noise_mode, noise, dtype)
+            if dtype is not None and not bool(torch.isfinite(img).all()):
                 retries.append(start // batch)
                 img = synthesize(model, zb, wb, noise_mode, noise, None)
             if not bool(torch.isfinite(img).all()):
-                raise VolGANError(f"{config.get('_path', 'generator')}: the generator produced NaN/Inf even in fp32 "
+                raise VolGANError(f"{loaded.path or 'generator'}: the generator produced NaN/Inf even in fp32 "
                                   f"(samples {start}..{stop - 1}); the checkpoint is damaged or diverged")
             phys = to_physical(img[:, 0], config["intensity"])
             out[start:stop] = phys.cpu().numpy()
             prog.advance(stop - start, f"{stop}/{n}")
     info = {
         "device": str(dev),
-        "amp": None if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+        "amp": None if dtype is None else str(dtype).replace("torch.", ""),
         "fp32_retries": len(retries),
         "fp32_retry_batches": retries,
         "seconds": round(time.perf_counter() - t0, 4),
@@ -240,7 +239,13 @@ def _volumes(arrays: np.ndarray, config: Mapping[str, Any], meta: Sequence[dict[
                    label_scheme=None, metadata=meta[i]) for i in range(arrays.shape[0])]
 
 
-def _validate_common(model, config, truncation, noise, batch):
+def _sampling_options(loaded: LoadedModel, truncation, noise, batch) -> tuple[float, str]:
+    """ψ and noise mode of every sampling mode: the caller's, else the checkpoint's defaults (ψ 1; noise
+    ``const`` for StyleGAN, ``none`` otherwise); checked with the batch size."""
+    model, config = loaded.generator, loaded.config
+    defaults = config.get("defaults", {})
+    truncation = float(defaults.get("truncation_psi", 1.0) if truncation is None else truncation)
+    noise = noise or defaults.get("noise_mode", "const" if getattr(model, "has_w", False) else "none")
     if noise not in NOISE_MODES:
         raise VolGANError(f"--noise {noise}: expected one of {', '.join(NOISE_MODES)}")
     if not isinstance(batch, int) or batch < 1:
@@ -251,11 +256,12 @@ def _validate_common(model, config, truncation, noise, batch):
         raise VolGANError(f"--truncation {truncation}: the '{config['family']}' family has no w space to "
                           "truncate in; use --truncation 1")
     if int(config.get("img_channels", 1)) != 1:
-        raise VolGANError(f"{config.get('_path', 'checkpoint')}: multi-channel generators are not supported by generate")
+        raise VolGANError(f"{loaded.path or 'checkpoint'}: multi-channel generators are not supported by generate")
+    return truncation, noise
 
 
 def generate(
-    checkpoint_or_model,                         # .vgan path, (model, config), or a model with config=
+    checkpoint_or_model,                         # .vgan path, LoadedModel, (model, config), or a model with config=
     n: int | None = None,                        # number of samples (default: rows of `latents`, else 1)
     seed: int = 0,                               # seed of z (and of per-sample noise)
     truncation: float | None = None,             # ψ (StyleGAN only); None = the checkpoint default
@@ -274,7 +280,8 @@ def generate(
     Parameters
     ----------
     checkpoint_or_model
-        A ``.vgan`` path, or ``(model, config)`` as returned by :func:`load_generator`.
+        A ``.vgan`` path, the :class:`LoadedModel` that :func:`load_generator` returns, or a
+        ``(model, config)`` pair built in code.
     n, seed, latents
         Either ``n`` latents drawn with ``seed`` or the given ``latents`` (one sample per row).
     truncation, truncation_cutoff
@@ -297,11 +304,9 @@ def generate(
     """
     import torch
 
-    model, config = resolve_model(checkpoint_or_model, config, device)
-    defaults = config.get("defaults", {})
-    truncation = float(defaults.get("truncation_psi", 1.0) if truncation is None else truncation)
-    noise = noise or defaults.get("noise_mode", "const" if getattr(model, "has_w", False) else "none")
-    _validate_common(model, config, truncation, noise, batch)
+    loaded = resolve_model(checkpoint_or_model, config, device)
+    model, config = loaded.generator, loaded.config
+    truncation, noise = _sampling_options(loaded, truncation, noise, batch)
     dist = config["latent"]["distribution"]
     if latents is not None:
         z_np = read_latents(latents, model.z_dim)
@@ -325,7 +330,7 @@ def generate(
             ws = torch.cat([model.mapping(z[s:s + batch].to(dev), truncation, truncation_cutoff)
                             for s in range(0, n, batch)]).cpu()
     noise_seeds = np.array([_noise_seed(seed, i) for i in range(n)], np.uint32) if noise == "random" else None
-    arrays, info = _run_batches(model, config, None if ws is not None else z, ws, noise_seeds, noise, batch, amp,
+    arrays, info = _run_batches(loaded, None if ws is not None else z, ws, noise_seeds, noise, batch, amp,
                                 progress, cancel, "generate")
     info.update({"mode": "sample", "n": n, "seed": int(seed), "truncation_psi": truncation,
                  "truncation_cutoff": truncation_cutoff, "noise_mode": noise, "batch": batch,
@@ -333,7 +338,8 @@ def generate(
     meta = [{"model": str(config.get("name", "")), "family": config["family"], "seed": str(seed), "index": str(i),
              "units": str(config["intensity"].get("units", ""))} for i in range(n)]
     return GenerationResult(_volumes(arrays, config, meta), z.numpy().astype(np.float32),
-                            None if ws is None else ws.numpy().astype(np.float32), noise_seeds, config, info)
+                            None if ws is None else ws.numpy().astype(np.float32), noise_seeds, config, info,
+                            loaded.path, loaded.provenance)
 
 
 # -- writing -------------------------------------------------------------------------------------------------
@@ -371,13 +377,13 @@ def write_generated(
             write_sequence(result.volumes, tmp / f"sequence{suffix}")
         cfg = result.config
         params = {k: v for k, v in result.info.items()}
-        params["checkpoint"] = cfg.get("_path")
+        params["checkpoint"] = result.checkpoint
         params["format"] = fmt
         write_manifest(tmp, entries, kind="generated", parameters=params,
                        extra={"model": {"name": cfg.get("name"), "family": cfg["family"],
                                         "units": cfg["intensity"].get("units"),
                                         "intensity": cfg["intensity"], "spacing": cfg["spacing"],
-                                        "provenance": cfg.get("_provenance", {})}})
+                                        "provenance": result.provenance}})
     return out_dir
 
 
@@ -455,11 +461,9 @@ def interpolate(
     """Volumes along a path between two latents: slerp in z, or lerp in w (StyleGAN)."""
     import torch
 
-    model, config = resolve_model(checkpoint_or_model, None, device)
-    defaults = config.get("defaults", {})
-    truncation = float(defaults.get("truncation_psi", 1.0) if truncation is None else truncation)
-    noise = noise or defaults.get("noise_mode", "const" if model.has_w else "none")
-    _validate_common(model, config, truncation, noise, batch)
+    loaded = resolve_model(checkpoint_or_model, None, device)
+    model, config = loaded.generator, loaded.config
+    truncation, noise = _sampling_options(loaded, truncation, noise, batch)
     if steps < 2:
         raise VolGANError(f"--steps {steps}: need at least 2")
     space = ("w" if model.has_w else "z") if space == "auto" else space
@@ -483,13 +487,14 @@ def interpolate(
         ws = w_ends[0:1] + (w_ends[1:2] - w_ends[0:1]) * t.reshape(-1, 1, 1)
     seed0 = int(seeds[0]) if seeds else 0
     noise_seeds = np.full(steps, _noise_seed(seed0, 0), np.uint32) if noise == "random" else None
-    arrays, info = _run_batches(model, config, z if ws is None else None, ws, noise_seeds, noise, batch, amp,
+    arrays, info = _run_batches(loaded, z if ws is None else None, ws, noise_seeds, noise, batch, amp,
                                 progress, cancel, "interpolate")
     info.update({"mode": "interpolate", "space": space, "steps": steps, "seeds": list(seeds) if seeds else None,
                  "truncation_psi": truncation, "noise_mode": noise, "t": t.tolist()})
     meta = [{"model": str(config.get("name", "")), "mode": "interpolate", "t": f"{float(t[i]):.6g}"} for i in range(steps)]
     return GenerationResult(_volumes(arrays, config, meta), z.numpy().astype(np.float32),
-                            None if ws is None else ws.numpy().astype(np.float32), noise_seeds, config, info)
+                            None if ws is None else ws.numpy().astype(np.float32), noise_seeds, config, info,
+                            loaded.path, loaded.provenance)
 
 
 def variation(
@@ -499,23 +504,23 @@ def variation(
     """Stochastic variation: one w (from ``seed``), ``k`` independent random-noise draws (StyleGAN only)."""
     import torch
 
-    model, config = resolve_model(checkpoint_or_model, None, device)
+    loaded = resolve_model(checkpoint_or_model, None, device)
+    model, config = loaded.generator, loaded.config
     if not model.has_w or not getattr(model.synthesis, "use_noise", False):
         raise VolGANError(f"variation: the '{config['family']}' model has no noise inputs to vary")
-    defaults = config.get("defaults", {})
-    truncation = float(defaults.get("truncation_psi", 1.0) if truncation is None else truncation)
-    _validate_common(model, config, truncation, "random", batch)
+    truncation, _ = _sampling_options(loaded, truncation, "random", batch)
     if k < 1:
         raise VolGANError(f"--k {k}: need at least 1 draw")
     z = sample_z(1, model.z_dim, seed, config["latent"]["distribution"]).repeat(k, 1)
     with torch.inference_mode():
         ws = model.mapping(z[:1].to(next(model.parameters()).device), truncation).cpu().repeat(k, 1, 1)
     noise_seeds = np.array([_noise_seed(seed, 1_000_000 + i) for i in range(k)], np.uint32)
-    arrays, info = _run_batches(model, config, None, ws, noise_seeds, "random", batch, amp, progress, cancel,
+    arrays, info = _run_batches(loaded, None, ws, noise_seeds, "random", batch, amp, progress, cancel,
                                 "variation")
     info.update({"mode": "variation", "k": k, "seed": seed, "truncation_psi": truncation, "noise_mode": "random"})
     meta = [{"model": str(config.get("name", "")), "mode": "variation", "draw": str(i)} for i in range(k)]
-    return GenerationResult(_volumes(arrays, config, meta), z.numpy(), ws.numpy(), noise_seeds, config, info)
+    return GenerationResult(_volumes(arrays, config, meta), z.numpy(), ws.numpy(), noise_seeds, config, info,
+                            loaded.path, loaded.provenance)
 
 
 def mix(
@@ -525,15 +530,13 @@ def mix(
     """Style mixing: ws of ``seed_a`` for layers ``< cutoff`` and of each ``seeds_b`` for the rest."""
     import torch
 
-    model, config = resolve_model(checkpoint_or_model, None, device)
+    loaded = resolve_model(checkpoint_or_model, None, device)
+    model, config = loaded.generator, loaded.config
     if not model.has_w:
         raise VolGANError(f"mix: the '{config['family']}' family has no w space to mix")
     if not 0 <= int(cutoff) <= model.num_ws:
         raise VolGANError(f"--cutoff {cutoff}: expected a layer index in 0..{model.num_ws}")
-    defaults = config.get("defaults", {})
-    truncation = float(defaults.get("truncation_psi", 1.0) if truncation is None else truncation)
-    noise = noise or defaults.get("noise_mode", "const")
-    _validate_common(model, config, truncation, noise, batch)
+    truncation, noise = _sampling_options(loaded, truncation, noise, batch)
     dist = config["latent"]["distribution"]
     seeds_b = [int(s) for s in seeds_b]
     if not seeds_b:
@@ -547,9 +550,10 @@ def mix(
     ws = wb.clone()
     ws[:, :cutoff] = wa[:, :cutoff]
     noise_seeds = np.array([_noise_seed(seed_a, 0)] * len(seeds_b), np.uint32) if noise == "random" else None
-    arrays, info = _run_batches(model, config, None, ws, noise_seeds, noise, batch, amp, progress, cancel, "mix")
+    arrays, info = _run_batches(loaded, None, ws, noise_seeds, noise, batch, amp, progress, cancel, "mix")
     info.update({"mode": "mix", "seed_a": seed_a, "seeds_b": seeds_b, "cutoff": int(cutoff),
                  "truncation_psi": truncation, "noise_mode": noise})
     meta = [{"model": str(config.get("name", "")), "mode": "mix", "seed_a": str(seed_a), "seed_b": str(s)}
             for s in seeds_b]
-    return GenerationResult(_volumes(arrays, config, meta), zb.numpy(), ws.numpy(), noise_seeds, config, info)
+    return GenerationResult(_volumes(arrays, config, meta), zb.numpy(), ws.numpy(), noise_seeds, config, info,
+                            loaded.path, loaded.provenance)

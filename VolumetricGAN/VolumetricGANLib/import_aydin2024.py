@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from VolGANCore.errors import InputFileError, VolGANError
+from VolGANCore.torchfile import safe_torch_load
 
 from .checkpoint import make_config, save_checkpoint, sha256_file
 from .importers import IMPORTERS
@@ -64,20 +65,8 @@ def read_aydin_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     import torch
 
     path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, "checkpoint file not found", "pass their models/<name>/model_<k>.pt")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        from .checkpoint import _pickle_globals
-
-        globals_ = _pickle_globals(path)
-        if globals_:
-            raise InputFileError(path, "unsafe file: unpickling it would import and call code "
-                                 f"({', '.join(globals_[:4])}); it was refused and nothing in it was executed",
-                                 "pass the original model_<k>.pt written by their Trainer.save") from None
-        raise InputFileError(path, f"not a readable PyTorch file ({type(exc).__name__})",
-                             "pass the original model_<k>.pt (re-copy it if truncated)") from None
+    blob = safe_torch_load(path, "Circle-of-Willis 3-D StyleGAN checkpoint",
+                           "pass their models/<name>/model_<k>.pt written by their Trainer.save")
     if not isinstance(blob, dict) or not isinstance(blob.get("GAN"), dict):
         keys = list(blob)[:5] if isinstance(blob, dict) else type(blob).__name__
         raise InputFileError(path, f"not a Circle-of-Willis 3-D StyleGAN checkpoint: expected {{'GAN': state_dict}}, "

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from VolGANCore.errors import InputFileError
+from VolGANCore.torchfile import safe_torch_load
 
 from .checkpoint import make_config, save_checkpoint, sha256_file
 
@@ -34,30 +35,8 @@ MICCAI2020_CITATION = ("Iarussi E., Thomsen F., Delrieux C. Generative Modelling
                        "Controllable Micro-Structural Parameters. MICCAI 2020.")
 
 
-def _safe_load(path: Path, what: str) -> Any:
-    """``torch.load(weights_only=True)`` with one readable error per failure (unsafe pickles named, never run)."""
-    import torch
-
-    if not path.is_file():
-        raise InputFileError(path, f"{what} file not found", "check the path")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        from .checkpoint import _pickle_globals
-
-        globals_ = _pickle_globals(path)
-        if globals_:
-            raise InputFileError(path, f"unsafe file: unpickling it would import and call code ({', '.join(globals_[:4])}); "
-                                 "it was refused and nothing in it was executed",
-                                 f"pass the original {what} state dict") from None
-        raise InputFileError(path, f"not a readable PyTorch file ({type(exc).__name__})", f"pass the original {what} file") from None
-    return sd
-
-
 def _read_state_dict(path: Path, what: str) -> dict[str, Any]:
-    sd = _safe_load(path, what)
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
+    sd = safe_torch_load(path, what, f"pass the original {what}", state_dict=True)
     if not isinstance(sd, dict) or not all(hasattr(v, "shape") for v in sd.values()):
         raise InputFileError(path, f"expected a state dict of tensors ({what}), got {type(sd).__name__}",
                              f"pass the original {what} file")
@@ -145,7 +124,7 @@ from . import import_aydin2024  # noqa: E402,F401  (registers "aydin2024-stylega
 def detect_format(src: str | os.PathLike) -> str:
     """Which published format ``src`` is in (read safely, nothing executed); a readable error otherwise."""
     src = Path(src)
-    blob = _safe_load(src, "published generator")
+    blob = safe_torch_load(src, "published generator", "pass the original published generator file")
     if isinstance(blob, dict) and "GAN" in blob and isinstance(blob["GAN"], dict):
         return "aydin2024-stylegan"
     if isinstance(blob, dict) and blob and all(isinstance(k, str) and _MICCAI_KEY.match(k) for k in blob):

@@ -112,7 +112,8 @@ def invert(
 
     if steps < 1:
         raise VolGANError(f"invert: --steps {steps}: need at least 1")
-    model, config = resolve_model(checkpoint_or_model, None, device)
+    loaded = resolve_model(checkpoint_or_model, None, device)
+    model, config = loaded.generator, loaded.config
     dev = next(model.parameters()).device
     has_w = bool(getattr(model, "has_w", False))
     space = ("w+" if has_w else "z") if space == "auto" else space

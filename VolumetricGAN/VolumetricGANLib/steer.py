@@ -198,7 +198,8 @@ def steer(
         raise VolGANError("steer: give at least one --target or --change")
     if changes and latents is None:
         raise VolGANError("steer: --change needs a starting sample (--from a latents file or an inverted volume)")
-    model, config = resolve_model(checkpoint_or_model, None, device)
+    loaded = resolve_model(checkpoint_or_model, None, device)
+    model, config = loaded.generator, loaded.config
     if int(getattr(model, "img_channels", 1)) != 1:
         raise VolGANError("steer: the model must generate single-channel grey-level volumes")
     supported, support_note = steering_support(config)

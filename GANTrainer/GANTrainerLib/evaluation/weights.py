@@ -15,6 +15,7 @@ from typing import Any, Iterable
 
 from VolGANCore.errors import InputFileError
 from VolGANCore.io import sha256_file
+from VolGANCore.torchfile import safe_torch_load
 
 __all__ = ["load_weights_file", "fit_state_dict"]
 
@@ -111,21 +112,8 @@ def load_weights_file(
     A checkpoint of the form ``{"state_dict": {...}}`` (MedicalNet's format) is unwrapped. Returns the
     :func:`fit_state_dict` summary plus ``path`` and ``sha256``.
     """
-    import torch
-
     path = Path(path)
-    if not path.exists():
-        raise InputFileError(path, "weights file not found", f"check the path; expected {expected}")
-    if path.is_dir():
-        raise InputFileError(path, "is a folder, not a weights file", f"pass {expected}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input problem
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputFileError(path, f"cannot be read as a PyTorch weights file ({first[:160]})",
-                             f"pass {expected}") from None
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
+    obj = safe_torch_load(path, "weights file", f"pass {expected}", state_dict=True)
     info = fit_state_dict(model, obj, path, expected, ignore_unexpected)
     info.update(path=str(path), sha256=sha256_file(path))
     return info

@@ -28,11 +28,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from VolGANCore.atomic import atomic_path
+from VolGANCore.env import amp_dtype
 from VolGANCore.errors import InputFileError, VolGANError
 from VolGANCore.progress import CancelToken, Progress, ProgressCallback
+from VolGANCore.torchfile import safe_torch_load
 
 __all__ = ["SegConfig", "CONFIGS", "get_config", "plan_network", "build_network", "choose_patch_size",
-           "SegmentationModel", "train_network", "CHECKPOINT_FORMAT", "amp_dtype"]
+           "SegmentationModel", "train_network", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "volgan-segmentation-dynunet-v1"
 
@@ -157,15 +159,6 @@ def build_network(plan: dict[str, Any], out_channels: int, deep_supervision: boo
     )
 
 
-def amp_dtype(device: str, amp: str = "auto"):
-    """The autocast dtype on ``device``: bf16 on CUDA GPUs that support it, else fp16; None off CUDA or if off."""
-    import torch
-
-    if amp == "off" or not str(device).startswith("cuda"):
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def zscore(array: np.ndarray) -> np.ndarray:
     """Per-volume z-score (float32); a constant volume becomes zeros."""
     a = np.asarray(array, np.float32)
@@ -191,7 +184,7 @@ class SegmentationModel:
 
         x = torch.from_numpy(zscore(array))[None, None].to(self.device)
         roi = tuple(self.plan["patch_size"])
-        dt = amp_dtype(self.device, self.config.get("amp", "auto"))
+        dt = amp_dtype(self.config.get("amp", "auto"), self.device).dtype
         if self.device.startswith("cuda"):
             x = x.contiguous(memory_format=torch.channels_last_3d)
         self.net.eval()
@@ -225,13 +218,8 @@ class SegmentationModel:
         import torch
 
         path = Path(path)
-        if not path.is_file():
-            raise InputFileError(path, "checkpoint not found", "pass a file written by the segmentation experiment")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # unreadable, or holds objects that weights_only refuses
-            raise InputFileError(path, f"cannot be read as a segmentation checkpoint ({str(exc).splitlines()[0][:200]})",
-                                 "pass a teacher .pt written by `volgan segmentation-experiment`") from None
+        payload = safe_torch_load(path, "segmentation checkpoint",
+                                  "pass a teacher .pt written by `volgan segmentation-experiment`")
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise InputFileError(path, "is not a volgan segmentation checkpoint",
                                  f"expected format '{CHECKPOINT_FORMAT}' written by `volgan segmentation-experiment`")
@@ -358,8 +346,8 @@ def train_network(
     channels_last = str(device).startswith("cuda")
     if channels_last:
         net = net.to(memory_format=torch.channels_last_3d)
-    dt = amp_dtype(device, amp)
-    scaler = torch.amp.GradScaler("cuda", enabled=dt == torch.float16)
+    dt, use_scaler = amp_dtype(amp, device, training=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     if config.optimizer == "sgd":
         opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=0.99, nesterov=True,
                               weight_decay=config.weight_decay)
