@@ -90,10 +90,12 @@ def variant_vector(variants: Mapping[str, Sequence[int]]) -> np.ndarray:
     return np.asarray(v, dtype=np.float32)
 
 
-def parse_variant(spec: str | Sequence[str], default: Mapping[str, Sequence[int]] | None = None) -> dict:
+def parse_variant(spec: str | Sequence[str], default: Mapping[str, Sequence[int]] | None = None,
+                  partial: bool = False) -> dict:
     """``"posterior=0,1,1,1"`` or ``["anterior=1,1,0,1", "posterior=0,1,1,0"]`` → ``{"anterior", "posterior"}``.
 
-    A part not given comes from ``default``; with no default both parts must be given.
+    A part not given comes from ``default``; with no default both parts must be given, unless ``partial``
+    (then only the given parts are returned).
     """
     items = [spec] if isinstance(spec, str) else list(spec)
     out = {k: list(v) for k, v in (default or {}).items()}
@@ -113,6 +115,10 @@ def parse_variant(spec: str | Sequence[str], default: Mapping[str, Sequence[int]
                                   f"({', '.join(ANTERIOR if key == 'anterior' else POSTERIOR)})")
             out[key] = bits
     missing = [k for k in ("anterior", "posterior") if k not in out]
+    if partial:
+        if len(missing) == 2:
+            raise VolGANError("--variant: give anterior=a,b,c,d and/or posterior=a,b,c,d")
+        return out
     if missing:
         raise VolGANError(f"--variant: {' and '.join(missing)} not given (e.g. {missing[0]}=1,1,1,1)")
     return {"anterior": out["anterior"], "posterior": out["posterior"]}
