@@ -387,3 +387,26 @@ def test_conditional_generation_refuses_what_it_cannot_do(joint_checkpoint, tmp_
         err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
         assert len(err) == 1 and message in err[0], (extra, err)
         assert not (tmp_path / "x").exists()
+
+
+def test_generated_labels_become_topcow_segmentations_in_the_scene(headless, joint_checkpoint):
+    from VolGANCore import mrml
+    from VolumetricGANSceneLogic import VolumetricGANSceneLogic
+
+    logic = VolumetricGANSceneLogic(headless.scene)
+    out = logic.generateVolumes(joint_checkpoint, n=2, seed=5, device="cpu", variant="posterior=0,1,1,0")
+    assert len(out["volumes"]) == len(out["segmentations"]) == 2
+    from VolumetricGANLib.generate import generate
+
+    truth = generate(joint_checkpoint, n=2, seed=5, device="cpu", variant="posterior=0,1,1,0").labels[1].array
+    seg = out["segmentations"][1].GetSegmentation()
+    names = {seg.GetNthSegment(k).GetName() for k in range(seg.GetNumberOfSegments())}
+    assert names == {TOPCOW13.name_of(int(i)) for i in np.unique(truth) if i} and len(names) >= 2  # named ids
+    back = mrml.segmentation_to_labelmap(out["segmentations"][1], mrml.node_to_volume(out["volumes"][1]),
+                                         scheme="topcow13")
+    assert np.array_equal(back.array, truth)
+    table = out["table"]
+    col = table.GetTable().GetColumnByName("posterior (L-Pcom, L-P1, R-P1, R-Pcom)")
+    assert [col.GetValue(r) for r in range(2)] == ["0,1,1,0", "0,1,1,0"]
+    with pytest.raises(VolGANError, match="sample mode only"):
+        logic.generateVolumes(joint_checkpoint, mode="variation", n=2, variant="posterior=0,1,1,0", device="cpu")
