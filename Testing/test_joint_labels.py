@@ -410,3 +410,38 @@ def test_generated_labels_become_topcow_segmentations_in_the_scene(headless, joi
     assert [col.GetValue(r) for r in range(2)] == ["0,1,1,0", "0,1,1,0"]
     with pytest.raises(VolGANError, match="sample mode only"):
         logic.generateVolumes(joint_checkpoint, mode="variation", n=2, variant="posterior=0,1,1,0", device="cpu")
+
+
+@pytest.mark.parametrize("version", ["5.8.1", "5.12.3"])
+def test_the_panel_offers_the_variant_for_conditional_models_and_shows_their_labels(version, joint_checkpoint,
+                                                                                     tmp_path):
+    """Through Slicer's own layer: the variant field is live for a conditional model in sample mode only, its
+    text reaches generation, and each volume comes with its TopCoW segmentation."""
+    from slicer_layer import slicer_layer
+
+    with slicer_layer(version) as layer:
+        widget = layer.make_widget("VolumetricGAN")
+        p = widget._parameterNode
+        p.checkpoint = joint_checkpoint
+        p.count = 2
+        widget.updateButtonStates()
+        assert widget.ui.variantLineEdit.enabled
+        widget.ui.variantLineEdit.text = "posterior=0,1,1,0"
+        assert p.variant == "posterior=0,1,1,0"
+        before = layer.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+        widget.ui.generateButton.click()
+        assert layer.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == before + 2
+        table = layer.scene.GetNodesByClass("vtkMRMLTableNode")
+        tables = [table.GetItemAsObject(k) for k in range(table.GetNumberOfItems())]
+        col = tables[-1].GetTable().GetColumnByName("posterior (L-Pcom, L-P1, R-P1, R-Pcom)")
+        assert col is not None and col.GetValue(0) == "0,1,1,0"
+        p.mode = "interpolate"
+        widget.updateButtonStates()
+        assert not widget.ui.variantLineEdit.enabled
+        plain = tmp_path / "plain.vgan"
+        from VolumetricGANLib.checkpoint import make_config, save_checkpoint
+
+        save_checkpoint(plain, make_config("stylegan2-3d", TINY, spacing=(1, 1, 1)), G_ema=StyleGAN2Generator(**TINY))
+        p.checkpoint, p.mode = plain, "sample"
+        widget.updateButtonStates()
+        assert not widget.ui.variantLineEdit.enabled
