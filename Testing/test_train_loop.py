@@ -63,6 +63,62 @@ def test_resumed_run_is_bit_for_bit_the_uninterrupted_one(data, tmp_path):
     assert "resumed from step 2" in (tmp_path / "b" / "log.txt").read_text()
 
 
+# The training state every checkpoint holds (TrainingState). Runs written by earlier versions resume only while these
+# keys keep their names and meaning: add keys (restore must accept their absence), never rename or drop one.
+TRAINING_KEYS_STYLEGAN2_ADA = {"step", "nimg", "opt_g", "opt_d", "scaler_g", "scaler_d", "sampler", "latent_rng", "rng",
+                               "ada", "augment_p", "pl_mean", "settings"}
+TRAINING_KEYS_PROGRESSIVE = {"step", "nimg", "opt_g", "opt_d", "scaler_g", "scaler_d", "sampler", "latent_rng", "rng",
+                             "settings", "progress"}
+
+
+def _same(a, b, where="training"):
+    """Deep equality of checkpoint contents (tensors bit for bit)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: keys {sorted(a)} != {sorted(b)}"
+        for k in a:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for k, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{k}]")
+    elif torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), where
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def test_training_state_layout_is_pinned_and_restore_then_capture_gives_it_back(data, tmp_path):
+    from GANTrainerLib.data import InfiniteSampler
+    from GANTrainerLib.distributed import Dist
+    from GANTrainerLib.train import TrainingState, build_train_parts
+    from VolumetricGANLib.networks import build_discriminator, build_generator
+
+    s = settings()
+    out = train(data, tmp_path / "r", s, max_steps=3, log=lambda m: None)
+    blob = load_checkpoint(out["checkpoint"])
+    assert set(blob["tensors"]) == {"G", "D", "G_ema"}
+    assert set(blob["training"]) == TRAINING_KEYS_STYLEGAN2_ADA
+    tr = blob["training"]
+    assert (tr["step"], tr["nimg"]) == (3, 6) and len(tr["sampler"]) == len(tr["latent_rng"]) == 1
+    assert set(tr["ada"]) >= {"p", "rt", "count", "sum"} and tr["augment_p"] == tr["ada"]["p"]
+    # restored into fresh networks and streams, captured again: the same checkpoint contents, bit for bit
+    G, D = build_generator(s.family, s.generator), build_discriminator(s.family, s.discriminator)
+    state = TrainingState(build_train_parts(s, G, D), InfiniteSampler(5, seed=s.seed), torch.Generator())
+    restored = state.restore(blob, out["checkpoint"], Dist(), "cpu")
+    assert restored.learning_rates == "" and restored.quick_metrics is None
+    again = state.capture(Dist(), state.sampler.state_dict())
+    _same(again.pop("training"), tr)
+    for part in ("G", "D", "G_ema"):
+        _same(again[part].state_dict(), blob["tensors"][part], part)
+    # a checkpoint that lacks the optional keys (as runs without them wrote) still restores
+    old = dict(blob, training={k: v for k, v in tr.items() if k not in ("ada", "augment_p", "pl_mean", "rng")})
+    fresh = TrainingState(build_train_parts(s, G, D), InfiniteSampler(5, seed=s.seed), torch.Generator())
+    fresh.restore(old, out["checkpoint"], Dist(), "cpu")
+    assert (fresh.step, fresh.nimg) == (3, 6) and fresh.parts.augment.p == 0.5   # p from the settings
+    with pytest.raises(VolGANError, match="holds no training state"):
+        fresh.restore(dict(blob, training=None), out["checkpoint"], Dist(), "cpu")
+
+
 def test_run_folder_is_observable_and_checkpoint_generates(data, tmp_path):
     out = train(data, tmp_path / "r", settings(), max_steps=3, log=lambda m: None)
     status = read_status(tmp_path / "r")
@@ -162,6 +218,7 @@ def test_progressive_gan_trains(tmp_path):
     assert levels[0] == 0.0 and levels[-1] > 0.0
     cfg = load_generator(out["checkpoint"]).config
     assert cfg["latent"]["distribution"] == "hypersphere" and cfg["intensity"]["physical_range"] == [-350, 1100]
+    assert set(load_checkpoint(out["checkpoint"])["training"]) == TRAINING_KEYS_PROGRESSIVE
 
 
 def _torchrun_tiny(data, out, nproc: int, port: int) -> list[dict]:

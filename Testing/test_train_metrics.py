@@ -13,7 +13,9 @@ from GANTrainerLib import quick_metrics
 from GANTrainerLib.data import BatchFeeder, InfiniteSampler
 from GANTrainerLib.quick_metrics import morph_w1, quick_frechet, voxel_spread
 from GANTrainerLib.run import read_metrics, read_status
-from GANTrainerLib.train import Dist, _finite_step, settings_from_preset, train
+from GANTrainerLib.distributed import Dist
+from GANTrainerLib.optim import finite_step
+from GANTrainerLib.train import settings_from_preset, train
 from VolumetricGANLib.checkpoint import load_checkpoint
 
 
@@ -180,7 +182,7 @@ def test_device_side_step_skips_a_non_finite_loss_without_a_host_decision(scaled
         opt.zero_grad(set_to_none=True)
         loss = net(x).sum() * (float("nan") if bad else 1.0)
         scaler.scale(loss).backward()
-        return _finite_step(loss, opt, scaler, Dist(), device_side=True)
+        return finite_step(loss, opt, scaler, Dist(), device_side=True)
 
     ok = step(False)
     assert torch.is_tensor(ok) and float(ok) == 1.0 and opt.param_groups[0]["fused"]

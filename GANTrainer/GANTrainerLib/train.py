@@ -4,6 +4,10 @@ One function, :func:`train`, drives a run folder (:class:`GANTrainerLib.run.Trai
 knows nothing about architectures (networks come from the checkpoint family registry) and the loss objects
 own their regularisation schedules (STYLE.md). One iteration (D step, G step, EMA and ADA updates) is
 :func:`train_iteration` over the parts made by :func:`build_train_parts`, so benchmarks time the same code.
+The loop (``_train``) reads top to bottom: setup, resume, the iterations with their reports (scalars, samples,
+quick metrics, checkpoints), the final snapshot. What a checkpoint saves to resume is defined in one place,
+:class:`TrainingState` (``capture`` / ``restore``). Process-group helpers live in :mod:`GANTrainerLib.distributed`,
+the optimiser step that skips non-finite losses in :mod:`GANTrainerLib.optim`.
 
 Mixed precision: ``amp="auto"`` is bf16 autocast on GPUs that support it (no scaler needed), fp16 with one
 GradScaler *per optimiser* otherwise (the CoW anchor shared one between G and D); the mapping network runs
@@ -16,8 +20,9 @@ SIGINT/SIGTERM; ``resume=True`` continues from the newest checkpoint of the run 
 count, optimiser and scaler states, RNG streams, data order, EMA and augmentation probability — on CPU a
 resumed run is bit-for-bit the uninterrupted one (tested).
 
-Multi-GPU: start with ``torchrun --nproc_per_node G -m VolGANCore.cli train ...``: each rank seeds its own stream, gradients are all-reduced (sum / world) after every
-backward, rank 0 alone writes files. Works with the gloo backend on CPU (tested with 2 processes).
+Multi-GPU: start with ``torchrun --nproc_per_node G -m VolGANCore.cli train ...``: each rank seeds its own stream,
+gradients are all-reduced (sum / world) after every backward, rank 0 alone writes files
+(:mod:`GANTrainerLib.distributed`). Works with the gloo backend on CPU (tested with 2 processes).
 """
 
 from __future__ import annotations
@@ -31,12 +36,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
 from VolGANCore import VolGANError
 from VolGANCore.progress import CancelToken, Progress, ProgressCallback
 
-__all__ = ["TrainSettings", "train", "settings_from_preset", "TrainParts", "build_train_parts", "train_iteration"]
+from .distributed import Dist, all_reduce_grads, any_rank, broadcast_params, gather_states, init_distributed
+from .optim import finite_step
+
+__all__ = ["TrainSettings", "train", "settings_from_preset", "TrainParts", "build_train_parts", "train_iteration",
+           "TrainingState"]
 
 
 @dataclasses.dataclass
@@ -129,68 +136,6 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
     if unknown:
         raise VolGANError(f"unknown training setting(s) {unknown}")
     return TrainSettings(**cfg)
-
-
-# -- distributed helpers ------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    group: bool = False                          # joined a process group: collectives run (also with world 1)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def launched_by_torchrun() -> bool:
-    """True in a process started by ``torchrun`` (it sets the rendezvous variables), whatever the world size."""
-    return "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ and "LOCAL_RANK" in os.environ
-
-
-def init_distributed(device_type: str) -> Dist:
-    """Join the torchrun process group (nccl on CUDA, gloo on CPU) when started by torchrun.
-
-    A torchrun launch of one process joins a group of one too, so every collective of the loop runs: that is how
-    ``torchrun --nproc_per_node 1`` proves the NCCL path on a single GPU (benchmarks/gpu_check.py).
-    """
-    import torch.distributed as tdist
-
-    if not launched_by_torchrun():
-        return Dist()
-    if not tdist.is_initialized():
-        tdist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), group=True)
-
-
-def _all_reduce_grads(params: list, dist: Dist) -> None:
-    """Average gradients over ranks in one flat buffer (one collective per optimiser step)."""
-    if not dist.group:
-        return
-    import torch
-    import torch.distributed as tdist
-
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    tdist.all_reduce(flat)
-    flat /= dist.world
-    torch.nan_to_num_(flat)  # a rank's NaN is caught by the finite check below, not spread as NaN weights
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def _broadcast_params(module, dist: Dist) -> None:
-    if not dist.group:
-        return
-    import torch.distributed as tdist
-
-    for t in list(module.parameters()) + list(module.buffers()):
-        tdist.broadcast(t.data, src=0)
 
 
 # -- mixed precision -----------------------------------------------------------------------------------------
@@ -406,8 +351,8 @@ def train_iteration(
         if parts.ada is not None:
             parts.ada.accumulate(st_d.pop("real_logits"))
         st_d.pop("real_logits", None)
-    _all_reduce_grads(list(D.parameters()), dist)
-    ok_d = _finite_step(l_d, parts.opt_d, parts.scaler_d, dist)
+    all_reduce_grads(list(D.parameters()), dist)
+    ok_d = finite_step(l_d, parts.opt_d, parts.scaler_d, dist)
     # ---- generator step (D frozen: no parameter gradients wasted on it) ----
     D.requires_grad_(False)
     parts.opt_g.zero_grad(set_to_none=True)
@@ -416,8 +361,8 @@ def train_iteration(
         with parts.autocast():
             l_g, st_g = loss.generator_loss(z, step, **kw)
         parts.scaler_g.scale(l_g / settings.accumulate).backward()
-    _all_reduce_grads(list(G.parameters()), dist)
-    ok_g = _finite_step(l_g, parts.opt_g, parts.scaler_g, dist)
+    all_reduce_grads(list(G.parameters()), dist)
+    ok_g = finite_step(l_g, parts.opt_g, parts.scaler_g, dist)
     _update_ema(parts.G_ema, G, _ema_beta(settings, nimg + batch_total, batch_total))
     if parts.ada is not None and (step + 1) % parts.ada.interval == 0:
         parts.augment.p = parts.ada.update(settings.batch * dist.world)
@@ -499,38 +444,300 @@ def _removed_unless_checkpointed(out: Path):
         raise
 
 
+# -- the training state a checkpoint holds ---------------------------------------------------------------------
+@dataclasses.dataclass
+class Restored:
+    """What :meth:`TrainingState.restore` tells the loop to report."""
+
+    learning_rates: str = ""                     # "G 0.0025 → 0.0002" where this run's rates replaced the saved ones
+    quick_metrics: Optional[str] = None          # the note on the restored best quick metric (None: none restored)
+    quick_metrics_dropped: bool = False          # the saved best was not comparable with this run's quick metrics
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """Everything a resumed run needs to continue exactly: the one definition of a checkpoint's training state.
+
+    :meth:`capture` writes it and :meth:`restore` reads it. A checkpoint holds the networks as ``tensors`` ``G``,
+    ``D`` and ``G_ema``, and this ``training`` dict:
+
+    * ``step``, ``nimg`` — optimiser steps done and images shown to D (over all ranks);
+    * ``opt_g``, ``opt_d`` — the Adam states (on resume the learning rates become this run's settings);
+    * ``scaler_g``, ``scaler_d`` — the GradScaler states (also when disabled);
+    * ``sampler``, ``latent_rng`` — every rank's data-order position and latent-generator state, in rank order
+      (a rank beyond the saved world continues rank 0's);
+    * ``rng`` — the global RNG states (:func:`VolumetricGANLib.checkpoint.capture_rng_state`);
+    * ``ada`` — the :class:`~GANTrainerLib.augment.AdaptiveAugment` state (with ADA only);
+    * ``augment_p`` — the augmentation probability (with augmentation only);
+    * ``pl_mean`` — the path-length regulariser's running mean (StyleGAN2 loss only);
+    * ``settings`` — :meth:`TrainSettings.to_dict` (read by export and model cards; not restored);
+    * ``quick_metrics`` — the best quick metric so far (with quick metrics only);
+    * ``progress`` — the progressive level the last step trained at (pgan-3d only; read by export, not restored).
+
+    Keys whose value is None are left out and :meth:`restore` accepts their absence, so checkpoints written before
+    a key existed still resume. Add keys, never rename or drop them: older runs must keep resuming
+    (Testing/test_train_loop.py pins this layout).
+    """
+
+    parts: TrainParts                            # networks, EMA, optimisers, scalers, augmentation, ADA, loss
+    sampler: Any                                 # this rank's InfiniteSampler (capture reads the feeder's position)
+    latent_gen: Any                              # this rank's torch.Generator of the latents
+    quick: Any = None                            # QuickMetrics (rank 0, when on)
+    step: int = 0                                # optimiser steps done
+    nimg: int = 0                                # images shown to D over all ranks
+    progress: Optional[float] = None             # progressive level the last step trained at (None: not progressive)
+
+    def capture(self, dist: Dist, sampler_state: dict) -> Optional[dict]:
+        """The checkpoint's ``G_ema``, ``G``, ``D`` and ``training`` (:func:`save_checkpoint` keywords) on rank 0,
+        None on the other ranks. Every rank calls it at the same step (it gathers every rank's stream state).
+        ``sampler_state``: the data position after the last batch handed out (``BatchFeeder.state_dict()``)."""
+        from VolumetricGANLib.checkpoint import capture_rng_state
+
+        samplers, latent_rngs = gather_states(dist, sampler_state, self.latent_gen.get_state())
+        if not dist.main:
+            return None
+        p = self.parts
+        training = {
+            "step": self.step, "nimg": self.nimg, "opt_g": p.opt_g.state_dict(), "opt_d": p.opt_d.state_dict(),
+            "scaler_g": p.scaler_g.state_dict(), "scaler_d": p.scaler_d.state_dict(),
+            "sampler": samplers, "latent_rng": latent_rngs, "rng": capture_rng_state(),
+            "ada": p.ada.state_dict() if p.ada else None, "augment_p": p.augment.p if p.augment else None,
+            "pl_mean": getattr(p.loss, "pl_mean", None), "settings": p.settings.to_dict(),
+            "quick_metrics": self.quick.state_dict() if self.quick is not None else None,
+            "progress": self.progress,
+        }
+        training = {k: v for k, v in training.items() if v is not None}
+        return {"G_ema": p.G_ema, "G": p.G, "D": p.D, "training": training}
+
+    def restore(self, blob: dict, ckpt, dist: Dist, device) -> Restored:
+        """Load a checkpoint's networks and training state (``blob`` from :func:`load_checkpoint`) into this run.
+
+        Refuses a checkpoint without training state, or of networks configured otherwise than this run's."""
+        from VolumetricGANLib.checkpoint import restore_rng_state
+
+        p, settings = self.parts, self.parts.settings
+        tr = blob.get("training") or {}
+        if "G" not in blob["tensors"] or "D" not in blob["tensors"] or not tr:
+            raise VolGANError(f"{ckpt}: holds no training state (G, D, optimisers); it cannot be resumed")
+        _check_same_networks(blob["config"], p.G, settings, ckpt)
+        p.G.load_state_dict(blob["tensors"]["G"])
+        p.D.load_state_dict(blob["tensors"]["D"])
+        p.G_ema.load_state_dict(blob["tensors"]["G_ema"])
+        p.opt_g.load_state_dict(tr["opt_g"])
+        p.opt_d.load_state_dict(tr["opt_d"])
+        restored = Restored(_apply_learning_rates({"G": (p.opt_g, settings.lr_g), "D": (p.opt_d, settings.lr_d)}))
+        p.scaler_g.load_state_dict(tr["scaler_g"])
+        p.scaler_d.load_state_dict(tr["scaler_d"])
+        self.step, self.nimg = int(tr["step"]), int(tr["nimg"])
+        samplers, latent_rngs = tr["sampler"], tr["latent_rng"]
+        self.sampler.load_state_dict(samplers[dist.rank] if dist.rank < len(samplers) else samplers[0])
+        self.latent_gen.set_state(latent_rngs[dist.rank] if dist.rank < len(latent_rngs) else latent_rngs[0])
+        if tr.get("rng") is not None:
+            restore_rng_state(tr["rng"])
+        if p.ada is not None and tr.get("ada"):
+            p.ada.load_state_dict(tr["ada"])
+        if p.augment is not None and tr.get("augment_p") is not None:
+            p.augment.p = float(tr["augment_p"])
+        if hasattr(p.loss, "pl_mean") and tr.get("pl_mean") is not None:
+            p.loss.pl_mean = tr["pl_mean"].to(device)
+        if self.quick is not None and tr.get("quick_metrics"):
+            dropped = self.quick.load_state_dict(tr["quick_metrics"])
+            restored.quick_metrics_dropped = bool(dropped)
+            restored.quick_metrics = dropped or (f"quick metrics: best {self.quick.track} so far {self.quick.best} "
+                                                 f"at step {self.quick.best_step}")
+        return restored
+
+
+# -- the loop -----------------------------------------------------------------------------------------------------
 def _train(data, out, settings: TrainSettings, labels, resume, device, max_steps, progress, cancel, log) -> dict:
+    """The loop after :func:`train`'s input checks: setup, resume, iterations with their reports, final snapshot."""
+    import torch
+
+    from .data import BatchFeeder, InfiniteSampler
+    from .run import GracefulStop
+
+    # -- setup: device and process group, run folder, data, networks, training parts, streams -----------------------
+    dev, dist = _device_and_group(device)
+    autocast_dtype, use_scaler = resolve_amp(settings.amp, dev.type)
+    out = Path(out)
+    run = _open_run(out, settings, resume, dev, dist)
+    dataset, config = _training_data(data, labels, out, settings, dist, progress, cancel)
+    G, D = _build_networks(settings, dataset, dev)
+    parts = build_train_parts(settings, G, D, dev.type, autocast_dtype, use_scaler)
+    phase = _Phase(settings, getattr(G, "max_res", 0))
+    gen = torch.Generator(device=dev)                          # this rank's latents
+    gen.manual_seed(int(settings.seed) * 1000 + dist.rank)
+    torch.manual_seed(int(settings.seed) * 1000 + dist.rank)   # this rank's global stream (noise, augmentation)
+    sampler = InfiniteSampler(len(dataset), seed=settings.seed, rank=dist.rank, world=dist.world)
+    metrics_on, quick = _quick_metrics(settings, dataset, out, dev, dist, run, log)
+    state = TrainingState(parts, sampler, gen, quick)
+
+    # -- resume: the newest checkpoint's networks and training state; otherwise rank 0's initial networks -----------
+    _resume_or_start(state, out, resume, dist, dev, run, log)
+
+    # -- schedule, data feeding, latents ----------------------------------------------------------------------------
+    batch_total = settings.batch * settings.accumulate * dist.world
+    total_steps = int(math.ceil(settings.kimg * 1000 / batch_total))
+    if max_steps is not None:
+        total_steps = min(total_steps, state.step + int(max_steps))
+    snapshot_every = max(1, int(round(settings.snapshot_kimg * 1000 / batch_total)))
+    sample_every = max(1, int(round(settings.sample_kimg * 1000 / batch_total)))
+    metrics_every = max(1, int(round(settings.metrics_kimg * 1000 / batch_total))) if metrics_on else 0
+    # CUDA: a thread keeps the next batches pinned and copied on a side stream (no host sync); CPU: read on demand
+    feeder = BatchFeeder(dataset, sampler, settings.batch, dev, channels_last=settings.channels_last,
+                         prefetch=2 * settings.accumulate if dev.type == "cuda" else 0)
+    latents = _Latents(G.z_dim, dev, gen, settings.latent)
+    reports = _Reports(run, dist, out, config, data, len(dataset), parts, phase, quick,
+                       z_fixed=_fixed_latents(settings, G.z_dim, dev), t_start=time.perf_counter())
+
+    # -- the iterations -----------------------------------------------------------------------------------------------
+    non_finite = _NonFiniteSteps(dev)             # consecutive non-finite D / G steps
+    stats_acc: dict[str, Any] = {}                # loss statistics summed since the last scalar log
+    last_snapshot_time = time.perf_counter()
+    saved_step = sampled_step = quick_step = -1   # steps of the latest checkpoint, montage and quick-metrics attempt
+    quick_values: Optional[tuple] = None          # (step, {name: value}, ranked) of the latest quick metrics (rank 0)
+    ended = "running"
+    last_path = None
+    if dist.main:
+        run.update_status(state="running", step=state.step, kimg=state.nimg / 1000.0, total_kimg=settings.kimg,
+                          preset=settings.preset, device=str(dev), world=dist.world, amp=str(autocast_dtype),
+                          process_group=torch.distributed.get_backend() if dist.group else None)
+    G.train()
+    D.train()
+    state.progress = phase.progress(state.nimg)
+    # cancellation is checked by the loop itself (so it can checkpoint first), not by the progress bar
+    with GracefulStop() as stop, Progress(total_steps, "train", progress if dist.main else None, None) as bar, feeder:
+        bar.set(state.step)
+        while state.step < total_steps:
+            # ---- one iteration: D step, G step, EMA and ADA updates ----
+            prog = state.progress = phase.progress(state.nimg)
+            ok_d, ok_g, st_d, st_g = train_iteration(parts, state.step, state.nimg, batch_total,
+                                                     lambda: phase.reals_at(feeder.next(), prog), latents, prog, dist)
+            state.step += 1
+            state.nimg += batch_total
+            step, nimg = state.step, state.nimg
+
+            # ---- non-finite losses: skipped steps, counted; too many in a row stop the run ----
+            worst = non_finite.count(ok_d, ok_g, host_sync=step % settings.log_steps == 0 or step == total_steps
+                                     or step % snapshot_every == 0)
+            if worst >= settings.max_bad_steps:
+                msg = (f"stopped: {worst} consecutive non-finite losses at step {step} "
+                       "(lower the learning rates, use --amp bf16 or off, or check the data for outliers)")
+                if dist.main:
+                    run.log(msg)
+                    run.update_status(state="failed", message=msg, step=step)
+                raise VolGANError(msg)
+
+            # ---- scalars: averaged over the interval, one host sync each ----
+            for k, v in {**st_d, **st_g}.items():
+                stats_acc[k] = stats_acc.get(k, 0.0) + v.float()
+            if dist.main and (step % settings.log_steps == 0 or step == total_steps):
+                reports.scalars(stats_acc, step, nimg, total_steps, prog, dev)
+                stats_acc = {}
+
+            # ---- samples, quick metrics, checkpoint ----
+            if dist.main and step % sample_every == 0:
+                sampled_step = reports.montage(step, nimg, prog)
+            best_now = False
+            if metrics_every and step % metrics_every == 0:
+                quick_step = step
+                best_now, quick_values = reports.quick_metrics(step, nimg, prog, quick_values)
+            due_time = (settings.snapshot_minutes is not None
+                        and time.perf_counter() - last_snapshot_time > settings.snapshot_minutes * 60)
+            agree = dev.type != "cuda" or step % settings.log_steps == 0  # CUDA: host syncs at log steps only
+            if dist.group:
+                due_time = any_rank(due_time, dist) if agree else False
+            if step % snapshot_every == 0 or due_time or best_now:
+                reason = "periodic" if step % snapshot_every == 0 or due_time else "best"
+                last_path = reports.snapshot(state, feeder, reason, quick_values) or last_path
+                saved_step = step
+                last_snapshot_time = time.perf_counter()
+
+            # ---- stop requested (SIGINT / SIGTERM, the cancel token): checkpoint and end ----
+            requested = stop.requested or (cancel is not None and cancel.cancelled)
+            if dist.group:
+                requested = any_rank(bool(requested), dist) if agree else False
+            if requested:
+                ended = "stopped"
+                break
+            bar.set(step)
+
+    # -- the end: final samples, quick metrics and checkpoint unless this step has them --------------------------------
+    step, nimg = state.step, state.nimg
+    D.requires_grad_(True)
+    if dist.main and sampled_step != step:
+        reports.montage(step, nimg, phase.progress(nimg))
+    if saved_step != step:
+        if metrics_every and ended != "stopped" and quick_step != step:   # the final checkpoint competes for the
+            _, quick_values = reports.quick_metrics(step, nimg, state.progress, quick_values)  # best too (all ranks)
+        last_path = reports.snapshot(state, feeder, "stopped" if ended == "stopped" else "final",
+                                     quick_values) or last_path
+    final_state = "finished" if ended == "running" else ended
+    if dist.main:
+        run.update_status(state=final_state, step=step, kimg=nimg / 1000.0,
+                          last_checkpoint=run.relative(last_path) if last_path else None)
+        run.log(f"{final_state} at step {step} ({nimg / 1000:.2f} kimg)")
+        run.close()
+    with torch.no_grad():  # lets callers (and the DDP test) check that every rank holds the same weights
+        checksum = float(sum(p.double().sum() for p in G.parameters()))
+    return {"state": final_state, "step": step, "kimg": nimg / 1000.0, "checkpoint": str(last_path) if last_path else None,
+            "rank": dist.rank, "world": dist.world, "process_group": dist.group, "g_param_checksum": checksum}
+
+
+# -- setup steps of the loop ---------------------------------------------------------------------------------------
+def _device_and_group(device: str):
+    """The torch device and this process's place in the process group (its own GPU under torchrun)."""
     import torch
 
     from VolGANCore.env import pick_device
-    from VolumetricGANLib.checkpoint import (capture_rng_state, command_line, load_checkpoint, restore_rng_state,
-                                             save_checkpoint)
-    from VolumetricGANLib.networks import build_discriminator, build_generator
-    from VolumetricGANLib.networks.layers import to_channels_last_3d
-
-    from .data import BatchFeeder, CachedVolumeSet, InfiniteSampler, Preprocess
-    from .run import GracefulStop, TrainingRun, latest_checkpoint, save_montage
 
     dev = torch.device(pick_device(device))
     dist = init_distributed(dev.type)
     if dist.group and dev.type == "cuda":
         dev = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(dev)
-    autocast_dtype, use_scaler = resolve_amp(settings.amp, dev.type)
-    out = Path(out)
-    run = TrainingRun(out, keep_last=settings.keep_last) if dist.main else None
-    if run is not None:  # the log says how each session of the run was started (model cards quote it)
-        backend = f" ({torch.distributed.get_backend()})" if dist.group else ""
-        run.log(f"{'resume' if resume else 'start'}: {command_line()} (device {dev}, world {dist.world}{backend}, "
-                f"amp {settings.amp}, torch threads {torch.get_num_threads()}, preset {settings.preset})")
+    return dev, dist
 
-    # -- data ------------------------------------------------------------------------------------------------
+
+def _open_run(out: Path, settings: TrainSettings, resume: bool, dev, dist: Dist):
+    """Rank 0's run folder (None on the other ranks); its log says how each session of the run was started (model
+    cards quote it)."""
+    import torch
+
+    from VolumetricGANLib.checkpoint import command_line
+
+    from .run import TrainingRun
+
+    if not dist.main:
+        return None
+    run = TrainingRun(out, keep_last=settings.keep_last)
+    backend = f" ({torch.distributed.get_backend()})" if dist.group else ""
+    run.log(f"{'resume' if resume else 'start'}: {command_line()} (device {dev}, world {dist.world}{backend}, "
+            f"amp {settings.amp}, torch threads {torch.get_num_threads()}, preset {settings.preset})")
+    return run
+
+
+def _training_data(data, labels, out: Path, settings: TrainSettings, dist: Dist, progress, cancel):
+    """The preprocessed, cached training set and (rank 0) the checkpoint config; consumes no training random
+    numbers (building the config instantiates a generator, so it comes before the seeds are set)."""
+    from .data import CachedVolumeSet, Preprocess
+
     pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.preprocess.items()})
     dataset = CachedVolumeSet.build(data, pre, out / "cache", labels_folder=labels, patch_size=settings.patch_size,
                                     progress=progress if dist.main else None, cancel=cancel)
-    # config first: building it instantiates a generator, which must not touch the training RNG streams
     config = _checkpoint_config(settings, _data_spacing(dataset), settings.preset or "model") if dist.main else None
-    torch.manual_seed(int(settings.seed))  # identical initial weights on every rank (and rank 0 broadcasts)
+    return dataset, config
+
+
+def _build_networks(settings: TrainSettings, dataset, dev):
+    """G and D from the run's seed (identical on every rank; rank 0 broadcasts them anyway), checked against the
+    data's shape, weights channels-last when asked."""
+    import torch
+
+    from VolumetricGANLib.networks import build_discriminator, build_generator
+    from VolumetricGANLib.networks.layers import to_channels_last_3d
+
+    torch.manual_seed(int(settings.seed))
     G = build_generator(settings.family, settings.generator).to(dev)
     D = build_discriminator(settings.family, settings.discriminator).to(dev)
     if tuple(dataset.shape) != tuple(G.output_shape):
@@ -539,153 +746,179 @@ def _train(data, out, settings: TrainSettings, labels, resume, device, max_steps
     if settings.channels_last:  # CPU too: oneDNN convolutions with few channels run several times faster
         to_channels_last_3d(G)  # 5-D tensors only (Module.to(memory_format=…) refuses StyleGAN2's 4-D constant)
         to_channels_last_3d(D)
-    parts = build_train_parts(settings, G, D, dev.type, autocast_dtype, use_scaler)
-    G_ema, opt_g, opt_d, scaler_g, scaler_d = parts.G_ema, parts.opt_g, parts.opt_d, parts.scaler_g, parts.scaler_d
-    augment, ada, loss, kind = parts.augment, parts.ada, parts.loss, parts.kind
-    phase = _Phase(settings, getattr(G, "max_res", 0))
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(int(settings.seed) * 1000 + dist.rank)
-    torch.manual_seed(int(settings.seed) * 1000 + dist.rank)
-    sampler = InfiniteSampler(len(dataset), seed=settings.seed, rank=dist.rank, world=dist.world)
-    step, nimg = 0, 0
-    quick = None  # quick metrics (rank 0): they pick the best checkpoint (GANTrainerLib.quick_metrics)
-    metrics_on = bool(settings.metrics_kimg)
-    if metrics_on:
-        from .quick_metrics import QuickMetrics
+    return G, D
 
-        why_not = QuickMetrics.unusable(settings, dataset)  # the same answer on every rank
-        metrics_on = why_not is None
-        if why_not and dist.main:
-            log(why_not)
-            run.log(why_not)
-        if metrics_on and dist.main:
-            quick = QuickMetrics(settings, dataset, out, dev, _data_spacing(dataset))
 
-    # -- resume ---------------------------------------------------------------------------------------------
+def _quick_metrics(settings: TrainSettings, dataset, out: Path, dev, dist: Dist, run, log):
+    """(on, QuickMetrics or None): whether quick metrics run (the same answer on every rank) and rank 0's measurer
+    (they pick the best checkpoint; :mod:`GANTrainerLib.quick_metrics`)."""
+    if not settings.metrics_kimg:
+        return False, None
+    from .quick_metrics import QuickMetrics
+
+    why_not = QuickMetrics.unusable(settings, dataset)
+    if why_not and dist.main:
+        log(why_not)
+        run.log(why_not)
+    if why_not is not None:
+        return False, None
+    return True, (QuickMetrics(settings, dataset, out, dev, _data_spacing(dataset)) if dist.main else None)
+
+
+def _resume_or_start(state: TrainingState, out: Path, resume: bool, dist: Dist, dev, run, log) -> None:
+    """With ``resume``: restore the newest checkpoint of ``out`` into ``state`` and say so (log and run log).
+    Otherwise: every rank takes rank 0's initial networks, and the EMA generator starts as G."""
+    from VolumetricGANLib.checkpoint import load_checkpoint
+
+    from .run import latest_checkpoint
+
+    parts = state.parts
     ckpt = latest_checkpoint(out) if resume else None
     if resume and ckpt is None:
         raise VolGANError(f"--resume: no checkpoint in {out / 'checkpoints'} (start without --resume)")
-    if ckpt is not None:
-        blob = load_checkpoint(ckpt, map_location="cpu", expect_family=settings.family)
-        tr = blob.get("training") or {}
-        if "G" not in blob["tensors"] or "D" not in blob["tensors"] or not tr:
-            raise VolGANError(f"{ckpt}: holds no training state (G, D, optimisers); it cannot be resumed")
-        _check_same_networks(blob["config"], G, settings, ckpt)
-        G.load_state_dict(blob["tensors"]["G"])
-        D.load_state_dict(blob["tensors"]["D"])
-        G_ema.load_state_dict(blob["tensors"]["G_ema"])
-        opt_g.load_state_dict(tr["opt_g"])
-        opt_d.load_state_dict(tr["opt_d"])
-        changed = _apply_learning_rates({"G": (opt_g, settings.lr_g), "D": (opt_d, settings.lr_d)})
-        scaler_g.load_state_dict(tr["scaler_g"])
-        scaler_d.load_state_dict(tr["scaler_d"])
-        step, nimg = int(tr["step"]), int(tr["nimg"])
-        sampler.load_state_dict(tr["sampler"][dist.rank] if dist.rank < len(tr["sampler"]) else tr["sampler"][0])
-        gen_states = tr["latent_rng"]
-        gen.set_state(gen_states[dist.rank] if dist.rank < len(gen_states) else gen_states[0])
-        if tr.get("rng") is not None:
-            restore_rng_state(tr["rng"])
-        if ada is not None and tr.get("ada"):
-            ada.load_state_dict(tr["ada"])
-        if augment is not None and tr.get("augment_p") is not None:
-            augment.p = float(tr["augment_p"])
-        if hasattr(loss, "pl_mean") and tr.get("pl_mean") is not None:
-            loss.pl_mean = tr["pl_mean"].to(dev)
-        msg = f"resumed from step {step} ({nimg / 1000:.2f} kimg) of {ckpt}" + (
-            f"; learning rates now {changed}" if changed else "")
-        if dist.main:
-            log(msg)
-            run.log(msg)
-        if quick is not None and tr.get("quick_metrics"):
-            dropped = quick.load_state_dict(tr["quick_metrics"])
-            if dropped:
-                run.clear_metrics()
-            note = dropped or f"quick metrics: best {quick.track} so far {quick.best} at step {quick.best_step}"
-            log(note)
-            run.log(note)
-    else:
-        _broadcast_params(G, dist)
-        _broadcast_params(D, dist)
-        G_ema.load_state_dict(G.state_dict())
+    if ckpt is None:
+        broadcast_params(parts.G, dist)
+        broadcast_params(parts.D, dist)
+        parts.G_ema.load_state_dict(parts.G.state_dict())
+        return
+    restored = state.restore(load_checkpoint(ckpt, map_location="cpu", expect_family=parts.settings.family), ckpt,
+                             dist, dev)
+    msg = f"resumed from step {state.step} ({state.nimg / 1000:.2f} kimg) of {ckpt}" + (
+        f"; learning rates now {restored.learning_rates}" if restored.learning_rates else "")
+    if dist.main:
+        log(msg)
+        run.log(msg)
+    if restored.quick_metrics is not None:                # rank 0 only (it alone measures quick metrics)
+        if restored.quick_metrics_dropped:
+            run.clear_metrics()
+        log(restored.quick_metrics)
+        run.log(restored.quick_metrics)
 
-    batch_total = settings.batch * settings.accumulate * dist.world
-    total_steps = int(math.ceil(settings.kimg * 1000 / batch_total))
-    if max_steps is not None:
-        total_steps = min(total_steps, step + int(max_steps))
-    # CUDA: a thread keeps the next batches pinned and copied on a side stream (no host sync); CPU: read on demand
-    feeder = BatchFeeder(dataset, sampler, settings.batch, dev, channels_last=settings.channels_last,
-                         prefetch=2 * settings.accumulate if dev.type == "cuda" else 0)
-    next_batch = feeder.next
 
-    def latents(n):
-        z = torch.randn(n, G.z_dim, device=dev, generator=gen)
-        if settings.latent == "hypersphere":
-            z = z / z.norm(dim=1, keepdim=True)
-        return z
+class _NonFiniteSteps:
+    """Consecutive skipped (non-finite) D and G steps. On CUDA the counts are device tensors, read on the host only
+    at the steps the loop syncs anyway (:func:`GANTrainerLib.optim.finite_step` returns device flags there)."""
 
-    def save(reason: str) -> Optional[Path]:
-        """Every rank calls this at the same step (it gathers every rank's stream state); rank 0 writes."""
-        states = _gather_states(dist, feeder.state_dict(), gen.get_state())
-        if not dist.main:
-            return None
-        training = {
-            "step": step, "nimg": nimg, "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-            "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
-            "sampler": states[0], "latent_rng": states[1], "rng": capture_rng_state(),
-            "ada": ada.state_dict() if ada else None, "augment_p": augment.p if augment else None,
-            "pl_mean": getattr(loss, "pl_mean", None), "settings": settings.to_dict(),
-            "quick_metrics": quick.state_dict() if quick is not None else None,
-            "progress": last_prog,  # progressive level the last step trained at (None: not progressive)
-        }
-        training = {k: v for k, v in training.items() if v is not None}
-        measured = quick_values[1] if quick_values and quick_values[0] == step else {}  # quick metrics of this step
-        ranked = bool(measured) and quick_values[2]  # below a progressive top level or collapsed: not ranked
-        path = run.checkpoint_path(step)
-        with torch.random.fork_rng(devices=[]):  # saving rebuilds the network: keep the training RNG untouched
-            save_checkpoint(path, config, G_ema=G_ema, G=G, D=D, training=training,
-                            provenance={"data": str(data), "cases": len(dataset), "reason": reason,
-                                        "kimg": nimg / 1000.0, "preset": settings.preset},
-                            metrics={"kimg": nimg / 1000.0, "step": step, **measured})
-        track = quick.track if quick is not None and ranked else None
-        run.register_checkpoint(path, step, metric=measured.get(track) if track else None, metric_name=track)
-        run.log(f"checkpoint {path.name} ({reason}) at {nimg / 1000:.2f} kimg")
-        return path
+    def __init__(self, dev) -> None:
+        import torch
 
-    bad_d = bad_g = 0
-    worst_bad = torch.zeros((), device=dev)
-    stats_acc: dict[str, Any] = {}
-    t_start = time.perf_counter()
-    last_snapshot_time = time.perf_counter()
-    snapshot_every = max(1, int(round(settings.snapshot_kimg * 1000 / batch_total)))
-    sample_every = max(1, int(round(settings.sample_kimg * 1000 / batch_total)))
+        self.cuda = dev.type == "cuda"
+        self.bad_d = self.bad_g = 0
+        self.worst_bad = torch.zeros((), device=dev)   # CUDA: the longest run since the last host sync
+
+    def count(self, ok_d, ok_g, host_sync: bool) -> int:
+        """Add one iteration's outcomes; returns the longest current run of failures known on the host (on CUDA: 0
+        unless ``host_sync``)."""
+        import torch
+
+        self.bad_d = (self.bad_d + 1) * (1 - ok_d)
+        self.bad_g = (self.bad_g + 1) * (1 - ok_g)
+        if not self.cuda:
+            return max(self.bad_d, self.bad_g)
+        self.worst_bad = torch.maximum(self.worst_bad, torch.maximum(self.bad_d, self.bad_g))
+        if not host_sync:
+            return 0
+        worst, self.worst_bad = int(self.worst_bad), torch.zeros((), device=self.worst_bad.device)
+        return worst
+
+
+class _Latents:
+    """``latents(n)``: n latents from this rank's generator (normal, or on the unit hypersphere)."""
+
+    def __init__(self, z_dim: int, dev, gen, distribution: str) -> None:
+        self.z_dim, self.dev, self.gen, self.hypersphere = z_dim, dev, gen, distribution == "hypersphere"
+
+    def __call__(self, n: int):
+        import torch
+
+        z = torch.randn(n, self.z_dim, device=self.dev, generator=self.gen)
+        return z / z.norm(dim=1, keepdim=True) if self.hypersphere else z
+
+
+def _fixed_latents(settings: TrainSettings, z_dim: int, dev):
+    """The montage's latents: the same every run and session, drawn outside the training streams."""
+    import torch
+
     fixed_gen = torch.Generator(device=dev)
-    fixed_gen.manual_seed(int(settings.seed))  # montage latents: the same every run, outside the training stream
-    z_fixed = torch.randn(min(4, settings.batch), G.z_dim, device=dev, generator=fixed_gen)
+    fixed_gen.manual_seed(int(settings.seed))
+    z_fixed = torch.randn(min(4, settings.batch), z_dim, device=dev, generator=fixed_gen)
     if settings.latent == "hypersphere":
         z_fixed = z_fixed / z_fixed.norm(dim=1, keepdim=True)
-    saved_step = -1
-    sampled_step = -1
-    metrics_every = max(1, int(round(settings.metrics_kimg * 1000 / batch_total))) if metrics_on else 0
-    quick_values: Optional[tuple] = None  # (step, {name: value}, ranked) of the latest quick metrics (rank 0)
-    quick_step = -1                       # step of the latest attempt (every rank)
+    return z_fixed
 
-    def measure_quick(prog) -> bool:
-        """Rank 0 measures the quick metrics (unless over budget); True on every rank if the tracked one improved."""
-        nonlocal quick_values, quick_step
-        quick_step, improved = step, False
+
+# -- what the loop reports: scalars, montages, quick metrics, checkpoints -----------------------------------------
+@dataclasses.dataclass
+class _Reports:
+    """The loop's outputs into the run folder. Holds only what stays fixed during a run; every method takes the
+    loop's position and returns what the loop keeps (the loop's own counters live in the loop)."""
+
+    run: Any                                     # TrainingRun (rank 0) or None
+    dist: Dist
+    out: Path
+    config: Optional[dict]                       # checkpoint config (rank 0)
+    data: Any                                    # training data folder (provenance)
+    cases: int                                   # training volumes (provenance)
+    parts: TrainParts
+    phase: _Phase
+    quick: Any                                   # QuickMetrics (rank 0, when on) or None
+    z_fixed: Any                                 # the montage's latents
+    t_start: float                               # perf_counter at the first iteration
+
+    def _generator_kwargs(self, prog) -> dict:
+        return {"progress": prog} if self.parts.kind == "wgan-gp" else {"noise_mode": "const"}
+
+    def scalars(self, stats_acc: dict, step: int, nimg: int, total_steps: int, prog, dev) -> None:
+        """Rank 0: the interval's mean losses, augmentation, speed and memory into metrics.jsonl and the status."""
+        import torch
+
+        parts, run = self.parts, self.run
+        log_steps = parts.settings.log_steps
+        n = log_steps if step % log_steps == 0 else (step % log_steps)
+        scalars = {k: float(v) / n for k, v in stats_acc.items()}   # one host sync per interval
+        elapsed = time.perf_counter() - self.t_start
+        scalars.update({"augment/p": parts.augment.p if parts.augment else 0.0,
+                        "augment/rt": parts.ada.rt if parts.ada else 0.0,
+                        "speed/kimg_per_s": (nimg / 1000.0) / max(elapsed, 1e-9) if step else 0.0})
+        if prog is not None:
+            scalars["progress/level"] = prog
+        if dev.type == "cuda":
+            scalars["memory/gpu_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
+        run.log_scalars(step, nimg / 1000.0, scalars)
+        run.update_status(state="running", step=step, kimg=nimg / 1000.0,
+                          eta_s=elapsed / max(step, 1) * (total_steps - step))
+
+    def montage(self, step: int, nimg: int, prog) -> int:
+        """Rank 0: G_ema's samples of the fixed latents as a PNG; returns ``step`` (the montage's step)."""
+        import torch
+
+        from .run import save_montage
+
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            imgs = self.parts.G_ema(self.z_fixed, **self._generator_kwargs(prog)).float().cpu().numpy()
+        png = save_montage(imgs, self.out / "samples" / f"samples-{step:07d}.png",
+                           title=f"step {step}, {nimg / 1000:.2f} kimg")
+        self.run.log_image("samples", step, png)
+        return step
+
+    def quick_metrics(self, step: int, nimg: int, prog, latest: Optional[tuple]) -> tuple[bool, Optional[tuple]]:
+        """Every rank calls this: rank 0 measures the quick metrics (unless over budget). Returns (whether the tracked
+        one improved, on every rank; the latest ``(step, {name: value}, ranked)``, ``latest`` if none measured)."""
+        quick, run, dist, phase = self.quick, self.run, self.dist, self.phase
+        improved = False
         if dist.main:
-            elapsed = time.perf_counter() - t_start
+            elapsed = time.perf_counter() - self.t_start
             if quick.over_budget(elapsed):
                 run.log(f"quick metrics skipped at step {step}: they took {quick.spent_s:.1f} s of {elapsed:.1f} s "
                         f"(budget {100 * quick.budget:g} %)")
             else:
-                kw = {"progress": prog} if kind == "wgan-gp" else {"noise_mode": "const"}
                 # a progressive generator below its top level is not what its checkpoint generates (that is
                 # the untrained top level), so it cannot be the best checkpoint
                 top = prog is None or prog >= phase.max_res
-                values, ranked, improved = quick.evaluate(G_ema, kw, step, ranked=top)
-                quick_values = (step, {**{k: v for k, v in values.items() if k != "seconds"},
-                                       "quick_metrics_extractor": quick.extractor.name}, ranked)
+                values, ranked, improved = quick.evaluate(self.parts.G_ema, self._generator_kwargs(prog), step,
+                                                          ranked=top)
+                latest = (step, {**{k: v for k, v in values.items() if k != "seconds"},
+                                 "quick_metrics_extractor": quick.extractor.name}, ranked)
                 run.log_scalars(step, nimg / 1000.0, {f"metrics/{k}": v for k, v in values.items()},
                                 status_key="latest_metrics")
                 run.update_status(quick_metrics=quick.summary())
@@ -700,184 +933,32 @@ def _train(data, out, settings: TrainSettings, labels, resume, device, max_steps
                 run.log(f"quick metrics at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in values.items())
                         + note)
         if dist.group:
-            improved = _any_rank(improved, dist)
-        return improved
+            improved = any_rank(improved, dist)
+        return improved, latest
 
-    def montage(prog) -> None:
-        nonlocal sampled_step
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            kw = {"progress": prog} if kind == "wgan-gp" else {"noise_mode": "const"}
-            imgs = G_ema(z_fixed, **kw).float().cpu().numpy()
-        png = save_montage(imgs, out / "samples" / f"samples-{step:07d}.png",
-                           title=f"step {step}, {nimg / 1000:.2f} kimg")
-        run.log_image("samples", step, png)
-        sampled_step = step
-    state = "running"
-    last_path = None
-    if dist.main:
-        run.update_status(state="running", step=step, kimg=nimg / 1000.0, total_kimg=settings.kimg,
-                          preset=settings.preset, device=str(dev), world=dist.world, amp=str(autocast_dtype),
-                          process_group=torch.distributed.get_backend() if dist.group else None)
-    G.train()
-    D.train()
-    last_prog = phase.progress(nimg)
-    # cancellation is checked by the loop itself (so it can checkpoint first), not by the progress bar
-    with GracefulStop() as stop, Progress(total_steps, "train", progress if dist.main else None, None) as bar, feeder:
-        bar.set(step)
-        while step < total_steps:
-            prog = last_prog = phase.progress(nimg)
-            ok_d, ok_g, st_d, st_g = train_iteration(parts, step, nimg, batch_total,
-                                                     lambda: phase.reals_at(next_batch(), prog), latents, prog, dist)
-            bad_d = (bad_d + 1) * (1 - ok_d)  # CUDA: device tensors, read at logging intervals only
-            bad_g = (bad_g + 1) * (1 - ok_g)
-            step += 1
-            nimg += batch_total
-            if dev.type == "cuda":
-                worst_bad = torch.maximum(worst_bad, torch.maximum(bad_d, bad_g))
-                sync_now = step % settings.log_steps == 0 or step == total_steps or step % snapshot_every == 0
-                worst, worst_bad = (int(worst_bad), torch.zeros((), device=dev)) if sync_now else (0, worst_bad)
-            else:
-                worst = max(bad_d, bad_g)
-            if worst >= settings.max_bad_steps:
-                state = "failed"
-                msg = (f"stopped: {worst} consecutive non-finite losses at step {step} "
-                       "(lower the learning rates, use --amp bf16 or off, or check the data for outliers)")
-                if dist.main:
-                    run.log(msg)
-                    run.update_status(state="failed", message=msg, step=step)
-                raise VolGANError(msg)
-            for k, v in {**st_d, **st_g}.items():
-                stats_acc[k] = stats_acc.get(k, 0.0) + v.float()
-            if dist.main and (step % settings.log_steps == 0 or step == total_steps):
-                n = settings.log_steps if step % settings.log_steps == 0 else (step % settings.log_steps)
-                scalars = {k: float(v) / n for k, v in stats_acc.items()}   # one host sync per interval
-                elapsed = time.perf_counter() - t_start
-                scalars.update({"augment/p": augment.p if augment else 0.0, "augment/rt": ada.rt if ada else 0.0,
-                                "speed/kimg_per_s": (nimg / 1000.0) / max(elapsed, 1e-9) if step else 0.0})
-                if prog is not None:
-                    scalars["progress/level"] = prog
-                if dev.type == "cuda":
-                    scalars["memory/gpu_gib"] = torch.cuda.max_memory_allocated(dev) / 2**30
-                run.log_scalars(step, nimg / 1000.0, scalars)
-                run.update_status(state="running", step=step, kimg=nimg / 1000.0,
-                                  eta_s=elapsed / max(step, 1) * (total_steps - step))
-                stats_acc = {}
-            if dist.main and step % sample_every == 0:
-                montage(prog)
-            best_now = bool(metrics_every) and step % metrics_every == 0 and measure_quick(prog)
-            due_time = (settings.snapshot_minutes is not None
-                        and time.perf_counter() - last_snapshot_time > settings.snapshot_minutes * 60)
-            agree = dev.type != "cuda" or step % settings.log_steps == 0  # CUDA: host syncs at log steps only
-            if dist.group:
-                due_time = _any_rank(due_time, dist) if agree else False
-            if step % snapshot_every == 0 or due_time or best_now:
-                last_path = save("periodic" if step % snapshot_every == 0 or due_time else "best") or last_path
-                saved_step = step
-                last_snapshot_time = time.perf_counter()
-            requested = stop.requested or (cancel is not None and cancel.cancelled)
-            if dist.group:
-                requested = _any_rank(bool(requested), dist) if agree else False
-            if requested:
-                state = "stopped"
-                break
-            bar.set(step)
-    D.requires_grad_(True)
-    if dist.main and sampled_step != step:
-        montage(phase.progress(nimg))
-    if saved_step != step:
-        if metrics_every and state != "stopped" and quick_step != step:
-            measure_quick(last_prog)  # the final checkpoint competes for the best too (every rank calls)
-        last_path = save("stopped" if state == "stopped" else "final") or last_path
-    final_state = "finished" if state == "running" else state
-    if dist.main:
-        run.update_status(state=final_state, step=step, kimg=nimg / 1000.0, last_checkpoint=run.relative(last_path) if last_path else None)
-        run.log(f"{final_state} at step {step} ({nimg / 1000:.2f} kimg)")
-        run.close()
-    with torch.no_grad():  # lets callers (and the DDP test) check that every rank holds the same weights
-        checksum = float(sum(p.double().sum() for p in G.parameters()))
-    return {"state": final_state, "step": step, "kimg": nimg / 1000.0, "checkpoint": str(last_path) if last_path else None,
-            "rank": dist.rank, "world": dist.world, "process_group": dist.group, "g_param_checksum": checksum}
+    def snapshot(self, state: TrainingState, feeder, reason: str, quick_values: Optional[tuple]) -> Optional[Path]:
+        """Every rank calls this at the same step; rank 0 writes the checkpoint (with this step's quick metrics) and
+        registers it (best / keep-last). Returns its path on rank 0, None elsewhere."""
+        import torch
 
+        from VolumetricGANLib.checkpoint import save_checkpoint
 
-def _finite_step(loss_value, optimizer, scaler, dist: Dist, device_side: Optional[bool] = None):
-    """Step if the loss is finite on every rank; otherwise skip (and halve an fp16 scale).
-
-    Returns whether it stepped. On CPU (and other non-CUDA devices): a Python bool, after one host sync. On CUDA:
-    a 0-d float tensor on the device (1 = stepped) and no host sync: Adam runs its fused kernel, which skips the
-    update when told ``found_inf``; with an fp16 GradScaler a non-finite loss instead poisons one gradient with
-    NaN, so the scaler's own (device-side) inf check skips the step and backs off the scale. Count failures with
-    ``(bad + 1) * (1 - ok)``, which works for both kinds of result. ``device_side`` forces either path (tests).
-    """
-    import torch
-
-    finite = torch.isfinite(loss_value.detach()).to(torch.float32)
-    if dist.group:
-        import torch.distributed as tdist
-
-        tdist.all_reduce(finite, op=tdist.ReduceOp.MIN)
-    if finite.device.type == "cuda" if device_side is None else device_side:
-        _set_fused_adam(optimizer, True)
-        finite = finite.reshape(())
-        if scaler.is_enabled():
-            grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-            if grads:
-                smallest = min(grads, key=lambda t: t.numel())
-                smallest.add_(torch.where(finite > 0, 0.0, float("nan")).to(smallest.dtype))
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.found_inf = 1.0 - finite
-            try:
-                optimizer.step()
-            finally:
-                del optimizer.found_inf
-        return finite
-    if finite.item() < 1:
-        optimizer.zero_grad(set_to_none=True)
-        if scaler.is_enabled():
-            scaler.update(scaler.get_scale() / 2)
-        return False
-    scaler.step(optimizer)
-    scaler.update()
-    return True
-
-
-def _set_fused_adam(optimizer, on: bool) -> None:
-    """Switch an Adam optimiser to its fused kernel (``on``) in place; moves its step counters to the parameters'
-    device. Needed once per optimiser (also after loading a state saved without it); a no-op afterwards."""
-    import torch
-
-    optimizer._step_supports_amp_scaling = on  # GradScaler hands a fused optimiser found_inf (no sync)
-    if bool(optimizer.param_groups[0].get("fused")) == on:  # (a state saved by a fused run loads as fused)
-        return
-    for group in optimizer.param_groups:
-        group["fused"], group["foreach"] = (True, None) if on else (None, None)
-        for p in group["params"]:
-            st = optimizer.state.get(p)
-            if st and torch.is_tensor(st.get("step")):
-                st["step"] = st["step"].to(device=p.device if on else "cpu", dtype=torch.float32)
-
-
-def _any_rank(flag: bool, dist: Dist) -> bool:
-    import torch
-    import torch.distributed as tdist
-
-    on_gpu = tdist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def _gather_states(dist: Dist, sampler_state: dict, gen_state) -> tuple[list, list]:
-    """Every rank's sampler position and latent-RNG state (so a resumed multi-rank run continues exactly)."""
-    if not dist.group:
-        return [sampler_state], [gen_state]
-    import torch.distributed as tdist
-
-    box: list = [None] * dist.world
-    tdist.all_gather_object(box, (sampler_state, gen_state.cpu()))
-    return [b[0] for b in box], [b[1] for b in box]
+        saved = state.capture(self.dist, feeder.state_dict())
+        if saved is None:
+            return None
+        step, nimg, run = state.step, state.nimg, self.run
+        measured = quick_values[1] if quick_values and quick_values[0] == step else {}  # quick metrics of this step
+        ranked = bool(measured) and quick_values[2]  # below a progressive top level or collapsed: not ranked
+        path = run.checkpoint_path(step)
+        with torch.random.fork_rng(devices=[]):  # saving rebuilds the network: keep the training RNG untouched
+            save_checkpoint(path, self.config, **saved,
+                            provenance={"data": str(self.data), "cases": self.cases, "reason": reason,
+                                        "kimg": nimg / 1000.0, "preset": self.parts.settings.preset},
+                            metrics={"kimg": nimg / 1000.0, "step": step, **measured})
+        track = self.quick.track if self.quick is not None and ranked else None
+        run.register_checkpoint(path, step, metric=measured.get(track) if track else None, metric_name=track)
+        run.log(f"checkpoint {path.name} ({reason}) at {nimg / 1000:.2f} kimg")
+        return path
 
 
 def _data_spacing(dataset) -> list[float]:
