@@ -28,8 +28,9 @@ Parfitt AM et al. Bone histomorphometry: standardization of nomenclature. J Bone
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -276,107 +277,205 @@ def bone_morphometry(
     (0.2, 0.8)
     """
     img = as_bone_volume(image, spacing)
-    bone, info = segment_bone(img, threshold, otsu)
-    roi = _roi_mask(mask, img)
-    chosen = _parameters(parameters, info["grey"])
-    sp = np.asarray(img.array_spacing, np.float64)
+    seg = _Segmentation.of(img, mask, threshold, otsu)
+    chosen = _parameters(parameters, seg.grey)
     if bonej and ("Tb.Th" in chosen or "Tb.Sp" in chosen):
-        thickness.bonej_pixel_width(sp)  # fail before the long steps
-    vox = float(np.prod(sp))
-    inside = bone if roi is None else bone & roi
-    n_roi = bone.size if roi is None else int(np.count_nonzero(roi))
-    n_bone = int(np.count_nonzero(inside))
-    if n_bone == 0:
+        thickness.bonej_pixel_width(seg.spacing)  # fail before the long steps
+    _check_measurable(seg)
+    res = _volume_fractions(seg)
+    panel = _Panel(seg, tmd_erosion, da_directions, return_maps, bonej, cancel)
+    with Progress(len(chosen), "bone morphometry", progress, cancel) as prog:
+        panel.surface = _surface(seg, chosen, workers)
+        for measure in _MEASURES:
+            if any(p in chosen for p in measure.needs):
+                res.update(measure.run(panel, res))
+                prog.advance(1, measure.message)
+    return (res, panel.maps) if return_maps else res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the steps of bone_morphometry
+@dataclasses.dataclass
+class _Segmentation:
+    """The image as every measure of the panel reads it: the bone mask, the region of interest and the spacing."""
+
+    image: Volume
+    bone: np.ndarray                 # bool, the whole image
+    roi: np.ndarray | None           # bool region of interest (None: the whole image)
+    threshold: float                 # NaN for a binary input
+    grey: bool
+    spacing: np.ndarray = dataclasses.field(init=False)   # (D, H, W) mm
+    inside: np.ndarray = dataclasses.field(init=False)    # bone inside the region
+    n_roi: int = dataclasses.field(init=False)
+    n_bone: int = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.spacing = np.asarray(self.image.array_spacing, np.float64)
+        self.inside = self.bone if self.roi is None else self.bone & self.roi
+        self.n_roi = self.bone.size if self.roi is None else int(np.count_nonzero(self.roi))
+        self.n_bone = int(np.count_nonzero(self.inside))
+
+    @classmethod
+    def of(cls, img: Volume, mask, threshold, otsu: bool) -> "_Segmentation":
+        bone, info = segment_bone(img, threshold, otsu)
+        return cls(img, bone, _roi_mask(mask, img), info["threshold"], info["grey"])
+
+    @property
+    def marrow(self) -> np.ndarray:
+        """Marrow (not bone) inside the region."""
+        return ~self.bone if self.roi is None else self.roi & ~self.bone
+
+    @property
+    def region(self) -> np.ndarray:
+        """The region as a mask (all voxels without a ROI)."""
+        return np.ones(self.bone.shape, bool) if self.roi is None else self.roi
+
+
+def _check_measurable(seg: _Segmentation) -> None:
+    """Refuse empty or full bone (inside the ROI): spacing, surface and thickness would be undefined."""
+    where = " inside the mask" if seg.roi is not None else ""
+    if seg.n_bone == 0:
         raise VolGANError(
-            "image: no bone voxel" + (" inside the mask" if roi is not None else "")
-            + (f" at threshold {info['threshold']:g}" if info["grey"] else "")
+            "image: no bone voxel" + where + (f" at threshold {seg.threshold:g}" if seg.grey else "")
             + " (lower the threshold, use --otsu, or check the mask)"
         )
-    if n_bone == n_roi:
+    if seg.n_bone == seg.n_roi:
         raise VolGANError(
-            "image: every voxel" + (" inside the mask" if roi is not None else "") + " is bone, so spacing, "
+            "image: every voxel" + where + " is bone, so spacing, "
             "surface and thickness are undefined (raise the threshold or give a region that includes marrow)"
         )
-    res: dict[str, float] = {}
-    maps: dict[str, Volume] = {}
-    res["Threshold [image units]"] = info["threshold"]
-    res["TV [mm^3]"] = n_roi * vox
-    res["BV [mm^3]"] = n_bone * vox
-    res["BV/TV"] = n_bone / n_roi
-    steps = len(chosen)
-    surf = None
-    with Progress(steps, "bone morphometry", progress, cancel) as prog:
-        if "BS" in chosen or "SMI" in chosen or "DA" in chosen or "plate" in chosen:
-            surf = surface.surface_statistics(bone, sp, roi, flow="SMI" in chosen, normal_bins="DA" in chosen,
-                                              workers=workers)
-        if "BS" in chosen or "plate" in chosen:
-            bs = surf["area"]
-            res["BS [mm^2]"] = bs
-            res["BS/BV [1/mm]"] = bs / res["BV [mm^3]"]
-            res["BS/TV [1/mm]"] = bs / res["TV [mm^3]"]
-            prog.advance(1, "surface")
-        for name, phase, struct in (
-            ("Tb.Th", "bone", inside),
-            ("Tb.Sp", "space", None),
-        ):
-            if name not in chosen:
-                continue
-            if struct is None:
-                struct = ~bone if roi is None else roi & ~bone
-            tmap = thickness.local_thickness(struct, sp, cancel=cancel, bonej=bonej)
-            st = thickness.thickness_statistics(tmap, struct, ddof=1 if bonej else 0)
-            res[f"{name} [mm]"] = st["mean"]
-            res[f"{name} SD [mm]"] = st["sd"]
-            res[f"{name} max [mm]"] = st["max"]
-            if return_maps:
-                maps[name] = img.with_array(tmap, label_scheme=None, metadata={"morphometry": f"{name} map, mm"})
-            prog.advance(1, name)
-        if "Tb.N" in chosen:
-            res["Tb.N [1/mm]"] = 1.0 / (res["Tb.Th [mm]"] + res["Tb.Sp [mm]"])
-            prog.advance(1, "Tb.N")
-        if "Conn" in chosen:
-            sub = inside
-            if roi is not None:
-                box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(roi))
-                sub = inside[box]
-            c = topology.connectivity(sub, sp, roi_volume_mm3=res["TV [mm^3]"])
-            res["Euler"] = c["euler"]
-            res["Delta chi"] = c["delta_chi"]
-            res["Connectivity"] = c["connectivity"]
-            res["Conn.D [1/mm^3]"] = c["conn_density_per_mm3"]
-            prog.advance(1, "connectivity")
-        if "SMI" in chosen:
-            res["SMI"] = surface.structure_model_index(bone, sp, roi, stats=surf)
-            prog.advance(1, "SMI")
-        if "DA" in chosen:
-            res["DA"] = anisotropy.mil_anisotropy(bone, sp, n_directions=da_directions, roi=roi,
-                                                 pooled_normals=surf["pooled_normals"])["da"]
-            prog.advance(1, "DA")
-        if "DA.ST" in chosen:
-            res["DA (structure tensor)"] = anisotropy.structure_tensor_anisotropy(bone, sp, roi=roi)["da"]
-            prog.advance(1, "DA (structure tensor)")
-        if "BMD" in chosen or "TMD" in chosen:
-            arr = img.array
-            sel = np.ones(bone.shape, bool) if roi is None else roi
-            if "BMD" in chosen:
-                res["BMD [image units]"] = float(np.mean(arr[sel], dtype=np.float64))
-                prog.advance(1, "BMD")
-            if "TMD" in chosen:
-                b = inside
-                if tmd_erosion > 0:
-                    from scipy.ndimage import binary_erosion
 
-                    eroded = binary_erosion(inside, iterations=int(tmd_erosion))
-                    if eroded.any():
-                        b = eroded
-                    else:
-                        warnings.warn("tmd_erosion: the eroded bone is empty; TMD uses the uneroded bone", UserWarning, stacklevel=2)
-                res["TMD [image units]"] = float(np.mean(arr[b], dtype=np.float64))
-                prog.advance(1, "TMD")
-        if "plate" in chosen:
-            bvtv, bstv = res["BV/TV"], res["BS/TV [1/mm]"]
-            res["Tb.Th (plate model) [mm]"] = 2.0 * bvtv / bstv
-            res["Tb.N (plate model) [1/mm]"] = bstv / 2.0
-            res["Tb.Sp (plate model) [mm]"] = 2.0 / bstv - 2.0 * bvtv / bstv
-            prog.advance(1, "plate model")
-    return (res, maps) if return_maps else res
+
+def _volume_fractions(seg: _Segmentation) -> dict[str, float]:
+    """Threshold, TV, BV and BV/TV: the part of the panel every call returns."""
+    vox = float(np.prod(seg.spacing))
+    return {"Threshold [image units]": seg.threshold, "TV [mm^3]": seg.n_roi * vox, "BV [mm^3]": seg.n_bone * vox,
+            "BV/TV": seg.n_bone / seg.n_roi}
+
+
+def _surface(seg: _Segmentation, chosen: list[str], workers: int | None) -> dict | None:
+    """The bone surface statistics, once, when a parameter needs them (BS, SMI, DA, plate)."""
+    if "BS" in chosen or "SMI" in chosen or "DA" in chosen or "plate" in chosen:
+        return surface.surface_statistics(seg.bone, seg.spacing, seg.roi, flow="SMI" in chosen,
+                                          normal_bins="DA" in chosen, workers=workers)
+    return None
+
+
+@dataclasses.dataclass
+class _Panel:
+    """What the measures share: the segmentation, the options, the surface (once) and the thickness maps."""
+
+    seg: _Segmentation
+    tmd_erosion: int
+    da_directions: int
+    return_maps: bool
+    bonej: bool
+    cancel: Any
+    surface: dict | None = None
+    maps: dict[str, Volume] = dataclasses.field(default_factory=dict)
+
+
+def _surface_density(panel: _Panel, res: dict) -> dict[str, float]:
+    bs = panel.surface["area"]
+    return {"BS [mm^2]": bs, "BS/BV [1/mm]": bs / res["BV [mm^3]"], "BS/TV [1/mm]": bs / res["TV [mm^3]"]}
+
+
+def _thickness(name: str, panel: _Panel) -> dict[str, float]:
+    """Mean, SD and max of the local thickness of the bone (Tb.Th) or the marrow (Tb.Sp); keeps the map if asked."""
+    seg = panel.seg
+    struct = seg.inside if name == "Tb.Th" else seg.marrow
+    tmap = thickness.local_thickness(struct, seg.spacing, cancel=panel.cancel, bonej=panel.bonej)
+    st = thickness.thickness_statistics(tmap, struct, ddof=1 if panel.bonej else 0)
+    if panel.return_maps:
+        panel.maps[name] = seg.image.with_array(tmap, label_scheme=None, metadata={"morphometry": f"{name} map, mm"})
+    return {f"{name} [mm]": st["mean"], f"{name} SD [mm]": st["sd"], f"{name} max [mm]": st["max"]}
+
+
+def _bone_thickness(panel: _Panel, res: dict) -> dict[str, float]:
+    return _thickness("Tb.Th", panel)
+
+
+def _marrow_thickness(panel: _Panel, res: dict) -> dict[str, float]:
+    return _thickness("Tb.Sp", panel)
+
+
+def _trabecular_number(panel: _Panel, res: dict) -> dict[str, float]:
+    return {"Tb.N [1/mm]": 1.0 / (res["Tb.Th [mm]"] + res["Tb.Sp [mm]"])}
+
+
+def _connectivity(panel: _Panel, res: dict) -> dict[str, float]:
+    """Euler characteristic, Δχ, connectivity and its density, on the bone in the ROI's bounding box."""
+    seg = panel.seg
+    sub = seg.inside
+    if seg.roi is not None:
+        box = tuple(slice(int(a.min()), int(a.max()) + 1) for a in np.nonzero(seg.roi))
+        sub = seg.inside[box]
+    c = topology.connectivity(sub, seg.spacing, roi_volume_mm3=res["TV [mm^3]"])
+    return {"Euler": c["euler"], "Delta chi": c["delta_chi"], "Connectivity": c["connectivity"],
+            "Conn.D [1/mm^3]": c["conn_density_per_mm3"]}
+
+
+def _smi(panel: _Panel, res: dict) -> dict[str, float]:
+    seg = panel.seg
+    return {"SMI": surface.structure_model_index(seg.bone, seg.spacing, seg.roi, stats=panel.surface)}
+
+
+def _mil_anisotropy(panel: _Panel, res: dict) -> dict[str, float]:
+    seg = panel.seg
+    return {"DA": anisotropy.mil_anisotropy(seg.bone, seg.spacing, n_directions=panel.da_directions, roi=seg.roi,
+                                           pooled_normals=panel.surface["pooled_normals"])["da"]}
+
+
+def _structure_tensor_anisotropy(panel: _Panel, res: dict) -> dict[str, float]:
+    seg = panel.seg
+    return {"DA (structure tensor)": anisotropy.structure_tensor_anisotropy(seg.bone, seg.spacing, roi=seg.roi)["da"]}
+
+
+def _bmd(panel: _Panel, res: dict) -> dict[str, float]:
+    """Mean image value inside the region."""
+    return {"BMD [image units]": float(np.mean(panel.seg.image.array[panel.seg.region], dtype=np.float64))}
+
+
+def _tmd(panel: _Panel, res: dict) -> dict[str, float]:
+    """Mean image value of the bone inside the region, eroded by ``tmd_erosion`` voxels (partial-volume guard)."""
+    b = panel.seg.inside
+    if panel.tmd_erosion > 0:
+        from scipy.ndimage import binary_erosion
+
+        eroded = binary_erosion(panel.seg.inside, iterations=int(panel.tmd_erosion))
+        if eroded.any():
+            b = eroded
+        else:
+            warnings.warn("tmd_erosion: the eroded bone is empty; TMD uses the uneroded bone", UserWarning,
+                          stacklevel=3)
+    return {"TMD [image units]": float(np.mean(panel.seg.image.array[b], dtype=np.float64))}
+
+
+def _plate_model(panel: _Panel, res: dict) -> dict[str, float]:
+    """Parfitt's plate-model Tb.Th, Tb.N, Tb.Sp from BV/TV and BS/TV."""
+    bvtv, bstv = res["BV/TV"], res["BS/TV [1/mm]"]
+    return {"Tb.Th (plate model) [mm]": 2.0 * bvtv / bstv, "Tb.N (plate model) [1/mm]": bstv / 2.0,
+            "Tb.Sp (plate model) [mm]": 2.0 / bstv - 2.0 * bvtv / bstv}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Measure:
+    needs: tuple[str, ...]                          # runs when any of these parameters is chosen
+    message: str                                    # its progress step
+    run: Callable[[_Panel, dict], dict[str, float]]  # (panel, results so far) -> new results
+
+
+# the panel in the order of its keys and progress steps
+_MEASURES = (
+    _Measure(("BS", "plate"), "surface", _surface_density),
+    _Measure(("Tb.Th",), "Tb.Th", _bone_thickness),
+    _Measure(("Tb.Sp",), "Tb.Sp", _marrow_thickness),
+    _Measure(("Tb.N",), "Tb.N", _trabecular_number),
+    _Measure(("Conn",), "connectivity", _connectivity),
+    _Measure(("SMI",), "SMI", _smi),
+    _Measure(("DA",), "DA", _mil_anisotropy),
+    _Measure(("DA.ST",), "DA (structure tensor)", _structure_tensor_anisotropy),
+    _Measure(("BMD",), "BMD", _bmd),
+    _Measure(("TMD",), "TMD", _tmd),
+    _Measure(("plate",), "plate model", _plate_model),
+)

@@ -187,10 +187,7 @@ def steer(
     """
     import time
 
-    import torch
-    from MorphometryLib.differentiable import soft_morphometry
-
-    from .generate import resolve_model, sample_z
+    from .generate import resolve_model
 
     t0 = time.perf_counter()
     targets, changes = dict(targets or {}), dict(changes or {})
@@ -200,214 +197,433 @@ def steer(
         raise VolGANError("steer: --change needs a starting sample (--from a latents file or an inverted volume)")
     loaded = resolve_model(checkpoint_or_model, None, device)
     model, config = loaded.generator, loaded.config
+    support_note = _check_model(model, config, checkpoint_or_model)
+    ren = _Renderer.of(model, config)
+    meas = _Measurement.of(config, targets, changes, keep, threshold, width)
+    opts = _Options(tolerance, lr, seed, polish_within, polish_k, polish_rounds)
+    n_pool = 0 if not targets else int(pool) if pool else max(128, 4 * n)
+    pool_set = _draw_pool(ren, meas, n_pool, seed) if n_pool else None
+    warnings = [support_note] if support_note else []
+    goal = _target_goals(meas.names, targets, pool_set, n if latents is None else len(latents), warnings)
+    begin = _starting_points(ren, meas, pool_set, goal, latents, targets, changes)
+    obj = _Objective.of(ren, meas, begin, pool_set, content_weight if changes else None)
+    st = _State.initial(begin, obj, meas.names, tolerance, lr)
+    with Progress(steps, "steer", progress, cancel) as bar:
+        for step in range(1, steps + 1):
+            if st.success.all():
+                bar.set(steps, message="all samples within tolerance")
+                break
+            st.steps_run = step
+            act = np.flatnonzero(~st.success)
+            _descend(st, act, ren, meas, obj)
+            if step % check_every == 0 or step == steps:
+                _check(st, act, step, ren, meas, obj, opts, pool_set, begin.order)
+            bar.advance(message=f"{int(st.success.sum())}/{len(st.success)} within {tolerance:.0%}")
+    info = {"mode": "change" if changes else "targets", "pool": n_pool, "threshold": threshold, "warnings": warnings,
+            "changes": changes, "targets": {k: np.asarray(v).tolist() for k, v in targets.items()}}
+    return _result(st, begin, ren, meas, obj, tolerance, info, t0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the steps of steer
+def _check_model(model, config, source) -> str:
+    """Refuse a model that steering cannot measure; return the support note ('' when none)."""
     if int(getattr(model, "img_channels", 1)) != 1:
         raise VolGANError("steer: the model must generate single-channel grey-level volumes")
     supported, support_note = steering_support(config)
     if not supported:
-        where = f"{checkpoint_or_model}: " if isinstance(checkpoint_or_model, (str, os.PathLike)) else "steer: "
+        where = f"{source}: " if isinstance(source, (str, os.PathLike)) else "steer: "
         raise VolGANError(f"{where}{support_note} (steer a trabecular-bone model, e.g. spongiosa-pgan)")
-    dev = next(model.parameters()).device
-    for p in model.parameters():
-        p.requires_grad_(False)
-    dist = config["latent"]["distribution"]
-    hyper = dist == "hypersphere"
-    spacing = tuple(config["spacing"])  # soft measures take (x, y, z) like Volume
-    intensity = config["intensity"]
-    render, render_np = _render(model, intensity, hyper)
-    names = sorted(set(targets) | set(changes) | (set(keep) if changes else set()), key=list(STEERABLE).index)
-    proxies = [STEERABLE[k][0] for k in names]
+    return support_note
 
-    def soft_np(zz):
+
+@dataclasses.dataclass
+class _Renderer:
+    """The frozen generator as a map from latents to volumes in physical units."""
+
+    render: Any                  # z (torch) -> (N, 1, D, H, W) physical units, with gradients
+    render_np: Any               # z (torch) -> (N, D, H, W) numpy, no gradients, in batches of 16
+    dev: Any                     # torch device of the model
+    z_dim: int
+    distribution: str
+    hyper: bool                  # latents live on the hypersphere
+    voxels: int
+    value_range: float           # width of the physical intensity range
+
+    @classmethod
+    def of(cls, model, config) -> "_Renderer":
+        dev = next(model.parameters()).device
+        for p in model.parameters():
+            p.requires_grad_(False)
+        dist = config["latent"]["distribution"]
+        hyper = dist == "hypersphere"
+        intensity = config["intensity"]
+        render, render_np = _render(model, intensity, hyper)
+        voxels = int(np.prod(getattr(model, "output_shape", (32, 32, 32))))
+        value_range = float(intensity["physical_range"][1]) - float(intensity["physical_range"][0])
+        return cls(render, render_np, dev, model.z_dim, dist, hyper, voxels, value_range)
+
+    def micro_batch(self, n: int) -> int:
+        """On the CPU, micro-batches keep activations small (large blocks are mmap-ed afresh at every step by the
+        allocator); on a GPU the whole batch at once."""
+        return n if self.dev.type != "cpu" else max(1, 131072 // max(self.voxels, 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Measurement:
+    """The steered parameters and how they are measured: exactly, and by their differentiable proxies."""
+
+    names: list                  # steerable parameter names, in STEERABLE order
+    proxies: list                # their proxy keys in MorphometryLib.differentiable
+    spacing: tuple               # (x, y, z) mm, as Volume and the soft measures take it
+    threshold: float
+    width: float
+
+    @classmethod
+    def of(cls, config, targets, changes, keep, threshold, width) -> "_Measurement":
+        names = sorted(set(targets) | set(changes) | (set(keep) if changes else set()), key=list(STEERABLE).index)
+        return cls(names, [STEERABLE[k][0] for k in names], tuple(config["spacing"]), threshold, width)
+
+    def exact(self, volumes: np.ndarray) -> np.ndarray:
+        return _exact(volumes, self.spacing, self.threshold, self.names)
+
+    def soft(self, x):
+        """Proxy values (N, K) of rendered volumes, differentiable."""
+        import torch
+        from MorphometryLib.differentiable import soft_morphometry
+
+        soft = soft_morphometry(x, self.threshold, self.width, spacing=self.spacing, parameters=self.proxies)
+        return torch.stack([soft[k] for k in self.proxies], 1)
+
+    def soft_np(self, ren: _Renderer, zz) -> np.ndarray:
+        """Proxy values (N, K) of latents as numpy, in batches of 16."""
+        import torch
+        from MorphometryLib.differentiable import soft_morphometry
+
         with torch.no_grad():
             out = []
             for i in range(0, len(zz), 16):
-                sm = soft_morphometry(render(zz[i:i + 16]), threshold, width, spacing=spacing, parameters=proxies)
-                out.append(np.stack([sm[k].cpu().numpy() for k in proxies], 1))
+                sm = soft_morphometry(ren.render(zz[i:i + 16]), self.threshold, self.width, spacing=self.spacing,
+                                      parameters=self.proxies)
+                out.append(np.stack([sm[k].cpu().numpy() for k in self.proxies], 1))
             return np.concatenate(out)
 
-    # the pool: random latents measured exactly (targets mode: start points and the range check)
-    n_pool = 0 if not targets else int(pool) if pool else max(128, 4 * n)
-    pool_z = pool_exact = pool_soft = None
-    if n_pool:
-        pool_z = sample_z(n_pool, model.z_dim, seed + 7919, dist).to(dev)
-        pool_exact = _exact(render_np(pool_z), spacing, threshold, names)
-        pool_soft = soft_np(pool_z)
-    warnings = [support_note] if support_note else []
-    goal = np.zeros((n if latents is None else len(latents), len(names)))
-    if targets:
-        for j, name in enumerate(names):
-            if name not in targets:
-                continue
-            col = pool_exact[:, j][np.isfinite(pool_exact[:, j])]
-            lo, hi = (np.min(col), np.max(col)) if col.size else (-np.inf, np.inf)
-            margin = 0.25 * (hi - lo)
-            t = np.broadcast_to(np.asarray(targets[name], dtype=float), (len(goal),)).copy()
-            outside = (t < lo - margin) | (t > hi + margin)
-            if outside.any():
-                warnings.append(f"{name} target(s) {np.unique(t[outside]).round(4).tolist()} outside what this model "
-                                f"generates ({lo:.3g}–{hi:.3g}); clamped to [{lo - margin:.3g}, {hi + margin:.3g}]")
-                t = np.clip(t, lo - margin, hi + margin)
-            goal[:, j] = t
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The search's settings: success tolerance, Adam's rate, the seed and the exact refinement's knobs."""
+
+    tolerance: float
+    lr: float
+    seed: int
+    polish_within: float
+    polish_k: int
+    polish_rounds: int
+
+
+@dataclasses.dataclass
+class _Pool:
+    """Random latents measured exactly and by the proxies (targets mode: start points and the range check)."""
+
+    z: Any                       # (P, z_dim) torch
+    exact: np.ndarray            # (P, K)
+    soft: np.ndarray             # (P, K)
+
+
+def _draw_pool(ren: _Renderer, meas: _Measurement, n_pool: int, seed: int) -> _Pool:
+    from .generate import sample_z
+
+    pool_z = sample_z(n_pool, ren.z_dim, seed + 7919, ren.distribution).to(ren.dev)
+    return _Pool(pool_z, meas.exact(ren.render_np(pool_z)), meas.soft_np(ren, pool_z))
+
+
+def _target_goals(names, targets: dict, pool: Optional[_Pool], n_samples: int, warnings: list) -> np.ndarray:
+    """Exact-unit goals (N, K) of the absolute targets, clamped to the pool's range ± 25 % (with a warning);
+    the other columns are 0 until the starting points fill them."""
+    goal = np.zeros((n_samples, len(names)))
+    if not targets:
+        return goal
+    for j, name in enumerate(names):
+        if name not in targets:
+            continue
+        col = pool.exact[:, j][np.isfinite(pool.exact[:, j])]
+        lo, hi = (np.min(col), np.max(col)) if col.size else (-np.inf, np.inf)
+        margin = 0.25 * (hi - lo)
+        t = np.broadcast_to(np.asarray(targets[name], dtype=float), (len(goal),)).copy()
+        outside = (t < lo - margin) | (t > hi + margin)
+        if outside.any():
+            warnings.append(f"{name} target(s) {np.unique(t[outside]).round(4).tolist()} outside what this model "
+                            f"generates ({lo:.3g}–{hi:.3g}); clamped to [{lo - margin:.3g}, {hi + margin:.3g}]")
+            t = np.clip(t, lo - margin, hi + margin)
+        goal[:, j] = t
+    return goal
+
+
+@dataclasses.dataclass
+class _Start:
+    z0: Any                      # (N, z_dim) torch starting latents
+    exact0: np.ndarray           # (N, K) their exact values
+    goal: np.ndarray             # (N, K) exact-unit goals
+    order: Optional[np.ndarray]  # targets mode: pool members by preference per sample (restarts); else None
+
+
+def _starting_points(ren, meas, pool, goal, latents, targets, changes) -> _Start:
+    """Given latents (their changed / kept values complete the goals), or each sample's nearest pool member."""
+    import torch
+
     if latents is not None:
-        z0 = torch.as_tensor(np.asarray(latents, np.float32)).to(dev)
-        exact0 = _exact(render_np(z0), spacing, threshold, names)
-        for j, name in enumerate(names):
+        z0 = torch.as_tensor(np.asarray(latents, np.float32)).to(ren.dev)
+        exact0 = meas.exact(ren.render_np(z0))
+        for j, name in enumerate(meas.names):
             if name in changes:
                 goal[:, j] = exact0[:, j] * (1.0 + changes[name])
             elif name not in targets:
                 goal[:, j] = exact0[:, j]
-        order = None
-    else:
-        order = _assign(pool_exact, goal)
-        z0 = pool_z[torch.as_tensor(order[:, 0], device=dev)].clone()
-        exact0 = pool_exact[order[:, 0]]
-    start = render(z0).detach() if changes else None
-    soft0 = soft_np(z0)
-    if pool_soft is not None:
-        scale = np.nanstd(pool_soft, axis=0)
-    else:
-        scale = 0.1 * np.nanmean(np.abs(soft0), axis=0)
-    scale = torch.as_tensor(np.maximum(scale, 1e-6), dtype=torch.float32, device=dev)
-    # proxy targets: each proxy's start value moved by the exact measure's required ratio (calibrated later)
-    proxy_goal = torch.as_tensor(goal * _ratio(soft0, exact0), dtype=torch.float32, device=dev)
-    z = z0.clone().requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=lr)
-    traj = {k: [exact0[:, j].tolist()] for j, k in enumerate(names)}
+        return _Start(z0, exact0, goal, None)
+    order = _assign(pool.exact, goal)
+    z0 = pool.z[torch.as_tensor(order[:, 0], device=ren.dev)].clone()
+    return _Start(z0, pool.exact[order[:, 0]], goal, order)
 
-    def errors(ex, g=goal):
+
+@dataclasses.dataclass
+class _Objective:
+    """Σ_k ((p_k − p̂*_k)/s_k)² (+ the content term in change mode), and the exact relative errors."""
+
+    goal: np.ndarray             # (N, K) exact-unit goals
+    scale: Any                   # (K,) torch: spread s_k of each proxy
+    proxy_goal0: Any             # (N, K) torch: first proxy targets (calibrated later)
+    start: Any                   # change mode: the starting volumes (content term); else None
+    content_weight: Optional[float]
+    value_range: float
+
+    @classmethod
+    def of(cls, ren: _Renderer, meas: _Measurement, begin: _Start, pool: Optional[_Pool],
+           content_weight: Optional[float]) -> "_Objective":
+        import torch
+
+        start = ren.render(begin.z0).detach() if content_weight is not None else None
+        soft0 = meas.soft_np(ren, begin.z0)
+        if pool is not None:
+            scale = np.nanstd(pool.soft, axis=0)
+        else:
+            scale = 0.1 * np.nanmean(np.abs(soft0), axis=0)
+        scale = torch.as_tensor(np.maximum(scale, 1e-6), dtype=torch.float32, device=ren.dev)
+        # proxy targets: each proxy's start value moved by the exact measure's required ratio (calibrated later)
+        proxy_goal = torch.as_tensor(begin.goal * _ratio(soft0, begin.exact0), dtype=torch.float32, device=ren.dev)
+        return cls(begin.goal, scale, proxy_goal, start, content_weight, ren.value_range)
+
+    def per_sample(self, x, p, proxy_goal, idx):
+        """The objective of each rendered sample ``x`` with proxy values ``p``."""
+        per = ((p - proxy_goal) / self.scale).square().sum(1)
+        if self.start is not None:
+            per = per + self.content_weight * 100.0 * (x - self.start[idx]).square().mean(dim=(1, 2, 3, 4)) \
+                / self.value_range ** 2
+        return per
+
+    def errors(self, ex: np.ndarray, g: Optional[np.ndarray] = None) -> np.ndarray:
+        """Relative errors of exact values against the goals (inf where not measurable)."""
+        g = self.goal if g is None else g
         rel = np.abs(ex - g) / np.maximum(np.abs(g), 1e-12)
         return np.where(np.isfinite(rel), rel, np.inf)
 
-    exact = exact0
-    err = errors(exact)
-    success = np.all(err <= tolerance, axis=1)
-    best_err = err.max(axis=1)
-    best_z = z0.detach().clone()
-    stall = np.zeros(len(goal), int)
-    next_candidate = np.ones(len(goal), int)
-    restarts = polished = 0
-    sigma = np.full(len(goal), 0.05)
-    steps_run = 0
-    # on the CPU, micro-batches keep activations small (large blocks are mmap-ed afresh at every step by the
-    # allocator); on a GPU the whole batch at once
-    voxels = int(np.prod(getattr(model, "output_shape", (32, 32, 32))))
-    micro = len(goal) if dev.type != "cpu" else max(1, 131072 // max(voxels, 1))
-    rng_range = float(intensity["physical_range"][1]) - float(intensity["physical_range"][0])
-    with Progress(steps, "steer", progress, cancel) as bar:
-        for step in range(1, steps + 1):
-            if success.all():
-                bar.set(steps, message="all samples within tolerance")
-                break
-            steps_run = step
-            act = np.flatnonzero(~success)
-            opt.zero_grad(set_to_none=False)
-            for c0 in range(0, len(act), micro):
-                idx = torch.as_tensor(act[c0:c0 + micro], device=dev)
-                x = render(z[idx])
-                soft = soft_morphometry(x, threshold, width, spacing=spacing, parameters=proxies)
-                p = torch.stack([soft[k] for k in proxies], 1)
-                per = ((p - proxy_goal[idx]) / scale).square().sum(1)
-                if changes:
-                    per = per + content_weight * 100.0 * (x - start[idx]).square().mean(dim=(1, 2, 3, 4)) / rng_range ** 2
-                per.sum().backward()
-            frozen = torch.as_tensor(success, device=dev)
-            keep_z = z.detach()[frozen].clone()
-            opt.step()
-            with torch.no_grad():
-                z[frozen] = keep_z  # Adam's momentum must not move samples that are done
-            if step % check_every == 0 or step == steps:
-                with torch.no_grad():
-                    exact = exact.copy()
-                    exact[act] = _exact(render_np(z.detach()[torch.as_tensor(act, device=dev)]), spacing, threshold, names)
-                for j, k in enumerate(names):
-                    traj[k].append(exact[:, j].tolist())
-                err = errors(exact)
-                worst = err.max(axis=1)
-                better = worst < best_err - 1e-4
-                with torch.no_grad():
-                    bt = torch.as_tensor(better, device=dev)
-                    best_z[bt] = z.detach()[bt]
-                best_err = np.where(better, worst, best_err)
-                success = best_err <= tolerance
-                stall = np.where(better, 0, stall + 1)
-                corr = np.clip(_ratio(goal, exact, eps=0.0), 0.8, 1.25)
-                corr[success] = 1.0
-                proxy_goal = proxy_goal * torch.as_tensor(corr, dtype=torch.float32, device=dev)
-                stuck = np.flatnonzero(~success & (stall >= 2))
-                # close but stuck (the proxies' bias left in the last few %): search around the best latent
-                # with the exact measures themselves, a (1+K) evolution strategy with a 1/5-rule-like step size
-                near = stuck[best_err[stuck] < polish_within * tolerance]
-                if near.size and polish_rounds:
-                    searched = near.copy()
-                    for _ in range(polish_rounds):
-                        near = near[best_err[near] > tolerance]  # done ones leave the search
-                        if not near.size:
-                            break
-                        gen = torch.Generator(device="cpu").manual_seed(seed * 1000003 + step * 101 + _)
-                        base = best_z[torch.as_tensor(near, device=dev)]
-                        noise = torch.randn((len(near), polish_k, base.shape[1]), generator=gen).to(dev)
-                        step_size = torch.as_tensor(sigma[near], dtype=base.dtype, device=dev)
-                        cand = base[:, None, :] + (step_size * base.norm(dim=1) / np.sqrt(base.shape[1]))[:, None, None] \
-                            * noise
-                        ce = _exact(render_np(cand.reshape(-1, base.shape[1])), spacing, threshold, names)
-                        cw = errors(ce, np.repeat(goal[near], polish_k, axis=0)).max(axis=1).reshape(len(near), polish_k)
-                        pick = cw.argmin(axis=1)
-                        for a, i in enumerate(near):
-                            if cw[a, pick[a]] < best_err[i]:
-                                best_err[i] = cw[a, pick[a]]
-                                best_z[i] = cand[a, pick[a]]
-                                exact[i] = ce[a * polish_k + pick[a]]
-                                sigma[i] *= 1.5
-                                stall[i] = 0
-                            else:
-                                sigma[i] *= 0.6
-                        polished += len(near)
-                    with torch.no_grad():
-                        idx = torch.as_tensor(searched, device=dev)
-                        z[idx] = best_z[idx]
-                    success = best_err <= tolerance
-                # far and stuck: start again from the next-nearest pool member
-                far = np.setdiff1d(stuck, np.flatnonzero(best_err < polish_within * tolerance))
-                if order is not None and far.size:
-                    with torch.no_grad():
-                        for i in far:
-                            if next_candidate[i] >= order.shape[1]:
-                                continue
-                            cand_i = int(order[i, next_candidate[i]])
-                            next_candidate[i] += 1
-                            z[i] = pool_z[cand_i]
-                            r0 = _ratio(pool_soft[cand_i], pool_exact[cand_i])
-                            proxy_goal[i] = torch.as_tensor(goal[i] * r0, dtype=torch.float32, device=dev)
-                            stall[i] = 0
-                            restarts += 1
-                if stuck.size:
-                    opt = torch.optim.Adam([z], lr=lr)  # fresh moments after a jump
-            bar.advance(message=f"{int(success.sum())}/{len(success)} within {tolerance:.0%}")
-    zf = best_z
+
+@dataclasses.dataclass
+class _State:
+    """What the optimisation changes: the latents and their optimiser, the calibrated proxy targets, the last
+    exact values, the best latents so far and the bookkeeping of the refinements and restarts."""
+
+    z: Any                       # (N, z_dim) torch, optimised
+    opt: Any                     # Adam over z (fresh after a jump)
+    proxy_goal: Any              # (N, K) torch
+    exact: np.ndarray            # (N, K) exact values at the last check
+    best_z: Any
+    best_err: np.ndarray         # (N,) worst relative error of best_z
+    success: np.ndarray          # (N,) bool: best_err within tolerance
+    stall: np.ndarray            # (N,) checks without improvement
+    next_candidate: np.ndarray   # (N,) next pool member to restart from
+    sigma: np.ndarray            # (N,) step size of the exact refinement
+    traj: dict                   # parameter -> exact values at each check
+    restarts: int = 0
+    polished: int = 0
+    steps_run: int = 0
+
+    @classmethod
+    def initial(cls, begin: _Start, obj: _Objective, names, tolerance: float, lr: float) -> "_State":
+        import torch
+
+        z = begin.z0.clone().requires_grad_(True)
+        traj = {k: [begin.exact0[:, j].tolist()] for j, k in enumerate(names)}
+        n = len(begin.goal)
+        err = obj.errors(begin.exact0)
+        return cls(z, torch.optim.Adam([z], lr=lr), obj.proxy_goal0, begin.exact0, begin.z0.detach().clone(),
+                   err.max(axis=1), np.all(err <= tolerance, axis=1), np.zeros(n, int), np.ones(n, int),
+                   np.full(n, 0.05), traj)
+
+
+def _descend(st: _State, act: np.ndarray, ren: _Renderer, meas: _Measurement, obj: _Objective) -> None:
+    """One Adam step on the samples ``act`` not yet within tolerance; the done ones stay where they are."""
+    import torch
+
+    st.opt.zero_grad(set_to_none=False)
+    micro = ren.micro_batch(len(obj.goal))
+    for c0 in range(0, len(act), micro):
+        idx = torch.as_tensor(act[c0:c0 + micro], device=ren.dev)
+        x = ren.render(st.z[idx])
+        obj.per_sample(x, meas.soft(x), st.proxy_goal[idx], idx).sum().backward()
+    frozen = torch.as_tensor(st.success, device=ren.dev)
+    keep_z = st.z.detach()[frozen].clone()
+    st.opt.step()
     with torch.no_grad():
-        if hyper:
+        st.z[frozen] = keep_z  # Adam's momentum must not move samples that are done
+
+
+def _check(st: _State, act, step: int, ren: _Renderer, meas: _Measurement, obj: _Objective, opts: _Options,
+           pool: Optional[_Pool], order: Optional[np.ndarray]) -> None:
+    """Measure the active samples exactly, keep improvements and re-calibrate the proxy targets; then refine the
+    close but stuck samples on the exact measures and restart the far and stuck ones from the pool."""
+    import torch
+
+    _measure_active(st, act, ren, meas)
+    _keep_improvements(st, obj, opts.tolerance, ren.dev)
+    stuck = np.flatnonzero(~st.success & (st.stall >= 2))
+    # close but stuck (the proxies' bias left in the last few %): search around the best latent
+    near = stuck[st.best_err[stuck] < opts.polish_within * opts.tolerance]
+    if near.size and opts.polish_rounds:
+        _polish(st, near, step, ren, meas, obj, opts)
+    # far and stuck: start again from the next-nearest pool member
+    far = np.setdiff1d(stuck, np.flatnonzero(st.best_err < opts.polish_within * opts.tolerance))
+    if order is not None and far.size:
+        _restart(st, far, pool, order, obj.goal, ren.dev)
+    if stuck.size:
+        st.opt = torch.optim.Adam([st.z], lr=opts.lr)  # fresh moments after a jump
+
+
+def _measure_active(st: _State, act, ren: _Renderer, meas: _Measurement) -> None:
+    """Exact values of the active samples' current latents; every sample's values join the trajectories."""
+    import torch
+
+    with torch.no_grad():
+        st.exact = st.exact.copy()
+        st.exact[act] = meas.exact(ren.render_np(st.z.detach()[torch.as_tensor(act, device=ren.dev)]))
+    for j, k in enumerate(meas.names):
+        st.traj[k].append(st.exact[:, j].tolist())
+
+
+def _keep_improvements(st: _State, obj: _Objective, tolerance: float, dev) -> None:
+    """Remember latents that lowered a sample's worst error; count the checks without; re-calibrate each proxy
+    target by ``target / exact`` (clamped to [0.8, 1.25]; samples within tolerance keep theirs)."""
+    import torch
+
+    worst = obj.errors(st.exact).max(axis=1)
+    better = worst < st.best_err - 1e-4
+    with torch.no_grad():
+        bt = torch.as_tensor(better, device=dev)
+        st.best_z[bt] = st.z.detach()[bt]
+    st.best_err = np.where(better, worst, st.best_err)
+    st.success = st.best_err <= tolerance
+    st.stall = np.where(better, 0, st.stall + 1)
+    corr = np.clip(_ratio(obj.goal, st.exact, eps=0.0), 0.8, 1.25)
+    corr[st.success] = 1.0
+    st.proxy_goal = st.proxy_goal * torch.as_tensor(corr, dtype=torch.float32, device=dev)
+
+
+def _polish(st: _State, near: np.ndarray, step: int, ren, meas, obj, opts: _Options) -> None:
+    """Refine samples ``near`` their targets on the exact measures themselves: a (1+K) evolution strategy around
+    the best latent with a 1/5-rule-like step size, ``polish_rounds`` rounds; the searched samples continue from
+    their best latent."""
+    import torch
+
+    searched = near.copy()
+    for rnd in range(opts.polish_rounds):
+        near = near[st.best_err[near] > opts.tolerance]  # done ones leave the search
+        if not near.size:
+            break
+        _polish_round(st, near, opts.seed * 1000003 + step * 101 + rnd, ren, meas, obj, opts.polish_k)
+        st.polished += len(near)
+    with torch.no_grad():
+        idx = torch.as_tensor(searched, device=ren.dev)
+        st.z[idx] = st.best_z[idx]
+    st.success = st.best_err <= opts.tolerance
+
+
+def _polish_round(st: _State, near: np.ndarray, seed: int, ren: _Renderer, meas: _Measurement, obj: _Objective,
+                  k: int) -> None:
+    """``k`` seeded candidates around each sample's best latent, measured exactly; the best one is kept when it
+    beats the sample's best (step size × 1.5), else the step size shrinks (× 0.6)."""
+    import torch
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    base = st.best_z[torch.as_tensor(near, device=ren.dev)]
+    noise = torch.randn((len(near), k, base.shape[1]), generator=gen).to(ren.dev)
+    step_size = torch.as_tensor(st.sigma[near], dtype=base.dtype, device=ren.dev)
+    cand = base[:, None, :] + (step_size * base.norm(dim=1) / np.sqrt(base.shape[1]))[:, None, None] * noise
+    ce = meas.exact(ren.render_np(cand.reshape(-1, base.shape[1])))
+    cw = obj.errors(ce, np.repeat(obj.goal[near], k, axis=0)).max(axis=1).reshape(len(near), k)
+    pick = cw.argmin(axis=1)
+    for a, i in enumerate(near):
+        if cw[a, pick[a]] < st.best_err[i]:
+            st.best_err[i] = cw[a, pick[a]]
+            st.best_z[i] = cand[a, pick[a]]
+            st.exact[i] = ce[a * k + pick[a]]
+            st.sigma[i] *= 1.5
+            st.stall[i] = 0
+        else:
+            st.sigma[i] *= 0.6
+
+
+def _restart(st: _State, far: np.ndarray, pool: _Pool, order: np.ndarray, goal: np.ndarray, dev) -> None:
+    """Move each sample of ``far`` to its next-nearest pool member (while any is left), with that member's
+    proxy targets."""
+    import torch
+
+    with torch.no_grad():
+        for i in far:
+            if st.next_candidate[i] >= order.shape[1]:
+                continue
+            cand_i = int(order[i, st.next_candidate[i]])
+            st.next_candidate[i] += 1
+            st.z[i] = pool.z[cand_i]
+            r0 = _ratio(pool.soft[cand_i], pool.exact[cand_i])
+            st.proxy_goal[i] = torch.as_tensor(goal[i] * r0, dtype=torch.float32, device=dev)
+            st.stall[i] = 0
+            st.restarts += 1
+
+
+def _result(st: _State, begin: _Start, ren: _Renderer, meas: _Measurement, obj: _Objective, tolerance: float,
+            info: dict, t0: float) -> SteeringResult:
+    """Render the best latents, judge them by the exact measures and tabulate targets, start, proxy and exact.
+    ``info`` holds the request's part of the result's info (mode, pool, threshold, warnings, changes, targets)."""
+    import time
+
+    import torch
+    from MorphometryLib.differentiable import soft_morphometry
+
+    zf = st.best_z
+    with torch.no_grad():
+        if ren.hyper:
             zf = zf / zf.norm(dim=1, keepdim=True)
-        xf = render(zf)
+        xf = ren.render(zf)
         final = xf[:, 0].cpu().numpy()
-        softf = soft_morphometry(xf, threshold, width, spacing=spacing, parameters=proxies)
-    exact = _exact(final, spacing, threshold, names)
-    success = np.all(errors(exact) <= tolerance, axis=1)
+        softf = soft_morphometry(xf, meas.threshold, meas.width, spacing=meas.spacing, parameters=meas.proxies)
+    exact = meas.exact(final)
+    success = np.all(obj.errors(exact) <= tolerance, axis=1)
     rows = []
     for i in range(len(final)):
         row: dict[str, Any] = {"sample": i, "success": bool(success[i])}
-        for j, k in enumerate(names):
-            row[f"{k} target"] = float(goal[i, j])
-            row[f"{k} start (exact)"] = float(exact0[i, j])
+        for j, k in enumerate(meas.names):
+            row[f"{k} target"] = float(obj.goal[i, j])
+            row[f"{k} start (exact)"] = float(begin.exact0[i, j])
             row[f"{k} proxy"] = float(softf[STEERABLE[k][0]][i])
             row[f"{k} exact"] = float(exact[i, j])
         rows.append(row)
-    volumes = [Volume(v.astype(np.float32), spacing=spacing) for v in final]
-    info = {"mode": "change" if changes else "targets", "parameters": names, "tolerance": tolerance,
+    volumes = [Volume(v.astype(np.float32), spacing=meas.spacing) for v in final]
+    info = {"mode": info["mode"], "parameters": meas.names, "tolerance": tolerance,
             "success_rate": float(success.mean()), "samples": len(final), "seconds": time.perf_counter() - t0,
-            "seconds_per_sample": (time.perf_counter() - t0) / max(len(final), 1), "steps": steps_run,
-            "pool": n_pool, "restarts": restarts, "exact_refinements": polished, "threshold": threshold, "warnings": warnings,
-            "changes": changes, "targets": {k: np.asarray(v).tolist() for k, v in targets.items()}}
-    return SteeringResult(volumes, zf.cpu().numpy(), rows, {k: np.asarray(v) for k, v in traj.items()}, info)
+            "seconds_per_sample": (time.perf_counter() - t0) / max(len(final), 1), "steps": st.steps_run,
+            "pool": info["pool"], "restarts": st.restarts, "exact_refinements": st.polished,
+            "threshold": info["threshold"], "warnings": info["warnings"], "changes": info["changes"],
+            "targets": info["targets"]}
+    return SteeringResult(volumes, zf.cpu().numpy(), rows, {k: np.asarray(v) for k, v in st.traj.items()}, info)
 
 
 def plot_trajectories(result: SteeringResult, path) -> None:

@@ -23,6 +23,7 @@ fallbacks say so.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 from pathlib import Path
@@ -201,11 +202,98 @@ def evaluate(
     dict
         The report (as written to report.json).
     """
-    from VolGANCore.atomic import atomic_directory, atomic_write_json, atomic_write_text
+    cfg = _checked_settings(protocol, n_bootstrap, seed, device, knn_k, copy_quantile, msssim_pairs,
+                            medicalnet_background)
+    out_dir = Path(out_dir)
+    _check_outside_inputs(out_dir, (real_dir, fake_dir))
+    sets = _read_sets(real_dir, fake_dir)
+    slice_ext = make_slice_extractor(inception_weights, device)
+    vol_ext = make_volume_extractor(medicalnet_weights, device, seed)
+    # one PRD k for every PRD figure of the report (estimate, halves, replicates), from its smallest clustering
+    cfg.prd_clusters = 10 if protocol == "aydin2024" else prd_num_clusters(min(sets.n_real // 2, sets.n_fake))
+    div_pairs = {"generated": sample_pairs(sets.n_fake, msssim_pairs, seed),
+                 "real": sample_pairs(sets.n_real, msssim_pairs, seed + 1)}
+    total = (sets.n_real + sets.n_fake) + n_bootstrap + 3 + sum(len(v) for v in div_pairs.values())
+    with Progress(total, "evaluate", progress, cancel) as prog:
+        feats = _extract_features(sets, cfg, slice_ext, vol_ext, prog)
+        found = _compare_sets(sets, feats, cfg, div_pairs, prog)
+    _name_suspects(found.memorisation, sets)
+    report = _assemble_report(sets, feats, found, cfg, slice_ext, vol_ext)
+    _write_report(out_dir, report, sets, feats, overwrite)
+    return report
 
-    from .plots import write_plots
-    from .report_md import render_markdown
 
+# ---------------------------------------------------------------------------------------------------------------
+# the steps of evaluate
+@dataclasses.dataclass
+class _Settings:
+    """The checked settings of one evaluation (``prd_clusters`` is set once the set sizes are known)."""
+
+    protocol: str
+    n_bootstrap: int
+    seed: int
+    device: str
+    knn_k: int
+    copy_quantile: float
+    msssim_pairs: int
+    background: Optional[str]            # MedicalNet background rule (aydin2024 only)
+    prd_clusters: int = 0
+
+
+@dataclasses.dataclass
+class _Sets:
+    """The real and the generated volumes as read, with their files."""
+
+    real_dir: Any
+    fake_dir: Any
+    real_paths: list[Path]
+    real: np.ndarray                     # (N, D, H, W)
+    fake_paths: list[Path]
+    fake: np.ndarray
+
+    @property
+    def n_real(self) -> int:
+        return len(self.real)
+
+    @property
+    def n_fake(self) -> int:
+        return len(self.fake)
+
+    @property
+    def real_ids(self) -> list[str]:
+        return [case_id(p) for p in self.real_paths]
+
+    @property
+    def fake_ids(self) -> list[str]:
+        return [case_id(p) for p in self.fake_paths]
+
+
+@dataclasses.dataclass
+class _Features:
+    """Slice and volume features of every volume, real first; ``ri``/``fi`` index the real and generated ones."""
+
+    slices: list[np.ndarray]
+    volumes: np.ndarray
+    ri: np.ndarray
+    fi: np.ndarray
+
+
+@dataclasses.dataclass
+class _Findings:
+    """Every figure of the report before it is laid out."""
+
+    main: dict                           # real vs generated (with the PRD curve)
+    base: dict                           # real half vs real half
+    cis: dict                            # bootstrap intervals of ``main``
+    memorisation: dict
+    border: dict
+    diversity: Optional[dict]
+    bandwidth: float                     # MMD σ (median heuristic on the full sets)
+    half_a: np.ndarray
+    half_b: np.ndarray
+
+
+def _checked_settings(protocol, n_bootstrap, seed, device, knn_k, copy_quantile, msssim_pairs, background) -> _Settings:
     if protocol not in PROTOCOLS:
         raise VolGANError(f"--protocol: expected one of {PROTOCOLS}, got {protocol!r}")
     if n_bootstrap < 0:
@@ -216,14 +304,20 @@ def evaluate(
         raise VolGANError(f"--knn-k: expected ≥ 1, got {knn_k}")
     if isinstance(msssim_pairs, bool) or not isinstance(msssim_pairs, (int, np.integer)) or msssim_pairs < 0:
         raise VolGANError(f"--msssim-pairs: expected a whole number ≥ 0 (0 skips the diversity), got {msssim_pairs!r}")
-    background = _medicalnet_background(protocol, medicalnet_background)
-    out_dir = Path(out_dir)
-    for folder in (real_dir, fake_dir):
+    return _Settings(protocol, n_bootstrap, seed, device, knn_k, copy_quantile, msssim_pairs,
+                     _medicalnet_background(protocol, background))
+
+
+def _check_outside_inputs(out_dir: Path, inputs) -> None:
+    for folder in inputs:
         f, o = Path(folder).resolve(), out_dir.resolve()
         if o == f or f in o.parents:
             raise VolGANError(f"--out {out_dir}: is inside the input folder {folder} (inputs are never modified; "
                               "choose a report folder elsewhere)")
 
+
+def _read_sets(real_dir, fake_dir) -> _Sets:
+    """Both sets, checked: one shape, ≥ 4 real (two halves of ≥ 2), ≥ 2 generated, sides ≥ 8 voxels."""
     real_paths, real = load_volume_set(real_dir, "real")
     fake_paths, fake = load_volume_set(fake_dir, "generated")
     if real.shape[1:] != fake.shape[1:]:
@@ -237,52 +331,58 @@ def evaluate(
     if min(real.shape[1:]) < 8:
         raise VolGANError(f"{real_dir}: volumes of shape {real.shape[1:]} are too small for the 3-D network "
                           "(each side must be ≥ 8 voxels)")
+    return _Sets(real_dir, fake_dir, real_paths, real, fake_paths, fake)
 
-    slice_ext = make_slice_extractor(inception_weights, device)
-    vol_ext = make_volume_extractor(medicalnet_weights, device, seed)
-    n_r, n_f = len(real), len(fake)
-    # one PRD k for every PRD figure of the report (estimate, halves, replicates), from its smallest clustering
-    prd_k = 10 if protocol == "aydin2024" else prd_num_clusters(min(n_r // 2, n_f))
-    allv = np.concatenate([real, fake])
+
+def _extract_features(sets: _Sets, cfg: _Settings, slice_ext, vol_ext, prog: Progress) -> _Features:
+    """Each volume preprocessed by the protocol's rule, then its slice features and its volume features."""
+    n_r, n_f = sets.n_real, sets.n_fake
     slice_feats: list[np.ndarray] = []
     vol_feats = np.zeros((n_r + n_f, vol_ext.dim))
-    div_pairs = {"generated": sample_pairs(n_f, msssim_pairs, seed), "real": sample_pairs(n_r, msssim_pairs, seed + 1)}
-    total = (n_r + n_f) + n_bootstrap + 3 + sum(len(v) for v in div_pairs.values())
-    with Progress(total, "evaluate", progress, cancel) as prog:
-        for i, arr in enumerate(allv):
-            if protocol == "aydin2024":
-                slices = preprocess.anchor_slices_uint8(arr)
-                stream = [seed, 0, i] if i < n_r else [seed, 1, i - n_r]  # (seed, set, index): one per volume
-                vin = preprocess.anchor_medicalnet_input(arr, background=background, seed=stream)
-            else:
-                slices = preprocess.default_slices(arr)
-                vin = preprocess.default_medicalnet_input(arr)
-            slice_feats.append(slice_ext(slices))
-            vol_feats[i] = vol_ext(vin[None])[0]
-            prog.advance(1, f"features {i + 1}/{n_r + n_f}")
-        ri, fi = np.arange(n_r), np.arange(n_r, n_r + n_f)
-        bandwidth = median_bandwidth(vol_feats[ri], vol_feats[fi])
-        kw = dict(protocol=protocol, seed=seed, knn_k=knn_k, mmd_bandwidth=bandwidth, device=device,
-                  prd_clusters=prd_k)
-        main = compute_metrics(slice_feats, vol_feats, ri, fi, keep_curve=True, **kw)
-        prog.advance(1, "metrics")
-        half_a, half_b = split_halves(n_r, seed)
-        base = compute_metrics(slice_feats, vol_feats, half_a, half_b, keep_curve=True, **kw)
-        prog.advance(1, "real-vs-real baseline")
-        cis = bootstrap_many(
-            lambda a, b: {k: v for k, v in compute_metrics(slice_feats, vol_feats, ri[a], fi[b], **kw).items()
-                          if not k.startswith("_")},
-            n_r, n_f, n_bootstrap, seed, on_replicate=lambda: prog.advance(1, "bootstrap"),
-            estimates={k: v for k, v in main.items() if not k.startswith("_")}, bounds=_BOUNDS)
-        mem = memorisation_check(standardise_rows(real), standardise_rows(fake), vol_feats[ri], vol_feats[fi],
-                                 copy_quantile)
-        prog.advance(1, "memorisation")
-        border = border_report(real, fake, half_a, half_b)
-        diversity = None
-        if msssim_pairs > 0:
-            diversity = _msssim_diversity(real, fake, div_pairs, half_a, half_b, n_bootstrap, seed, device,
-                                          lambda k, what: prog.advance(k, f"MS-SSIM {what}"))
+    for i, arr in enumerate(np.concatenate([sets.real, sets.fake])):
+        if cfg.protocol == "aydin2024":
+            slices = preprocess.anchor_slices_uint8(arr)
+            stream = [cfg.seed, 0, i] if i < n_r else [cfg.seed, 1, i - n_r]  # (seed, set, index): one per volume
+            vin = preprocess.anchor_medicalnet_input(arr, background=cfg.background, seed=stream)
+        else:
+            slices = preprocess.default_slices(arr)
+            vin = preprocess.default_medicalnet_input(arr)
+        slice_feats.append(slice_ext(slices))
+        vol_feats[i] = vol_ext(vin[None])[0]
+        prog.advance(1, f"features {i + 1}/{n_r + n_f}")
+    return _Features(slice_feats, vol_feats, np.arange(n_r), np.arange(n_r, n_r + n_f))
 
+
+def _compare_sets(sets: _Sets, feats: _Features, cfg: _Settings, div_pairs: dict, prog: Progress) -> _Findings:
+    """Real vs generated, its real-vs-real baseline and bootstrap intervals, memorisation, border, diversity."""
+    ri, fi = feats.ri, feats.fi
+    bandwidth = median_bandwidth(feats.volumes[ri], feats.volumes[fi])
+    kw = dict(protocol=cfg.protocol, seed=cfg.seed, knn_k=cfg.knn_k, mmd_bandwidth=bandwidth, device=cfg.device,
+              prd_clusters=cfg.prd_clusters)
+    main = compute_metrics(feats.slices, feats.volumes, ri, fi, keep_curve=True, **kw)
+    prog.advance(1, "metrics")
+    half_a, half_b = split_halves(sets.n_real, cfg.seed)
+    base = compute_metrics(feats.slices, feats.volumes, half_a, half_b, keep_curve=True, **kw)
+    prog.advance(1, "real-vs-real baseline")
+    cis = bootstrap_many(
+        lambda a, b: {k: v for k, v in compute_metrics(feats.slices, feats.volumes, ri[a], fi[b], **kw).items()
+                      if not k.startswith("_")},
+        sets.n_real, sets.n_fake, cfg.n_bootstrap, cfg.seed, on_replicate=lambda: prog.advance(1, "bootstrap"),
+        estimates={k: v for k, v in main.items() if not k.startswith("_")}, bounds=_BOUNDS)
+    mem = memorisation_check(standardise_rows(sets.real), standardise_rows(sets.fake), feats.volumes[ri],
+                             feats.volumes[fi], cfg.copy_quantile)
+    prog.advance(1, "memorisation")
+    border = border_report(sets.real, sets.fake, half_a, half_b)
+    diversity = None
+    if cfg.msssim_pairs > 0:
+        diversity = _msssim_diversity(sets.real, sets.fake, div_pairs, half_a, half_b, cfg.n_bootstrap, cfg.seed,
+                                      cfg.device, lambda k, what: prog.advance(k, f"MS-SSIM {what}"))
+    return _Findings(main, base, cis, mem, border, diversity, bandwidth, half_a, half_b)
+
+
+def _metric_table(found: _Findings, protocol: str, slice_ext, vol_ext) -> dict[str, Any]:
+    """The protocol's figures with their extractor, interval and real-vs-real value (``_META`` order)."""
+    main, base, cis = found.main, found.base, found.cis
     metrics: dict[str, Any] = {}
     for key, (label, better, protos) in _META.items():
         if protocol not in protos or key not in main:
@@ -299,36 +399,38 @@ def evaluate(
             "bootstrap_bias": None if ci is None else ci["bias"],
             "real_vs_real": None if base.get(key) is None else float(base[key]),
         }
-    prd_rule = "the paper's" if protocol == "aydin2024" else \
-        f"clip(floor(n / 10), 2, 20) for n = {min(n_r // 2, n_f)}, the smallest per-set size the report clusters"
+    return metrics
+
+
+def _notes(sets: _Sets, found: _Findings, cfg: _Settings, slice_ext, vol_ext) -> list[str]:
+    """How each figure was made: the halves, the bootstrap, PRD, the background rule, k-NN/MMD, MS-SSIM, fallbacks."""
+    main, prd_k = found.main, cfg.prd_clusters
+    prd_rule = "the paper's" if cfg.protocol == "aydin2024" else \
+        f"clip(floor(n / 10), 2, 20) for n = {min(sets.n_real // 2, sets.n_fake)}, the smallest per-set size the " \
+        "report clusters"
     notes = [
         "real_vs_real: the same metric between two disjoint, seeded halves of the real set "
-        f"({len(half_a)} vs {len(half_b)} volumes). Fréchet distances are biased upward in small samples, so this "
-        "half-size baseline overstates the full-size real-vs-real value.",
-        f"ci95: {n_bootstrap} half-sampling replicates (⌊n/2⌋ volumes of each set drawn without replacement), "
+        f"({len(found.half_a)} vs {len(found.half_b)} volumes). Fréchet distances are biased upward in small samples, "
+        "so this half-size baseline overstates the full-size real-vs-real value.",
+        f"ci95: {cfg.n_bootstrap} half-sampling replicates (⌊n/2⌋ volumes of each set drawn without replacement), "
         "percentile interval re-centred on the estimate; bootstrap_bias = replicate mean − estimate "
         "(the half-size bias that the re-centring removes).",
         f"PRD on the volume features; {prd_k} clusters ({prd_rule}; the same k for the estimate, the halves and "
         "the replicates), 10 runs, 1001 angles, k-means seeded "
-        f"(seed {seed}); sets balanced to {main['_prd_info']['balanced_to']} samples per run"
-        f"{_clusters_used(main['_prd_info'], base['_prd_info'], prd_k)}.",
+        f"(seed {cfg.seed}); sets balanced to {main['_prd_info']['balanced_to']} samples per run"
+        f"{_clusters_used(main['_prd_info'], found.base['_prd_info'], prd_k)}.",
     ]
-    if protocol == "aydin2024":
+    if cfg.protocol == "aydin2024":
         notes.append("MedicalNet input: the anchor's normalisation; background (voxels at each volume's minimum) "
                      + ("filled with N(0, 1) noise as the paper did, seeded per volume from (seed, set, index)."
-                        if background == "noise" else "filled with 0 (--medicalnet-background zero): not the paper's "
-                        "MD and AUC-PRD, which filled it with N(0, 1) noise."))
-    warnings = [w for w in (prd_sample_warning(min(n_r, n_f), prd_k, "PRD real vs generated"),
-                            prd_sample_warning(len(half_a), prd_k, "PRD real vs real (halves)")) if w]
-    if n_bootstrap == 0 and min(n_r, n_f) < 100:
-        warnings.append(f"no intervals (--bootstrap 0) with {min(n_r, n_f)} volumes in the smaller set: below 100 "
-                        "volumes every figure here varies a lot from sample to sample; rerun with --bootstrap 200")
-    if protocol == "default":
-        notes.append(f"k-NN metrics with k = {main.get('_knn_k', knn_k)}; their bootstrap replicates use the distinct "
-                     "resampled volumes (conservative intervals). MMD² with σ = "
-                     f"{bandwidth:.6g} (median heuristic on the full sets, kept fixed in the bootstrap).")
-    if diversity is not None:
-        d = diversity["msssim"]
+                        if cfg.background == "noise" else "filled with 0 (--medicalnet-background zero): not the "
+                        "paper's MD and AUC-PRD, which filled it with N(0, 1) noise."))
+    if cfg.protocol == "default":
+        notes.append(f"k-NN metrics with k = {main.get('_knn_k', cfg.knn_k)}; their bootstrap replicates use the "
+                     "distinct resampled volumes (conservative intervals). MMD² with σ = "
+                     f"{found.bandwidth:.6g} (median heuristic on the full sets, kept fixed in the bootstrap).")
+    if found.diversity is not None:
+        d = found.diversity["msssim"]
         notes.append(f"MS-SSIM diversity: mean 3-D MS-SSIM over {d['generated']['n_pairs']} generated and "
                      f"{d['real']['n_pairs']} real distinct pairs (seeded), lower = more diverse; "
                      f"{d['settings']['n_scales']} scale(s), {d['settings']['kernel_size']}-voxel Gaussian window "
@@ -338,48 +440,79 @@ def evaluate(
         if ext.fallback:
             notes.append(f"{ext.name}: FALLBACK features (no weights given) — values are not FID/MD and are "
                          "comparable only with reports made with the same extractor name.")
-    fake_ids = [case_id(p) for p in fake_paths]
-    real_ids = [case_id(p) for p in real_paths]
+    return notes
+
+
+def _warnings(sets: _Sets, found: _Findings, cfg: _Settings) -> list[str]:
+    """Too few samples for PRD's clusters; no intervals on a small set."""
+    n_small = min(sets.n_real, sets.n_fake)
+    warnings = [w for w in (prd_sample_warning(n_small, cfg.prd_clusters, "PRD real vs generated"),
+                            prd_sample_warning(len(found.half_a), cfg.prd_clusters, "PRD real vs real (halves)")) if w]
+    if cfg.n_bootstrap == 0 and n_small < 100:
+        warnings.append(f"no intervals (--bootstrap 0) with {n_small} volumes in the smaller set: below 100 "
+                        "volumes every figure here varies a lot from sample to sample; rerun with --bootstrap 200")
+    return warnings
+
+
+def _name_suspects(mem: dict, sets: _Sets) -> None:
+    """Give each suspected copy its generated case and its nearest real cases by name."""
+    fake_ids, real_ids = sets.fake_ids, sets.real_ids
     for s in mem["suspects"]:
         s["fake_case"] = fake_ids[s["index"]]
         s["real_case_ncc"] = real_ids[s["ncc_index"]]
         s["real_case_feature"] = real_ids[s["feature_index"]]
 
+
+def _assemble_report(sets: _Sets, feats: _Features, found: _Findings, cfg: _Settings, slice_ext, vol_ext) -> dict:
+    """The report as written to report.json (without its plots)."""
     from VolGANCore import __version__
 
-    report = {
+    main, base, real_ids = found.main, found.base, sets.real_ids
+    return {
         "kind": "volgan-evaluation",
         "volgan_version": __version__,
         "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "protocol": protocol,
-        "seed": seed,
-        "settings": {"n_bootstrap": n_bootstrap, "knn_k": knn_k, "copy_quantile": copy_quantile,
-                     "mmd_bandwidth": bandwidth, "device": device, "msssim_pairs": msssim_pairs,
-                     "medicalnet_background": background, "prd_clusters": prd_k,
-                     "slices_per_volume": int(np.mean([len(s) for s in slice_feats]))},
-        "inputs": {"real": _set_summary(real_dir, real_paths, real), "generated": _set_summary(fake_dir, fake_paths, fake)},
+        "protocol": cfg.protocol,
+        "seed": cfg.seed,
+        "settings": {"n_bootstrap": cfg.n_bootstrap, "knn_k": cfg.knn_k, "copy_quantile": cfg.copy_quantile,
+                     "mmd_bandwidth": found.bandwidth, "device": cfg.device, "msssim_pairs": cfg.msssim_pairs,
+                     "medicalnet_background": cfg.background, "prd_clusters": cfg.prd_clusters,
+                     "slices_per_volume": int(np.mean([len(s) for s in feats.slices]))},
+        "inputs": {"real": _set_summary(sets.real_dir, sets.real_paths, sets.real),
+                   "generated": _set_summary(sets.fake_dir, sets.fake_paths, sets.fake)},
         "extractors": {"slices_2d": slice_ext.describe(), "volumes_3d": vol_ext.describe()},
-        "metrics": metrics,
+        "metrics": _metric_table(found, cfg.protocol, slice_ext, vol_ext),
         "prd_curve": {"extractor": vol_ext.name,
                       "real_vs_generated": {"precision": main["_prd_precision"], "recall": main["_prd_recall"]},
                       "real_vs_real": {"precision": base["_prd_precision"], "recall": base["_prd_recall"]}},
-        "memorisation": {**mem, "extractor": vol_ext.name, "fake_cases": fake_ids, "real_cases": real_ids},
-        "diversity": diversity,
-        "border": border,
-        "real_vs_real_split": {"half_a": [real_ids[i] for i in half_a], "half_b": [real_ids[i] for i in half_b]},
-        "notes": notes,
-        "warnings": warnings,
+        "memorisation": {**found.memorisation, "extractor": vol_ext.name, "fake_cases": sets.fake_ids,
+                         "real_cases": real_ids},
+        "diversity": found.diversity,
+        "border": found.border,
+        "real_vs_real_split": {"half_a": [real_ids[i] for i in found.half_a],
+                               "half_b": [real_ids[i] for i in found.half_b]},
+        "notes": _notes(sets, found, cfg, slice_ext, vol_ext),
+        "warnings": _warnings(sets, found, cfg),
     }
+
+
+def _write_report(out_dir: Path, report: dict, sets: _Sets, feats: _Features, overwrite: bool) -> None:
+    """report.json, report.md, the plots and features.npz, in one atomic folder; adds ``plots`` to the report."""
+    from VolGANCore.atomic import atomic_directory, atomic_write_json, atomic_write_text
+
+    from .plots import write_plots
+    from .report_md import render_markdown
+
+    ri, fi = feats.ri, feats.fi
     with atomic_directory(out_dir, overwrite=overwrite) as tmp:
-        plots = write_plots(tmp, report, real, fake)
+        plots = write_plots(tmp, report, sets.real, sets.fake)
         report["plots"] = plots
         atomic_write_json(tmp / "report.json", report)
         atomic_write_text(tmp / "report.md", render_markdown(report))
-        np.savez_compressed(tmp / "features.npz", volume_features_real=vol_feats[ri],
-                            volume_features_generated=vol_feats[fi],
-                            slice_features_real=np.concatenate([slice_feats[i] for i in ri]),
-                            slice_features_generated=np.concatenate([slice_feats[i] for i in fi]))
-    return report
+        np.savez_compressed(tmp / "features.npz", volume_features_real=feats.volumes[ri],
+                            volume_features_generated=feats.volumes[fi],
+                            slice_features_real=np.concatenate([feats.slices[i] for i in ri]),
+                            slice_features_generated=np.concatenate([feats.slices[i] for i in fi]))
 
 
 def _medicalnet_background(protocol: str, background: Optional[str]) -> Optional[str]:

@@ -421,17 +421,50 @@ def run_segmentation_experiment(
                                           n_real=50, n_synthetic=500, config="full", device="cuda")
         res["summary"]["real+synthetic"]["mean_dice"]
     """
-    from VolGANCore.atomic import atomic_directory, atomic_write_json, atomic_write_text
+    from VolGANCore.atomic import atomic_directory
     from VolGANCore.env import pick_device
-
-    from .report import render_markdown, write_boxplot
 
     t0 = time.perf_counter()
     say = log or (lambda s: None)
-    sch = get_scheme(label_scheme)
+    regimes = tuple(regimes)
+    _check_settings(label_scheme, input_label_scheme, regimes, n_real, n_synthetic, scoring, synthetic_labels, teacher)
+    _check_synthetic_source(synthetic, synthetic_labels, synthetic_model, n_generate)
+    out = Path(out)
+    _check_outside_inputs(out, (real_images, real_labels, synthetic, synthetic_labels))
+    if amp not in ("auto", "off"):
+        raise VolGANError(f"amp: choose 'auto' or 'off', got {amp!r}")
+    device = pick_device(device)
+    trainer = _default_trainer(trainer, config, epochs, device, amp)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        raise VolGANError(f"{out}: output folder exists and is not empty (choose a new folder or pass --overwrite)")
+    req = _Request(real_images, real_labels, synthetic, synthetic_labels, synthetic_model, label_scheme,
+                   input_label_scheme, teacher, folds, n_real, n_synthetic, config, epochs, device, amp, regimes,
+                   seed, scoring, save_predictions, export_nnunet)
+    data = _read_data(req, n_generate, out, progress, cancel)
+    teacher_model = None if teacher is None else _load_teacher(teacher, device, label_scheme, data.spacing)
+    reuse = bool(reuse_teacher and req.trains_teacher and n_real is None and isinstance(trainer, DynUNetTrainer))
+    record = _Record(train_sets={r: [] for r in regimes})
+    with atomic_directory(out, overwrite=overwrite) as tmp, \
+            Progress(folds * req.steps_per_fold, "segmentation experiment", progress, cancel) as outer:
+        ws = _Workspace(tmp, _Steps(outer), cancel, say)
+        shared = _shared_synthetic_labels(req, data, teacher_model, tmp)
+        for f, test in enumerate(data.fold_idx):
+            _run_fold(f, test, req, data, trainer, reuse, shared, ws, record)
+        results = _results(req, data, record, trainer, reuse)
+        _write_results(tmp, results, record.rows, req, t0)
+    if export_nnunet is not None:
+        _export_nnunet(results, req, data, record, nnunet_id, nnunet_name, overwrite, out)
+    say(f"results: {out / 'results.md'}")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the steps of run_segmentation_experiment
+def _check_settings(label_scheme, input_label_scheme, regimes, n_real, n_synthetic, scoring, synthetic_labels,
+                    teacher) -> None:
+    get_scheme(label_scheme)
     if input_label_scheme is not None:
         get_scheme(input_label_scheme)
-    regimes = tuple(regimes)
     bad = [r for r in regimes if r not in REGIMES]
     if bad or not regimes or len(set(regimes)) != len(regimes):
         raise VolGANError(f"regimes: choose distinct ones of {list(REGIMES)}, got {list(regimes)}")
@@ -441,205 +474,325 @@ def run_segmentation_experiment(
         raise VolGANError(f"--scoring {scoring}: choose one of {', '.join(SCORINGS)}")
     if synthetic_labels is not None and teacher is not None:
         raise VolGANError("pass either --synthetic-labels or --teacher, not both (given labels make the teacher unused)")
-    _check_synthetic_source(synthetic, synthetic_labels, synthetic_model, n_generate)
-    out = Path(out)
-    for folder in (real_images, real_labels, synthetic, synthetic_labels):
+
+
+def _check_outside_inputs(out: Path, folders) -> None:
+    for folder in folders:
         if folder is None:
             continue
         f, o = Path(folder).resolve(), out.resolve()
         if o == f or f in o.parents:
             raise VolGANError(f"--out {out}: is inside the input folder {folder} (choose an output folder elsewhere)")
-    if amp not in ("auto", "off"):
-        raise VolGANError(f"amp: choose 'auto' or 'off', got {amp!r}")
-    device = pick_device(device)
+
+
+def _default_trainer(trainer, config: str, epochs, device: str, amp: str):
+    """The given trainer (the config is still validated: it is recorded), else a :class:`DynUNetTrainer`."""
     if trainer is None:
-        trainer = DynUNetTrainer(config, epochs, device, amp)
-    else:
-        from .network import get_config
+        return DynUNetTrainer(config, epochs, device, amp)
+    from .network import get_config
 
-        get_config(config, epochs)  # still validated: it is recorded
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise VolGANError(f"{out}: output folder exists and is not empty (choose a new folder or pass --overwrite)")
+    get_config(config, epochs)  # still validated: it is recorded
+    return trainer
 
-    real = load_labelled_set(real_images, real_labels, label_scheme, input_label_scheme, "real", progress, cancel)
-    generated = None
-    if synthetic_model is not None:
-        generated, syn_all = _generate_synthetic(synthetic_model, n_generate, seed, device, progress, cancel)
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """The experiment as asked for (after the checks), recorded in the results."""
+
+    real_images: Any
+    real_labels: Any
+    synthetic: Any                       # folder as given (None with a synthetic model)
+    synthetic_labels: Any
+    synthetic_model: Any
+    label_scheme: str
+    input_label_scheme: Optional[str]
+    teacher: Any
+    folds: int
+    n_real: Optional[int]
+    n_synthetic: Optional[int]
+    config: str
+    epochs: Optional[int]
+    device: str
+    amp: str
+    regimes: tuple
+    seed: Any                            # as given (folds, subsets, network initialisation, sampling)
+    scoring: str
+    save_predictions: bool
+    export_nnunet: Any
+
+    @property
+    def trains_teacher(self) -> bool:
+        """A teacher is trained per fold (no given synthetic labels, no saved teacher)."""
+        return self.synthetic_labels is None and self.teacher is None
+
+    @property
+    def steps_per_fold(self) -> int:
+        """Progress steps: teacher and its labels (or the given teacher's labels), each regime's student and scoring."""
+        return (2 if self.trains_teacher else (1 if self.teacher is not None else 0)) + 2 * len(self.regimes)
+
+
+@dataclasses.dataclass
+class _Data:
+    """The cases of the experiment and its split."""
+
+    real: list[Case]
+    syn_all: list[Case]                  # every synthetic case read or generated
+    syn: list[Case]                      # the n_synthetic of them the students use
+    synthetic: Any                       # their folder (``out/synthetic`` when generated)
+    generated: Any                       # the generator's result to write (synthetic_model), else None
+    spacing: tuple[float, float, float]  # (D, H, W) mm
+    fold_idx: list[np.ndarray]
+    label_ids: list[int]                 # background first: the networks' output channels
+
+
+def _read_data(req: _Request, n_generate, out: Path, progress, cancel) -> _Data:
+    """Read the real set and the synthetic one (or generate it); check the spacing and the sizes; split the folds
+    and draw the synthetic subset."""
+    real = load_labelled_set(req.real_images, req.real_labels, req.label_scheme, req.input_label_scheme, "real",
+                             progress, cancel)
+    generated, synthetic = None, req.synthetic
+    if req.synthetic_model is not None:
+        generated, syn_all = _generate_synthetic(req.synthetic_model, n_generate, req.seed, req.device, progress,
+                                                 cancel)
         synthetic = out / "synthetic"
-    elif synthetic_labels is not None:
-        syn_all = load_labelled_set(synthetic, synthetic_labels, label_scheme, input_label_scheme, "synthetic",
-                                    progress, cancel)
+    elif req.synthetic_labels is not None:
+        syn_all = load_labelled_set(synthetic, req.synthetic_labels, req.label_scheme, req.input_label_scheme,
+                                    "synthetic", progress, cancel)
     else:
         syn_all = load_image_set(synthetic, "synthetic", progress, cancel)
     spacing = _check_spacing(real + syn_all)
-    fold_idx = make_folds(len(real), folds, seed)
+    fold_idx = make_folds(len(real), req.folds, req.seed)
     min_train = min(len(real) - len(f) for f in fold_idx)
-    if n_real is not None and n_real > min_train:
-        raise VolGANError(f"--n-real {n_real}: with {len(real)} real volumes in {folds} folds a fold trains on as few as "
-                          f"{min_train}; use --n-real ≤ {min_train} (or fewer folds)")
-    if n_synthetic is not None and n_synthetic > len(syn_all):
-        raise VolGANError(f"--n-synthetic {n_synthetic}: {synthetic} holds {len(syn_all)} volume(s); "
+    if req.n_real is not None and req.n_real > min_train:
+        raise VolGANError(f"--n-real {req.n_real}: with {len(real)} real volumes in {req.folds} folds a fold trains on "
+                          f"as few as {min_train}; use --n-real ≤ {min_train} (or fewer folds)")
+    if req.n_synthetic is not None and req.n_synthetic > len(syn_all):
+        raise VolGANError(f"--n-synthetic {req.n_synthetic}: {synthetic} holds {len(syn_all)} volume(s); "
                           f"use --n-synthetic ≤ {len(syn_all)}")
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5B5]))
-    syn = [syn_all[i] for i in sorted(rng.permutation(len(syn_all))[: (n_synthetic or len(syn_all))])]
-    label_ids = [0, *sch.ids]
+    rng = np.random.default_rng(np.random.SeedSequence([int(req.seed), 0x5B5]))
+    syn = [syn_all[i] for i in sorted(rng.permutation(len(syn_all))[: (req.n_synthetic or len(syn_all))])]
+    return _Data(real, syn_all, syn, synthetic, generated, spacing, fold_idx, [0, *get_scheme(req.label_scheme).ids])
 
-    teacher_model = None
-    teacher_source = "given synthetic labels" if synthetic_labels is not None else "trained per fold on the fold's real training volumes"
+
+def _load_teacher(teacher, device: str, label_scheme: str, spacing):
+    """The saved teacher checkpoint, checked against the experiment's scheme and spacing."""
+    from .network import SegmentationModel
+
+    teacher_model = SegmentationModel.load(teacher, device)
+    tsch = teacher_model.config.get("scheme")
+    if tsch != label_scheme:
+        raise InputFileError(teacher, f"the teacher predicts scheme '{tsch}' but the experiment uses '{label_scheme}'",
+                             f"pass --label-scheme {tsch}")
+    if not np.allclose(teacher_model.plan["spacing"], spacing, rtol=0.05):
+        raise InputFileError(teacher, f"the teacher was trained at spacing (D,H,W) {teacher_model.plan['spacing']} mm, "
+                                      f"the data have {tuple(round(s, 5) for s in spacing)} mm",
+                             "resample the data or train a teacher on this spacing")
+    return teacher_model
+
+
+@dataclasses.dataclass
+class _Record:
+    """What the folds produce, in order: scores, fold splits, checkpoints and the nnU-Net export's inputs."""
+
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    fold_info: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    checkpoints: list[str] = dataclasses.field(default_factory=list)
+    syn_labels_by_fold: dict[int, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    train_sets: dict[str, list[dict[str, list[str]]]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class _Workspace:
+    """Where a run writes and reports: the output folder being built, the progress steps, cancel and log."""
+
+    tmp: Path
+    prog: "_Steps"
+    cancel: Optional[CancelToken]
+    say: Callable[[str], None]
+
+
+def _shared_synthetic_labels(req: _Request, data: _Data, teacher_model, tmp: Path):
+    """Write the generated volumes; label the synthetic set once when the labels are shared by all folds (a saved
+    teacher's, written to ``teacher_labels``, or the given ones); None when each fold trains its teacher."""
+    if data.generated is not None:
+        from VolumetricGANLib.generate import write_generated
+
+        write_generated(data.generated, tmp / "synthetic")
+    if teacher_model is not None:
+        shared = {c.case: np.asarray(teacher_model(c.image, "syn:" + c.case), np.int16) for c in data.syn}
+        for c in data.syn:
+            write_volume(c.image.with_array(shared[c.case], label_scheme=req.label_scheme),
+                         tmp / "teacher_labels" / f"{c.case}.nii.gz")
+        return shared
+    if req.synthetic_labels is not None:
+        return {c.case: c.label for c in data.syn}
+    return None
+
+
+def _run_fold(f: int, test: np.ndarray, req: _Request, data: _Data, trainer, reuse: bool, shared, ws: _Workspace,
+              record: _Record) -> None:
+    """One fold: its teacher labels the synthetic set, each regime's student is trained and scored on the
+    held-out real cases."""
+    real = data.real
+    train = np.setdiff1d(np.arange(len(real)), test)
+    rng = np.random.default_rng(np.random.SeedSequence([int(req.seed), f, 0x5EA]))
+    sub = np.sort(rng.permutation(train)[: (req.n_real or len(train))])
+    info: dict[str, Any] = {"fold": f, "test": [real[i].case for i in test],
+                            "teacher_train": [real[i].case for i in train],
+                            "student_real_train": [real[i].case for i in sub]}
+    ws.say(f"fold {f + 1}/{req.folds}: {len(train)} real for training, {len(test)} held out")
+    fold_teacher, syn_labels = _fold_teacher(f, [real[i] for i in train], req, data, trainer, shared, ws, record)
+    if req.export_nnunet is not None:  # kept only for the export (per-fold copies can be large)
+        record.syn_labels_by_fold[f] = syn_labels
+    syn_prefix = f"syn_f{f}_" if req.trains_teacher else "syn_"
+    for reg in req.regimes:
+        rc = [real[i] for i in sub] if reg in ("real", "real+synthetic") else []
+        sc = data.syn if reg in ("synthetic", "real+synthetic") else []
+        record.train_sets[reg].append({"train": [c.case for c in rc] + [syn_prefix + c.case for c in sc],
+                                       "val": [real[i].case for i in test]})
+        if reg == "real" and reuse:
+            model = fold_teacher
+            info["real_student_is_teacher"] = True
+        else:
+            model = trainer(_train_request(f, reg, rc + sc, [c.label for c in rc] + [syn_labels[c.case] for c in sc],
+                                           [c.case for c in rc] + ["syn:" + c.case for c in sc], req, data, trainer,
+                                           ws, record))
+        ws.prog.step(f"fold {f + 1} {reg}")
+        record.rows.extend(_score_held_out(model, reg, f, [real[i] for i in test], req, ws.tmp))
+        ws.prog.step(f"fold {f + 1} {reg} scored")
+    record.fold_info.append(info)
+
+
+def _fold_teacher(f: int, train: list[Case], req: _Request, data: _Data, trainer, shared, ws: _Workspace,
+                  record: _Record):
+    """The fold's teacher (trained on all its real training cases, when the experiment trains teachers) and the
+    synthetic labels of the fold: the teacher's (written to ``teacher_labels/fold<f>``) or the shared ones."""
+    if not req.trains_teacher:
+        if req.teacher is not None:
+            ws.prog.step("teacher labels")
+        return None, shared
+    fold_teacher = trainer(_train_request(f, "teacher", train, [c.label for c in train], [c.case for c in train],
+                                          req, data, trainer, ws, record))
+    ws.prog.step(f"fold {f + 1} teacher")
+    syn_labels = {}
+    for c in data.syn:
+        syn_labels[c.case] = np.asarray(fold_teacher(c.image, "syn:" + c.case), np.int16)
+    ws.prog.step(f"fold {f + 1} teacher labels")
+    for c in data.syn:
+        write_volume(c.image.with_array(syn_labels[c.case], label_scheme=req.label_scheme),
+                     ws.tmp / "teacher_labels" / f"fold{f}" / f"{c.case}.nii.gz")
+    return fold_teacher, syn_labels
+
+
+def _train_request(f: int, role: str, cases: list[Case], labels: list[np.ndarray], names: list[str], req: _Request,
+                   data: _Data, trainer, ws: _Workspace, record: _Record) -> TrainRequest:
+    """What the trainer gets for ``role`` in fold ``f``; a DynUNet's checkpoint path joins the record."""
+    ck = ws.tmp / "checkpoints" / f"fold{f}_{_slug(role)}.pt"
+    if isinstance(trainer, DynUNetTrainer):
+        record.checkpoints.append(str(ck.relative_to(ws.tmp)))
+    return TrainRequest(role, f, names, [c.image for c in cases], labels, data.label_ids, req.label_scheme,
+                        data.spacing, ck, int(req.seed) * 1000 + f * 10 + REGIMES_ROLE.index(role),
+                        ws.prog.within(f"fold {f + 1} {role}"), ws.cancel)
+
+
+def _score_held_out(model, reg: str, f: int, test: list[Case], req: _Request, tmp: Path) -> list[dict[str, Any]]:
+    """The student's prediction of each held-out case (saved if asked), scored against its labels."""
+    rows = []
+    for c in test:
+        pred = np.asarray(model(c.image, c.case))
+        if pred.shape != c.image.shape:
+            raise VolGANError(f"the {reg} network returned shape {pred.shape} for {c.image_path} "
+                              f"of shape {c.image.shape}")
+        if req.save_predictions:
+            write_volume(c.image.with_array(pred.astype(np.int16), label_scheme=req.label_scheme),
+                         prediction_path(tmp, f, reg, c.case))
+        rows.append({"case": c.case, "fold": f, "regime": reg,
+                     **score_case(pred, c.label, c.image.array_spacing, req.label_scheme, req.scoring,
+                                  c.image.direction)})
+    return rows
+
+
+def _results(req: _Request, data: _Data, record: _Record, trainer, reuse: bool) -> dict[str, Any]:
+    """The results dict (results.json without plots and runtime): settings, inputs, folds, summary, tests, cases."""
+    from VolGANCore import __version__
+
+    rows, regimes = record.rows, req.regimes
+    summary = summarise(rows, req.label_scheme, regimes, req.folds, req.scoring)
+    tests = _tests(rows, regimes)
+    describe = getattr(trainer, "describe", None)
+    return {
+        "kind": "volgan-segmentation-experiment",
+        "volgan_version": __version__,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"label_scheme": req.label_scheme, "input_label_scheme": req.input_label_scheme,
+                     "folds": int(req.folds), "n_real": req.n_real, "n_synthetic": req.n_synthetic,
+                     "n_synthetic_used": len(data.syn), "config": req.config, "epochs": req.epochs,
+                     "device": req.device, "amp": req.amp, "seed": int(req.seed), "regimes": list(regimes),
+                     "reuse_teacher": reuse, "spacing_dhw_mm": [float(s) for s in data.spacing],
+                     "network": describe() if callable(describe) else {"network": type(trainer).__name__},
+                     "detection_iou": DETECTION_IOU, "scoring": req.scoring},
+        "inputs": {"real_images": str(req.real_images), "real_labels": str(req.real_labels),
+                   "synthetic": str(data.synthetic),
+                   "synthetic_labels": None if req.synthetic_labels is None else str(req.synthetic_labels),
+                   "synthetic_model": None if req.synthetic_model is None else str(req.synthetic_model),
+                   "n_real": len(data.real), "n_synthetic": len(data.syn_all),
+                   "real_cases": [c.case for c in data.real], "synthetic_cases_used": [c.case for c in data.syn]},
+        "teacher": _teacher_source(req),
+        "folds": record.fold_info,
+        "summary": summary,
+        "tests": tests,
+        "cases": rows,
+        "checkpoints": record.checkpoints,
+        "empty_class_rules": PAPER_RULES if req.scoring == "paper" else EMPTY_CLASS_RULES,
+        "notes": _notes(req, reuse),
+    }
+
+
+def _teacher_source(req: _Request) -> str:
+    if req.teacher is not None:
+        return f"checkpoint {req.teacher}"
+    if req.synthetic_labels is not None:
+        return "given synthetic labels"
+    return "trained per fold on the fold's real training volumes"
+
+
+def _notes(req: _Request, reuse: bool) -> list[str]:
     notes: list[str] = []
-    if teacher is not None:
-        from .network import SegmentationModel
-
-        teacher_model = SegmentationModel.load(teacher, device)
-        tsch = teacher_model.config.get("scheme")
-        if tsch != label_scheme:
-            raise InputFileError(teacher, f"the teacher predicts scheme '{tsch}' but the experiment uses '{label_scheme}'",
-                                 f"pass --label-scheme {tsch}")
-        if not np.allclose(teacher_model.plan["spacing"], spacing, rtol=0.05):
-            raise InputFileError(teacher, f"the teacher was trained at spacing (D,H,W) {teacher_model.plan['spacing']} mm, "
-                                          f"the data have {tuple(round(s, 5) for s in spacing)} mm",
-                                 "resample the data or train a teacher on this spacing")
-        teacher_source = f"checkpoint {teacher}"
+    if req.teacher is not None:
         notes.append("The teacher is a given checkpoint: its training data are unknown here. If it saw any of the real "
                      "volumes, the synthetic-label regimes are not independent of the held-out folds.")
+    if reuse:
+        notes.append("The real-only student of each fold is its teacher (same training volumes, same recipe).")
+    if req.label_scheme != "topcow13":
+        notes.append(f"Variant vectors need left/right classes: not available in scheme '{req.label_scheme}'.")
+    return notes
 
-    trains_teacher = synthetic_labels is None and teacher is None
-    reuse = bool(reuse_teacher and trains_teacher and n_real is None and isinstance(trainer, DynUNetTrainer))
-    steps_per_fold = (2 if trains_teacher else (1 if teacher is not None else 0)) + 2 * len(regimes)
-    rows: list[dict[str, Any]] = []
-    fold_info: list[dict[str, Any]] = []
-    syn_labels_by_fold: dict[int, dict[str, np.ndarray]] = {}
-    train_sets: dict[str, list[dict[str, list[str]]]] = {r: [] for r in regimes}
-    checkpoints: list[str] = []
 
-    with atomic_directory(out, overwrite=overwrite) as tmp, \
-            Progress(folds * steps_per_fold, "segmentation experiment", progress, cancel) as outer:
-        prog = _Steps(outer)
-        if generated is not None:
-            from VolumetricGANLib.generate import write_generated
+def _write_results(tmp: Path, results: dict[str, Any], rows, req: _Request, t0: float) -> None:
+    """The Dice box plot, then results.json (strict JSON) and results.md; adds ``plots`` and ``runtime_s``."""
+    from VolGANCore.atomic import atomic_write_json, atomic_write_text
 
-            write_generated(generated, tmp / "synthetic")
-        if teacher_model is not None:
-            shared = {c.case: np.asarray(teacher_model(c.image, "syn:" + c.case), np.int16) for c in syn}
-            for c in syn:
-                write_volume(c.image.with_array(shared[c.case], label_scheme=label_scheme),
-                             tmp / "teacher_labels" / f"{c.case}.nii.gz")
-        elif synthetic_labels is not None:
-            shared = {c.case: c.label for c in syn}
-        else:
-            shared = None
-        for f, test in enumerate(fold_idx):
-            train = np.setdiff1d(np.arange(len(real)), test)
-            sub = np.sort(np.random.default_rng(np.random.SeedSequence([int(seed), f, 0x5EA])).permutation(train)[: (n_real or len(train))])
-            info: dict[str, Any] = {"fold": f, "test": [real[i].case for i in test],
-                                    "teacher_train": [real[i].case for i in train],
-                                    "student_real_train": [real[i].case for i in sub]}
-            say(f"fold {f + 1}/{folds}: {len(train)} real for training, {len(test)} held out")
+    from .report import render_markdown, write_boxplot
 
-            def request(role: str, cases: list[Case], labels: list[np.ndarray], names: list[str]) -> TrainRequest:
-                ck = tmp / "checkpoints" / f"fold{f}_{_slug(role)}.pt"
-                if isinstance(trainer, DynUNetTrainer):
-                    checkpoints.append(str(ck.relative_to(tmp)))
-                return TrainRequest(role, f, names, [c.image for c in cases], labels, label_ids, label_scheme,
-                                    spacing, ck, int(seed) * 1000 + f * 10 + REGIMES_ROLE.index(role),
-                                    prog.within(f"fold {f + 1} {role}"), cancel)
+    results["plots"] = {"dice_boxplot": write_boxplot(tmp / "dice_boxplot.png", rows, req.label_scheme, req.regimes)}
+    results["runtime_s"] = round(time.perf_counter() - t0, 2)
+    atomic_write_json(tmp / "results.json", _finite_json(results))
+    atomic_write_text(tmp / "results.md", render_markdown(results))
 
-            fold_teacher = None
-            if trains_teacher:
-                tr = [real[i] for i in train]
-                fold_teacher = trainer(request("teacher", tr, [c.label for c in tr], [c.case for c in tr]))
-                prog.step(f"fold {f + 1} teacher")
-                syn_labels = {}
-                for c in syn:
-                    syn_labels[c.case] = np.asarray(fold_teacher(c.image, "syn:" + c.case), np.int16)
-                prog.step(f"fold {f + 1} teacher labels")
-                for c in syn:
-                    write_volume(c.image.with_array(syn_labels[c.case], label_scheme=label_scheme),
-                                 tmp / "teacher_labels" / f"fold{f}" / f"{c.case}.nii.gz")
-            else:
-                syn_labels = shared
-                if teacher is not None:
-                    prog.step("teacher labels")
-            if export_nnunet is not None:  # kept only for the export (per-fold copies can be large)
-                syn_labels_by_fold[f] = syn_labels
-            syn_prefix = f"syn_f{f}_" if trains_teacher else "syn_"
 
-            for reg in regimes:
-                rc = [real[i] for i in sub] if reg in ("real", "real+synthetic") else []
-                sc = syn if reg in ("synthetic", "real+synthetic") else []
-                train_sets[reg].append({"train": [c.case for c in rc] + [syn_prefix + c.case for c in sc],
-                                        "val": [real[i].case for i in test]})
-                if reg == "real" and reuse:
-                    model = fold_teacher
-                    info["real_student_is_teacher"] = True
-                else:
-                    model = trainer(request(reg, rc + sc, [c.label for c in rc] + [syn_labels[c.case] for c in sc],
-                                            [c.case for c in rc] + ["syn:" + c.case for c in sc]))
-                prog.step(f"fold {f + 1} {reg}")
-                for i in test:
-                    c = real[i]
-                    pred = np.asarray(model(c.image, c.case))
-                    if pred.shape != c.image.shape:
-                        raise VolGANError(f"the {reg} network returned shape {pred.shape} for {c.image_path} "
-                                          f"of shape {c.image.shape}")
-                    if save_predictions:
-                        write_volume(c.image.with_array(pred.astype(np.int16), label_scheme=label_scheme),
-                                     prediction_path(tmp, f, reg, c.case))
-                    rows.append({"case": c.case, "fold": f, "regime": reg,
-                                 **score_case(pred, c.label, c.image.array_spacing, label_scheme, scoring,
-                                                  c.image.direction)})
-                prog.step(f"fold {f + 1} {reg} scored")
-            fold_info.append(info)
+def _export_nnunet(results: dict[str, Any], req: _Request, data: _Data, record: _Record, nnunet_id: int,
+                   nnunet_name: str, overwrite: bool, out: Path) -> None:
+    """nnU-Net v2 raw datasets, one per regime, with the experiment's split; recorded in the results files."""
+    from VolGANCore.atomic import atomic_write_json, atomic_write_text
 
-        summary = summarise(rows, label_scheme, regimes, folds, scoring)
-        tests = _tests(rows, regimes)
-        describe = getattr(trainer, "describe", None)
-        from VolGANCore import __version__
+    from .nnunet import export_regimes
+    from .report import render_markdown
 
-        if reuse:
-            notes.append("The real-only student of each fold is its teacher (same training volumes, same recipe).")
-        if label_scheme != "topcow13":
-            notes.append(f"Variant vectors need left/right classes: not available in scheme '{label_scheme}'.")
-        results: dict[str, Any] = {
-            "kind": "volgan-segmentation-experiment",
-            "volgan_version": __version__,
-            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "settings": {"label_scheme": label_scheme, "input_label_scheme": input_label_scheme, "folds": int(folds),
-                         "n_real": n_real, "n_synthetic": n_synthetic, "n_synthetic_used": len(syn),
-                         "config": config, "epochs": epochs, "device": device, "amp": amp, "seed": int(seed),
-                         "regimes": list(regimes), "reuse_teacher": reuse,
-                         "spacing_dhw_mm": [float(s) for s in spacing],
-                         "network": describe() if callable(describe) else {"network": type(trainer).__name__},
-                         "detection_iou": DETECTION_IOU, "scoring": scoring},
-            "inputs": {"real_images": str(real_images), "real_labels": str(real_labels), "synthetic": str(synthetic),
-                       "synthetic_labels": None if synthetic_labels is None else str(synthetic_labels),
-                       "synthetic_model": None if synthetic_model is None else str(synthetic_model),
-                       "n_real": len(real), "n_synthetic": len(syn_all),
-                       "real_cases": [c.case for c in real], "synthetic_cases_used": [c.case for c in syn]},
-            "teacher": teacher_source,
-            "folds": fold_info,
-            "summary": summary,
-            "tests": tests,
-            "cases": rows,
-            "checkpoints": checkpoints,
-            "empty_class_rules": PAPER_RULES if scoring == "paper" else EMPTY_CLASS_RULES,
-            "notes": notes,
-        }
-        results["plots"] = {"dice_boxplot": write_boxplot(tmp / "dice_boxplot.png", rows, label_scheme, regimes)}
-        results["runtime_s"] = round(time.perf_counter() - t0, 2)
-        atomic_write_json(tmp / "results.json", _finite_json(results))
-        atomic_write_text(tmp / "results.md", render_markdown(results))
-
-    if export_nnunet is not None:
-        from .nnunet import export_regimes
-
-        results["nnunet"] = export_regimes(export_nnunet, real, syn, syn_labels_by_fold, train_sets, label_scheme,
-                                           nnunet_id, nnunet_name, shared_synthetic=not trains_teacher,
-                                           overwrite=overwrite)
-        atomic_write_json(out / "results.json", _finite_json(results))
-        atomic_write_text(out / "results.md", render_markdown(results))
-    say(f"results: {out / 'results.md'}")
-    return results
+    results["nnunet"] = export_regimes(req.export_nnunet, data.real, data.syn, record.syn_labels_by_fold,
+                                       record.train_sets, req.label_scheme, nnunet_id, nnunet_name,
+                                       shared_synthetic=not req.trains_teacher, overwrite=overwrite)
+    atomic_write_json(out / "results.json", _finite_json(results))
+    atomic_write_text(out / "results.md", render_markdown(results))
 
 
 REGIMES_ROLE = ("teacher", *REGIMES)
