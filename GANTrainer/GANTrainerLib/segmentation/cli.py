@@ -68,6 +68,11 @@ def register_segmentation_experiment(sub: argparse._SubParsersAction) -> None:
                    help="scheme of the label files (default: the file header's, else topcow13)")
     p.add_argument("--teacher", metavar="CKPT", help="a saved teacher checkpoint (…/checkpoints/fold*_teacher.pt) "
                                                      "instead of training one per fold")
+    p.add_argument("--regimes", nargs="+", metavar="R", default=None,
+                   choices=["real", "synthetic", "real+synthetic", "synthetic-generated"],
+                   help="training regimes (default: real synthetic real+synthetic); synthetic-generated trains on the "
+                        "synthetic volumes' own generated labels (--synthetic-labels, or a joint --synthetic-model) "
+                        "next to synthetic, which then uses a teacher's labels")
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold split of the real set (default 5)")
     p.add_argument("--n-real", type=int, metavar="N", help="real training volumes per student (default: all of the fold)")
     p.add_argument("--n-synthetic", type=int, metavar="M", help="synthetic training volumes per student (default: all)")
@@ -101,7 +106,8 @@ def _cmd_segmentation_experiment(args: argparse.Namespace) -> int:
         label_scheme=args.label_scheme, input_label_scheme=args.input_label_scheme, teacher=args.teacher,
         folds=args.folds, n_real=args.n_real, n_synthetic=args.n_synthetic, config=args.config, epochs=args.epochs,
         device=args.device, amp=args.amp, seed=args.seed, export_nnunet=args.export_nnunet, nnunet_id=args.nnunet_id,
-        overwrite=args.overwrite, scoring=args.scoring, progress=progress_from_args(args))
+        overwrite=args.overwrite, scoring=args.scoring, progress=progress_from_args(args),
+        **({"regimes": tuple(args.regimes)} if args.regimes else {}))
     hd, unit = ("hd95_vox", "voxels (HDRFDST@0.95)") if args.scoring == "paper" else ("hd95_mm", "mm")
     for reg, s in res["summary"].items():  # the result, printed even with --quiet
         print(f"{reg}: mean Dice {_pm(s['mean_dice'], s['mean_dice_sd'])}, mean HD95 "
