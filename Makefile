@@ -1,6 +1,7 @@
 # Two commands do all set-up themselves on a fresh machine:
 #   make demo   - runs the main job on the built-in data and models, outputs under demo_output/
-#   make test   - runs the test suite
+#   make test   - runs the test suite (all of it: CI's command)
+#   make test-fast - the tests not marked slow (the inner loop while developing; README, "Developing")
 # Both create .venv and install what they need (CPU torch pinned; see README for a CUDA build).
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test venv benchmarks gpu-check clean
+.PHONY: demo test test-fast venv benchmarks gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +23,9 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q Testing
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not slow" Testing
 
 demo: $(STAMP)
 	$(PY) -m GANTrainerLib.demo --out demo_output

@@ -94,7 +94,7 @@ class GANTrainerParameterNode:
     prepRoiMarginMm: Annotated[float, WithinRange(0.0, 100.0)] = 5.0  # cow, ROI "around labels"
     prepCowSpacing: str = ""  # cow: empty = the template's; one value (isotropic) or three (x y z) mm
     prepLabelScheme: Annotated[str, Choice(list(PREPARE_LABEL_SCHEMES))] = "topcow13"  # cow
-    prepWorkers: Annotated[int, WithinRange(1, 64)] = 1  # cow
+    prepWorkers: Annotated[int, WithinRange(1, 64)] = 1  # cases prepared in parallel (both kinds)
     prepBoneSpacing: Annotated[float, WithinRange(0.001, 10.0)] = 0.164  # bone (mm)
     prepCalibration: Annotated[str, Choice(list(PREPARE_CALIBRATIONS))] = "none"  # bone
     prepSlope: str = ""  # bone, calibration "slope+intercept"

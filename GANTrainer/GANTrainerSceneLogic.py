@@ -22,7 +22,7 @@ PREPARE_LABEL_SCHEMES = ("topcow13", "aydin7")
 PREPARE_ROIS = ("paper box", "custom", "around labels")        # cow: the paper's box, --roi, --roi-around-labels
 PREPARE_CALIBRATIONS = ("none", "from HU", "slope+intercept")  # bone: as is, --from-hu, --calibration
 PREPARE_COMMON_FIELDS = ("prepKind", "prepScansFolder", "prepMasksFolder", "prepOutFolder", "prepFormat",
-                         "prepOverwrite")
+                         "prepOverwrite", "prepWorkers")
 
 
 class GANTrainerSceneLogic(mrml.SceneLogic):
@@ -110,7 +110,7 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         CoW: scans, optional labels, a ``template`` file or ``buildTemplate`` (``templateIterations`` rounds), the ROI
         (``roi`` "x0:x1,y0:y1,z0:z1" in template voxels, or ``roiAroundLabelsMm``, or neither: the paper's box), an
         optional output ``spacing`` (one value or three, x y z; a string "0.3" or "0.3 0.3 0.5" too), the label
-        scheme and ``workers``. Both: ``fmt``, ``overwrite``. Empty required folders, alternatives chosen together
+        scheme. Both: ``workers`` (cases in parallel), ``fmt``, ``overwrite``. Empty required folders, alternatives chosen together
         and values the command would refuse raise VolGANError naming the field before anything starts. When the
         job has finished, :meth:`preparedTrainingFolders` gives the training folders."""
         images = _required_path(imagesFolder, "scans folder", must_exist=False)
@@ -169,12 +169,12 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
                 argv += ["--spacing", *(f"{v:g}" for v in _spacing_values(spacing, "output spacing"))]
             if labelScheme not in PREPARE_LABEL_SCHEMES:
                 raise _error(f"label scheme {labelScheme!r}: choose one of {', '.join(PREPARE_LABEL_SCHEMES)}")
-            if int(workers) < 1:
-                raise _error(f"workers {workers}: at least 1")
-            argv += ["--label-scheme", labelScheme, "--workers", str(int(workers))]
+            argv += ["--label-scheme", labelScheme]
         else:
             raise _error(f"dataset kind {kind!r}: choose 'bone' or 'cow'")
-        argv += ["--format", fmt]
+        if int(workers) < 1:
+            raise _error(f"workers {workers}: at least 1")
+        argv += ["--workers", str(int(workers)), "--format", fmt]
         if overwrite:
             argv.append("--overwrite")
         return argv
@@ -186,7 +186,7 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         :meth:`prepareDatasetArgsFromParameters` reads only these."""
         used = set(PREPARE_COMMON_FIELDS)
         if params.prepKind == "cow":
-            used |= {"prepTemplateSource", "prepRoi", "prepCowSpacing", "prepLabelScheme", "prepWorkers"}
+            used |= {"prepTemplateSource", "prepRoi", "prepCowSpacing", "prepLabelScheme"}
             used.add("prepTemplateIterations" if params.prepTemplateSource == "build" else "prepTemplate")
             used |= {"custom": {"prepRoiText"}, "around labels": {"prepRoiMarginMm"}}.get(params.prepRoi, set())
         else:
@@ -202,7 +202,7 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
         ``volgan prepare`` options); an invalid combination raises VolGANError naming the field, before any job
         starts."""
         p = params
-        common = {"fmt": p.prepFormat, "overwrite": bool(p.prepOverwrite)}
+        common = {"fmt": p.prepFormat, "overwrite": bool(p.prepOverwrite), "workers": p.prepWorkers}
         if p.prepKind == "cow":
             build = p.prepTemplateSource == "build"
             if not build and _empty_path(p.prepTemplate):
@@ -217,7 +217,7 @@ class GANTrainerSceneLogic(mrml.SceneLogic):
                 template=None if build else p.prepTemplate, buildTemplate=build,
                 templateIterations=p.prepTemplateIterations, roi=p.prepRoiText if p.prepRoi == "custom" else "",
                 roiAroundLabelsMm=p.prepRoiMarginMm if p.prepRoi == "around labels" else None,
-                spacing=p.prepCowSpacing, labelScheme=p.prepLabelScheme, workers=p.prepWorkers, **common)
+                spacing=p.prepCowSpacing, labelScheme=p.prepLabelScheme, **common)
         if p.prepCalibration not in PREPARE_CALIBRATIONS:
             raise _error(f"calibration {p.prepCalibration!r}: choose one of {', '.join(PREPARE_CALIBRATIONS)}")
         calibration = ""

@@ -21,16 +21,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from MorphometrySceneLogic import MorphometrySceneLogic
+from VolGANCore.names import BONE_PARAMETERS   # MorphometryLib's parameters, importable before its dependencies
 from VolGANSlicer.widgets import PanelProgress, ParameterNodeWidgetMixin
-
-# the parameter names of MorphometryLib.bone.ALL_PARAMETERS, with what they mean (kept here so that the module
-# loads before its Python dependencies are installed)
-BONE_PARAMETERS = {
-    "BV/TV": "bone volume fraction", "BS": "bone surface (BS/BV, BS/TV)", "Tb.Th": "trabecular thickness",
-    "Tb.Sp": "trabecular separation", "Tb.N": "trabecular number", "Conn": "Euler number, connectivity, Conn.D",
-    "SMI": "structure model index", "DA": "degree of anisotropy (MIL)", "DA.ST": "degree of anisotropy (structure tensor)",
-    "BMD": "bone mineral density", "TMD": "tissue mineral density", "plate": "plate-model Tb.Th/Tb.Sp/Tb.N",
-}
 
 
 class MorphometryLogic(ScriptedLoadableModule):

@@ -50,6 +50,7 @@ def _check_geometry(vol: Volume, spacing=SPACING):
     assert np.allclose(vol.array_spacing, spacing[::-1], atol=1e-6)     # (D, H, W) order: 0.6, 0.297, 0.297
 
 
+@pytest.mark.slow
 def test_sample_with_truncation(model):
     G = model.generator
     res = generate(model, n=2, seed=5, truncation=0.7, noise="const", device="cpu")
@@ -72,6 +73,7 @@ def test_sample_with_truncation(model):
     assert np.allclose(a.volumes[1].array, b.volumes[1].array, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_noise_modes(model):
     G = model.generator
     ws = G.mapping(torch.randn(1, 512, generator=torch.Generator().manual_seed(0))).expand(2, -1, -1)
@@ -92,6 +94,7 @@ def test_noise_modes(model):
             G.synthesis(ws, noise=torch.zeros(2, 16, 64, 64, 1))
 
 
+@pytest.mark.slow
 def test_variation_interpolation_and_mixing(model):
     var = variation(model, k=3, seed=2, truncation=0.8, device="cpu")
     assert np.allclose(var.w[0], var.w[1]) and np.allclose(var.w[0], var.w[2])
@@ -144,6 +147,7 @@ def test_reference_image_geometry_is_kept(tmp_path):
             import_aydin2024(MODEL, tmp_path / "bad.vgan", reference_image=MRA, truncation_mean_samples=8)
 
 
+@pytest.mark.slow
 def test_authors_quirks_as_options(model, tmp_path):
     z = np.random.default_rng(3).standard_normal((2, 512)).astype(np.float32)
     plain = generate(model, latents=z, truncation=1.0, noise="const", device="cpu")
@@ -171,6 +175,7 @@ def test_cli_generate_on_imported_model(model, tmp_path):
     _check_geometry(read_volume(files[0]))
 
 
+@pytest.mark.slow
 def test_gradients_flow_to_styles_for_inversion(model):
     G = model.generator
     ws = G.mapping(torch.randn(1, 512, generator=torch.Generator().manual_seed(1))).detach().requires_grad_(True)

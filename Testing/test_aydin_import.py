@@ -135,6 +135,7 @@ def test_reference_forward_is_their_output(ref):
     assert float((reference_forward(sd, ref["z"], ref["noise"]) - ref["output"]).abs().max()) <= TOL
 
 
+@pytest.mark.slow
 def test_noise_path_matches_reference_forward(tmp_path, ref):
     # the fixture's noise scales are zero (their initialisation), so the noise crop is checked here
     src = _copy_with(tmp_path, with_noise_weights)
@@ -153,6 +154,7 @@ def test_noise_path_matches_reference_forward(tmp_path, ref):
         assert float((G(ref["z"], noise=ref["noise"]) - want.transpose(-1, -2)).abs().max()) <= TOL
 
 
+@pytest.mark.slow
 def test_round_trip_through_vgan_reproduces_reference_output(imported, ref):
     loaded = load_generator(imported)
     G, cfg = loaded.generator, loaded.config

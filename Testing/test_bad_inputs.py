@@ -16,6 +16,8 @@ import pytest
 from VolGANCore import Volume, write_volume
 from VolGANCore.cli import main
 
+pytestmark = pytest.mark.slow  # every test here shares a module fixture that takes tens of seconds
+
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "VolumetricGAN" / "Resources" / "Models"
 

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_arch import tiny_stylegan_d, tiny_stylegan_g
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
 
-TINY_G = dict(z_dim=32, w_dim=32, output_shape=[8, 16, 16], base_shape=[2, 4, 4], channel_base=16, channel_max=16,
-              mapping_layers=2)
-TINY_D = dict(img_shape=[8, 16, 16], base_shape=[2, 4, 4], channel_base=16, channel_max=16, mbstd_group_size=2)
+TINY_G = tiny_stylegan_g([8, 16, 16], [2, 4, 4], z_dim=32)
+TINY_D = tiny_stylegan_d([8, 16, 16], [2, 4, 4], mbstd_group_size=2)
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def _check(out: dict) -> None:
     assert bool(out.get("ok_d", True)) and bool(out.get("ok_g", True)), out
 
 
+@pytest.mark.slow
 def test_cow_anchor_reimplementation_trains(bt):
     torch.manual_seed(0)
     a = bt.CowAnchor(image_size=16, depth=8, network_capacity=2, fmap_max=16, latent_dim=32, style_depth=2,
@@ -56,6 +58,7 @@ def test_cow_anchor_reimplementation_trains(bt):
 @pytest.mark.parametrize("preset, kw", [("cow-stylegan-anchor", dict(accumulate=1)),
                                         ("cow-stylegan", dict(augment_p=0.5)),
                                         ("cow-stylegan", dict(amp="bf16"))])
+@pytest.mark.slow
 def test_ours_stylegan_iteration_trains(bt, preset, kw):
     o = bt.OursTrainer(preset, TINY_G, TINY_D, batch=2, **kw)
     reals = torch.rand(2, 1, 8, 16, 16) * 2 - 1
@@ -66,6 +69,7 @@ def test_ours_stylegan_iteration_trains(bt, preset, kw):
     assert o.n_params()["params_G_synthesis"] > 0
 
 
+@pytest.mark.slow
 def test_spongiosa_anchor_and_ours_train(bt):
     torch.manual_seed(0)
     a = bt.SpongiosaAnchor(max_res=1, batch_size=4)
@@ -81,6 +85,7 @@ def test_spongiosa_anchor_and_ours_train(bt):
     assert _changed(before, o.G) and _changed(before, o.D)
 
 
+@pytest.mark.slow
 def test_timing_amortises_over_the_regulariser_cycle(bt):
     a = bt.CowAnchor(image_size=16, depth=8, network_capacity=2, fmap_max=16, latent_dim=32, style_depth=2,
                      batch_size=2)
@@ -92,6 +97,7 @@ def test_timing_amortises_over_the_regulariser_cycle(bt):
     assert fig["s/it amortised"] == pytest.approx(expect)
 
 
+@pytest.mark.slow
 def test_the_critic_balance_experiment_runs_and_reports_finite_estimates():
     spec = importlib.util.spec_from_file_location("pgan_critic_balance", BENCH.with_name("pgan_critic_balance.py"))
     mod = importlib.util.module_from_spec(spec)
@@ -107,6 +113,7 @@ def test_the_critic_balance_experiment_runs_and_reports_finite_estimates():
     assert padded != rows and all(math.isfinite(f) for *_, f in padded)   # the generator's padding reaches G
 
 
+@pytest.mark.slow
 def test_the_border_frames_figure_draws_real_patches_and_each_model(tmp_path, monkeypatch, capsys):
     import sys
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from VolGANCore import Volume, __version__, write_volume
 from VolGANCore import cli
@@ -19,6 +20,7 @@ def run(*args, cwd=None):
     return subprocess.run(VOLGAN + list(args), capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_version_and_info():
     out = run("--version")
     assert out.returncode == 0 and out.stdout.strip() == f"volgan {__version__}"
@@ -115,6 +117,7 @@ def _plugin_dist(folder: Path, entry_points: dict[str, str], module_code: str) -
     return folder
 
 
+@pytest.mark.slow
 def test_subcommands_need_no_installed_metadata(tmp_path):
     """As in an installed Slicer extension: only the module folders on the path, no pip metadata of the project."""
     from install_layout import isolated_command, isolated_env, third_party_site

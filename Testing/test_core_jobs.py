@@ -22,6 +22,7 @@ def volgan_home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
+@pytest.mark.slow
 def test_start_poll_progress_and_reattach(tmp_path, volgan_home, monkeypatch):
     out = tmp_path / "phantoms"
     monkeypatch.chdir(tmp_path)             # relative arguments mean what they mean to the caller
@@ -174,6 +175,7 @@ def test_inside_slicer_a_missing_pythonslicer_is_an_error(monkeypatch, tmp_path)
 
 
 @pytest.mark.parametrize("version", ["5.8.1", "5.12.3"])
+@pytest.mark.slow
 def test_inside_slicer_jobs_go_through_launch_console_process(version, tmp_path, monkeypatch):
     """With Slicer's own slicer.util (5.8 has no `blocking` argument): PythonSlicer from PATH, launched by
     launchConsoleProcess with PYTHONPATH naming the project's folders; the job runs and reports."""

@@ -6,6 +6,8 @@ import io
 import subprocess
 import sys
 
+import pytest
+
 from VolGANCore.progress import LineProgress, Progress, ProgressEvent, TqdmProgress, terminal_progress
 
 
@@ -49,6 +51,7 @@ def test_terminal_progress_picks_a_bar_only_on_a_terminal():
     assert terminal_progress(quiet=True) is None
 
 
+@pytest.mark.slow
 def test_a_command_writing_to_a_pipe_logs_plain_lines(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "VolGANCore.cli", "phantom", "bone", "--n", "40", "--out",
                            str(tmp_path / "bone")], capture_output=True, text=True, timeout=600)

@@ -48,6 +48,7 @@ def folders(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_with_fallback_extractors(folders):
     before = {k: _digest(folders / k) for k in ("real", "fake")}
     out = run("evaluate", "--real", folders / "real", "--fake", folders / "fake", "--out", folders / "rep",
@@ -86,6 +87,7 @@ def test_cli_end_to_end_with_fallback_extractors(folders):
     assert again.returncode == 2 and "not empty" in again.stderr
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_and_anchor_protocol(folders, tmp_path):
     from GANTrainerLib.evaluation.report import evaluate
 
@@ -135,6 +137,7 @@ def test_bad_input_is_one_line_exit_2(folders, tmp_path, capsys):
         assert not (tmp_path / f"out_{name}").exists() and not (folders / "fake" / "report").exists(), name
 
 
+@pytest.mark.slow
 def test_real_tof_patches_copy_is_flagged_and_anchor_slices_cover_8_bits(tmp_path):
     from conftest import shared_file
     from GANTrainerLib.evaluation import preprocess

@@ -17,6 +17,7 @@ def _smooth_field(rng, shape, sigma=2.0):
     return (f / f.std()).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_identical_is_one_and_independent_noise_is_much_lower():
     rng = np.random.default_rng(0)
     for shape in ((8, 32, 32), (32, 40, 40)):  # one scale, and three scales
@@ -41,6 +42,7 @@ def test_scale_rule_follows_the_smallest_axis():
         msssim_settings((2, 64, 64))
 
 
+@pytest.mark.slow
 def test_pairs_are_distinct_and_seeded():
     p = sample_pairs(40, 100, seed=3)
     assert len(p) == 100 and len({tuple(x) for x in p}) == 100 and np.all(p[:, 0] < p[:, 1]) and p.max() < 40
@@ -53,6 +55,7 @@ def test_pairs_are_distinct_and_seeded():
     assert a["n_pairs"] == 10 and a["mean"] == b["mean"] and np.array_equal(a["pairs"], b["pairs"])
 
 
+@pytest.mark.slow
 def test_copies_are_flagged_less_diverse_in_the_report(tmp_path, capsys):
     from VolGANCore.cli import main
 

@@ -82,6 +82,7 @@ def test_medicalnet_has_the_published_names_and_shapes():
     assert "layer1.0.downsample.0.weight" not in sd  # no projection where shapes do not change
 
 
+@pytest.mark.slow
 def test_inception_loads_bare_and_prefixed_state_dicts_and_computes_the_same(tmp_path, inception_state):
     ref = FIDInceptionV3(resize_input=False)  # 80² instead of 299²: same weights path, 14× fewer FLOPs
     ref.load_state_dict(inception_state, strict=False)
@@ -102,6 +103,7 @@ def test_inception_loads_bare_and_prefixed_state_dicts_and_computes_the_same(tmp
             torch.testing.assert_close(got, want)
 
 
+@pytest.mark.slow
 def test_medicalnet_loads_wrapped_prefixed_file_and_ignores_segmentation_head(tmp_path):
     state = _random_state(MedicalNetResNet10(), 2)
     wrapped = {"state_dict": {"module." + k: v for k, v in state.items()}}
@@ -140,6 +142,7 @@ def test_wrong_or_corrupt_weights_give_one_readable_error(tmp_path):
         load_medicalnet(tmp_path / "absent.pth")
 
 
+@pytest.mark.slow
 def test_fallback_extractors_are_deterministic_and_labelled():
     rng = np.random.default_rng(0)
     vols = rng.normal(size=(3, 8, 24, 24)).astype(np.float32)

@@ -12,6 +12,8 @@ import pytest
 from GANTrainerLib.evaluation.fidelity import bone_fidelity
 from VolGANCore import VolGANError
 
+pytestmark = pytest.mark.slow  # every test here shares a module fixture that takes tens of seconds
+
 
 @pytest.fixture(scope="module")
 def populations(tmp_path_factory):

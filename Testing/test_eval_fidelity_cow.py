@@ -10,6 +10,8 @@ import pytest
 from GANTrainerLib.evaluation.fidelity import cow_fidelity, detect_fidelity_kind, write_fidelity_report
 from VolGANCore import VolGANError, list_volumes, read_label_volume, write_volume
 
+pytestmark = pytest.mark.slow  # every test here shares a module fixture that takes tens of seconds
+
 
 @pytest.fixture(scope="module")
 def cow(tmp_path_factory):

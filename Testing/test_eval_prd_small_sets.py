@@ -39,6 +39,7 @@ def phantoms(tmp_path_factory):
     return real, fake
 
 
+@pytest.mark.slow
 def test_real_vs_real_halves_of_20_plus_20_phantoms_score_high_with_the_defaults(phantoms, tmp_path):
     """The report's real-vs-real halves (20 + 20, fallback features): AUC-PRD ≥ 0.8 with the default protocol;
     the paper's 10 clusters on the same halves stay below it."""

@@ -24,6 +24,7 @@ def mra():
 
 # -- Inception (FID) ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_inception_pool3_equals_pytorch_fid_with_the_same_weights(mra, tmp_path):
     """One random state dict (the published file's layout) in both; pool3 of random and real slices within 1e-5,
     the 299² resize and [-1, 1] scaling included; the anchor's 8-bit slices go through PNG and PIL as it did."""
@@ -76,6 +77,7 @@ def _monai_resnet10(dilated: bool):
     return net.eval()
 
 
+@pytest.mark.slow
 def test_medicalnet_resnet10_equals_monai_resnet10_with_medicalnets_dilations(mra):
     """One state dict in ours and in MONAI's resnet10(shortcut_type="B", bias_downsample=False): the names and
     shapes load strictly into both; stem..layer2 agree; with MedicalNet's dilated layer3/4 the 512-d features agree
@@ -170,6 +172,7 @@ def test_prd_from_features_equals_sajjadis_algorithm_given_the_same_clusterings(
     assert prd_from_features(fake[:20], real, num_clusters=3)[2]["balanced_to"] == 20
 
 
+@pytest.mark.slow
 def test_prd_with_the_anchors_minibatch_kmeans_agrees_with_ours():
     """The anchor's clusterer (scikit-learn MiniBatchKMeans, n_init 10): on separated groups it finds the same
     cells, so the curves are identical; on overlapping sets the AUCs agree within the spread over seeds."""

@@ -28,9 +28,10 @@ from VolumetricGANLib.checkpoint import (
 )
 from VolumetricGANLib.networks import StyleGAN2Discriminator, StyleGAN2Generator
 
-ARCH = dict(z_dim=16, w_dim=16, output_shape=(8, 32, 32), base_shape=(2, 8, 8), channel_base=16,
-            channel_max=16, mapping_layers=2)
-DARCH = dict(img_shape=(8, 32, 32), base_shape=(2, 8, 8), channel_base=16, channel_max=16)
+from tiny_arch import tiny_stylegan_d, tiny_stylegan_g
+
+ARCH = tiny_stylegan_g()
+DARCH = tiny_stylegan_d()
 
 
 def _config():
@@ -79,6 +80,7 @@ def test_round_trip_rebuilds_network_from_config(tmp_path):
     assert "stylegan2-3d" in card and "8 × 32 × 32" in card and "0.3, 0.3, 0.6 mm" in card and "fid" in card
 
 
+@pytest.mark.slow
 def test_resume_state_round_trip(tmp_path):
     G, D = _models()
     opt = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.99))

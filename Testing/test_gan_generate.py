@@ -16,8 +16,9 @@ from VolumetricGANLib.checkpoint import load_generator, make_config, save_checkp
 from VolumetricGANLib.generate import generate, interpolate, mix, variation, write_generated
 from VolumetricGANLib.networks import StyleGAN2Generator
 
-ARCH = dict(z_dim=16, w_dim=16, output_shape=(8, 32, 32), base_shape=(2, 8, 8), channel_base=16,
-            channel_max=16, mapping_layers=2)
+from tiny_arch import tiny_stylegan_g
+
+ARCH = tiny_stylegan_g()
 INTENSITY = {"network_range": [-1, 1], "physical_range": [0, 1000], "units": "a.u.", "clip": False}
 
 
@@ -51,6 +52,7 @@ def test_generate_volumes_geometry_units_latents(ckpt):
     assert prog.events[-1].finished and prog.events[-1].done == 5
 
 
+@pytest.mark.slow
 def test_same_seed_same_volumes_batch_invariant_and_latents_file(ckpt, tmp_path):
     a = generate(ckpt, n=4, seed=7, batch=4, device="cpu", noise="random")
     b = generate(ckpt, n=4, seed=7, batch=1, device="cpu", noise="random")
@@ -97,6 +99,7 @@ def test_write_generated_files_and_atomic_folder(ckpt, tmp_path):
         generate(ckpt, n=2, seed=0, device="cpu", cancel=token)
 
 
+@pytest.mark.slow
 def test_amp_nan_is_detected_and_retried_in_fp32(ckpt):
     loaded = load_generator(ckpt)
     G = loaded.generator

@@ -58,6 +58,7 @@ def imported(tmp_path_factory):
 
 
 @needs_anchor
+@pytest.mark.slow
 def test_import_reproduces_published_forward_bit_for_bit(imported):
     sd = torch.load(ANCHOR, map_location="cpu", weights_only=True)
     loaded = load_generator(imported)

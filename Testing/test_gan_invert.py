@@ -16,8 +16,9 @@ from VolumetricGANLib.generate import generate
 from VolumetricGANLib.invert import invert, noise_regularisation
 from VolumetricGANLib.networks import build_generator
 
-ARCH = dict(z_dim=16, w_dim=16, output_shape=[8, 16, 16], base_shape=[2, 4, 4], channel_base=16, channel_max=16,
-            mapping_layers=2)
+from tiny_arch import tiny_stylegan_g
+
+ARCH = tiny_stylegan_g([8, 16, 16], [2, 4, 4])
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,7 @@ def pgan():
     return P, cfg
 
 
+@pytest.mark.slow
 def test_w_plus_projection_reproduces_a_generated_volume(stylegan):
     target = generate(stylegan, n=1, seed=7).volumes[0]
     res = invert(stylegan, target, space="w+", steps=150, device="cpu")
@@ -54,6 +56,7 @@ def test_w_plus_projection_reproduces_a_generated_volume(stylegan):
         assert abs(n.mean()) < 1e-4 and abs(n.std() - 1) < 1e-2
 
 
+@pytest.mark.slow
 def test_single_w_is_shared_by_all_layers(stylegan):
     target = generate(stylegan, n=1, seed=8).volumes[0]
     res = invert(stylegan, target, space="w", steps=40, device="cpu", optimise_noise=False)
@@ -61,6 +64,7 @@ def test_single_w_is_shared_by_all_layers(stylegan):
     assert res.info["mse_network"] < res.info["mse_network_start"]
 
 
+@pytest.mark.slow
 def test_pgan_projection_into_z_stays_on_the_sphere(pgan):
     target = generate(pgan, n=1, seed=3).volumes[0]
     res = invert(pgan, target, steps=150, device="cpu")
@@ -90,6 +94,7 @@ def test_off_grid_target_is_refused_or_resampled(stylegan, pgan):
         invert(pgan, big, space="w+")
 
 
+@pytest.mark.slow
 def test_cli_invert_writes_reconstruction_latents_and_report(pgan, tmp_path):
     P, cfg = pgan
     ckpt = save_checkpoint(tmp_path / "p.vgan", cfg, G_ema=P)

@@ -19,8 +19,9 @@ from VolumetricGANLib.networks import (
 )
 from VolumetricGANLib.networks.layers import Resample3d, minibatch_std, modulated_conv3d
 
-TINY = dict(z_dim=16, w_dim=16, output_shape=(8, 32, 32), base_shape=(2, 8, 8), channel_base=16,
-            channel_max=16, mapping_layers=2)
+from tiny_arch import tiny_stylegan_d, tiny_stylegan_g
+
+TINY = tiny_stylegan_g()
 
 
 @pytest.fixture(autouse=True)
@@ -107,6 +108,7 @@ def test_stylegan2_generator_anisotropic_shapes(base, arch):
     assert G.num_ws == G.mapping.num_ws == len(G.synthesis.noise_shapes()) + 1
 
 
+@pytest.mark.slow
 def test_stylegan2_noise_modes_and_reproducible_noise():
     G = StyleGAN2Generator(**TINY)
     with torch.no_grad():
@@ -154,13 +156,13 @@ def test_shape_errors_are_readable():
     G = StyleGAN2Generator(**TINY)
     with pytest.raises(ShapeError, match=r"MappingNetwork z: expected a tensor of shape \(\*, 16\), got \(2, 15\)"):
         G(torch.randn(2, 15))
-    D = StyleGAN2Discriminator(img_shape=(8, 32, 32), base_shape=(2, 8, 8), channel_base=16, channel_max=16)
+    D = StyleGAN2Discriminator(**tiny_stylegan_d())
     with pytest.raises(ShapeError, match="StyleGAN2Discriminator input"):
         D(torch.randn(2, 1, 8, 32, 30))
 
 
 def test_discriminator_forward_backward():
-    D = StyleGAN2Discriminator(img_shape=(8, 32, 32), base_shape=(2, 8, 8), channel_base=16, channel_max=16)
+    D = StyleGAN2Discriminator(**tiny_stylegan_d())
     x = torch.randn(4, 1, 8, 32, 32, requires_grad=True)
     out = D(x)
     assert out.shape == (4, 1)

@@ -45,6 +45,7 @@ def test_pool_assignment_prefers_the_nearest_member_and_uses_each_once():
     assert order.shape == (3, 5) and all(sorted(r) == list(range(5)) for r in order)
 
 
+@pytest.mark.slow
 def test_bvtv_target_is_approached_as_measured_exactly(spongiosa):
     _, model = spongiosa
     res = steer(model, targets={"BV/TV": 0.26}, n=2, seed=0, steps=40, check_every=10, pool=24, device="cpu")
@@ -55,6 +56,7 @@ def test_bvtv_target_is_approached_as_measured_exactly(spongiosa):
     assert res.trajectories["BV/TV"].shape[1] == 2 and res.volumes[0].spacing == pytest.approx((0.164,) * 3)
 
 
+@pytest.mark.slow
 def test_simulated_loss_lowers_bvtv_from_a_given_sample(spongiosa):
     from VolumetricGANLib.generate import sample_z
 
@@ -66,6 +68,7 @@ def test_simulated_loss_lowers_bvtv_from_a_given_sample(spongiosa):
         assert row["BV/TV target"] == pytest.approx(0.8 * row["BV/TV start (exact)"])
 
 
+@pytest.mark.slow
 def test_out_of_range_target_is_clamped_with_a_warning_and_bad_requests_refused(spongiosa):
     _, model = spongiosa
     res = steer(model, targets={"BV/TV": 0.95}, n=1, steps=1, pool=16, device="cpu")
@@ -77,6 +80,7 @@ def test_out_of_range_target_is_clamped_with_a_warning_and_bad_requests_refused(
         steer(model)
 
 
+@pytest.mark.slow
 def test_cli_writes_volumes_latents_report_and_plot(spongiosa, tmp_path):
     path, _ = spongiosa
     out = subprocess.run([sys.executable, "-m", "VolGANCore.cli", "--quiet", "steer", "--checkpoint", str(path),
@@ -91,6 +95,7 @@ def test_cli_writes_volumes_latents_report_and_plot(spongiosa, tmp_path):
                                                                                  "steered_0001.nii.gz"]
 
 
+@pytest.mark.slow
 def test_a_model_of_another_anatomy_is_refused_before_any_work(tmp_path):
     """The shipped vessel model: the library, and the CLI from the config alone (no output folder made)."""
     from pathlib import Path

@@ -115,6 +115,7 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path):
         assert proc.returncode == 2 and text in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_device_script_runs_the_check_and_packs_what_comes_back(tmp_path):
     """benchmarks/gpu_check_device.sh (the one command for a lent machine) with this venv's python as python3."""
     bindir = tmp_path / "bin"

@@ -39,6 +39,7 @@ def _small(seed=0, shape=(2, 1, 4, 5, 4)):
     ],
     ids=["bvtv", "bmd", "tmd", "bstv", "tbth", "tbsp", "tbn", "da", "da_sigma", "bvtv_roi"],
 )
+@pytest.mark.slow
 def test_gradcheck(fn):
     x = _small()
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5, rtol=1e-4)

@@ -181,6 +181,7 @@ def bonej_thickness(mask: np.ndarray, pixel_width: float) -> tuple[np.ndarray, d
 # ------------------------------------------------------------------------------------ closed-ball rule
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.164, 0.164, 0.164), (0.6, 0.3, 0.3), (0.3, 0.45, 0.3),
                                      (0.25, 0.5, 0.375)])
+@pytest.mark.slow
 def test_map_equals_the_closed_ball_rule_exactly_on_random_structures(spacing):
     for seed, phase in ((0, True), (1, True), (2, False)):
         m = random_structure((24, 26, 28), 1.8, 0.3, seed)
@@ -190,6 +191,7 @@ def test_map_equals_the_closed_ball_rule_exactly_on_random_structures(spacing):
         assert np.array_equal(ours, ref), (seed, np.abs(ours - ref).max(), np.count_nonzero(ours != ref))
 
 
+@pytest.mark.slow
 def test_map_equals_the_closed_ball_rule_on_a_32_cube_and_the_strict_rule_reads_low():
     m = random_structure((32, 32, 32), 1.5, 0.3, 7)
     ours = local_thickness(m)
@@ -219,6 +221,7 @@ def test_non_dyadic_anisotropic_spacing_agrees_to_float_rounding():
 
 # ------------------------------------------------------------------------------------ Fiji and BoneJ
 @pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.slow
 def test_default_map_is_fijis_local_thickness_on_the_structure(seed):
     m = random_structure((20, 22, 24), 1.6, 0.3, seed)
     fiji = fiji_raw_map(m)
@@ -232,6 +235,7 @@ def test_default_map_is_fijis_local_thickness_on_the_structure(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 3])
+@pytest.mark.slow
 def test_bonej_mode_is_bonej_thickness_exactly(seed):
     m = random_structure((18, 20, 22), 1.6, 0.3, seed)
     for phase, struct in (("bone", m), ("space", ~m)):

@@ -98,6 +98,7 @@ def rendered():
     return [(i, *make_cow_phantom(7, index=i)) for i in _subjects_to_render()]
 
 
+@pytest.mark.slow
 def test_labels_are_the_scheme_and_match_the_variant(rendered):
     seen = set()
     for i, img, lab, p in rendered:
@@ -109,6 +110,7 @@ def test_labels_are_the_scheme_and_match_the_variant(rendered):
     assert seen == set(TOPCOW13.ids)       # every one of the 13 classes appears in these subjects
 
 
+@pytest.mark.slow
 def test_each_class_has_a_connected_component_of_plausible_radius(rendered):
     for i, img, lab, p in rendered:
         vessels = lab.array > 0
@@ -126,8 +128,9 @@ def test_each_class_has_a_connected_component_of_plausible_radius(rendered):
             assert lo <= r <= hi, f"subject {i} class {c}: radius {r:.2f} mm outside [{lo}, {hi}]"
 
 
+@pytest.mark.slow
 def test_intensities_look_like_tof_mra(rendered):
-    """Against DESIGN.md §9 (real crop): median ≈ 108, background 98 ± 30, vessels ≈ 5.9× the median."""
+    """Against a real TopCoW crop (docs/generation.md, "Built-in phantoms"): median ≈ 108, background 98 ± 30, vessels ≈ 5.9× the median."""
     for i, img, lab, p in rendered:
         a = img.array
         assert a.dtype == np.float32 and a.min() >= 0
@@ -154,6 +157,7 @@ def _digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_dataset_deterministic_with_manifest(tmp_path):
     kw = dict(n=2, seed=4, shape=(16, 64, 64), spacing_mm=1.0)
     a = write_cow_dataset(tmp_path / "a", **kw)

@@ -13,6 +13,8 @@ from VolGANCore import Volume, VolGANError
 from VolGANCore.cli import main
 from VolGANCore.io import read_volume, write_volume
 
+pytestmark = pytest.mark.slow  # every test here shares a module fixture that takes tens of seconds
+
 FINE = 0.082          # the ROI is declared at half the paper's 164 µm, so preparing resamples it 2:1
 CORTEX, SOFT = 12, 10  # cortex shell (≈ 1 mm) and soft tissue around it, in fine voxels
 BONE_HU, CORTEX_HU = 1150.0, 1500.0
@@ -141,4 +143,78 @@ def test_bad_inputs_give_one_line_and_write_nothing(tmp_path, capsys):
     # a scan without bone above 225 (uncalibrated): refused during the work, and the output folder never appears
     rc, err = _run(["prepare", "bone", "--images", str(tmp_path / "img"), "--out", str(tmp_path / "o4")], capsys)
     assert rc == 2 and "calibrat" in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "o4").exists() and not list(tmp_path.glob(".o4*"))
+    assert not (tmp_path / "o4").exists() and not list(tmp_path.glob(".o4*")) and not (tmp_path / "o4.cache").exists()
+
+
+def _small_scans(roi, folder, n):
+    folder.mkdir()
+    for i in range(n):
+        write_volume(_scan_hu(roi[:96, :96, :96], seed=i), folder / f"s{i}.nii.gz")
+
+
+def test_workers_and_resume_after_a_cancel(roi, tmp_path):
+    from VolGANCore import Cancelled
+    from VolGANCore.progress import CancelToken, RecordingProgress
+
+    _small_scans(roi, tmp_path / "in", 3)
+    kw = dict(from_hu=True, size=16, stride=16)
+    token = CancelToken()
+
+    def stop_after_first(event):
+        if event.done >= 1:
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        prepare_bone(tmp_path / "in", tmp_path / "out", progress=stop_after_first, cancel=token, **kw)
+    assert not (tmp_path / "out").exists() and (tmp_path / "out.cache" / "rows" / "s0.json").exists()
+    events = RecordingProgress()
+    prepare_bone(tmp_path / "in", tmp_path / "out", workers=2, progress=events, **kw)
+    doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [s["source"] for s in doc["sources"]] == ["s0.nii.gz", "s1.nii.gz", "s2.nii.gz"]
+    assert doc["sources"][0].get("resumed") is True and not any(s.get("resumed") for s in doc["sources"][1:])
+    assert not (tmp_path / "out.cache").exists()
+    messages = [e.message for e in events.events if e.message]
+    assert messages[0] == "1 case(s) done before (same recipe)"
+    assert sorted(messages[1:]) == [f"s{i}: ok ({doc['sources'][i]['patches']} patch(es))" for i in (1, 2)]
+    # the same patches as one uninterrupted run in one process
+    prepare_bone(tmp_path / "in", tmp_path / "ref", **kw)
+    ref = json.loads((tmp_path / "ref" / "manifest.json").read_text())
+    assert [c["image"] for c in doc["cases"]] == [c["image"] for c in ref["cases"]] and len(ref["cases"]) >= 3
+    assert [c["bvtv"] for c in doc["cases"]] == [c["bvtv"] for c in ref["cases"]]
+    for c in doc["cases"]:
+        np.testing.assert_array_equal(read_volume(tmp_path / "out" / c["image"]).array,
+                                      read_volume(tmp_path / "ref" / c["image"]).array)
+
+
+def test_rerun_into_the_finished_folder_only_does_new_or_changed_scans(roi, tmp_path, monkeypatch, capsys):
+    import GANTrainerLib.prepare.bone as bone
+
+    _small_scans(roi, tmp_path / "in", 2)
+    argv = ["--quiet", "prepare", "bone", "--images", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+            "--from-hu", "--size", "16", "--stride", "16"]
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    original, done = bone._prepare_scan, []
+
+    def count(args):
+        done.append(args[0].name)
+        return original(args)
+
+    monkeypatch.setattr(bone, "_prepare_scan", count)
+    assert main(argv) == 0                       # the same scans and recipe: nothing is prepared again
+    assert done == [] and json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"] == first["cases"]
+    write_volume(_scan_hu(roi[:96, :96, :96], seed=2), tmp_path / "in" / "s2.nii.gz")     # a new scan
+    write_volume(_scan_hu(roi[:96, :96, :96], seed=7), tmp_path / "in" / "s1.nii.gz")     # a changed one
+    (tmp_path / "in" / "s0.nii.gz").rename(tmp_path / "s0.nii.gz")                        # a removed one
+    assert main(argv) == 0
+    doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sorted(done) == ["s1.nii.gz", "s2.nii.gz"] and [s["source"] for s in doc["sources"]] == ["s1.nii.gz", "s2.nii.gz"]
+    names = sorted(p.name for p in (tmp_path / "out" / "images").iterdir())
+    assert names == sorted(c["image"][len("images/"):] for c in doc["cases"]) and not any(n.startswith("s0") for n in names)
+    capsys.readouterr()
+    rc = main(argv[:-1] + ["8"])                 # another recipe (stride) without --overwrite
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "another recipe" in err and "out" in err
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == doc
+    assert main(argv[:-1] + ["8", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["parameters"]["stride"] == 8

@@ -67,6 +67,7 @@ def _euler(row):
     return t
 
 
+@pytest.mark.slow
 def test_registration_recovers_known_rigid_motion_and_labels(template_and_labels, tmp_path):
     template, labels = template_and_labels
     truth = _true_transform(template, np.random.default_rng(19))
@@ -125,6 +126,7 @@ def _small_copies(template, n, seed, quarter=False, with_motions=False):
     return (small, copies, motions) if with_motions else (small, copies)
 
 
+@pytest.mark.slow
 def test_several_random_motions_in_parallel_workers(template_and_labels, tmp_path):
     template, _ = template_and_labels
     small, copies, motions = _small_copies(template, 3, seed=1, with_motions=True)
@@ -150,6 +152,7 @@ def _ncc(a, b):
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
 
 
+@pytest.mark.slow
 def test_build_template_converges_to_a_sharp_mean(template_and_labels):
     template, _ = template_and_labels
     small, copies = _small_copies(template, 6, seed=7, quarter=True)
@@ -160,6 +163,7 @@ def test_build_template_converges_to_a_sharp_mean(template_and_labels):
     assert _ncc(built.array, copies[0].array) > _ncc(naive, copies[0].array) + 0.1
 
 
+@pytest.mark.slow
 def test_resume_skips_done_cases(template_and_labels, tmp_path):
     template, _ = template_and_labels
     small, copies = _small_copies(template, 2, seed=3)
@@ -231,6 +235,7 @@ def test_bad_inputs_give_one_line_and_write_nothing(template_and_labels, tmp_pat
         assert not (tmp_path / f"o{k}").exists() and not (tmp_path / f"o{k}.cache").exists()
 
 
+@pytest.mark.slow
 def test_roi_around_labels_holds_every_label(template_and_labels, tmp_path):
     template, labels = template_and_labels
     small, small_lab = _half(template), _half(labels, label=True)
@@ -313,3 +318,159 @@ def test_failed_cases_are_listed_and_left_out(template_and_labels, tmp_path, cap
     doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [r["case"] for r in doc["cases"]] == ["good"] and [f["case"] for f in doc["failed"]] == ["piece"]
     assert doc["failed"][0]["reason"] and sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["good.nii.gz"]
+
+
+def test_rerun_into_the_finished_folder_only_does_new_scans(template_and_labels, tmp_path, monkeypatch, capsys):
+    import GANTrainerLib.prepare.cow as cow
+
+    template, _ = template_and_labels
+    small, copies = _small_copies(template, 3, seed=11, quarter=True)
+    (tmp_path / "img").mkdir()
+    for i, c in enumerate(copies[:2]):
+        write_volume(c, tmp_path / "img" / f"c{i}.nrrd")
+    write_volume(small, tmp_path / "t.nrrd")
+    argv = ["--quiet", "prepare", "cow", "--images", str(tmp_path / "img"), "--template", str(tmp_path / "t.nrrd"),
+            "--roi", "2:38,2:33,2:8", "--out", str(tmp_path / "out"), "--iterations", "10", "--search-deg", "0"]
+    assert main(argv) == 0
+    first = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [r["case"] for r in first["cases"]] == ["c0", "c1"] and first["parameters"]["recipe"]
+    original, done = cow._prepare_case, []
+
+    def no_work(args):
+        raise AssertionError(f"{args[0].name} registered again")
+
+    monkeypatch.setattr(cow, "_prepare_case", no_work)          # the same inputs and recipe: no registration at all
+    assert main(argv) == 0
+    again = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [r["transform"] for r in again["cases"]] == [r["transform"] for r in first["cases"]]
+    assert all(r["resumed"] for r in again["cases"]) and not (tmp_path / "out.cache").exists()
+
+    def count(args):
+        done.append(args[0].name)
+        return original(args)
+
+    monkeypatch.setattr(cow, "_prepare_case", count)
+    write_volume(copies[2], tmp_path / "img" / "c2.nrrd")      # one new scan: only it is registered
+    assert main(argv) == 0
+    third = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert done == ["c2.nrrd"] and [r["case"] for r in third["cases"]] == ["c0", "c1", "c2"]
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["c0.nii.gz", "c1.nii.gz", "c2.nii.gz"]
+    assert third["cases"][0]["transform"] == first["cases"][0]["transform"] and not third["cases"][2].get("resumed")
+    assert not list(tmp_path.glob(".out*")) and not (tmp_path / "out.cache").exists()
+
+    capsys.readouterr()        # another recipe into the finished folder: one line, exit 2, the folder untouched
+    rc = main([a if a != "10" else "12" for a in argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "another recipe" in err and "--overwrite" in err
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == third and done == ["c2.nrrd"]
+
+
+def _c0_or_hang(args):
+    """A per-case function for the cancel test: c0 is registered, any other case records its pid and hangs."""
+    import os
+    import time
+
+    import GANTrainerLib.prepare.cow as cow
+
+    src, cache = args[0], args[4]
+    if src.name == "c0.nrrd":
+        return cow._REAL_CASE(args)
+    (cache.parent / f"pid-{src.name}").write_text(str(os.getpid()))
+    time.sleep(300)
+    raise AssertionError("a hanging worker was not terminated")
+
+
+def _gone(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_cancel_with_workers_terminates_the_running_ones(template_and_labels, tmp_path, monkeypatch):
+    import _thread
+    import threading
+    import time
+
+    import GANTrainerLib.prepare.cow as cow
+
+    template, _ = template_and_labels
+    small, copies = _small_copies(template, 3, seed=13, quarter=True)
+    (tmp_path / "img").mkdir()
+    for i, c in enumerate(copies):
+        write_volume(c, tmp_path / "img" / f"c{i}.nrrd")
+    write_volume(small, tmp_path / "t.nrrd")
+    kw = dict(template=tmp_path / "t.nrrd", roi=((2, 38), (2, 33), (2, 8)), workers=3,
+              register_kw={"iterations": 10, "search_deg": 0.0})
+    monkeypatch.setattr(cow, "_REAL_CASE", cow._prepare_case, raising=False)
+    monkeypatch.setattr(cow, "_prepare_case", _c0_or_hang)
+    token = CancelToken()
+
+    def stop_after_first(event):
+        if event.done >= 1:
+            token.cancel()
+
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):          # the token (the Python API, a Slicer console call)
+        prepare_cow(tmp_path / "img", tmp_path / "out", progress=stop_after_first, cancel=token, **kw)
+    assert time.monotonic() - t0 < 60       # not the 300 s the hanging workers would take
+    pids = [int((tmp_path / f"pid-c{i}.nrrd").read_text()) for i in (1, 2)]
+    assert all(_gone(p) for p in pids)
+    assert not (tmp_path / "out").exists() and [p.name for p in (tmp_path / "out.cache" / "rows").iterdir()] == ["c0.json"]
+
+    for i in (1, 2):                        # KeyboardInterrupt (Ctrl-C; a panel job's Cancel arrives as one)
+        (tmp_path / f"pid-c{i}.nrrd").unlink()
+
+    def interrupt_when_hanging():
+        while not all((tmp_path / f"pid-c{i}.nrrd").exists() for i in (1, 2)):
+            time.sleep(0.05)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_when_hanging, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cow(tmp_path / "img", tmp_path / "out", **kw)
+    assert time.monotonic() - t0 < 60
+    assert all(_gone(int((tmp_path / f"pid-c{i}.nrrd").read_text())) for i in (1, 2))
+
+    monkeypatch.setattr(cow, "_prepare_case", cow._REAL_CASE)     # the rerun resumes c0 and does the others
+    prepare_cow(tmp_path / "img", tmp_path / "out", **kw)
+    rows = json.loads((tmp_path / "out" / "manifest.json").read_text())["cases"]
+    assert [r["case"] for r in rows] == ["c0", "c1", "c2"] and rows[0]["resumed"] and not rows[1].get("resumed")
+
+
+def test_quality_flag_passes_good_registrations_and_flags_failed_ones(template_and_labels, tmp_path):
+    """The measured criterion (benchmarks/prepare_quality_flag.py, docs/preparation.md) on a few of its cases: the
+    real MRA moved (also deformed by 2 mm with bias, blur and noise) is ok; a 180° or 90° start without the search,
+    and an unrelated scan (the real trabecular bone ROI), are suspect (or failed)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "prepare_quality_flag.py"
+    spec = importlib.util.spec_from_file_location("prepare_quality_flag", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    small = _half(template_and_labels[0])
+    cases = bench.registration_cases(small, np.random.default_rng(4), n_good=1, degraded=[(2.0, 0.3, 0.05, 0.8)],
+                                     far_off=[((0, 0, 180), "180 z"), ((0, 90, 0), "90 y")], unrelated=("bone",))
+    (tmp_path / "img").mkdir()
+    names = []
+    for k, (group, _, scan, _, _) in enumerate(cases):
+        names.append(f"{k}_{group}")
+        write_volume(scan, tmp_path / "img" / f"{names[-1]}.nrrd")
+    write_volume(small, tmp_path / "t.nrrd")
+    prepare_cow(tmp_path / "img", tmp_path / "out", template=tmp_path / "t.nrrd", roi=((4, 76), (4, 67), (2, 19)),
+                register_kw={"iterations": 20, "search_deg": 0.0})
+    doc = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    rows = {r["case"]: r for r in doc["cases"]}
+    failed = {r["case"] for r in doc["failed"]}
+    assert [n for n in names if n.endswith("good")] == ["0_good", "1_good"]
+    for name in names:
+        if name.endswith("good"):
+            assert rows[name]["quality"] == "ok" and rows[name]["metric_ratio"] > 0.375, rows[name]
+        else:
+            assert name in failed or rows[name]["quality"] == "suspect", rows[name]
+    assert sum(n in rows for n in names if n.endswith("failed")) >= 2      # most failures are kept, and flagged

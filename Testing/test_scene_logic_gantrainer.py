@@ -43,6 +43,7 @@ def bone_patches(tmp_path_factory):
     return write_bone_dataset(tmp_path_factory.mktemp("bone") / "set", n=4, seed=0) / "images"
 
 
+@pytest.mark.slow
 def test_background_training_runs_reports_and_plots(headless, bone_patches, tmp_path):
     from GANTrainerSceneLogic import GANTrainerSceneLogic, TrainingProcess, updateRunPlot
 
@@ -77,6 +78,7 @@ def test_background_training_runs_reports_and_plots(headless, bone_patches, tmp_
     assert "nothing: folder not found" in failed["message"]
 
 
+@pytest.mark.slow
 def test_background_training_stops_gracefully(bone_patches, tmp_path):
     from GANTrainerSceneLogic import TrainingProcess
 

@@ -28,6 +28,7 @@ def _series(chart):
             for i in range(chart.GetNumberOfPlotSeriesNodes())}
 
 
+@pytest.mark.slow
 def test_run_evaluation_loads_metrics_table_and_pr_chart(headless, volume_sets, tmp_path):
     from GANTrainerSceneLogic import GANTrainerSceneLogic
 
@@ -73,6 +74,7 @@ def test_run_evaluation_loads_metrics_table_and_pr_chart(headless, volume_sets, 
     assert not (tmp_path / "cancelled").exists()
 
 
+@pytest.mark.slow
 def test_fidelity_reports_bone_and_cow(headless, tmp_path):
     from GANTrainerLib.evaluation.fidelity import bone_fidelity, cow_fidelity, write_fidelity_report
     from GANTrainerSceneLogic import GANTrainerSceneLogic, histogram_pair
@@ -134,6 +136,7 @@ def test_bad_report_folders_are_clear_errors(headless, tmp_path):
     assert headless.scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
 
 
+@pytest.mark.slow
 def test_panel_evaluates_in_the_background_then_shows_the_report(volume_sets, tmp_path, monkeypatch):
     """Evaluate in the panel (Slicer 5.12.3's own layer) runs `volgan evaluate` as a BackgroundJob through
     PythonSlicer; the panel's poll follows it and loads the report; Cancel ends a second run with no report."""

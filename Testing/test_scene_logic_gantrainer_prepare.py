@@ -108,7 +108,7 @@ def test_panel_prepares_in_the_background_then_fills_the_dataset_folder(scans, t
 # -- the panel's Prepare dataset options (Slicer's own layer: 5.8.1 and 5.12.3) ------------------------------------
 BONE_ONLY = ("prepBoneSpacing", "prepCalibration", "prepCortexMm", "prepClosingMm", "prepStride", "prepMinFill",
              "prepPatchSize")
-COW_ONLY = ("prepTemplateSource", "prepRoi", "prepCowSpacing", "prepLabelScheme", "prepWorkers")
+COW_ONLY = ("prepTemplateSource", "prepRoi", "prepCowSpacing", "prepLabelScheme")
 # cow's registration knobs (console and command line only), and the --nan-policy every volume-reading command has
 NOT_IN_THE_PANEL = {"help", "iterations", "search_deg", "nan_policy"}
 
@@ -187,10 +187,10 @@ def test_panel_values_map_to_each_option_of_the_parser(layer):
     p.prepMasksFolder, p.prepBoneSpacing, p.prepCalibration = Path("/data/masks"), 0.082, "slope+intercept"
     p.prepSlope, p.prepIntercept = " 1603.519 ", "-391.209"
     p.prepCortexMm, p.prepClosingMm, p.prepStride, p.prepMinFill, p.prepPatchSize = 1.5, 0.5, 16, 0.1, 48
-    p.prepFormat, p.prepOverwrite = "nrrd", True
+    p.prepFormat, p.prepOverwrite, p.prepWorkers = "nrrd", True, 2
     check("bone", {"images": "/data/scans", "out": "/data/out", "masks": "/data/masks", "spacing": 0.082,
                    "calibration": "1603.519,-391.209", "from_hu": False, "cortex_mm": 1.5, "closing_mm": 0.5,
-                   "stride": 16, "min_fill": 0.1, "size": 48, "format": "nrrd", "overwrite": True})
+                   "stride": 16, "min_fill": 0.1, "size": 48, "format": "nrrd", "overwrite": True, "workers": 2})
     p.prepCalibration = "from HU"
     check("bone", {"calibration": None, "from_hu": True})
     p.prepCalibration, p.prepStride = "none", 0
@@ -253,7 +253,8 @@ def test_kind_switching_shows_only_that_kinds_options(layer):
     ui, p = widget.ui, widget._parameterNode
     every = {w.property("SlicerParameterName") for w in vars(ui).values()
              if hasattr(w, "property") and str(w.property("SlicerParameterName") or "").startswith("prep")}
-    always = {"prepKind", "prepScansFolder", "prepMasksFolder", "prepOutFolder", "prepFormat", "prepOverwrite"}
+    always = {"prepKind", "prepScansFolder", "prepMasksFolder", "prepOutFolder", "prepFormat", "prepOverwrite",
+              "prepWorkers"}
     assert set(BONE_ONLY) | set(COW_ONLY) | always < every      # plus the sub-choices' own rows
 
     def shown():

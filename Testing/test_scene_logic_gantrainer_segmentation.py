@@ -20,6 +20,10 @@ import pytest
 from VolGANCore import InputFileError, VolGANError, mrml, read_label_volume, read_volume, write_volume
 from VolGANCore.labels import get_scheme
 
+from tiny_arch import tiny_stylegan_g
+
+pytestmark = pytest.mark.slow  # every test here shares a module fixture that takes tens of seconds
+
 SHAPE, SPACING = (16, 32, 32), 2.4
 REGIMES = ("real", "synthetic", "real+synthetic")
 
@@ -43,8 +47,7 @@ def inputs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("segpanel")
     real = write_cow_dataset(root / "real", n=4, seed=0, shape=SHAPE, spacing_mm=SPACING)
-    arch = dict(z_dim=8, w_dim=8, output_shape=SHAPE, base_shape=(2, 4, 4), channel_base=8, channel_max=8,
-                mapping_layers=1)
+    arch = tiny_stylegan_g(SHAPE, (2, 4, 4), width=8, z_dim=8, mapping_layers=1)
     torch.manual_seed(0)
     cfg = make_config("stylegan2-3d", arch, spacing=(SPACING,) * 3, name="tiny-cow",
                       intensity={"network_range": [-1, 1], "physical_range": [0, 1], "units": "a.u.", "clip": False})
@@ -333,8 +336,7 @@ def test_bad_generator_sources_fail_before_any_work(inputs, tmp_path, capsys):
     from VolumetricGANLib.networks import StyleGAN2Generator
 
     real, ckpt, _ = inputs
-    arch = dict(z_dim=8, w_dim=8, output_shape=SHAPE, base_shape=(2, 4, 4), channel_base=8, channel_max=8,
-                mapping_layers=1)
+    arch = tiny_stylegan_g(SHAPE, (2, 4, 4), width=8, z_dim=8, mapping_layers=1)
     torch.manual_seed(0)
     cfg = make_config("stylegan2-3d", arch, spacing=(0.6, 0.6, 1.2), name="other-grid",
                       intensity={"network_range": [-1, 1], "physical_range": [0, 1], "units": "a.u.", "clip": False})

@@ -9,6 +9,8 @@ import pytest
 
 from VolGANCore import TOPCOW13, VolGANError, mrml
 
+from tiny_arch import tiny_stylegan_g
+
 
 def test_cow_phantom_becomes_volume_and_named_segmentation(headless):
     from VolumetricGANSceneLogic import VolumetricGANSceneLogic
@@ -47,8 +49,7 @@ def tiny_checkpoint(tmp_path_factory):
     from VolumetricGANLib.checkpoint import make_config, save_checkpoint
     from VolumetricGANLib.networks import build_generator
 
-    arch = dict(z_dim=8, w_dim=8, output_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8, channel_max=8,
-                mapping_layers=1)
+    arch = tiny_stylegan_g([4, 8, 8], [1, 2, 2], width=8, z_dim=8, mapping_layers=1)
     torch.manual_seed(0)
     G = build_generator("stylegan2-3d", arch)
     with torch.no_grad():  # a fresh StyleGAN2 starts with zero noise strengths: make noise matter, as after training
@@ -145,6 +146,7 @@ def test_import_published_cow_model_in_the_panel_logic(headless, tmp_path):
     assert vol.shape == (32, 64, 64) and vol.spacing == pytest.approx((0.297, 0.297, 0.6))
 
 
+@pytest.mark.slow
 def test_cli_import_of_the_cow_format_and_option_checks(tmp_path):
     import subprocess
     import sys
@@ -160,6 +162,7 @@ def test_cli_import_of_the_cow_format_and_option_checks(tmp_path):
     assert bad.returncode == 2 and "--fmap-max: only for --format aydin2024-stylegan" in bad.stderr
 
 
+@pytest.mark.slow
 def test_invert_a_volume_node(headless, tiny_checkpoint):
     from VolumetricGANSceneLogic import VolumetricGANSceneLogic
 
@@ -208,6 +211,7 @@ def test_steering_units_are_the_ones_morphometry_measures_in():
         assert (f"[{unit}]" in exact_key) if unit else ("[" not in exact_key)
 
 
+@pytest.mark.slow
 def test_steer_volumes_into_nodes_table_and_charts(headless, tiny_bone_checkpoint):
     from VolumetricGANLib.generate import generate
     from VolumetricGANSceneLogic import LATENT_ATTRIBUTE, VolumetricGANSceneLogic
@@ -243,6 +247,7 @@ def test_steer_volumes_into_nodes_table_and_charts(headless, tiny_bone_checkpoin
     assert traj[-1]["Tb.Th exact [mm] sample 1"] == pytest.approx(rows[1]["Tb.Th exact [mm]"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_simulate_change_reuses_the_latent_of_a_generated_node(headless, tiny_bone_checkpoint, monkeypatch):
     import VolumetricGANLib.invert as inv
     from VolumetricGANSceneLogic import VolumetricGANSceneLogic
@@ -269,6 +274,7 @@ def test_simulate_change_reuses_the_latent_of_a_generated_node(headless, tiny_bo
     assert rows["BV/TV"]["target change %"] == pytest.approx(-10) and rows["TMD"]["target change %"] == 0
 
 
+@pytest.mark.slow
 def test_simulate_change_inverts_a_foreign_or_edited_volume(headless, tiny_bone_checkpoint):
     from VolumetricGANSceneLogic import LATENT_ATTRIBUTE, VolumetricGANSceneLogic
 
@@ -288,6 +294,7 @@ def test_simulate_change_inverts_a_foreign_or_edited_volume(headless, tiny_bone_
     assert edited["info"]["start"]["from"] == "inversion" and "no longer matches" in edited["info"]["start"]["reason"]
 
 
+@pytest.mark.slow
 def test_steering_refuses_bad_requests_and_leaves_the_scene_clean(headless, tiny_bone_checkpoint, tmp_path,
                                                                   monkeypatch):
     import VolumetricGANSceneLogic as sl

@@ -119,6 +119,7 @@ def test_detection_iou_rule():
     assert set(detection_per_class(pred.clip(0, 7), gt.clip(0, 7), "aydin7")) == {"Pcom", "Acom"}
 
 
+@pytest.mark.slow
 def test_metrics_on_the_real_topcow_label_crop():
     from conftest import shared_file
     from monai.metrics import compute_hausdorff_distance
@@ -265,6 +266,7 @@ def test_identity_network_scores_perfectly_and_never_sees_held_out_cases(phantom
     assert all(sum(c.startswith("syn_f%d_" % k) for c in s["train"]) == 2 for k, s in enumerate(split))
 
 
+@pytest.mark.slow
 def test_progress_is_one_task_through_folds_regimes_and_iterations(phantoms, tmp_path):
     """A background job shows one bar: the networks' iterations fill the experiment's steps, never backwards."""
     from GANTrainerLib.segmentation import OracleTrainer, run_segmentation_experiment
@@ -314,6 +316,7 @@ def tiny_run(phantoms, tmp_path_factory):
     return res, out, nn
 
 
+@pytest.mark.slow
 def test_tiny_dynunet_run_writes_results_checkpoints_and_nnunet_dataset(phantoms, tiny_run):
     import torch
 
@@ -378,6 +381,7 @@ def test_tiny_dynunet_run_writes_results_checkpoints_and_nnunet_dataset(phantoms
     assert not any(c.startswith("syn_") for s in real_split for c in s["train"])
 
 
+@pytest.mark.slow
 def test_saved_teacher_or_given_labels_label_the_synthetic_set(phantoms, tiny_run, tmp_path):
     from GANTrainerLib.segmentation import OracleTrainer, run_segmentation_experiment
     from GANTrainerLib.segmentation.network import SegmentationModel

@@ -71,6 +71,7 @@ def test_hdrfdst_hand_computed_whole_masks_pooled_nearest_rank():
         hdrfdst_voxels(np.zeros_like(gt), gt)
 
 
+@pytest.mark.slow
 def test_hdrfdst_equals_the_transcribed_algorithm_without_early_stopping(rng):
     from scipy.ndimage import gaussian_filter
 
@@ -86,6 +87,7 @@ def test_hdrfdst_equals_the_transcribed_algorithm_without_early_stopping(rng):
             assert hdrfdst_voxels(pred, gt, q) == pytest.approx(_evaluatesegmentation_hdrfdst(gt, pred, q), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_the_tools_randomised_early_stop_can_only_raise_the_value(rng):
     """EvaluateSegmentation's own search (shuffled, stops early): its HDRFDST@0.95 is ≥ ours, its HD equal."""
     from GANTrainerLib.segmentation.metrics import hdrfdst_voxels

@@ -15,6 +15,8 @@ from VolGANCore.cli import main as volgan
 from VolumetricGANLib.checkpoint import card_path, load_checkpoint
 from VolumetricGANLib.generate import generate
 
+pytestmark = pytest.mark.slow  # every test here shares a module fixture that takes tens of seconds
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):

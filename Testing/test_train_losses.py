@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from GANTrainerLib.losses import StyleGAN2Loss, WGANGPLoss
 from VolumetricGANLib.networks import StyleGAN2Discriminator, StyleGAN2Generator
 
-TINY_G = dict(z_dim=16, w_dim=16, output_shape=(4, 8, 8), base_shape=(1, 2, 2), channel_base=16, channel_max=16,
-              mapping_layers=2)
-TINY_D = dict(img_shape=(4, 8, 8), base_shape=(1, 2, 2), channel_base=16, channel_max=16, mbstd_group_size=2)
+from tiny_arch import tiny_stylegan_d, tiny_stylegan_g
+
+TINY_G = tiny_stylegan_g((4, 8, 8), (1, 2, 2))
+TINY_D = tiny_stylegan_d((4, 8, 8), (1, 2, 2), mbstd_group_size=2)
 
 
 @pytest.fixture
@@ -48,6 +49,7 @@ def test_logistic_and_hinge_main_terms(nets):
         assert st["loss/D"].item() == pytest.approx(expect.item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_generator_loss_with_path_length_updates_mean_and_backprops(nets):
     G, D = nets
     loss = StyleGAN2Loss(G, D, pl_weight=2.0, pl_interval=2)

@@ -18,6 +18,8 @@ from GANTrainerLib.optim import finite_step
 from GANTrainerLib.train import settings_from_preset, train
 from VolumetricGANLib.checkpoint import load_checkpoint
 
+from tiny_arch import tiny_stylegan_d, tiny_stylegan_g
+
 
 @pytest.fixture(scope="module")
 def bone(tmp_path_factory):
@@ -62,6 +64,7 @@ def test_voxel_spread_ratio_is_one_for_the_data_and_falls_to_zero_for_a_collapse
     assert math.isnan(voxel_spread(real[:1]))
 
 
+@pytest.mark.slow
 def test_metrics_pick_the_best_checkpoint_and_resume_remembers_it(bone, tmp_path, monkeypatch):
     out = tmp_path / "run"
     s = tiny_bone(snapshot_kimg=0.008)                         # a checkpoint and quick metrics at every step
@@ -96,6 +99,7 @@ def test_metrics_pick_the_best_checkpoint_and_resume_remembers_it(bone, tmp_path
     assert resumed_state["best_step"] == best["step"]
 
 
+@pytest.mark.slow
 def test_a_new_best_between_snapshots_is_saved_and_kept(bone, tmp_path, monkeypatch):
     values = iter([3.0, 1.0, 2.0, 5.0])
     monkeypatch.setattr(quick_metrics, "quick_frechet", lambda a, b: next(values))
@@ -111,6 +115,7 @@ def test_a_new_best_between_snapshots_is_saved_and_kept(bone, tmp_path, monkeypa
     assert "quick metrics at step 3: fd_quick 2" in (out / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_quick_metrics_leave_the_training_streams_untouched(bone, tmp_path):
     s = tiny_bone(snapshot_kimg=1.0, metrics_morph_n=2)
     with_metrics = train(bone, tmp_path / "a", s, max_steps=3, device="cpu", log=lambda m: None)
@@ -121,6 +126,7 @@ def test_quick_metrics_leave_the_training_streams_untouched(bone, tmp_path):
     assert with_metrics["g_param_checksum"] == without["g_param_checksum"]
 
 
+@pytest.mark.slow
 def test_data_too_small_for_the_feature_network_trains_without_quick_metrics(tmp_path):
     from GANTrainerLib.train import TrainSettings
     from VolGANCore import Volume, write_volume
@@ -129,10 +135,9 @@ def test_data_too_small_for_the_feature_network_trains_without_quick_metrics(tmp
         vol = Volume(np.random.default_rng(k).normal(size=(4, 8, 8)).astype(np.float32))
         write_volume(vol, tmp_path / f"c{k}.nrrd")
     s = TrainSettings(family="stylegan2-3d", batch=2, kimg=1.0, log_steps=1, metrics_kimg=0.002,
-                      generator=dict(z_dim=8, w_dim=8, output_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8,
-                                     channel_max=8, mapping_layers=1),
-                      discriminator=dict(img_shape=[4, 8, 8], base_shape=[1, 2, 2], channel_base=8, channel_max=8,
-                                         mbstd_group_size=2), preprocess=dict(intensity="minmax"))
+                      generator=tiny_stylegan_g([4, 8, 8], [1, 2, 2], width=8, z_dim=8, mapping_layers=1),
+                      discriminator=tiny_stylegan_d([4, 8, 8], [1, 2, 2], width=8, mbstd_group_size=2),
+                      preprocess=dict(intensity="minmax"))
     messages = []
     out = train(tmp_path, tmp_path / "run", s, max_steps=1, device="cpu", log=messages.append)
     assert out["state"] == "finished" and any("quick metrics off" in m and "≥ 8 voxels" in m for m in messages)
@@ -212,6 +217,7 @@ def test_cli_passes_the_quick_metric_options():
     assert settings_from_preset("tiny-cow").metrics_kimg == settings_from_preset("tiny-cow").snapshot_kimg
 
 
+@pytest.mark.slow
 def test_a_collapsed_generator_is_never_the_best_however_good_its_frechet_distance(bone, tmp_path, monkeypatch):
     fds = iter([3.0, 1.0, 2.0])
     spreads = iter([1.0, 0.5, 0.1, 1.0])   # the real spread, then the fake one at each step (step 2 collapsed)

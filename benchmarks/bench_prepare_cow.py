@@ -3,10 +3,10 @@
 The real TOF-MRA crop of ../shared/data (140×123×34 at 0.297×0.297×0.6 mm) is placed in a 256×256×80 template at
 0.6×0.6×1.0 mm (background: its 1st percentile plus noise); the case is the template seen through a rigid motion
 (10°, 5°, -8°; 6, -4, 3 mm) on a 512×512×150 grid at 0.3×0.3×0.55 mm. One case is prepared with the command's
-defaults (coarse search ±30° in 15° steps, 100 iterations per level, full sampling at the finest level) and the
+defaults (coarse search ±30° in 30° steps, 100 iterations per level, full sampling at the finest level) and the
 paper's ROI; the wall time and the recovered motion are printed.
 
-    .venv/bin/python benchmarks/bench_prepare_cow.py [--iterations 100] [--threads N]
+    .venv/bin/python benchmarks/bench_prepare_cow.py [--iterations 100] [--threads N] [--quick]
     python benchmarks/run.py prepare_cow [--quick]      # the same through the harness (--quick: 256×256×75 onto 128×128×40)
 """
 
@@ -27,7 +27,8 @@ for sub in ("MorphometryLogic", "VolumetricGAN", "GANTrainer"):
     sys.path.insert(0, str(REPO / sub))
 
 
-def prepare_one(iterations: int = 100, scan=(512, 512, 150), template_size=(256, 256, 80)) -> dict:
+def prepare_one(iterations: int = 100, scan=(512, 512, 150), template_size=(256, 256, 80),
+                settings: dict | None = None) -> dict:
     """Build the scan and template, prepare the case, return the figures (seconds, recovered motion)."""
     import SimpleITK as sitk
 
@@ -64,7 +65,7 @@ def prepare_one(iterations: int = 100, scan=(512, 512, 150), template_size=(256,
         write_volume(scan, tmp / "in" / "case.nrrd", compress=False)
         t0 = time.perf_counter()
         prepare_cow(tmp / "in", tmp / "out", template=tmp / "template.nrrd",
-                    roi=box, register_kw={"iterations": iterations})
+                    roi=box, register_kw={"iterations": iterations, **(settings or {})})
         wall = time.perf_counter() - t0
         row = json.loads((tmp / "out" / "manifest.json").read_text())["cases"][0]
     found = sitk.Euler3DTransform()
@@ -97,10 +98,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--threads", type=int, default=0, help="SimpleITK threads (0: its default, all cores)")
+    ap.add_argument("--quick", action="store_true", help="256×256×75 onto 128×128×40")
     args = ap.parse_args()
     if args.threads:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
-    figures = prepare_one(args.iterations)
+    kw = dict(scan=(256, 256, 75), template_size=(128, 128, 40)) if args.quick else {}
+    figures = prepare_one(args.iterations, **kw)
     figures["threads"] = args.threads or os.cpu_count()
     print(json.dumps(figures, indent=1))
     return 0

@@ -8,6 +8,8 @@ import os
 
 
 def register(sub) -> None:
+    from VolGANCore.names import PADDING_MODES
+
     from .presets import PRESETS
 
     p = sub.add_parser("train", help="train a GAN on a folder of volumes (resumable, AMP, DDP under torchrun)",
@@ -25,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--snapshot-kimg", type=float, help="checkpoint interval in kimg")
     p.add_argument("--phase-kimg", type=float,
                    help="progressive presets: kimg per resolution level (half fade-in, half stabilisation)")
-    p.add_argument("--padding", choices=["zeros", "replicate", "reflect", "circular"],
+    p.add_argument("--padding", choices=PADDING_MODES,
                    help="progressive presets: padding of the generator's 3×3×3 convs (zeros as published; "
                         "circular avoids border frames in stationary textures, docs/training.md)")
     p.add_argument("--lr-g", type=float, help="generator learning rate (preset value otherwise)")

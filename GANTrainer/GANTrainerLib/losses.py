@@ -1,4 +1,4 @@
-"""GAN objectives; each loss object owns its regularisation schedule (STYLE.md, after StyleGAN2-ADA).
+"""GAN objectives; each loss object owns its regularisation schedule (after StyleGAN2-ADA; docs/training.md, "The loop").
 
 :class:`StyleGAN2Loss` — non-saturating logistic loss (or hinge, the CoW anchor's choice), lazy R1 on reals
 every ``r1_interval`` D steps **multiplied by that interval** (Karras et al. 2020, "Analyzing and Improving

@@ -1,8 +1,8 @@
 """Training presets: the anchors' published recipes, our improved defaults, and tiny CPU presets.
 
 A preset is a plain dict of :class:`GANTrainerLib.train.TrainSettings` fields; command-line options
-override single fields. Sources of the anchor numbers: DESIGN.md §8 (Aydin et al. 2024, the authors'
-``stylegan2_pytorch.py`` README recipe; Iarussi et al. 2020, the authors' training script).
+override single fields. Sources of the anchor numbers: docs/training.md, "The anchors' recipes" (Aydin et al. 2024,
+the authors' ``stylegan2_pytorch.py`` README recipe; Iarussi et al. 2020, the authors' training script).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One function, :func:`train`, drives a run folder (:class:`GANTrainerLib.run.TrainingRun`). The loop
 knows nothing about architectures (networks come from the checkpoint family registry) and the loss objects
-own their regularisation schedules (STYLE.md). One iteration (D step, G step, EMA and ADA updates) is
+own their regularisation schedules (docs/training.md, "The loop"). One iteration (D step, G step, EMA and ADA updates) is
 :func:`train_iteration` over the parts made by :func:`build_train_parts`, so benchmarks time the same code.
 The loop (``_train``) reads top to bottom: setup, resume, the iterations with their reports (scalars, samples,
 quick metrics, checkpoints), the final snapshot. What a checkpoint saves to resume is defined in one place,

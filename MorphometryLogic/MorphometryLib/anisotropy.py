@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .surface import face_cross, pool_normals, surface_statistics
+
 __all__ = ["fibonacci_directions", "mean_intercept_lengths", "mesh_intercept_lengths", "pool_normals",
            "mil_from_pooled_normals", "fit_ellipsoid", "mil_anisotropy", "structure_tensor_anisotropy"]
 
@@ -115,28 +117,6 @@ def mean_intercept_lengths(
     return dirs, mils
 
 
-def pool_normals(area_normals: np.ndarray) -> np.ndarray:
-    """Area-weighted triangle normals (F, 3) summed in bins of a 32³ grid over the unit normal (≤ 3.6° wide).
-
-    Pooled sums add up over parts of a mesh, so a mesh can be processed slab by slab. Within a bin
-    ``|Σn·v| = Σ|n·v|`` except for test directions nearly perpendicular to it, where both are small.
-    """
-    fn = np.asarray(area_normals, np.float32)
-    out = np.zeros((32**3, 3), np.float64)
-    for i in range(0, len(fn), 1 << 16):  # blocks that stay in cache
-        f = fn[i:i + (1 << 16)]
-        norm = np.sqrt(np.einsum("ij,ij->i", f, f))
-        ok = norm > 0
-        if not ok.all():
-            f, norm = f[ok], norm[ok]
-        q = (f / norm[:, None] + 1.0) * 16.0
-        q = np.clip(q.astype(np.int32), 0, 31)
-        b = (q[:, 0] * 32 + q[:, 1]) * 32 + q[:, 2]
-        for c in range(3):
-            out[:, c] += np.bincount(b, weights=f[:, c], minlength=32**3)
-    return out
-
-
 def mil_from_pooled_normals(pooled: np.ndarray, volume_mm3: float, directions: np.ndarray) -> np.ndarray:
     """MIL (mm) along each direction, exact in expectation over random test lines (see
     :func:`mesh_intercept_lengths`), from :func:`pool_normals` sums."""
@@ -167,8 +147,6 @@ def mesh_intercept_lengths(
     ``V`` ``P_L(v) = (1/V)·∫_S |n·v| dA`` times per unit length, so ``MIL(v) = V / Σ_t A_t |n_t·v|`` over
     the mesh triangles. This is what line sampling estimates, without its sampling noise.
     """
-    from .surface import face_cross
-
     fn = 0.5 * (face_cross(verts, faces) if fc is None else fc)  # area-weighted normals (float32)
     return mil_from_pooled_normals(pool_normals(fn), volume_mm3, directions)
 
@@ -230,8 +208,6 @@ def mil_anisotropy(
     dict: ``da`` (NaN if undefined), ``eigenvalues`` (ascending, of M; 1/semi-axis²), ``main_direction``
     (unit vector in (D, H, W) axes along the longest MIL), ``method``.
     """
-    from .surface import surface_statistics
-
     sp = np.asarray(spacing, np.float64)
     if method == "lines":
         dirs, mil = mean_intercept_lengths(mask, sp, n_directions=n_directions, line_spacing=line_spacing, seed=seed)

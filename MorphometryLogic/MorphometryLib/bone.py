@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from VolGANCore.errors import VolGANError
+from VolGANCore.names import BONE_PARAMETERS
 from VolGANCore.progress import Progress
 from VolGANCore.volume import Volume, check_3d, check_finite
 
@@ -42,10 +43,11 @@ from . import anisotropy, surface, thickness, topology
 
 __all__ = ["ALL_PARAMETERS", "PRESETS", "bone_morphometry", "thickness_map", "segment_bone", "as_bone_volume"]
 
-ALL_PARAMETERS = ("BV/TV", "BS", "Tb.Th", "Tb.Sp", "Tb.N", "Conn", "SMI", "DA", "DA.ST", "BMD", "TMD", "plate")
+ALL_PARAMETERS = tuple(BONE_PARAMETERS)  # ("BV/TV", "BS", "Tb.Th", "Tb.Sp", "Tb.N", …, "BMD", "TMD", "plate")
 DEFAULT_PARAMETERS = ("BV/TV", "BS", "Tb.Th", "Tb.Sp", "Tb.N", "Conn", "SMI", "DA", "DA.ST", "BMD", "TMD")
 
-# Named thresholds: the MICCAI 2020 spongiosa paper's bone threshold (its units, DESIGN.md §2).
+# Named thresholds: the MICCAI 2020 spongiosa paper's bone threshold, in its density units (docs/morphometry.md,
+# "Differentiable counterparts"; docs/preparation.md).
 PRESETS: dict[str, dict[str, float]] = {"miccai2020": {"threshold": 225.0, "width": 10.0}}
 
 

@@ -1,4 +1,5 @@
-"""Differentiable bone morphometry in torch, for steering generators (DESIGN.md §5).
+"""Differentiable bone morphometry in torch, for steering generators (docs/morphometry.md,
+"Differentiable counterparts"; docs/generation.md, "Steering").
 
 All functions take a batch ``x`` of shape ``(N, 1, D, H, W)`` (grey levels in image units), run on any
 device, and return one value per sample, shape ``(N,)``. Under ``torch.autocast`` they compute in fp32

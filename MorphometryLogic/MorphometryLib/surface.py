@@ -33,8 +33,8 @@ from VolGANCore.errors import VolGANError
 
 SURFACE_SIGMA = 0.7  # voxels: Gaussian pre-smoothing before marching cubes (see surface_mesh)
 
-__all__ = ["SURFACE_SIGMA", "face_cross", "surface_mesh", "surface_statistics", "surface_area", "structure_model_index",
-           "triangle_areas"]
+__all__ = ["SURFACE_SIGMA", "face_cross", "pool_normals", "surface_mesh", "surface_statistics", "surface_area",
+           "structure_model_index", "triangle_areas"]
 
 
 def triangle_areas(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -62,6 +62,28 @@ def face_cross(verts: np.ndarray, faces: np.ndarray) -> np.ndarray:
         f = faces[i:i + _CHUNK]
         p0 = verts[f[:, 0]]
         _cross_into(verts[f[:, 1]] - p0, verts[f[:, 2]] - p0, out[i:i + _CHUNK])
+    return out
+
+
+def pool_normals(area_normals: np.ndarray) -> np.ndarray:
+    """Area-weighted triangle normals (F, 3) summed in bins of a 32³ grid over the unit normal (≤ 3.6° wide).
+
+    Pooled sums add up over parts of a mesh, so a mesh can be processed slab by slab. Within a bin
+    ``|Σn·v| = Σ|n·v|`` except for test directions nearly perpendicular to it, where both are small.
+    """
+    fn = np.asarray(area_normals, np.float32)
+    out = np.zeros((32**3, 3), np.float64)
+    for i in range(0, len(fn), 1 << 16):  # blocks that stay in cache
+        f = fn[i:i + (1 << 16)]
+        norm = np.sqrt(np.einsum("ij,ij->i", f, f))
+        ok = norm > 0
+        if not ok.all():
+            f, norm = f[ok], norm[ok]
+        q = (f / norm[:, None] + 1.0) * 16.0
+        q = np.clip(q.astype(np.int32), 0, 31)
+        b = (q[:, 0] * 32 + q[:, 1]) * 32 + q[:, 2]
+        for c in range(3):
+            out[:, c] += np.bincount(b, weights=f[:, c], minlength=32**3)
     return out
 
 
@@ -289,8 +311,6 @@ def surface_statistics(
         dadr = _area_derivative(verts, fo, normals, fco) if flow else float("nan")
         pooled = None
         if normal_bins:
-            from .anisotropy import pool_normals
-
             pooled = pool_normals(0.5 * fco)
         return area, dadr, len(fo), pooled
 

@@ -307,7 +307,7 @@ def vessel_morphometry(labels: Volume, image: Volume | None = None) -> list[dict
     Parameters
     ----------
     labels : Volume
-        TopCoW 2023 label map (1 BA … 15 3rd-A2; DESIGN.md §2).
+        TopCoW 2023 label map (1 BA … 15 3rd-A2; README.md, "Data conventions").
     image : Volume, optional
         The angiogram on the same grid: adds the mean intensity per artery.
 

@@ -88,9 +88,9 @@ def progress_from_args(args: argparse.Namespace):
     """The CLI's progress callback: a tqdm bar when stderr is a terminal, a plain line every 10 % or 30 s when it is
     a file or pipe, nothing with ``--quiet``; inside a background job (VolGANCore.job) the job's recorder, which
     writes throttled progress into the job's ``job.json``."""
-    from .job import active_progress
+    from .progress import active_job_progress
 
-    recorder = active_progress()
+    recorder = active_job_progress()
     if recorder is not None:
         return recorder
     from .progress import terminal_progress

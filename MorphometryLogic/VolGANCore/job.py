@@ -28,16 +28,10 @@ from typing import Any, Optional, Sequence
 
 from .atomic import atomic_write_json
 from .jobs import JOB_FILE, LOG_FILE, STOP_FILE, read_job
-from .progress import ProgressEvent
+from .progress import ProgressEvent, set_active_job_progress
+from .progress import active_job_progress as active_progress
 
 __all__ = ["main", "active_progress", "JobRecorder"]
-
-_ACTIVE: Optional["JobRecorder"] = None
-
-
-def active_progress() -> Optional["JobRecorder"]:
-    """The running job's progress callback, or None outside a background job."""
-    return _ACTIVE
 
 
 class JobRecorder:
@@ -137,8 +131,6 @@ def _final_state(rc: int, stop_sent: bool) -> str:
 
 
 def main(args: Optional[Sequence[str]] = None) -> int:
-    global _ACTIVE
-
     args = list(sys.argv[1:] if args is None else args)
     if len(args) != 1:
         print("usage: python -m VolGANCore.job JOB_FOLDER", file=sys.stderr)
@@ -163,7 +155,7 @@ def main(args: Optional[Sequence[str]] = None) -> int:
     recorder.write(state="running", pid=os.getpid(), create_time=create_time, started=time.time())
     watcher = _StopWatcher(folder / STOP_FILE)
     rc = None
-    _ACTIVE = recorder
+    set_active_job_progress(recorder)
     try:
         watcher.start()
         rc = _run_command(record["argv"])
@@ -173,7 +165,7 @@ def main(args: Optional[Sequence[str]] = None) -> int:
         if rc is None:
             rc = 130
     finally:
-        _ACTIVE = None
+        set_active_job_progress(None)
     state = _final_state(rc, watcher.sent)
     message = ""
     if state == "failed":
@@ -189,7 +181,7 @@ def main(args: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover - run as `python -m VolGANCore.job`
-    # import the module under its own name so that VolGANCore.cli sees the same _ACTIVE recorder
+    # import the module under its own name (not as __main__), like every other VolGANCore module
     from VolGANCore.job import main as _main
 
     sys.exit(_main())

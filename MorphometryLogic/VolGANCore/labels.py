@@ -1,6 +1,6 @@
 """Label schemes for Circle-of-Willis artery segmentations, and lookup-table conversion between them.
 
-TopCoW 2023 multiclass scheme (DESIGN.md §2): 1 BA, 2 R-PCA, 3 L-PCA, 4 R-ICA, 5 R-MCA, 6 L-ICA,
+TopCoW 2023 multiclass scheme (README.md, "Data conventions"): 1 BA, 2 R-PCA, 3 L-PCA, 4 R-ICA, 5 R-MCA, 6 L-ICA,
 7 L-MCA, 8 R-Pcom, 9 L-Pcom, 10 Acom, 11 R-ACA, 12 L-ACA, 15 3rd-A2 (13 and 14 unused).
 
 Aydin et al. 2024 merged these into 7 classes (1 BA, 2 PCA/P1, 3 ICA, 4 MCA/M1, 5 ACA/A1, 6 Pcom,

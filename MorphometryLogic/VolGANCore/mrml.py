@@ -2,7 +2,7 @@
 
 Works inside the Slicer application and headless with the ``slicer-core`` wheel (real MRML, no Qt):
 :func:`create_headless_scene` wires a scene with a ``vtkSlicerApplicationLogic`` and the module logics
-these conversions need (DESIGN.md §7). MRML is imported lazily, inside the functions, so importing
+these conversions need (README.md, "Architecture": how the Slicer tier is tested). MRML is imported lazily, inside the functions, so importing
 :mod:`VolGANCore` never needs Slicer.
 
 Geometry: MRML volume nodes hold an IJK→RAS matrix; VolGANCore volumes hold LPS spacing/origin/direction

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 from .errors import Cancelled
 
 __all__ = ["ProgressEvent", "ProgressCallback", "CancelToken", "Progress", "TqdmProgress", "LineProgress",
-           "RecordingProgress", "terminal_progress"]
+           "RecordingProgress", "terminal_progress", "active_job_progress", "set_active_job_progress"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,3 +219,19 @@ class RecordingProgress:
 
     def __call__(self, event: ProgressEvent) -> None:
         self.events.append(event)
+
+
+# The progress callback of the background job running in this process (VolGANCore.job sets it around the command;
+# VolGANCore.cli.progress_from_args reads it). It lives here, below both, so that neither imports the other for it.
+_ACTIVE_JOB_PROGRESS: Optional[ProgressCallback] = None
+
+
+def active_job_progress() -> Optional[ProgressCallback]:
+    """The running background job's progress callback, or None outside a background job."""
+    return _ACTIVE_JOB_PROGRESS
+
+
+def set_active_job_progress(callback: Optional[ProgressCallback]) -> None:
+    """Set (or clear, with None) the progress callback that :func:`active_job_progress` returns."""
+    global _ACTIVE_JOB_PROGRESS
+    _ACTIVE_JOB_PROGRESS = callback

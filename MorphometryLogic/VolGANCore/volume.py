@@ -1,7 +1,7 @@
 """`Volume`: a 3-D array that never travels without its geometry.
 
-Conventions (DESIGN.md §2)
---------------------------
+Conventions (README.md, "Data conventions")
+--------------------------------------------
 - ``array`` has shape ``(D, H, W)``: SimpleITK's ``GetArrayFromImage`` order and Slicer's KJI order.
 - ``spacing``, ``origin`` and ``direction`` are in ITK's physical convention: LPS millimetres, spacing and
   origin ordered ``(x, y, z)`` = along the array axes ``(W, H, D)``; ``direction`` is the 3×3 matrix whose

@@ -13,7 +13,7 @@ licence and a model card.
     volgan import --format aydin2024-stylegan models/Medium_v2/model_23.pt --out cow.vgan \\
         [--config models/Medium_v2/.config.json] [--fmap-max 1024] [--reference-image roi.nii.gz]
 
-Registered in :data:`VolumetricGANLib.importers.IMPORTERS` on import of this module.
+Listed in the registry :data:`VolumetricGANLib.importers.IMPORTERS` under :data:`FORMAT`.
 
 References
 ----------
@@ -33,7 +33,6 @@ from VolGANCore.errors import InputFileError, VolGANError
 from VolGANCore.torchfile import safe_torch_load
 
 from .checkpoint import make_config, save_checkpoint, sha256_file
-from .importers import IMPORTERS
 
 __all__ = ["FORMAT", "import_aydin2024", "read_aydin_checkpoint", "read_aydin_config", "infer_fmap_max", "build_aydin2024",
            "DEFAULT_SPACING", "CITATION"]
@@ -348,6 +347,3 @@ def import_aydin2024(
     }
     with torch.no_grad():
         return save_checkpoint(out, cfg, G_ema=G, provenance=prov)
-
-
-IMPORTERS[FORMAT] = import_aydin2024

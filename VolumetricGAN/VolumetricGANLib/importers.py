@@ -27,6 +27,8 @@ from VolGANCore.errors import InputFileError
 from VolGANCore.torchfile import safe_torch_load
 
 from .checkpoint import make_config, save_checkpoint, sha256_file
+from .import_aydin2024 import FORMAT as AYDIN2024_FORMAT
+from .import_aydin2024 import import_aydin2024
 
 __all__ = ["IMPORTERS", "import_model", "detect_format", "import_miccai2020_pgan", "MICCAI2020_SHA256"]
 
@@ -114,11 +116,11 @@ def import_miccai2020_pgan(
         return save_checkpoint(out, cfg, G_ema=G, provenance=prov)
 
 
+# The registry: every published format volgan can import (importer modules register nothing themselves).
 IMPORTERS: dict[str, Callable[..., Path]] = {
     "miccai2020-pgan": import_miccai2020_pgan,
+    AYDIN2024_FORMAT: import_aydin2024,
 }
-
-from . import import_aydin2024  # noqa: E402,F401  (registers "aydin2024-stylegan"; needs IMPORTERS above)
 
 
 def detect_format(src: str | os.PathLike) -> str:

@@ -1,4 +1,4 @@
-"""Steering a generator to target micro-structure by latent optimisation (DESIGN.md §5).
+"""Steering a generator to target micro-structure by latent optimisation (docs/generation.md, "Steering").
 
 Objective per sample (batched over all samples at once)::
 

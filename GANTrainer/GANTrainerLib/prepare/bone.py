@@ -4,18 +4,20 @@ Steps per scan: resample to the paper's 164 µm (cubic B-spline for images, near
 the grey values to density, build a spongiosa mask when none is given, and cut ``size``³ patches on a ``stride``
 grid, each lying fully inside the mask and with a bone fraction of at least ``min_fill``.
 
-Density units. The spongiosa preset's window [-350, 1100] and bone threshold 225 (DESIGN §2) are in the MICCAI 2020
-paper's units, Scanco's calibrated density in mg HA/cm³: the paper's samples give BMD 122, TMD 338 and marrow ≈ 74
-(DESIGN §9), HR-pQCT values in mg HA/cm³. Images already in mg HA/cm³ need no calibration; other grey values are
-mapped linearly with ``calibration=(slope, intercept)`` (density = slope·value + intercept). Hounsfield units are
-mapped with Scanco's rule: µ = µ_water·(1 + HU/1000), density = slope_µ·µ + intercept_µ, with the XtremeCT II
-defaults µ_water = 0.2409 /cm, slope_µ = 1603.51904 mg HA/cm³·cm, intercept_µ = -391.209015 mg HA/cm³ (the values an
-XtremeCT II AIM header carries; ITK's IOScanco module tests read these same numbers), i.e.
-density ≈ 0.38629·HU − 4.92.
+Density units (docs/preparation.md). The spongiosa preset's window [-350, 1100] and bone threshold 225 are in the
+MICCAI 2020 paper's units, Scanco's calibrated density in mg HA/cm³: the paper's samples give BMD 122, TMD 338 and
+marrow ≈ 74 (docs/generation.md, "Built-in phantoms"), HR-pQCT values in mg HA/cm³. Images already in mg HA/cm³ need
+no calibration; other grey values are mapped linearly with ``calibration=(slope, intercept)`` (density = slope·value +
+intercept). Hounsfield units are mapped with Scanco's rule: µ = µ_water·(1 + HU/1000), density = slope_µ·µ +
+intercept_µ, with the XtremeCT II defaults µ_water = 0.2409 /cm, slope_µ = 1603.51904 mg HA/cm³·cm, intercept_µ =
+-391.209015 mg HA/cm³ (the values an XtremeCT II AIM header carries; ITK's IOScanco module tests read these same
+numbers), i.e. density ≈ 0.38629·HU − 4.92.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -24,17 +26,19 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from VolGANCore import Volume, VolGANError
-from VolGANCore.atomic import atomic_directory, atomic_path
+from VolGANCore.atomic import atomic_path
 from VolGANCore.dataset import case_id, list_volumes, write_manifest
 from VolGANCore.errors import InputFileError
 from VolGANCore.geometry import resample
 from VolGANCore.io import read_volume, write_volume
-from VolGANCore.progress import CancelToken, Progress, ProgressCallback
+from VolGANCore.progress import CancelToken, ProgressCallback
+
+from .runner import CaseStore, file_stamp
 
 __all__ = ["BONE_THRESHOLD", "SCANCO_XCT2", "hu_to_density", "parse_calibration", "resample_to_spacing",
            "spongiosa_mask", "cut_patches", "prepare_bone"]
 
-BONE_THRESHOLD = 225.0     # mg HA/cm³: the paper's bone threshold (DESIGN §2)
+BONE_THRESHOLD = 225.0     # mg HA/cm³: the paper's bone threshold (docs/preparation.md)
 # Scanco XtremeCT II calibration: linear attenuation of water (/cm), density = slope·µ + intercept (mg HA/cm³)
 SCANCO_XCT2 = {"mu_water": 0.2409, "slope": 1603.51904, "intercept": -391.209015}
 UNITS = "mg HA/cm³ (MICCAI 2020 density units)"
@@ -203,6 +207,52 @@ def save_qc_figure(fig, path) -> None:
     plt.close(fig)
 
 
+def _prepare_scan(args) -> dict:
+    """One scan -> its patches (images/ and masks/ under the cache folder) and its record: the manifest's source row
+    with its patch rows (``patches``) and files."""
+    src, msrc, cache, fmt, recipe, stamp, slope, intercept, spacing_mm, closing_mm, cortex_mm, size, stride, min_fill = args
+    vol = read_volume(src)
+    dens = resample_to_spacing(vol.with_array(vol.array * np.float32(slope) + np.float32(intercept)), spacing_mm)
+    if msrc is not None:
+        mvol = read_volume(msrc, dtype=np.uint8)
+        mask = resample_to_spacing(mvol, spacing_mm, label=True).array > 0
+    else:
+        mask = spongiosa_mask(dens, closing_mm=closing_mm, cortex_mm=cortex_mm).array > 0
+    bone = dens.array > BONE_THRESHOLD
+    found = cut_patches(mask, bone, size, stride, min_fill)
+    stem = case_id(src)
+    patches, files = [], []
+    for k, ((z, y, x), bvtv) in enumerate(found):
+        sl = (slice(z, z + size), slice(y, y + size), slice(x, x + size))
+        origin = tuple(float(v) for v in dens.index_to_physical((x, y, z)))
+        name = f"{stem}_p{k:04d}.{fmt}"
+        patch = dens.with_array(dens.array[sl].astype(np.float32), spacing=dens.spacing, origin=origin,
+                                metadata={"units": UNITS, "source": src.name})
+        write_volume(patch, cache / "images" / name)
+        write_volume(patch.with_array(bone[sl].astype(np.uint8)), cache / "masks" / name)
+        patches.append({"case": case_id(name), "image": f"images/{name}", "mask": f"masks/{name}",
+                        "source": src.name, "corner_zyx": [z, y, x], "origin_mm": origin, "bvtv": bvtv})
+        files += [f"images/{name}", f"masks/{name}"]
+    return {"case": stem, "source": src.name, "recipe": recipe, "stamp": stamp, "status": "ok",
+            "mask": msrc.name if msrc is not None else "automatic",
+            "shape_in": list(vol.shape), "spacing_in_mm": list(vol.spacing),
+            "shape_resampled": list(dens.shape), "mask_fraction": float(mask.mean()),
+            "bvtv_in_mask": float(bone[mask].mean()) if mask.any() else None,
+            "patch_count": len(found), "patches": patches, "files": files, "note": f"{len(found)} patch(es)"}
+
+
+def _previous_records(doc: dict) -> list[dict]:
+    """The per-scan records of a finished ``prepare bone`` output (its ``sources`` with their patches and files)."""
+    by_source: dict[str, list] = {}
+    for c in doc.get("cases", []):
+        by_source.setdefault(c.get("source"), []).append(c)
+    out = []
+    for rec in doc.get("sources", []):
+        patches = by_source.get(rec.get("source"), [])
+        out.append(dict(rec, patches=patches, files=[c[k] for c in patches for k in ("image", "mask")]))
+    return out
+
+
 def prepare_bone(
     images: str | os.PathLike,
     out: str | os.PathLike,
@@ -217,6 +267,7 @@ def prepare_bone(
     size: int = 32,
     fmt: str = "nii.gz",
     overwrite: bool = False,
+    workers: int = 1,                                 # scans prepared in parallel
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[CancelToken] = None,
 ) -> Path:
@@ -225,55 +276,46 @@ def prepare_bone(
     Inputs are checked before anything is written (3-D scans, masks on the image's grid, patch fits); the output
     folder appears only when complete. The manifest lists each patch's source file, its corner (z, y, x) on the
     resampled grid, its physical origin and its BV/TV; per source the calibration and the mask's volume.
+
+    Resumable (:mod:`.runner`): finished scans wait in ``OUT.cache/`` until the output is complete; a rerun with the
+    same recipe, after an interruption or into the finished folder, skips every scan (and mask) that is unchanged.
+    Another recipe into a finished folder needs ``overwrite``.
     """
     stride = size if stride is None else stride
     if calibration is not None and from_hu:
         raise VolGANError("--calibration and --from-hu are alternatives: pass one of them")
+    if not isinstance(workers, int) or workers < 1:
+        raise VolGANError(f"--workers {workers}: must be an integer ≥ 1")
     slope, intercept = hu_to_density() if from_hu else (tuple(calibration) if calibration is not None else (1.0, 0.0))
     pairs = _check_inputs(images, masks, size, stride, spacing_mm, min_fill, cortex_mm)
-    cases, sources, tiles = [], [], []
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "masks").mkdir()
-        with Progress(len(pairs), "prepare bone", progress, cancel) as p:
-            for src, msrc in pairs:
-                vol = read_volume(src)
-                dens = resample_to_spacing(vol.with_array(vol.array * np.float32(slope) + np.float32(intercept)),
-                                           spacing_mm)
-                if msrc is not None:
-                    mvol = read_volume(msrc, dtype=np.uint8)
-                    mask = resample_to_spacing(mvol, spacing_mm, label=True).array > 0
-                else:
-                    mask = spongiosa_mask(dens, closing_mm=closing_mm, cortex_mm=cortex_mm).array > 0
-                bone = dens.array > BONE_THRESHOLD
-                found = cut_patches(mask, bone, size, stride, min_fill)
-                stem = case_id(src)
-                for k, ((z, y, x), bvtv) in enumerate(found):
-                    sl = (slice(z, z + size), slice(y, y + size), slice(x, x + size))
-                    origin = tuple(float(v) for v in dens.index_to_physical((x, y, z)))
-                    name = f"{stem}_p{k:04d}.{fmt}"
-                    patch = dens.with_array(dens.array[sl].astype(np.float32), spacing=dens.spacing, origin=origin,
-                                            metadata={"units": UNITS, "source": src.name})
-                    write_volume(patch, tmp / "images" / name)
-                    write_volume(patch.with_array(bone[sl].astype(np.uint8)), tmp / "masks" / name)
-                    cases.append({"case": case_id(name), "image": f"images/{name}", "mask": f"masks/{name}",
-                                  "source": src.name, "corner_zyx": [z, y, x], "origin_mm": origin, "bvtv": bvtv})
-                    if len(tiles) < 64:
-                        tiles.append((patch.array, f"{stem} #{k} {bvtv:.2f}"))
-                sources.append({"source": src.name, "mask": msrc.name if msrc is not None else "automatic",
-                                "shape_in": list(vol.shape), "spacing_in_mm": list(vol.spacing),
-                                "shape_resampled": list(dens.shape), "mask_fraction": float(mask.mean()),
-                                "bvtv_in_mask": float(bone[mask].mean()) if mask.any() else None,
-                                "patches": len(found)})
-                p.advance(message=f"{src.name}: {len(found)} patch(es)")
-        if not cases:
-            raise VolGANError(f"{images}: no {size}³ patch lies fully inside the spongiosa mask with BV/TV ≥ {min_fill} "
-                              "(lower --min-fill or --cortex-mm, or pass --masks)")
-        params = {"spacing_mm": spacing_mm, "units": UNITS, "calibration": {"slope": slope, "intercept": intercept,
-                  "from_hu": bool(from_hu), "scanco": SCANCO_XCT2 if from_hu else None},
-                  "bone_threshold": BONE_THRESHOLD, "cortex_mm": cortex_mm, "closing_mm": closing_mm,
-                  "size": size, "stride": stride, "min_fill": min_fill,
-                  "masks": str(masks) if masks is not None else "automatic"}
+    params = {"spacing_mm": spacing_mm, "units": UNITS, "calibration": {"slope": slope, "intercept": intercept,
+              "from_hu": bool(from_hu), "scanco": SCANCO_XCT2 if from_hu else None},
+              "bone_threshold": BONE_THRESHOLD, "cortex_mm": cortex_mm, "closing_mm": closing_mm,
+              "size": size, "stride": stride, "min_fill": min_fill,
+              "masks": str(masks) if masks is not None else "automatic"}
+    recipe = hashlib.sha256(json.dumps({k: v for k, v in params.items() if k != "masks"} | {
+        "fmt": fmt, "masks": masks is not None}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    params["recipe"] = recipe
+    store = CaseStore(out, "prepared-bone", recipe, overwrite, previous=_previous_records,
+                      command="volgan prepare bone")
+    items = []
+    for src, msrc in pairs:
+        stamp = file_stamp(src, msrc)
+        items.append((case_id(src), stamp, (src, msrc, store.cache, fmt, recipe, stamp, slope, intercept, spacing_mm,
+                                            closing_mm, cortex_mm, size, stride, min_fill)))
+    results = store.run(_prepare_scan, items, workers, "prepare bone", progress, cancel)
+    records = [results[case_id(src)][0] for src, _ in pairs]
+    cases = [c for rec in records for c in rec["patches"]]
+    if not cases:
+        raise VolGANError(f"{images}: no {size}³ patch lies fully inside the spongiosa mask with BV/TV ≥ {min_fill} "
+                          "(lower --min-fill or --cortex-mm, or pass --masks)")
+    sources = [dict({k: v for k, v in rec.items() if k not in ("patches", "files", "note", "patch_count")},
+                    patches=len(rec["patches"])) for rec in records]
+
+    def write(tmp: Path) -> None:
         write_manifest(tmp, cases, kind="prepared-bone", parameters=params, extra={"sources": sources})
+        tiles = [(read_volume(tmp / c["image"]).array, f"{case_id(c['source'])} #{c['case'].rsplit('_p', 1)[-1]} "
+                                                        f"{c['bvtv']:.2f}") for c in cases[:64]]
         _montage(tmp / "qc_montage.png", tiles)
-    return Path(out)
+
+    return store.assemble(write, results)

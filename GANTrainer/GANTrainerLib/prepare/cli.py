@@ -1,7 +1,7 @@
 """`volgan prepare ...`: whole scans -> training datasets.
 
     volgan prepare bone --images DIR [--masks DIR] --out DIR [--spacing 0.164] [--calibration SLOPE,INTERCEPT | --from-hu]
-                        [--cortex-mm 1.0] [--stride 32] [--min-fill 0.02] [--size 32]
+                        [--cortex-mm 1.0] [--stride 32] [--min-fill 0.02] [--size 32] [--workers N]
     volgan prepare cow  --images DIR [--labels DIR] (--template FILE | --build-template)
                         [--roi x0:x1,y0:y1,z0:z1 | --roi-around-labels MM] --out DIR [--workers N]
 """
@@ -23,10 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "--masks is not given (periosteal surface by threshold 225 and closing, cortex removed "
                                     "by an erosion of --cortex-mm), and cut --size³ patches on a --stride grid lying fully "
                                     "inside the mask with BV/TV ≥ --min-fill. Writes images/, masks/ (bone at 225), "
-                                    "manifest.json and qc_montage.png; train with --data OUT/images.")
+                                    "manifest.json and qc_montage.png; train with --data OUT/images. Resumable: "
+                                    "finished scans wait in OUT.cache/, and a rerun with the same recipe (also into "
+                                    "the finished folder) skips unchanged scans.")
     b.add_argument("--images", required=True, metavar="DIR", help="folder of 3-D scans (NIfTI, NRRD, MetaImage)")
     b.add_argument("--masks", metavar="DIR", help="spongiosa masks with the same file names, on the scans' grids")
-    b.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty unless --overwrite)")
+    b.add_argument("--out", required=True, metavar="DIR", help="output folder: new, empty, or one prepared before with the same recipe (only new or changed scans are done)")
     b.add_argument("--spacing", type=float, default=0.164, metavar="MM", help="isotropic voxel size (default 0.164 mm)")
     cal = b.add_mutually_exclusive_group()
     cal.add_argument("--calibration", metavar="SLOPE,INTERCEPT",
@@ -41,7 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="least bone fraction (BV/TV at 225) of a kept patch (default 0.02)")
     b.add_argument("--size", type=int, default=32, help="patch edge in voxels (default 32)")
     b.add_argument("--format", default="nii.gz", choices=["nii.gz", "nrrd", "mha"], help="file format (default nii.gz)")
-    b.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    b.add_argument("--workers", type=int, default=1, metavar="N", help="scans prepared in parallel (default 1)")
+    b.add_argument("--overwrite", action="store_true", help="replace an output folder of another recipe (or not written "
+                   "by volgan prepare); without it a rerun with the same recipe only adds new or changed scans")
     b.set_defaults(func=_cmd_bone)
 
     c = psub.add_parser("cow", help="TOF-MRA scans -> Circle-of-Willis crops registered to a template",
@@ -51,8 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "crop the ROI (default: the CoW paper's x 80:208, y 120:248, z 40:72) and min-max "
                                     "normalise each crop to [0, 1]. Writes images/, labels/, manifest.json (transform, "
                                     "metric, quality flag, label coverage per case; failures listed and excluded) and "
-                                    "qc_mips.png. Resumable: finished cases wait in OUT.cache/ and a rerun with the "
-                                    "same recipe skips them.")
+                                    "qc_mips.png. Resumable: finished cases wait in OUT.cache/, and a rerun with the "
+                                    "same recipe (also into the finished folder) skips unchanged scans.")
     c.add_argument("--images", required=True, metavar="DIR", help="folder of 3-D TOF-MRA scans")
     c.add_argument("--labels", metavar="DIR", help="their label maps (same file names, same grids)")
     tpl = c.add_mutually_exclusive_group(required=True)
@@ -74,10 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--iterations", type=int, default=100, help="optimiser iterations per level (default 100)")
     c.add_argument("--search-deg", type=float, default=30.0,
                    help="coarse rotation search range about each axis, ± degrees (default 30; 0: none)")
-    c.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty unless --overwrite)")
+    c.add_argument("--out", required=True, metavar="DIR", help="output folder: new, empty, or one prepared before with the same recipe (only new or changed scans are done)")
     c.add_argument("--workers", type=int, default=1, metavar="N", help="cases registered in parallel (default 1)")
     c.add_argument("--format", default="nii.gz", choices=["nii.gz", "nrrd", "mha"], help="file format (default nii.gz)")
-    c.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    c.add_argument("--overwrite", action="store_true", help="replace an output folder of another recipe (or not written "
+                   "by volgan prepare); without it a rerun with the same recipe only adds new or changed scans")
     c.set_defaults(func=_cmd_cow)
 
 
@@ -89,7 +94,7 @@ def _cmd_bone(args: argparse.Namespace) -> int:
     calibration = parse_calibration(args.calibration) if args.calibration else None
     out = prepare_bone(args.images, args.out, masks=args.masks, spacing_mm=args.spacing, calibration=calibration,
                        from_hu=args.from_hu, cortex_mm=args.cortex_mm, closing_mm=args.closing_mm, stride=args.stride,
-                       min_fill=args.min_fill, size=args.size, fmt=args.format, overwrite=args.overwrite,
+                       min_fill=args.min_fill, size=args.size, fmt=args.format, overwrite=args.overwrite, workers=args.workers,
                        progress=progress_from_args(args))
     if not args.quiet:
         from VolGANCore.dataset import read_manifest

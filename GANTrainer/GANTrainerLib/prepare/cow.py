@@ -1,41 +1,46 @@
 """``volgan prepare cow``: whole TOF-MRA scans -> Circle-of-Willis crops on a template grid, as the CoW paper did.
 
-The paper (DESIGN §2) registered every TOF-MRA rigidly (6 dof, mutual information, FSL flirt) to a TOF template,
+The paper (docs/preparation.md) registered every TOF-MRA rigidly (6 dof, mutual information, FSL flirt) to a TOF template,
 cropped x 80:208, y 120:248, z 40:72 on the template grid, did not skull-strip, and min-max normalised each volume.
 Here: SimpleITK Euler 3-D, Mattes mutual information, three resolution levels with full sampling at the finest.
 Like flirt, a coarse search comes first: after a centre-of-mass initialisation an exhaustive search over rotations
 (±``search_deg`` about each axis in ``search_step_deg`` steps) at the coarsest level picks the best-scoring start;
-it and the plain centre start are both refined (a coarse metric can mislead) and the one with the better (lower)
-final metric, evaluated with full sampling, is kept.
+it and the plain centre start are both refined over the coarse levels (a coarse metric can mislead), the better of
+the two by the full-sampling metric on the last coarse grid goes on to the finest level, and its final metric,
+evaluated with full sampling, is recorded.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from VolGANCore import Volume, VolGANError
-from VolGANCore.atomic import atomic_directory, atomic_write_json
+from VolGANCore.atomic import atomic_write_json
 from VolGANCore.dataset import case_id, list_volumes, write_manifest
 from VolGANCore.errors import InputFileError
 from VolGANCore.geometry import resample
 from VolGANCore.io import read_label_volume, read_volume, sha256_file, write_volume
-from VolGANCore.progress import CancelToken, Progress, ProgressCallback
+from VolGANCore.progress import CancelToken, ProgressCallback
 
 from .bone import save_qc_figure, scan_header
+from .runner import CaseStore, file_stamp
 
 __all__ = ["PAPER_ROI", "parse_roi", "register_rigid", "resample_onto", "orientation_code", "build_template",
            "prepare_cow"]
 
-PAPER_ROI = ((80, 208), (120, 248), (40, 72))   # x, y, z voxel index ranges on the template grid (DESIGN §2)
-SUSPECT_RATIO = 0.25     # final MI below this fraction of the template's self-information: flagged "suspect"
+PAPER_ROI = ((80, 208), (120, 248), (40, 72))   # x, y, z voxel index ranges on the template grid (docs/preparation.md)
+# A case is flagged "suspect" when its final Mattes MI is below this fraction of the template's self-match. Measured
+# (benchmarks/prepare_quality_flag.py, docs/preparation.md): good registrations of the real TOF-MRA, also deformed
+# by up to 3 mm with bias, blur and noise, 0.42-0.90; deliberately failed ones (60°-180° starts without the search,
+# unrelated scans, noise) 0.001-0.33.
+SUSPECT_RATIO = 0.375
+COARSE_SAMPLES = 30000   # metric samples per coarse level (regular grid), capped at every voxel
 
 
 def parse_roi(text: str) -> tuple[tuple[int, int], ...]:
@@ -71,10 +76,19 @@ def orientation_code(direction: np.ndarray) -> str:
     return out
 
 
-def register_rigid(fixed: Volume, moving: Volume, search_deg: float = 30.0, search_step_deg: float = 15.0,
+def register_rigid(fixed: Volume, moving: Volume, search_deg: float = 30.0, search_step_deg: float = 30.0,
                    iterations: int = 100, shrink: Sequence[int] = (4, 2, 1), smooth_mm: Sequence[float] = (1.0, 0.5, 0.0),
-                   bins: int = 32, seed: int = 0):
+                   bins: int = 32, seed: int = 0, coarse_samples: Optional[int] = COARSE_SAMPLES,
+                   finest_best_only: bool = True, finest_learning_rate: float = 1.0, min_step: float = 1e-4):
     """Rigid (Euler 3-D) registration of ``moving`` onto ``fixed`` by Mattes mutual information.
+
+    A centre-of-mass start, then (``search_deg`` > 0) an exhaustive search over rotations of ±``search_deg`` in
+    ``search_step_deg`` steps about each axis on the coarsest grid. The plain centre start and the search's best are
+    both refined over the coarse levels (``shrink[:-1]``; about ``coarse_samples`` regularly placed samples per
+    level, None: 25 %); with ``finest_best_only`` the one with the better full-sampling metric on the last coarse
+    grid goes on to the finest level alone (otherwise both), which uses every voxel, starts with steps of
+    ``finest_learning_rate`` mm and stops at ``min_step`` mm. Of the finished starts the one with the better final
+    metric (full sampling on the finest grid) is kept.
 
     Returns ``(transform, metric)``: a SimpleITK Euler3DTransform mapping fixed-space points to moving-space points
     (the resampling direction) and its final metric (lower is better).
@@ -85,49 +99,69 @@ def register_rigid(fixed: Volume, moving: Volume, search_deg: float = 30.0, sear
     m = sitk.Cast(_to_sitk(moving), sitk.sitkFloat32)
     centre = sitk.CenteredTransformInitializer(f, m, sitk.Euler3DTransform(),
                                                sitk.CenteredTransformInitializerFilter.MOMENTS)
+    n_fixed = int(np.prod(f.GetSize()))
 
-    def method(kind: str):
+    def fraction(level_shrink: int) -> float:
+        if coarse_samples is None:
+            return 0.25
+        return float(min(1.0, coarse_samples / max(1.0, n_fixed / level_shrink ** 3)))
+
+    def method(levels: Sequence[int], sigmas: Sequence[float], fractions: Sequence[float], learning_rate=1.0):
         r = sitk.ImageRegistrationMethod()
         r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
         r.SetInterpolator(sitk.sitkLinear)
-        if kind == "search":
-            r.SetMetricSamplingStrategy(r.REGULAR)
-            r.SetMetricSamplingPercentage(0.25, seed)
-            n = int(round(search_deg / search_step_deg))
-            r.SetOptimizerAsExhaustive([n, n, n, 0, 0, 0], stepLength=np.deg2rad(search_step_deg))
-            r.SetOptimizerScales([1, 1, 1, 1, 1, 1])
-            r.SetShrinkFactorsPerLevel([shrink[0]])
-            r.SetSmoothingSigmasPerLevel([smooth_mm[0]])
-        else:
-            r.SetMetricSamplingStrategy(r.REGULAR)
-            r.SetMetricSamplingPercentagePerLevel([0.25] * (len(shrink) - 1) + [1.0], seed)   # full at the finest
-            r.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=iterations,
-                                                       relaxationFactor=0.6, gradientMagnitudeTolerance=1e-8)
-            r.SetOptimizerScalesFromPhysicalShift()
-            r.SetShrinkFactorsPerLevel(list(shrink))
-            r.SetSmoothingSigmasPerLevel(list(smooth_mm))
+        r.SetMetricSamplingStrategy(r.REGULAR)
+        r.SetMetricSamplingPercentagePerLevel(list(fractions), seed)
+        r.SetOptimizerAsRegularStepGradientDescent(learningRate=learning_rate, minStep=min_step,
+                                                   numberOfIterations=iterations, relaxationFactor=0.6,
+                                                   gradientMagnitudeTolerance=1e-8)
+        r.SetOptimizerScalesFromPhysicalShift()
+        r.SetShrinkFactorsPerLevel(list(levels))
+        r.SetSmoothingSigmasPerLevel(list(sigmas))
         r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
         return r
 
-    search = method("search")      # every start of the grid, the plain centre start (0°) included, by its metric
-    searched = sitk.Euler3DTransform(centre)
-    search.SetInitialTransform(searched, inPlace=True)
-    search.Execute(f, m)
     starts = [centre]
-    if not np.allclose(searched.GetParameters(), centre.GetParameters()):
-        starts.append(searched)    # a coarse metric can mislead: refine both, keep the better final metric
-    best = None
+    n = int(round(search_deg / search_step_deg)) if search_deg > 0 and search_step_deg > 0 else 0
+    if n > 0:        # every start of the grid, the plain centre start (0°) included, by its metric
+        search = method([shrink[0]], [smooth_mm[0]], [fraction(shrink[0])])
+        search.SetOptimizerAsExhaustive([n, n, n, 0, 0, 0], stepLength=np.deg2rad(search_step_deg))
+        search.SetOptimizerScales([1, 1, 1, 1, 1, 1])
+        searched = sitk.Euler3DTransform(centre)
+        search.SetInitialTransform(searched, inPlace=True)
+        search.Execute(f, m)
+        if not np.allclose(searched.GetParameters(), centre.GetParameters()):
+            starts.append(searched)    # a coarse metric can mislead: refine both, keep the better
+    coarse = list(shrink[:-1])
+    refined = []
     for s in starts:
-        start = sitk.Euler3DTransform(s)
-        refine = method("refine")
-        refine.SetInitialTransform(start, inPlace=True)
-        refine.Execute(f, m)
-        final = method("refine")   # the final metric with full sampling on the finest grid
-        final.SetMetricSamplingPercentage(1.0, seed)
-        final.SetInitialTransform(sitk.Euler3DTransform(start))
+        t = sitk.Euler3DTransform(s)
+        if coarse:
+            r = method(coarse, smooth_mm[:-1], [fraction(k) for k in coarse])
+            r.SetInitialTransform(t, inPlace=True)
+            r.Execute(f, m)
+        refined.append(t)
+    if finest_best_only and len(refined) > 1 and coarse:
+        # the better start on the last coarse grid, every voxel of it, before the costly finest level
+        k, sigma = coarse[-1], smooth_mm[len(coarse) - 1]
+        fk, mk = ((sitk.Shrink(sitk.SmoothingRecursiveGaussian(img, sigma) if sigma > 0 else img, [k] * 3))
+                  for img in (f, m))
+        value = []
+        for t in refined:
+            e = method([1], [0.0], [1.0])
+            e.SetInitialTransform(sitk.Euler3DTransform(t))
+            value.append(float(e.MetricEvaluate(fk, mk)))
+        refined = [refined[int(np.argmin(value))]]
+    best = None
+    for t in refined:
+        r = method([shrink[-1]], [smooth_mm[-1]], [1.0], learning_rate=finest_learning_rate if coarse else 1.0)
+        r.SetInitialTransform(t, inPlace=True)
+        r.Execute(f, m)
+        final = method([shrink[-1]], [smooth_mm[-1]], [1.0])   # the final metric with full sampling on the finest grid
+        final.SetInitialTransform(sitk.Euler3DTransform(t))
         value = float(final.MetricEvaluate(f, m))
         if best is None or value < best[1]:
-            best = (sitk.Euler3DTransform(start), value)
+            best = (sitk.Euler3DTransform(t), value)
     return best
 
 
@@ -154,6 +188,23 @@ def _self_information(template: Volume, bins: int = 32) -> float:
     r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
     r.SetInitialTransform(sitk.Euler3DTransform())
     return float(r.MetricEvaluate(f, f))
+
+
+def quality_figures(template_roi: np.ndarray, moved_roi: np.ndarray, metric: float, self_info: float) -> dict:
+    """The registration-quality figures of one case: its final metric as a fraction of the template's self-match
+    (``metric_ratio``; Mattes MI is negative, so 1 is a perfect match and 0 none), the normalised cross-correlation of
+    the registered ROI with the template's ROI over the voxels inside the scan (``roi_ncc``), and that fraction
+    (``roi_inside``)."""
+    inside = np.isfinite(moved_roi)
+    a = np.asarray(template_roi, np.float64)[inside]
+    b = np.asarray(moved_roi, np.float64)[inside]
+    ncc = 0.0
+    if a.size > 1:
+        a, b = a - a.mean(), b - b.mean()
+        den = np.sqrt((a * a).sum() * (b * b).sum())
+        ncc = float((a * b).sum() / den) if den > 0 else 0.0
+    return {"metric_ratio": float(metric / self_info) if self_info else 0.0, "roi_ncc": ncc,
+            "roi_inside": float(inside.mean())}
 
 
 def build_template(images: Sequence[Volume], rounds: int = 3, **register_kw) -> Volume:
@@ -216,10 +267,10 @@ def _check_inputs(images, labels, template_path, roi, label_scheme):
 
 
 def _prepare_case(args) -> dict:
-    """Register one case, write its ROI image (+ labels) into the cache folder; a dict row for the manifest."""
-    src, lab, template, roi, cache, fmt, recipe, register_kw, self_info, spacing = args
+    """Register one case, write its ROI image (+ labels) into the cache folder; its record (a manifest row)."""
+    src, lab, template, roi, cache, fmt, recipe, register_kw, self_info, spacing, stamp = args
     stem = case_id(src)
-    row = {"case": stem, "source": src.name, "recipe": recipe}
+    row = {"case": stem, "source": src.name, "recipe": recipe, "stamp": stamp}
     try:
         vol = read_volume(src)
         transform, metric = register_rigid(template, vol, **register_kw)
@@ -227,13 +278,16 @@ def _prepare_case(args) -> dict:
         return dict(row, status="failed", reason=str(exc).strip().splitlines()[-1])
     sl = _roi_slices(roi)
     grid = template.with_array(np.zeros(template.shape, np.uint8))
-    moved = resample_onto(vol, grid, transform, default=np.nan).array[sl]
-    inside = float(np.isfinite(moved).mean())
+    origin = tuple(float(v) for v in template.index_to_physical((roi[0][0], roi[1][0], roi[2][0])))
+    roi_grid = template.with_array(np.zeros(template.array[sl].shape, np.uint8), spacing=template.spacing,
+                                   origin=origin, metadata={})
+    moved = resample_onto(vol, roi_grid, transform, default=np.nan).array   # the ROI only, not the whole grid
+    quality = quality_figures(template.array[sl], moved, metric, self_info)
+    inside = quality["roi_inside"]
     if inside < 0.9:
         return dict(row, status="failed", metric=metric, reason=f"only {inside:.0%} of the ROI lies inside the scan "
                                                                "after registration (wrong field of view?)")
     moved = np.where(np.isfinite(moved), moved, np.nanmin(moved)).astype(np.float32)
-    origin = tuple(float(v) for v in template.index_to_physical((roi[0][0], roi[1][0], roi[2][0])))
     crop_grid = template.with_array(moved, spacing=template.spacing, origin=origin, metadata={})
     if spacing is not None:     # the same physical box at the chosen spacing (B-spline)
         crop_grid = resample(crop_grid, spacing, interpolation="bspline")
@@ -244,7 +298,8 @@ def _prepare_case(args) -> dict:
                                metadata={"intensity": "minmax [0, 1]", "source": src.name})
     write_volume(out, cache / "images" / f"{stem}.{fmt}")
     params = np.asarray(transform.GetParameters(), float)
-    row.update(status="ok", metric=metric, quality="ok" if metric <= SUSPECT_RATIO * self_info else "suspect",
+    row.update(status="ok", metric=metric, quality="ok" if quality["metric_ratio"] >= SUSPECT_RATIO else "suspect",
+               metric_ratio=quality["metric_ratio"], roi_ncc=quality["roi_ncc"],
                transform={"type": "Euler3D", "angles_deg": np.rad2deg(params[:3]).tolist(),
                           "translation_mm": params[3:].tolist(), "centre_mm": list(transform.GetCenter())},
                image=f"images/{stem}.{fmt}", intensity_range=[lo, hi])
@@ -260,7 +315,7 @@ def _prepare_case(args) -> dict:
             lab_crop = resample(lab_crop, spacing, label=True)
         write_volume(lab_crop, cache / "labels" / f"{stem}.{fmt}")
         row["label"] = f"labels/{stem}.{fmt}"
-    atomic_write_json(cache / "rows" / f"{stem}.json", row)
+    row["files"] = [row["image"]] + ([row["label"]] if "label" in row else [])
     return row
 
 
@@ -283,7 +338,8 @@ def _qc_page(path: Path, folder: Path, rows: list[dict]) -> None:
             lab = read_volume(folder / r["label"], dtype=np.int16).array.max(axis=0)
             if lab.any():
                 ax.contour(lab > 0, levels=[0.5], colors="red", linewidths=0.6)
-        ax.set_title(f"{r['case']} ({r['quality']})", fontsize=7, color="black" if r["quality"] == "ok" else "red")
+        ax.set_title(f"{r['case']} ({r['quality']}, MI {r.get('metric_ratio', 0):.2f})", fontsize=7,
+                     color="black" if r["quality"] == "ok" else "red")
     fig.suptitle("volgan prepare cow: axial MIP of each prepared case, label outline in red", fontsize=8)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9, wspace=0.05, hspace=0.25)
     save_qc_figure(fig, path)
@@ -310,8 +366,10 @@ def prepare_cow(
     ``manifest.json`` (one row per case: transform, metric, quality flag, label coverage; failures listed under
     ``failed``), ``template`` (with --build-template) and ``qc_mips.png``.
 
-    Resumable: finished cases are kept in ``OUT.cache/`` (beside ``out``) with their recipe; a rerun with the same
-    recipe skips them. The cache is removed once the output folder is complete.
+    Resumable (:mod:`.runner`): finished cases wait in ``OUT.cache/`` (beside ``out``) with their recipe until the
+    output folder is complete; a rerun with the same recipe, after an interruption or into the finished folder,
+    skips every case whose scan (and label map) is unchanged. Another recipe into a finished folder needs
+    ``overwrite``.
     """
     register_kw = dict(register_kw or {})
     if (template is None) == (build_template_iterations <= 0):
@@ -329,74 +387,66 @@ def prepare_cow(
     if not isinstance(workers, int) or workers < 1:
         raise VolGANError(f"--workers {workers}: must be an integer ≥ 1")
     pairs = _check_inputs(images, labels, template, roi or ((0, 1),) * 3, label_scheme)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise VolGANError(f"{out}: exists and is not a folder (choose another output folder)")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise VolGANError(f"{out}: output folder is not empty (choose a new folder or pass --overwrite)")
+    stamps = {case_id(f): file_stamp(f, lab) for f, lab in pairs}
+    if template is not None:
+        t_id = sha256_file(template)
+    else:   # a built template is known by what it is built from; it is kept for a rerun of the same recipe
+        t_id = hashlib.sha256(json.dumps({"built_from": [stamps[case_id(f)] for f, _ in pairs],
+                                          "rounds": build_template_iterations, "register": register_kw},
+                                         sort_keys=True, default=str).encode()).hexdigest()
+    recipe = hashlib.sha256(json.dumps({"template": t_id, "roi": roi if roi is not None else
+                                        f"around labels {roi_around_labels_mm} mm", "fmt": fmt, "register": register_kw,
+                                        "spacing": spacing, "labels": labels is not None},
+                                       sort_keys=True, default=str).encode()).hexdigest()[:16]
+    store = CaseStore(out, "prepared-cow", recipe, overwrite, previous=lambda doc: doc.get("cases", []),
+                      command="volgan prepare cow")
     if template is not None:
         tvol = read_volume(template)
-        t_id = sha256_file(template)
     else:
-        vols = [read_volume(f) for f, _ in pairs]
-        tvol = build_template(vols, rounds=build_template_iterations, **register_kw)
-        t_id = hashlib.sha256(tvol.array.tobytes()).hexdigest()
-    if roi is None:   # --roi-around-labels: the labels' bounding box on the template grid, grown by the margin
-        roi = _roi_around_labels(pairs, tvol, roi_around_labels_mm, register_kw)
-    recipe = hashlib.sha256(json.dumps({"template": t_id, "roi": roi, "fmt": fmt, "register": register_kw, "spacing": spacing,
-                                        "labels": labels is not None}, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    cache = out.with_name(out.name + ".cache")
-    for sub in ("images", "labels", "rows"):
-        (cache / sub).mkdir(parents=True, exist_ok=True)
-    self_info = _self_information(tvol)
-    rows, todo = {}, []
-    for f, lab in pairs:
-        done = cache / "rows" / f"{case_id(f)}.json"
-        if done.exists():
-            row = json.loads(done.read_text(encoding="utf-8"))
-            if row.get("recipe") == recipe:
-                rows[case_id(f)] = dict(row, resumed=True)
-                continue
-        todo.append((f, lab, tvol, roi, cache, fmt, recipe, register_kw, self_info, spacing))
-    with Progress(len(pairs), "prepare cow", progress, cancel) as p:
-        if rows:
-            p.advance(len(rows), message=f"{len(rows)} case(s) done before (same recipe)")
-        if workers == 1:
-            for item in todo:
-                if cancel is not None:
-                    cancel.raise_if_cancelled()
-                row = _prepare_case(item)
-                rows[row["case"]] = row
-                p.advance(message=f"{row['case']}: {row['status']}")
+        kept = store.reusable(f"template-{recipe}.nrrd", f"template.{fmt}")
+        if kept is not None:
+            tvol = read_volume(kept)
         else:
-            with concurrent.futures.ProcessPoolExecutor(workers) as pool:
-                for row in pool.map(_prepare_case, todo):
-                    rows[row["case"]] = row
-                    p.advance(message=f"{row['case']}: {row['status']}")
-    ordered = [rows[case_id(f)] for f, _ in pairs]
+            vols = [read_volume(f) for f, _ in pairs]
+            tvol = build_template(vols, rounds=build_template_iterations, **register_kw)
+            write_volume(tvol, store.cache / f"template-{recipe}.nrrd")
+    if roi is None:   # --roi-around-labels: the labels' bounding box on the template grid, grown by the margin
+        previous = (store.previous_doc or {}).get("parameters", {}).get("roi_xyz")
+        kept = store.reusable(f"roi-{recipe}.json")
+        if kept is not None:
+            roi = json.loads(kept.read_text(encoding="utf-8"))
+        elif previous is not None:
+            roi = previous
+        else:
+            roi = _roi_around_labels(pairs, tvol, roi_around_labels_mm, register_kw)
+            atomic_write_json(store.cache / f"roi-{recipe}.json", roi)
+        roi = tuple(tuple(int(v) for v in r) for r in roi)
+    self_info = _self_information(tvol)
+    items = [(case_id(f), stamps[case_id(f)],
+              (f, lab, tvol, roi, store.cache, fmt, recipe, register_kw, self_info, spacing, stamps[case_id(f)]))
+             for f, lab in pairs]
+    results = store.run(_prepare_case, items, workers, "prepare cow", progress, cancel)
+    ordered = [results[case_id(f)][0] for f, _ in pairs]
     good = [r for r in ordered if r["status"] == "ok"]
     failed = [r for r in ordered if r["status"] != "ok"]
     if not good:
         raise VolGANError(f"{images}: no case could be registered to the template ({failed[0]['reason']}); "
                           "check the template and the images' field of view")
-    with atomic_directory(out, overwrite=overwrite) as tmp:
-        for sub in ("images",) + (("labels",) if labels is not None else ()):
-            (tmp / sub).mkdir()
-            for r in good:
-                shutil.copy2(cache / r[sub[:-1]], tmp / r[sub[:-1]])
+
+    def write(tmp: Path) -> None:
         if template is None:
             write_volume(tvol, tmp / f"template.{fmt}")
         params = {"template": str(template) if template is not None else f"template.{fmt} (built)",
-                  "template_sha256": t_id, "roi_xyz": roi, "intensity": "minmax [0, 1] per volume",
+                  "template_id": t_id, "roi_xyz": roi, "intensity": "minmax [0, 1] per volume",
                   "spacing_mm": spacing or "the template's",
                   "label_scheme": label_scheme if labels is not None else None, "recipe": recipe,
-                  "register": register_kw, "suspect_below_self_information_ratio": SUSPECT_RATIO,
+                  "register": register_kw, "suspect_below_metric_ratio": SUSPECT_RATIO,
                   "template_self_information": self_info}
         write_manifest(tmp, good, kind="prepared-cow", parameters=params,
                        extra={"failed": [{k: r.get(k) for k in ("case", "source", "reason", "metric")} for r in failed]})
         _qc_page(tmp / "qc_mips.png", tmp, good)
-    shutil.rmtree(cache, ignore_errors=True)
-    return out
+
+    return store.assemble(write, results)
 
 
 def _roi_around_labels(pairs, template: Volume, margin_mm: float, register_kw: dict):

@@ -10,9 +10,10 @@ returns them from ``config()``, and offers the shared interface used by generati
 - if ``has_w``: ``mapping(z, psi, cutoff) -> ws (N, num_ws, w_dim)`` and
   ``synthesis(ws, noise_mode, noise)``; ``make_noise(n, generators, device)`` for reproducible noise.
 
-Other families register themselves the same way: :mod:`.aydin2024` adds ``aydin2024-stylegan3d``, the
-Circle-of-Willis 3-D StyleGAN of Aydin et al. 2024 (a port of lucidrains/stylegan2-pytorch with its own layer
-wiring), imported from the authors' checkpoints.
+Every family is registered at the end of this module (the network modules register nothing themselves):
+``stylegan2-3d``, ``pgan-3d`` and ``aydin2024-stylegan3d`` from :mod:`.aydin2024`, the Circle-of-Willis 3-D
+StyleGAN of Aydin et al. 2024 (a port of lucidrains/stylegan2-pytorch with its own layer wiring), imported from
+the authors' checkpoints.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .aydin2024 import FAMILY as AYDIN2024_FAMILY
+from .aydin2024 import AydinGenerator
 from .layers import ShapeError, assert_shape
 from .pgan import ProgressiveDiscriminator, ProgressiveGenerator
 from .stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, derive_up_factors
@@ -76,5 +79,6 @@ register_family(Family("stylegan2-3d", StyleGAN2Generator, StyleGAN2Discriminato
                        "StyleGAN2 in 3-D: mapping + modulated synthesis (skip/resnet), residual D"))
 register_family(Family("pgan-3d", ProgressiveGenerator, ProgressiveDiscriminator,
                        "progressive GAN in 3-D (WScale, PixelNorm, tanh); MICCAI 2020 spongiosa compatible"))
-
-from . import aydin2024  # noqa: E402,F401  (registers the "aydin2024-stylegan3d" family)
+register_family(Family(AYDIN2024_FAMILY, AydinGenerator, None,
+                       "Circle-of-Willis 3-D StyleGAN of Aydin et al. 2024 (lucidrains-style port), "
+                       "imported from their checkpoints; exact forward pass"))

@@ -429,14 +429,3 @@ class AydinGenerator(MappedGenerator):
         self.mapping = AydinMapping(latent_dim, style_depth, lr_mlp, self.num_ws)
         d, s = int(depth), int(image_size)
         self.output_shape = (d, s, s)
-
-
-def _register() -> None:
-    from . import Family, register_family
-
-    register_family(Family(FAMILY, AydinGenerator, None,
-                           "Circle-of-Willis 3-D StyleGAN of Aydin et al. 2024 (lucidrains-style port), "
-                           "imported from their checkpoints; exact forward pass"))
-
-
-_register()

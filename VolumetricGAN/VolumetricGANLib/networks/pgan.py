@@ -23,12 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from VolGANCore.names import PADDING_MODES  # nn.Conv3d padding modes of the 3×3×3 convs
+
 from .layers import ShapeError, assert_shape, minibatch_std, pixel_norm
 
 __all__ = ["pgan_channels", "WSConv3d", "ProgressiveGenerator", "ProgressiveDiscriminator", "PADDING_MODES"]
 
 FAMILY = "pgan-3d"
-PADDING_MODES = ("zeros", "replicate", "reflect", "circular")  # nn.Conv3d padding modes of the 3×3×3 convs
 
 
 def _check_padding_mode(mode: str) -> str:

@@ -30,13 +30,13 @@ Measures (ground truth in the manifest)
 - DA: ratio of the mean intercept length (Harrigan & Mann 1984, J Mater Sci 19:761-767) along z to its
   mean along x and y; 1 = isotropic, > 1 = elongated along z.
 
-Rendering (MICCAI 2020 spongiosa units, Iarussi et al. 2020; DESIGN.md §2, §9)
--------------------------------------------------------------------------------
+Rendering (MICCAI 2020 spongiosa units, Iarussi et al. 2020; docs/generation.md, "Built-in phantoms")
+------------------------------------------------------------------------------------------------------
 ``image = marrow + (tissue - marrow) * occupancy`` with a partial-volume occupancy from the field, blurred
 by a Gaussian point-spread function (HR-pQCT XCT-I, 164 µm voxels; MacNeil & Boyd 2007, Med Eng Phys
 29:1096-1105), plus spatially correlated Gaussian noise. Defaults are calibrated so that the statistics at
 the paper's bone threshold 225 match the published generator's samples: BV/TV@225 ≈ 0.18 ± 0.075,
-BMD ≈ 122 ± 35, TMD ≈ 338 ± 27, marrow ≈ 74 ± 16 (DESIGN.md §9).
+BMD ≈ 122 ± 35, TMD ≈ 338 ± 27, marrow ≈ 74 ± 16 (docs/generation.md).
 
 References
 ----------
@@ -81,7 +81,7 @@ class BoneRendering:
 
     tissue: float = 385.0             # mean tissue mineral density of fully mineralised bone (paper units)
     tissue_sd: float = 30.0           # between-sample spread of the tissue density
-    marrow: float = 60.0              # marrow level before partial volume (below-225 mean ≈ 74, DESIGN §9)
+    marrow: float = 60.0              # marrow level before partial volume (below-225 mean ≈ 74, docs/generation.md)
     marrow_sd: float = 12.0           # between-sample spread of the marrow level
     psf_sigma_mm: float = 0.06        # Gaussian PSF sigma in mm (≈ 0.37 voxel at 164 µm)
     noise_sd: float = 24.0            # noise standard deviation (paper units) after correlation

@@ -34,7 +34,7 @@ segment, 3×3×3 supersampling of edge voxels only), inflow-dependent blood brig
 the path length travelled inside the slab, i.e. spin saturation; slower small vessels are darker),
 brain-tissue background with smooth low-frequency texture and a darker CSF cistern around the circle,
 unlabelled small branches as clutter (SCA, ophthalmic, perforators, distal twigs), a multiplicative bias
-field and Rician noise. Calibrated to the real crop in ``../shared/data/topcow`` (DESIGN.md §9:
+field and Rician noise. Calibrated to a real TopCoW 2023 crop (docs/generation.md, "Built-in phantoms":
 background ≈ 98 ± 30, median ≈ 108, vessels ≈ 5.9× the median). A small random rigid pose jitter
 (rotation, translation) mimics registered-but-not-perfect data.
 

@@ -1,0 +1,20 @@
+"""Names shared by the Slicer panels, the command line and the libraries, importable with nothing installed.
+
+The panels build before PyTorch and the modules' other packages are installed, and ``volgan --help`` needs no
+torch; so the lists they offer live here, in plain Python, and the libraries take them from here too (one
+definition, nothing to keep in sync). This module imports nothing.
+"""
+
+__all__ = ["BONE_PARAMETERS", "PADDING_MODES"]
+
+# The bone parameters MorphometryLib.bone measures (its ALL_PARAMETERS, in this order), with what they mean.
+BONE_PARAMETERS = {
+    "BV/TV": "bone volume fraction", "BS": "bone surface (BS/BV, BS/TV)", "Tb.Th": "trabecular thickness",
+    "Tb.Sp": "trabecular separation", "Tb.N": "trabecular number", "Conn": "Euler number, connectivity, Conn.D",
+    "SMI": "structure model index", "DA": "degree of anisotropy (MIL)", "DA.ST": "degree of anisotropy (structure tensor)",
+    "BMD": "bone mineral density", "TMD": "tissue mineral density", "plate": "plate-model Tb.Th/Tb.Sp/Tb.N",
+}
+
+# nn.Conv3d padding modes of the progressive generator's 3×3×3 convs (VolumetricGANLib.networks.pgan;
+# ``volgan train --padding``); "zeros" is the published one.
+PADDING_MODES = ("zeros", "replicate", "reflect", "circular")
