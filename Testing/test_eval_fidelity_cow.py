@@ -55,6 +55,13 @@ def test_removed_artery_is_flagged(cow, tmp_path):
     assert res["variants"]["anterior"]["tv_distance"] == pytest.approx(pres["Acom"]["real_frequency"])
     assert pres["Acom"]["real_frequency"] > 0.3
     assert res["variants"]["posterior"]["tv_distance"] == 0.0  # MCA and Acom are not in the posterior vector
+    # the joint 8-bit vector loses the same Acom; its interval holds the estimate; the Acom segment's rate drops
+    joint = res["variants"]["joint"]
+    assert joint["tv_distance"] == pytest.approx(pres["Acom"]["real_frequency"]) and len(joint["names"]) == 8
+    assert joint["tv_distance_ci"]["low"] <= joint["tv_distance"] <= joint["tv_distance_ci"]["high"]
+    seg = res["variant_segments"]
+    assert seg["Acom"]["real"] == pres["Acom"]["real_frequency"] and seg["Acom"]["generated"] == 0.0
+    assert seg["L-P1"]["difference"] == 0.0
     rows = {r["parameter"]: r for r in res["parameters"]}
     assert rows["L-MCA length [mm]"]["n_generated"] == 0 and rows["L-MCA length [mm]"]["wasserstein"] is None
     assert rows["R-MCA length [mm]"]["wasserstein"] == 0.0

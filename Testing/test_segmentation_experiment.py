@@ -481,3 +481,69 @@ def test_bad_inputs_give_one_readable_error(phantoms, tmp_path, capsys):
         assert err.startswith("volgan segmentation-experiment: error: ") and err.strip().count("\n") == 0, name
         assert needle in err, (name, err)
         assert not out.exists(), name
+
+
+def test_volgan_segment_labels_a_folder_with_a_saved_teacher(phantoms, tiny_run, tmp_path, capsys):
+    """`volgan segment`: the teacher's own predictions, in its scheme; a volume at another spacing is one line,
+    exit 2, and no output folder."""
+    from GANTrainerLib.segmentation.network import SegmentationModel
+    from VolGANCore.cli import main
+
+    real, syn = phantoms
+    _, out, _ = tiny_run
+    ckpt = out / "checkpoints" / "fold1_teacher.pt"
+    model = SegmentationModel.load(ckpt)
+    assert main(["segment", "--model", str(ckpt), "--images", str(syn / "images"), "--out", str(tmp_path / "lab"),
+                 "--device", "cpu"]) == 0
+    images = sorted((syn / "images").iterdir())
+    assert len(list((tmp_path / "lab").iterdir())) == len(images) >= 2
+    for p in images:
+        lab = read_label_volume(tmp_path / "lab" / p.name, scheme="topcow13")  # ids checked against the scheme
+        assert np.array_equal(lab.array, model.predict(read_volume(p)))
+    bad = tmp_path / "bad"
+    vol = read_volume(images[0])
+    write_volume(vol.with_array(vol.array, spacing=tuple(2 * s for s in vol.spacing)), bad / "x.nii.gz")
+    capsys.readouterr()
+    assert main(["segment", "--model", str(ckpt), "--images", str(bad), "--out", str(tmp_path / "o2")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # progress lines aside
+    assert len(err) == 1 and "x.nii.gz" in err[0] and "trained at (2.4, 2.4, 2.4) mm" in err[0]
+    assert not (tmp_path / "o2").exists()
+
+
+def test_the_generated_labels_regime_runs_next_to_the_teacher_labels_one(phantoms, tmp_path):
+    """synthetic-generated students learn the synthetic volumes' own labels while the synthetic students learn
+    the fold teacher's; asked for without generated labels it is one clear error."""
+    from GANTrainerLib.segmentation import OracleTrainer, run_segmentation_experiment
+
+    real, syn = phantoms
+    truth = {p.name.split(".")[0]: read_label_volume(p).array for p in sorted((real / "labels").iterdir())}
+    teacher_view = {"syn:" + p.name.split(".")[0]: read_label_volume(p).array for p in sorted((syn / "labels").iterdir())}
+    given = tmp_path / "given"  # the "generated" labels differ from the teacher's: no Acom (id 10)
+    for p in sorted((syn / "labels").iterdir()):
+        lab = read_label_volume(p)
+        write_volume(lab.with_array(np.where(lab.array == 10, 0, lab.array).astype(np.int16)), given / p.name)
+    oracle = OracleTrainer({**truth, **teacher_view})
+    res = run_segmentation_experiment(real / "images", real / "labels", syn / "images", tmp_path / "e", folds=2,
+                                      synthetic_labels=given, trainer=oracle, device="cpu",
+                                      regimes=("real", "synthetic", "synthetic-generated"), export_nnunet=tmp_path / "nn")
+    roles = [r.role for r in oracle.requests]
+    assert roles.count("teacher") == 2 and roles.count("synthetic-generated") == 2  # one per fold
+    for r in oracle.requests:
+        for name, lab in zip(r.cases, r.labels):
+            if r.role == "synthetic-generated":
+                assert not (lab == 10).any() and np.array_equal(lab, np.where(teacher_view[name] == 10, 0,
+                                                                               teacher_view[name]))
+            elif r.role == "synthetic":
+                assert np.array_equal(lab, teacher_view[name])            # the teacher's labels
+    assert set(res["summary"]) == {"real", "synthetic", "synthetic-generated"}
+    assert (tmp_path / "e" / "teacher_labels").is_dir()
+    gen_set = tmp_path / "nn" / res["nnunet"]["synthetic-generated"]["folder"].split("/")[-1]
+    exported = sorted(p.name for p in (gen_set / "labelsTr").iterdir() if p.name.startswith("syn_gen_"))
+    assert len(exported) == 3  # the synthetic volumes with their given labels, under their own names
+    split = json.loads((gen_set / "splits_final.json").read_text())
+    assert all(any(n.startswith("syn_gen_") for n in s["train"]) for s in split)
+    with pytest.raises(VolGANError, match="no generated labels"):
+        run_segmentation_experiment(real / "images", real / "labels", syn / "images", tmp_path / "f", folds=2,
+                                    trainer=OracleTrainer(truth), device="cpu",
+                                    regimes=("synthetic", "synthetic-generated"))
+    assert not (tmp_path / "f").exists()

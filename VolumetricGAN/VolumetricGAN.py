@@ -97,6 +97,7 @@ class VolumetricGANParameterNode:
     truncation: Annotated[float, WithinRange(0.0, 1.5)] = 1.0
     noise: Annotated[str, Choice(["const", "random", "none"])] = "const"
     steps: Annotated[int, WithinRange(2, 256)] = 8
+    variant: str = ""  # conditional CoW models: "anterior=…;posterior=…" (empty: the training frequencies)
     phantomKind: Annotated[str, Choice(["cow", "bone"])] = "cow"
     phantomSeed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
     steerCount: Annotated[int, WithinRange(1, 64)] = 4
@@ -200,6 +201,7 @@ class VolumetricGANWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
         self.ui.seedBSpinBox.enabled = mode in ("interpolate", "mix")
         self.ui.stepsSpinBox.enabled = mode == "interpolate"
         self.ui.countSpinBox.enabled = mode in ("sample", "variation")
+        self.ui.variantLineEdit.enabled = bool(info and info.get("conditional")) and mode == "sample"
         self.ui.truncationSliderWidget.enabled = style
         self.ui.noiseComboBox.enabled = style
         steerable = bool(info and info["steerable"])
@@ -313,6 +315,7 @@ class VolumetricGANWidget(ParameterNodeWidgetMixin, ScriptedLoadableModuleWidget
                 slicer.util.tryWithErrorDisplay(_("Generation failed."), waitCursor=True):
             out = self.logic.generateVolumes(str(p.checkpoint), p.mode, n=p.count, seed=p.seed,
                                              truncation=p.truncation, noise=p.noise, seedB=p.seedB, steps=p.steps,
+                                             variant=(p.variant.strip() or None) if p.mode == "sample" else None,
                                              progress=progress, cancel=progress.token)
             if out["sequence"] is not None:
                 browser = slicer.modules.sequences.logic().GetFirstBrowserNodeForSequenceNode(out["sequence"])

@@ -135,8 +135,9 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
 
     def generateVolumes(self, checkpoint, mode: str = "sample", n: int = 4, seed: int = 0, truncation=None,
                         noise=None, seedB: int = 1, cutoff: int = 4, steps: int = 8, device: str = "auto",
-                        progress=None, cancel=None, name=None):
-        """Generate into the scene; returns ``{"volumes": [nodes], "sequence": node|None, "table": node}``.
+                        progress=None, cancel=None, name=None, variant=None):
+        """Generate into the scene; returns ``{"volumes": [nodes], "segmentations": [nodes], "sequence": node|None,
+        "table": node}``.
 
         ``sample``: ``n`` volumes, row ``index`` of the latents drawn from ``seed`` (same seed and n, same
         volumes; ``latents.npz`` of a CLI run reproduces any single one);
@@ -146,7 +147,9 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
         their checkpoint (``VolumetricGAN.checkpoint``) and, in ``sample`` mode, their latent z
         (``VolumetricGAN.latent``), from which :meth:`simulateChange` starts. The table lists
         each volume with its mode, seed and index (and, for spongiosa, the measured micro-structure once
-        steering lands).
+        steering lands). A joint image + label model's generated labels become one segmentation node per
+        volume (TopCoW names and colours); a model conditioned on the CoW variant samples ``variant``
+        (``"posterior=0,1,1,1"``…; default: the training frequencies), listed per volume in the table.
         """
         from VolumetricGANLib import generate as gen
 
@@ -154,8 +157,11 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
             raise VolGANError(f"generation mode '{mode}': choose one of {GENERATION_MODES}")
         model = self.loadModel(checkpoint, device)
         common = dict(device=device, progress=progress, cancel=cancel)
+        if variant and mode != "sample":
+            raise VolGANError(f"a CoW variant can be chosen in sample mode only (not {mode})")
         if mode == "sample":
-            result = gen.generate(model, n=n, seed=seed, truncation=truncation, noise=noise, **common)
+            result = gen.generate(model, n=n, seed=seed, truncation=truncation, noise=noise, variant=variant or None,
+                                  **common)
         elif mode == "interpolate":
             result = gen.interpolate(model, steps=steps, seeds=[seed, seedB], truncation=truncation, noise=noise,
                                      **common)
@@ -168,7 +174,7 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
         config = model.config
         source = str(Path(checkpoint).resolve())
         name = name or (config.get("name") or "generated")
-        out = {"volumes": [], "sequence": None, "table": None}
+        out = {"volumes": [], "segmentations": [], "sequence": None, "table": None}
         if mode == "interpolate":
             seq, _browser = mrml.volumes_to_sequence(volumes, self.scene, name=f"{name} interpolation {seed}-{seedB}",
                                                      index_name="t", index_values=[k / max(1, len(volumes) - 1)
@@ -181,9 +187,16 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
                 if mode == "sample":  # G(z) alone reproduces it: simulate change can start from z
                     node.SetAttribute(LATENT_ATTRIBUTE, _latentText(result.z[k]))
                 out["volumes"].append(node)
+                if result.labels is not None:  # a joint model's own labels, as TopCoW segments
+                    out["segmentations"].append(mrml.labelmap_to_segmentation(
+                        result.labels[k], scene=self.scene, name=f"{name} {mode} {seed}-{k} labels"))
         rows = [{"mode": mode, "index": k, "seed": seed,
                  "checkpoint": str(checkpoint), "units": config["intensity"].get("units", ""),
                  "min": float(v.array.min()), "max": float(v.array.max())} for k, v in enumerate(volumes)]
+        if result.variants is not None:
+            for row, v in zip(rows, result.variants):
+                row["anterior (L-A1, Acom, 3rd-A2, R-A1)"] = ",".join(str(int(b)) for b in v[:4])
+                row["posterior (L-Pcom, L-P1, R-P1, R-Pcom)"] = ",".join(str(int(b)) for b in v[4:])
         out["table"] = mrml.table_from_rows(rows, self.scene, name=f"{name} {mode} results")
         return out
 
@@ -233,7 +246,9 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
                 "spacing": tuple(float(s) for s in config["spacing"]),
                 "units": config["intensity"].get("units", ""), "labelScheme": config.get("label_scheme"),
                 "styleControls": "stylegan" in str(config["family"]).lower(),  # truncation, noise, variation, mix
-                "steerable": ok and not note, "steeringNote": note}  # the panel steers bone models only
+                "steerable": ok and not note, "steeringNote": note,  # the panel steers bone models only
+                "jointLabels": bool((config.get("architecture") or {}).get("label_classes")),
+                "conditional": bool((config.get("architecture") or {}).get("c_dim"))}  # CoW variant choice
         self._modelInfos[key] = info
         return dict(info)
 

@@ -15,6 +15,13 @@ Each operation is applied to each sample independently with probability ``p``:
 - ``rotation`` / ``scaling``: small rotation about the D axis (in-plane, degrees) and isotropic zoom
   ``exp(U(-s, s))``, by trilinear resampling (``grid_sample``, zero padding).
 
+Joint image + label batches (intensity, then class probabilities) are augmented label-aware:
+``intensity_channels`` limits brightness and contrast to the leading intensity channels, geometric
+operations move every channel together, and ``flip_permutations`` re-orders the channels of a mirrored
+sample (a left-right mirror turns the left ICA's channel into the right ICA's; see
+:func:`VolumetricGANLib.labelmaps.lr_flip_permutation`). Zero fill outside the volume and in cut-out boxes is
+applied to reals and fakes alike, so it tells the discriminator nothing.
+
 Tensors are ``(N, C, D, H, W)``; every operation is vectorised over the batch (no Python loop over samples)
 and keeps dtype and device, so it runs inside autocast on a GPU.
 """
@@ -97,6 +104,8 @@ class DiffAugment3D(torch.nn.Module):
         contrast: float = 0.0,              # log-scale range of the contrast factor
         rotation_deg: float = 0.0,          # max in-plane rotation about the D axis, degrees
         scaling: float = 0.0,               # log-scale range of an isotropic zoom
+        intensity_channels: int | None = None,  # leading channels brightness/contrast act on (None = all)
+        flip_permutations: dict[int, Sequence[int]] | None = None,  # axis → channel order after a mirror
     ) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
@@ -112,6 +121,11 @@ class DiffAugment3D(torch.nn.Module):
         self.contrast = float(contrast)
         self.rotation_deg = float(rotation_deg)
         self.scaling = float(scaling)
+        self.intensity_channels = None if intensity_channels is None else int(intensity_channels)
+        self.flip_permutations = {int(a): [int(c) for c in perm] for a, perm in (flip_permutations or {}).items()}
+        for a, perm in self.flip_permutations.items():
+            if sorted(perm) != list(range(len(perm))):
+                raise ValueError(f"flip_permutations[{a}]: {perm} is not a permutation of 0..{len(perm) - 1}")
 
     def extra_repr(self) -> str:
         return (f"p={self.p:.3f}, translation={self.translation}, cutout={self.cutout}, flip_axes={self.flip_axes}, "
@@ -127,19 +141,18 @@ class DiffAugment3D(torch.nn.Module):
             return x
         n, dev = x.shape[0], x.device
         sizes = x.shape[2:]
-        if self.brightness > 0:
-            off = (torch.rand(n, device=dev, generator=generator) * 2 - 1) * self.brightness
-            off = off * self._chosen(n, dev, generator)
-            x = x + off.view(-1, 1, 1, 1, 1).to(x.dtype)
-        if self.contrast > 0:
-            fac = torch.exp((torch.rand(n, device=dev, generator=generator) * 2 - 1) * self.contrast)
-            fac = torch.where(self._chosen(n, dev, generator), fac, torch.ones_like(fac)).view(-1, 1, 1, 1, 1)
-            mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
-            x = (x - mean) * fac.to(x.dtype) + mean
+        for perm in self.flip_permutations.values():
+            if len(perm) != x.shape[1]:
+                raise ValueError(f"flip_permutations: {len(perm)} channels given for a {x.shape[1]}-channel batch")
+        if self.brightness > 0 or self.contrast > 0:
+            x = self._intensity(x, generator)
         if self.rotation_deg > 0 or self.scaling > 0:
             x = self._rotate_scale(x, generator)
         for axis in self.flip_axes:
-            x = flip(x, self._chosen(n, dev, generator), axis)
+            do = self._chosen(n, dev, generator)
+            perm = self.flip_permutations.get(axis)
+            x = flip(x, do, axis) if perm is None else torch.where(
+                do.view(-1, 1, 1, 1, 1), torch.flip(x, dims=(2 + axis,))[:, perm], x)
         if self.translation > 0:
             limit = torch.tensor([int(round(s * self.translation)) for s in sizes], device=dev)
             shifts = torch.floor(torch.rand(n, 3, device=dev, generator=generator) * (2 * limit + 1)).to(torch.long) - limit
@@ -151,6 +164,22 @@ class DiffAugment3D(torch.nn.Module):
             out = cutout(x, centres, box)
             x = torch.where(self._chosen(n, dev, generator).view(-1, 1, 1, 1, 1), out, x)
         return x
+
+    def _intensity(self, x: torch.Tensor, generator) -> torch.Tensor:
+        """Brightness, then contrast, on the intensity channels only (all channels when not set)."""
+        n, dev = x.shape[0], x.device
+        k = x.shape[1] if self.intensity_channels is None else self.intensity_channels
+        img = x[:, :k]
+        if self.brightness > 0:
+            off = (torch.rand(n, device=dev, generator=generator) * 2 - 1) * self.brightness
+            off = off * self._chosen(n, dev, generator)
+            img = img + off.view(-1, 1, 1, 1, 1).to(x.dtype)
+        if self.contrast > 0:
+            fac = torch.exp((torch.rand(n, device=dev, generator=generator) * 2 - 1) * self.contrast)
+            fac = torch.where(self._chosen(n, dev, generator), fac, torch.ones_like(fac)).view(-1, 1, 1, 1, 1)
+            mean = img.mean(dim=(1, 2, 3, 4), keepdim=True)
+            img = (img - mean) * fac.to(x.dtype) + mean
+        return img if k == x.shape[1] else torch.cat([img, x[:, k:]], dim=1)
 
     def _rotate_scale(self, x: torch.Tensor, generator) -> torch.Tensor:
         n, dev = x.shape[0], x.device

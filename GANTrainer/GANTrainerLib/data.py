@@ -39,6 +39,7 @@ from VolGANCore.atomic import atomic_path, atomic_write_json
 from VolGANCore.geometry import crop_or_pad, downsample, resample
 from VolGANCore.dataset import case_id, list_volumes
 from VolGANCore.io import read_label_volume, read_volume
+from VolGANCore.labels import get_scheme
 from VolGANCore.progress import CancelToken, Progress, ProgressCallback
 
 __all__ = [
@@ -67,6 +68,7 @@ class Preprocess:
     percentiles: tuple[float, float] = (0.5, 99.5)                # for intensity="percentile"
     window: tuple[float, float] = (-350.0, 1100.0)                # for intensity="window" (physical units)
     downsample: int = 1                                           # block-average by this factor after the ROI
+    label_downsample: str = "first"                               # labels' block rule: "first" or "majority"
 
     def __post_init__(self) -> None:
         if self.intensity not in ("minmax", "percentile", "window", "none"):
@@ -75,11 +77,16 @@ class Preprocess:
             raise VolGANError(f"window {self.window}: upper bound must exceed the lower bound")
         if int(self.downsample) < 1:
             raise VolGANError(f"downsample {self.downsample}: must be a positive integer")
+        if self.label_downsample not in ("first", "majority"):
+            raise VolGANError(f"label_downsample '{self.label_downsample}': choose 'first' or 'majority'")
         if isinstance(self.roi_centre, str) and self.roi_centre not in ("centre", "label-centroid"):
             raise VolGANError(f"roi_centre '{self.roi_centre}': use 'centre', 'label-centroid' or a point (x, y, z)")
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        if d["label_downsample"] == "first":  # recipes from before the option keep their cache keys
+            del d["label_downsample"]
+        return d
 
     def apply(self, volume: Volume, labels: Optional[Volume] = None) -> tuple[Volume, Optional[Volume]]:
         """Resample, crop/pad and normalise ``volume`` (and carry ``labels`` through the same geometry)."""
@@ -96,7 +103,7 @@ class Preprocess:
         if self.downsample > 1:
             volume = downsample(volume, self.downsample)
             if labels is not None:
-                labels = downsample(labels, self.downsample, label=True)
+                labels = downsample(labels, self.downsample, label=True, label_mode=self.label_downsample)
         return normalise(volume, self.intensity, self.percentiles, self.window), labels
 
     def _centre_index(self, volume: Volume, labels: Optional[Volume]) -> np.ndarray:
@@ -165,18 +172,25 @@ class CachedVolumeSet:
 
     Built once by :meth:`build` (progress + cancel), reused while the files and the recipe are unchanged.
     ``set[i]`` is a ``(1, D, H, W)`` float32 array in [-1, 1]; ``meta`` records cases, geometry and recipe.
+    Built with ``keep_labels`` (a label scheme), the label maps are kept beside the images (a ``(N, D, H, W)``
+    uint8 memory map of label ids) and ``set[i]`` is ``(2, D, H, W)``: the intensity, then the label ids as
+    float32 (exact for ids below 2^24), for a joint image+label generator to one-hot on the device.
     """
 
-    def __init__(self, array: np.ndarray, meta: dict, cache_dir: Path) -> None:
+    def __init__(self, array: np.ndarray, meta: dict, cache_dir: Path, labels: Optional[np.ndarray] = None) -> None:
         self.array = array
         self.meta = meta
         self.cache_dir = cache_dir
+        self.labels = labels
 
     def __len__(self) -> int:
         return int(self.array.shape[0])
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(self.array[i], dtype=np.float32)[None]
+        img = np.asarray(self.array[i], dtype=np.float32)[None]
+        if self.labels is None:
+            return img
+        return np.concatenate([img, np.asarray(self.labels[i], dtype=np.float32)[None]])
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -201,16 +215,30 @@ class CachedVolumeSet:
         patch_size: Optional[int] = None,
         progress: Optional[ProgressCallback] = None,
         cancel: Optional[CancelToken] = None,
+        keep_labels: Optional[str] = None,
     ) -> "CachedVolumeSet":
-        """Preprocess every volume of ``folder`` (with ``patch_size``: cut patches inside the label mask)."""
+        """Preprocess every volume of ``folder`` (with ``patch_size``: cut patches inside the label mask).
+
+        ``keep_labels`` (a label-scheme name, e.g. ``"topcow13"``) keeps each case's label map, checked
+        against that scheme, for joint image+label training; it needs ``labels_folder`` and no patches.
+        """
+        if keep_labels is not None and (labels_folder is None or patch_size):
+            raise VolGANError("keep_labels: joint image+label training needs a label folder and whole volumes "
+                              "(no patches)")
+        scheme = get_scheme(keep_labels) if keep_labels is not None else None
         files = list_volumes(folder)
         label_files = {case_id(p): p for p in list_volumes(labels_folder)} if labels_folder else {}
         recipe = {"preprocess": preprocess.to_dict(), "patch_size": patch_size, "labels": bool(labels_folder)}
+        if scheme is not None:  # only then: caches of image-only recipes keep their keys
+            recipe["keep_labels"] = scheme.name
         key = cls.key(files + sorted(label_files.values()), recipe)
         cache_dir = Path(cache_root) / key
         data_path, meta_path = cache_dir / "data.npy", cache_dir / "meta.json"
-        if data_path.exists() and meta_path.exists():
-            return cls(np.load(data_path, mmap_mode="r"), json.loads(meta_path.read_text()), cache_dir)
+        labels_path = cache_dir / "labels.npy"
+        if data_path.exists() and meta_path.exists() and (scheme is None or labels_path.exists()):
+            return cls(np.load(data_path, mmap_mode="r"), json.loads(meta_path.read_text()), cache_dir,
+                       np.load(labels_path, mmap_mode="r") if scheme is not None else None)
+        kept: list[np.ndarray] = []
         items: list[np.ndarray] = []
         cases: list[dict] = []
         shape = None
@@ -233,6 +261,9 @@ class CachedVolumeSet:
                                           "(set an ROI shape or resample to one spacing)")
                     shape = vol.shape
                     items.append(vol.array)
+                    if scheme is not None:
+                        scheme.check(np.asarray(labels.array), what=str(label_files[case_id(f)]))
+                        kept.append(np.asarray(labels.array).astype(np.uint8))
                     cases.append({"case": case_id(f), **vol.geometry_dict()})
                 p.advance(message=f.name)
         if not items:
@@ -240,9 +271,13 @@ class CachedVolumeSet:
         cache_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(data_path) as tmp:
             np.save(tmp, np.stack(items).astype(np.float32))
+        if scheme is not None:
+            with atomic_path(labels_path) as tmp:
+                np.save(tmp, np.stack(kept))
         meta = {"folder": str(folder), "recipe": recipe, "count": len(items), "cases": cases}
         atomic_write_json(meta_path, meta)
-        return cls(np.load(data_path, mmap_mode="r"), meta, cache_dir)
+        return cls(np.load(data_path, mmap_mode="r"), meta, cache_dir,
+                   np.load(labels_path, mmap_mode="r") if scheme is not None else None)
 
 
 class InfiniteSampler:

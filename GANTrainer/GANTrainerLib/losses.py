@@ -12,6 +12,11 @@ the Image Quality of StyleGAN", §B; the CoW anchor forgot this scaling), path-l
 Both take an optional augmentation applied identically (same family, independent draws) to reals and
 fakes before D, and return ``(loss, stats)`` where ``stats`` holds detached tensors — no host sync here;
 the training loop decides when to read them.
+
+:class:`StyleGAN2Loss` also trains joint image + label generators (``joint``, a
+:class:`GANTrainerLib.joint.JointSpec`): reals arrive as (intensity, label ids) and reach D as intensity +
+one-hot, fakes as intensity + softmax; a conditional model's fakes draw their CoW variant from ``c_pool`` and
+reals bring their own. Path-length regularisation then acts on the intensity channel only.
 """
 
 from __future__ import annotations
@@ -44,9 +49,14 @@ class StyleGAN2Loss:
         pl_start_step: int = 0,                # no PL before this G step (the anchor waited 5k steps)
         style_mixing_prob: float = 0.9,        # probability of mixing two latents at a random layer
         noise_mode: str = "random",            # synthesis noise during training
+        joint=None,                            # JointSpec of a joint image + label generator (None: image only)
+        c_pool=None,                           # VariantPool drawing fakes' conditioning (conditional joint models)
     ) -> None:
         if loss not in ("logistic", "hinge"):
             raise ValueError(f"loss '{loss}': choose 'logistic' or 'hinge'")
+        if joint is not None and joint.c_dim and c_pool is None:
+            raise ValueError("a conditional generator needs c_pool (the training set's variant vectors)")
+        self.joint, self.c_pool = joint, c_pool
         self.G, self.D = G, D
         self.augment = augment or _identity
         self.loss = loss
@@ -58,29 +68,40 @@ class StyleGAN2Loss:
         self.pl_mean = torch.zeros([])
 
     # -- generator forward with style mixing -------------------------------------------------------------
-    def _ws(self, z: torch.Tensor) -> torch.Tensor:
-        ws = self.G.mapping(z, 1.0, None)
+    def _mapping(self, z: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.G.mapping(z, 1.0, None) if c is None else self.G.mapping(z, 1.0, None, c=c)
+
+    def _ws(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        ws = self._mapping(z, c)
         if self.style_mixing_prob > 0 and ws.shape[1] > 1:
             n = ws.shape[0]
             cutoff = torch.randint(1, ws.shape[1], (n, 1), device=ws.device)
             use = torch.rand(n, 1, device=ws.device) < self.style_mixing_prob
             cutoff = torch.where(use, cutoff, torch.full_like(cutoff, ws.shape[1]))
-            ws2 = self.G.mapping(torch.randn_like(z), 1.0, None)
+            ws2 = self._mapping(torch.randn_like(z), c)
             layer = torch.arange(ws.shape[1], device=ws.device).view(1, -1)
             ws = torch.where((layer < cutoff).unsqueeze(-1), ws, ws2)
         return ws
 
-    def generate(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ws = self._ws(z)
+    def sample_c(self, n: int) -> Optional[torch.Tensor]:
+        """Conditioning for ``n`` fakes: drawn from the training set's variants (None when unconditional)."""
+        return self.c_pool.sample(n) if self.joint is not None and self.joint.c_dim else None
+
+    def generate(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        ws = self._ws(z, c)
         return self.G.synthesis(ws, noise_mode=self.noise_mode), ws
 
-    def _d(self, x: torch.Tensor) -> torch.Tensor:
-        return self.D(self.augment(x))
+    def _d(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.D(self.augment(x)) if c is None else self.D(self.augment(x), c)
+
+    def _d_fake(self, fake: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
+        return self._d(fake if self.joint is None else self.joint.fakes(fake), c)
 
     # -- losses ----------------------------------------------------------------------------------------------
     def generator_loss(self, z: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
-        fake, _ = self.generate(z)
-        logits = self._d(fake).float()
+        c = self.sample_c(z.shape[0])
+        fake, _ = self.generate(z, c)
+        logits = self._d_fake(fake, c).float()
         main = F.softplus(-logits).mean() if self.loss == "logistic" else (-logits).mean()
         stats = {"loss/G": main.detach(), "scores/fake": logits.detach().mean()}
         total = main
@@ -92,7 +113,9 @@ class StyleGAN2Loss:
         return total, stats
 
     def path_length_penalty(self, z: torch.Tensor) -> torch.Tensor:
-        fake, ws = self.generate(z)
+        fake, ws = self.generate(z, self.sample_c(z.shape[0]))
+        if self.joint is not None:
+            fake = fake[:, :1]  # the intensity: class logits have no natural scale to keep the path length of
         n_vox = fake[0].numel()
         noise = torch.randn_like(fake) / (n_vox ** 0.5)
         (grad,) = torch.autograd.grad((fake * noise).sum(), ws, create_graph=True)
@@ -103,12 +126,16 @@ class StyleGAN2Loss:
         return (lengths - mean).square().mean()
 
     def discriminator_loss(self, reals: torch.Tensor, z: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        c_fake = self.sample_c(z.shape[0])
         with torch.no_grad():
-            fake, _ = self.generate(z)
-        fake_logits = self._d(fake).float()
+            fake, _ = self.generate(z, c_fake)
+        fake_logits = self._d_fake(fake, c_fake).float()
         do_r1 = self.r1_gamma > 0 and step % self.r1_interval == 0
+        c_real = None
+        if self.joint is not None:
+            reals, c_real = self.joint.reals(reals)
         reals = reals.detach().requires_grad_(do_r1)
-        real_logits = self._d(reals).float()
+        real_logits = self._d(reals, c_real).float()
         if self.loss == "logistic":
             main = F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
         else:

@@ -97,6 +97,26 @@ PRESETS["tiny-spongiosa"] = dict(
 )
 
 
+# Joint image + label CoW generation (issue 21): the generator also emits the 14 TopCoW class channels
+# (background + 13 arteries) and is conditioned on the 8-entry CoW variant vector; the discriminator sees the
+# intensity and the class probabilities (GANTrainerLib.joint). Training needs a label folder.
+_JOINT = dict(label_classes=14, c_dim=8)
+PRESETS["cow-stylegan-labels"] = dict(
+    copy.deepcopy(PRESETS["cow-stylegan"]), label_scheme="topcow13",
+    generator=dict(PRESETS["cow-stylegan"]["generator"], **_JOINT),
+    discriminator=dict(PRESETS["cow-stylegan"]["discriminator"], img_channels=15, c_dim=8),
+)
+# 16×64×64 at 1.2 mm from the 0.6 mm phantoms: labels reduced by block majority, in step with the averaged image.
+PRESETS["tiny-cow-labels"] = dict(
+    copy.deepcopy(PRESETS["tiny-cow"]), label_scheme="topcow13",
+    generator=dict(PRESETS["tiny-cow"]["generator"], output_shape=[16, 64, 64], base_shape=[2, 8, 8], **_JOINT),
+    discriminator=dict(PRESETS["tiny-cow"]["discriminator"], img_shape=[16, 64, 64], base_shape=[2, 8, 8],
+                       img_channels=15, c_dim=8),
+    preprocess=dict(roi_shape=[32, 128, 128], roi_centre="centre", intensity="minmax", downsample=2,
+                    label_downsample="majority"),
+)
+
+
 def get_preset(name: str) -> dict[str, Any]:
     """A deep copy of preset ``name``; a readable error listing the presets otherwise."""
     try:

@@ -275,15 +275,18 @@ class TrainParts:
 
 
 def build_train_parts(settings: TrainSettings, G, D, device_type: str = "cpu", autocast_dtype=None,
-                      use_scaler: bool = False) -> TrainParts:
+                      use_scaler: bool = False, c_pool=None) -> TrainParts:
     """EMA copy, optimisers, scalers, augmentation, ADA and loss object for ``G`` and ``D`` (already on the device).
 
+    A joint image + label generator (:mod:`GANTrainerLib.joint`) gets label-aware augmentation and a loss that
+    one-hot encodes the reals' labels; a conditional one draws its fakes' CoW variants from ``c_pool``.
     :func:`train` builds its parts here; benchmarks and tests use it to run the real training step on their own
     networks. Consumes no random numbers.
     """
     import torch
 
     from .augment import AdaptiveAugment, DiffAugment3D
+    from .joint import JointSpec, joint_augment_kwargs
     from .losses import StyleGAN2Loss, WGANGPLoss
 
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
@@ -291,12 +294,18 @@ def build_train_parts(settings: TrainSettings, G, D, device_type: str = "cpu", a
     opt_d = torch.optim.Adam(D.parameters(), lr=settings.lr_d, betas=tuple(settings.betas), eps=1e-8)
     scaler_g = torch.amp.GradScaler(device_type, enabled=use_scaler)
     scaler_d = torch.amp.GradScaler(device_type, enabled=use_scaler)
-    augment = DiffAugment3D(**settings.augment) if settings.augment else None
+    joint = JointSpec.of(G, settings.label_scheme)
+    augment = DiffAugment3D(**joint_augment_kwargs(settings.augment, joint)) if settings.augment else None
     ada = AdaptiveAugment(target=settings.ada_target, speed_kimg=settings.ada_kimg,
                           p=augment.p if augment else 0.0) if (augment and settings.ada_target) else None
     loss_kw = {k: v for k, v in settings.loss.items() if k != "kind"}
     kind = settings.loss.get("kind", "stylegan2" if G.has_w else "wgan-gp")
-    loss = StyleGAN2Loss(G, D, augment, **loss_kw) if kind == "stylegan2" else WGANGPLoss(G, D, augment, **loss_kw)
+    if kind == "stylegan2":
+        loss = StyleGAN2Loss(G, D, augment, joint=joint, c_pool=c_pool, **loss_kw)
+    elif joint is not None:
+        raise VolGANError("joint image + label generators train with the stylegan2 loss (loss.kind)")
+    else:
+        loss = WGANGPLoss(G, D, augment, **loss_kw)
     return TrainParts(settings, G, D, G_ema, opt_g, opt_d, scaler_g, scaler_d, loss, kind, augment, ada,
                       device_type, autocast_dtype)
 
@@ -373,6 +382,9 @@ def train(
     list_volumes(data)
     if labels is not None:
         list_volumes(labels)
+    elif settings.generator.get("label_classes"):
+        raise VolGANError(f"preset {settings.preset or 'custom'}: the generator makes images with their labels; "
+                          "pass the label maps of the training volumes (--labels DIR)")
     if resume:
         _check_resumable(Path(out), settings)
     with _removed_unless_checkpointed(Path(out)):
@@ -544,7 +556,8 @@ def _train(data, out, settings: TrainSettings, labels, resume, device, max_steps
     run = _open_run(out, settings, resume, dev, dist)
     dataset, config = _training_data(data, labels, out, settings, dist, progress, cancel)
     G, D = _build_networks(settings, dataset, dev)
-    parts = build_train_parts(settings, G, D, dev.type, autocast_dtype, use_scaler)
+    c_pool = _variant_pool(settings, G, dataset, dev, config)
+    parts = build_train_parts(settings, G, D, dev.type, autocast_dtype, use_scaler, c_pool)
     phase = _Phase(settings, getattr(G, "max_res", 0))
     gen = torch.Generator(device=dev)                          # this rank's latents
     gen.manual_seed(int(settings.seed) * 1000 + dist.rank)
@@ -569,7 +582,7 @@ def _train(data, out, settings: TrainSettings, labels, resume, device, max_steps
                          prefetch=2 * settings.accumulate if dev.type == "cuda" else 0)
     latents = _Latents(G.z_dim, dev, gen, settings.latent)
     reports = _Reports(run, dist, out, config, data, len(dataset), parts, phase, quick,
-                       z_fixed=_fixed_latents(settings, G.z_dim, dev), t_start=time.perf_counter())
+                       z_fixed=_fixed_latents(settings, G.z_dim, dev), t_start=time.perf_counter(), c_pool=c_pool)
 
     # -- the iterations -----------------------------------------------------------------------------------------------
     non_finite = _NonFiniteSteps(dev)             # consecutive non-finite D / G steps
@@ -704,8 +717,9 @@ def _training_data(data, labels, out: Path, settings: TrainSettings, dist: Dist,
     from .data import CachedVolumeSet, Preprocess
 
     pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.preprocess.items()})
+    keep = settings.label_scheme if settings.generator.get("label_classes") else None  # joint: labels are data
     dataset = CachedVolumeSet.build(data, pre, out / "cache", labels_folder=labels, patch_size=settings.patch_size,
-                                    progress=progress if dist.main else None, cancel=cancel)
+                                    progress=progress if dist.main else None, cancel=cancel, keep_labels=keep)
     config = _checkpoint_config(settings, _data_spacing(dataset), settings.preset or "model") if dist.main else None
     return dataset, config
 
@@ -728,6 +742,20 @@ def _build_networks(settings: TrainSettings, dataset, dev):
         to_channels_last_3d(G)  # 5-D tensors only (Module.to(memory_format=…) refuses StyleGAN2's 4-D constant)
         to_channels_last_3d(D)
     return G, D
+
+
+def _variant_pool(settings: TrainSettings, G, dataset, dev, config: Optional[dict]):
+    """A conditional joint generator's training variants (None otherwise); rank 0's checkpoint config records
+    their frequencies, which unconditional sampling of the model follows."""
+    from .joint import JointSpec, VariantPool
+
+    spec = JointSpec.of(G, settings.label_scheme)
+    if spec is None or not spec.c_dim:
+        return None
+    pool = VariantPool.from_dataset(dataset, spec, dev)
+    if config is not None:
+        config["conditioning"] = {"kind": "cow-variant", **pool.frequencies()}
+    return pool
 
 
 def _quick_metrics(settings: TrainSettings, dataset, out: Path, dev, dist: Dist, run, log):
@@ -845,6 +873,17 @@ class _Reports:
     quick: Any                                   # QuickMetrics (rank 0, when on) or None
     z_fixed: Any                                 # the montage's latents
     t_start: float                               # perf_counter at the first iteration
+    c_pool: Any = None                           # a conditional joint generator's VariantPool
+
+    def _sampler(self):
+        """What montages and quick metrics sample: G_ema, or a joint G_ema's intensity channel under repeatable
+        conditions (:class:`GANTrainerLib.joint.ImageView`, fresh per use)."""
+        G = self.parts.G_ema
+        if not getattr(G, "label_classes", 0):
+            return G
+        from .joint import ImageView
+
+        return ImageView(G, self.c_pool, seed=int(self.parts.settings.seed))
 
     def _generator_kwargs(self, prog) -> dict:
         return {"progress": prog} if self.parts.kind == "wgan-gp" else {"noise_mode": "const"}
@@ -876,7 +915,7 @@ class _Reports:
         from .run import save_montage
 
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            imgs = self.parts.G_ema(self.z_fixed, **self._generator_kwargs(prog)).float().cpu().numpy()
+            imgs = self._sampler()(self.z_fixed, **self._generator_kwargs(prog)).float().cpu().numpy()
         png = save_montage(imgs, self.out / "samples" / f"samples-{step:07d}.png",
                            title=f"step {step}, {nimg / 1000:.2f} kimg")
         self.run.log_image("samples", step, png)
@@ -896,7 +935,7 @@ class _Reports:
                 # a progressive generator below its top level is not what its checkpoint generates (that is
                 # the untrained top level), so it cannot be the best checkpoint
                 top = prog is None or prog >= phase.max_res
-                values, ranked, improved = quick.evaluate(self.parts.G_ema, self._generator_kwargs(prog), step,
+                values, ranked, improved = quick.evaluate(self._sampler(), self._generator_kwargs(prog), step,
                                                           ranked=top)
                 latest = (step, {**{k: v for k, v in values.items() if k != "seconds"},
                                  "quick_metrics_extractor": quick.extractor.name}, ranked)

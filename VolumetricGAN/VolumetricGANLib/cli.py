@@ -58,6 +58,10 @@ def register(sub) -> None:
     g.add_argument("--steps", type=int, default=8, help="interpolate: volumes along the path (default 8)")
     g.add_argument("--space", choices=["auto", "z", "w"], default="auto", help="interpolate: slerp in z or lerp in w")
     g.add_argument("--cutoff", type=int, help="mix: first w layer taken from the --seeds styles")
+    g.add_argument("--variant", action="append", metavar="PART=a,b,c,d",
+                   help="sample, models conditioned on the CoW variant: anterior=L-A1,Acom,3rd-A2,R-A1 and/or "
+                        "posterior=L-Pcom,L-P1,R-P1,R-Pcom as 0/1 (e.g. posterior=0,1,1,1; repeatable); a part not "
+                        "given follows the training frequencies (default: both do)")
     g.add_argument("--batch", type=int, default=8, help="samples per forward pass (default 8)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
@@ -125,12 +129,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     common = dict(batch=args.batch, amp=args.amp, progress=progress_from_args(args))
     sequence = False
+    if args.variant and args.mode != "sample":
+        raise VolGANError(f"--variant: only with --mode sample (not {args.mode})")
     if args.mode == "invert":
         return _invert(args)
     if args.mode == "sample":
         result = gen.generate(args.checkpoint, n=args.n, seed=args.seed, truncation=args.truncation,
                               noise=args.noise, latents=args.latents, truncation_cutoff=args.truncation_cutoff,
-                              device=args.device, **common)
+                              device=args.device, variant=args.variant, **common)
     elif args.mode == "interpolate":
         seeds = args.seeds if args.latents is None else None
         if args.latents is None and (not args.seeds or len(args.seeds) != 2):
@@ -152,7 +158,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if info.get("warning"):
         print(f"volgan generate: warning: {info['warning']}", file=sys.stderr)
     print(f"wrote {len(result.volumes)} volume(s) to {out} ({info['device']}, amp {info['amp'] or 'off'}, "
-          f"{info['seconds']:.2f} s)" + (f"; sequence file {out}/sequence.{args.format}" if sequence else ""))
+          f"{info['seconds']:.2f} s)" + (f"; sequence file {out}/sequence.{args.format}" if sequence else "")
+          + (" with their generated label maps (*_labels)" if result.labels is not None else ""))
     if not getattr(args, "quiet", False):
         print(json.dumps({k: info[k] for k in ("mode", "fp32_retries")}))
     return 0

@@ -39,7 +39,7 @@ from .checkpoint import LoadedModel, load_generator, to_physical
 __all__ = [
     "GenerationResult", "resolve_model", "sample_z", "read_latents", "generate", "synthesize",
     "volume_geometry", "write_generated", "generated_file_names", "write_sequence", "interpolate", "variation",
-    "mix", "slerp",
+    "mix", "slerp", "sample_variants",
 ]
 
 NOISE_MODES = ("random", "const", "none")
@@ -68,6 +68,11 @@ class GenerationResult:
         The checkpoint file the model came from (None for a model built in code).
     provenance : dict
         The checkpoint's provenance record.
+    labels : list of Volume or None
+        A joint image + label model's generated label maps (argmax of its class channels, the checkpoint's
+        label scheme), one per volume; None for image-only models.
+    variants : ndarray (N, 8) or None
+        A conditional model's CoW variant vectors (0/1; anterior then posterior) the samples were drawn with.
 
     Unpacks as ``volumes, latents = result`` with ``latents = {"z": z, "w": w}``.
     """
@@ -80,6 +85,8 @@ class GenerationResult:
     info: dict[str, Any]
     checkpoint: str | None = None
     provenance: dict[str, Any] = dataclasses.field(default_factory=dict)
+    labels: list[Volume] | None = None
+    variants: np.ndarray | None = None
 
     @property
     def latents(self) -> dict[str, np.ndarray | None]:
@@ -194,11 +201,15 @@ def _run_batches(loaded: LoadedModel, z, ws, noise_seeds, noise_mode, batch, amp
     """Generate from z (or ws) in batches with NaN detection and fp32 retry; returns (arrays, info)."""
     import torch
 
+    from .labelmaps import hard_labels
+
     model, config = loaded.generator, loaded.config
     dev = next(model.parameters()).device
     dtype = amp_dtype(amp, dev).dtype
     n = int(z.shape[0]) if ws is None else int(ws.shape[0])
     out = np.empty((n, *[int(s) for s in config["output_shape"]]), np.float32)
+    joint = int(getattr(model, "label_classes", 0) or 0)
+    labels = np.empty((n, *[int(s) for s in config["output_shape"]]), np.int16) if joint else None
     retries: list[int] = []
     t0 = time.perf_counter()
     with torch.inference_mode(), Progress(n, description, progress, cancel) as prog:
@@ -219,6 +230,8 @@ def _run_batches(loaded: LoadedModel, z, ws, noise_seeds, noise_mode, batch, amp
                                   f"(samples {start}..{stop - 1}); the checkpoint is damaged or diverged")
             phys = to_physical(img[:, 0], config["intensity"])
             out[start:stop] = phys.cpu().numpy()
+            if joint:
+                labels[start:stop] = hard_labels(img[:, 1:], config.get("label_scheme") or "topcow13")
             prog.advance(stop - start, f"{stop}/{n}")
     info = {
         "device": str(dev),
@@ -230,19 +243,71 @@ def _run_batches(loaded: LoadedModel, z, ws, noise_seeds, noise_mode, batch, amp
     if retries:
         info["warning"] = (f"{len(retries)} batch(es) produced NaN/Inf under {info['amp']} autocast and were "
                            "re-run in fp32")
-    return out, info
+    return out, labels, info
 
 
-def _volumes(arrays: np.ndarray, config: Mapping[str, Any], meta: Sequence[dict[str, str]]) -> list[Volume]:
+def _volumes(arrays: np.ndarray, config: Mapping[str, Any], meta: Sequence[dict[str, str]],
+             label_scheme: str | None = None) -> list[Volume]:
     geo = volume_geometry(config)
     return [Volume(arrays[i], spacing=geo["spacing"], origin=geo["origin"], direction=geo["direction"],
-                   label_scheme=None, metadata=meta[i]) for i in range(arrays.shape[0])]
+                   label_scheme=label_scheme, metadata=meta[i]) for i in range(arrays.shape[0])]
 
 
-def _sampling_options(loaded: LoadedModel, truncation, noise, batch) -> tuple[float, str]:
+def _result(loaded: LoadedModel, arrays: np.ndarray, labels: np.ndarray | None, meta, z, ws, noise_seeds,
+            info: dict, variants: np.ndarray | None = None) -> GenerationResult:
+    """A :class:`GenerationResult` of :func:`_run_batches`' arrays (and a joint model's label maps)."""
+    config = loaded.config
+    label_volumes = None
+    if labels is not None:
+        label_volumes = _volumes(labels, config, meta, config.get("label_scheme") or "topcow13")
+    return GenerationResult(_volumes(arrays, config, meta), np.asarray(z, np.float32),
+                            None if ws is None else np.asarray(ws, np.float32), noise_seeds, config, info,
+                            loaded.path, loaded.provenance, label_volumes, variants)
+
+
+def sample_variants(config: Mapping[str, Any], n: int, seed: int, variant=None) -> np.ndarray:
+    """The CoW variant vectors (``(n, 8)`` 0/1) a conditional model's samples are drawn with.
+
+    ``variant`` (``"posterior=0,1,1,1"``, a list of such parts, or ``{"anterior", "posterior"}``) fixes the
+    given parts for every sample; a part not given is drawn per sample from the training set's vectors that
+    match the given part (their recorded frequencies, ``config["conditioning"]``), or from all of them when none
+    matches. Without ``variant`` every sample draws a training vector. Sample *i*'s draw comes from its own seed,
+    so it does not depend on ``n`` or the batch.
+    """
+    from .labelmaps import parse_variant
+
+    cond = config.get("conditioning") or {}
+    vectors = np.asarray(cond.get("vectors", []), np.int64).reshape(-1, 8)
+    counts = np.asarray(cond.get("counts", []), np.float64)
+    given = {}
+    if variant is not None:
+        given = dict(variant) if isinstance(variant, Mapping) else parse_variant(variant, partial=True)
+    fixed = np.full(8, -1, np.int64)
+    for part, cols in (("anterior", slice(0, 4)), ("posterior", slice(4, 8))):
+        if part in given:
+            fixed[cols] = [int(b) for b in given[part]]
+    if (fixed >= 0).all():
+        return np.tile(fixed, (n, 1))
+    if len(vectors) == 0 or len(counts) != len(vectors) or counts.sum() <= 0:
+        raise VolGANError("this conditional model's checkpoint records no training variant frequencies; pass "
+                          "--variant anterior=a,b,c,d posterior=a,b,c,d (1 = present)")
+    match = (vectors[:, fixed >= 0] == fixed[fixed >= 0]).all(axis=1)
+    pool, weights = (vectors[match], counts[match]) if match.any() else (vectors, counts)
+    out = np.empty((n, 8), np.int64)
+    for i in range(n):
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, i, 0x76617269])
+        out[i] = pool[rng.choice(len(pool), p=weights / weights.sum())]
+    out[:, fixed >= 0] = fixed[fixed >= 0]
+    return out
+
+
+def _sampling_options(loaded: LoadedModel, truncation, noise, batch, mode: str = "sample") -> tuple[float, str]:
     """ψ and noise mode of every sampling mode: the caller's, else the checkpoint's defaults (ψ 1; noise
     ``const`` for StyleGAN, ``none`` otherwise); checked with the batch size."""
     model, config = loaded.generator, loaded.config
+    if mode != "sample" and int(getattr(model, "c_dim", 0) or 0):
+        raise VolGANError(f"--mode {mode}: not available for a model conditioned on the CoW variant yet; sample "
+                          "with --mode sample and --variant")
     defaults = config.get("defaults", {})
     truncation = float(defaults.get("truncation_psi", 1.0) if truncation is None else truncation)
     noise = noise or defaults.get("noise_mode", "const" if getattr(model, "has_w", False) else "none")
@@ -274,6 +339,7 @@ def generate(
     truncation_cutoff: int | None = None,        # truncate only the first `cutoff` ws
     amp: str = "auto",                           # 'auto' (GPU: bf16/fp16), 'off', 'bf16', 'fp16'
     config: Mapping[str, Any] | None = None,     # config when a bare model is passed
+    variant=None,                                # conditional models: "posterior=0,1,1,1" etc. (sample_variants)
 ) -> GenerationResult:
     """Sample ``n`` volumes from a generator, in physical units with the checkpoint's geometry.
 
@@ -290,11 +356,15 @@ def generate(
         Noise inputs: ``"random"`` (seeded per sample), ``"const"`` (the learned constant noise), ``"none"``.
     batch, device, amp
         Batch size, compute device, mixed precision on GPU (NaN batches are re-run in fp32).
+    variant
+        A model conditioned on the CoW variant: the variant to draw (:func:`sample_variants`; default: the
+        training frequencies).
 
     Returns
     -------
     GenerationResult
-        ``volumes`` (list of Volume) and ``z``/``w`` latents; unpacks as ``volumes, latents``.
+        ``volumes`` (list of Volume) and ``z``/``w`` latents; unpacks as ``volumes, latents``. A joint model's
+        label maps are in ``labels``, a conditional model's variants in ``variants``.
 
     Example
     -------
@@ -323,23 +393,33 @@ def generate(
             raise VolGANError(f"--n {n}: expected at least 1 sample")
         z = sample_z(n, model.z_dim, seed, dist)
     n = int(z.shape[0])
+    variants = c = None
+    if int(getattr(model, "c_dim", 0) or 0):
+        from .labelmaps import variant_condition
+
+        variants = sample_variants(config, n, seed, variant)
+        c = variant_condition(torch.from_numpy(variants))
+    elif variant is not None:
+        raise VolGANError(f"--variant: {loaded.path or 'this model'} is not conditioned on the CoW variant")
     ws = None
     if getattr(model, "has_w", False):
         dev = next(model.parameters()).device
+        cond = (lambda s: {}) if c is None else (lambda s: {"c": c[s:s + batch].to(dev)})
         with torch.inference_mode():
-            ws = torch.cat([model.mapping(z[s:s + batch].to(dev), truncation, truncation_cutoff)
+            ws = torch.cat([model.mapping(z[s:s + batch].to(dev), truncation, truncation_cutoff, **cond(s))
                             for s in range(0, n, batch)]).cpu()
     noise_seeds = np.array([_noise_seed(seed, i) for i in range(n)], np.uint32) if noise == "random" else None
-    arrays, info = _run_batches(loaded, None if ws is not None else z, ws, noise_seeds, noise, batch, amp,
-                                progress, cancel, "generate")
+    arrays, labels, info = _run_batches(loaded, None if ws is not None else z, ws, noise_seeds, noise, batch, amp,
+                                        progress, cancel, "generate")
     info.update({"mode": "sample", "n": n, "seed": int(seed), "truncation_psi": truncation,
                  "truncation_cutoff": truncation_cutoff, "noise_mode": noise, "batch": batch,
                  "latents_from": "file" if latents is not None else "seed"})
+    if variants is not None:
+        info["variant_requested"] = None if variant is None else str(variant)
     meta = [{"model": str(config.get("name", "")), "family": config["family"], "seed": str(seed), "index": str(i),
              "units": str(config["intensity"].get("units", ""))} for i in range(n)]
-    return GenerationResult(_volumes(arrays, config, meta), z.numpy().astype(np.float32),
-                            None if ws is None else ws.numpy().astype(np.float32), noise_seeds, config, info,
-                            loaded.path, loaded.provenance)
+    return _result(loaded, arrays, labels, meta, z.numpy(), None if ws is None else ws.numpy(), noise_seeds, info,
+                   variants)
 
 
 # -- writing -------------------------------------------------------------------------------------------------
@@ -367,7 +447,16 @@ def write_generated(
             write_volume(vol, tmp / name)
             entries.append({"file": name, "index": i, "shape": list(vol.shape), "spacing": list(vol.spacing),
                             "origin": list(vol.origin), "min": float(vol.array.min()), "max": float(vol.array.max())})
+            if result.labels is not None:  # a joint model's labels: sample_0000_labels.nii.gz beside the volume
+                label_name = name[: -len(suffix)] + "_labels" + suffix
+                write_volume(result.labels[i], tmp / label_name)
+                entries[-1].update(labels=label_name, label_scheme=result.labels[i].label_scheme)
+            if result.variants is not None:
+                entries[-1]["variant"] = {"anterior": [int(b) for b in result.variants[i][:4]],
+                                          "posterior": [int(b) for b in result.variants[i][4:]]}
         arrays = {"z": result.z, "index": np.arange(len(result.volumes))}
+        if result.variants is not None:
+            arrays["variant"] = result.variants.astype(np.int8)
         if result.w is not None:
             arrays["w"] = result.w
         if result.noise_seeds is not None:
@@ -463,7 +552,7 @@ def interpolate(
 
     loaded = resolve_model(checkpoint_or_model, None, device)
     model, config = loaded.generator, loaded.config
-    truncation, noise = _sampling_options(loaded, truncation, noise, batch)
+    truncation, noise = _sampling_options(loaded, truncation, noise, batch, "interpolate")
     if steps < 2:
         raise VolGANError(f"--steps {steps}: need at least 2")
     space = ("w" if model.has_w else "z") if space == "auto" else space
@@ -487,14 +576,12 @@ def interpolate(
         ws = w_ends[0:1] + (w_ends[1:2] - w_ends[0:1]) * t.reshape(-1, 1, 1)
     seed0 = int(seeds[0]) if seeds else 0
     noise_seeds = np.full(steps, _noise_seed(seed0, 0), np.uint32) if noise == "random" else None
-    arrays, info = _run_batches(loaded, z if ws is None else None, ws, noise_seeds, noise, batch, amp,
-                                progress, cancel, "interpolate")
+    arrays, labels, info = _run_batches(loaded, z if ws is None else None, ws, noise_seeds, noise, batch, amp,
+                                        progress, cancel, "interpolate")
     info.update({"mode": "interpolate", "space": space, "steps": steps, "seeds": list(seeds) if seeds else None,
                  "truncation_psi": truncation, "noise_mode": noise, "t": t.tolist()})
     meta = [{"model": str(config.get("name", "")), "mode": "interpolate", "t": f"{float(t[i]):.6g}"} for i in range(steps)]
-    return GenerationResult(_volumes(arrays, config, meta), z.numpy().astype(np.float32),
-                            None if ws is None else ws.numpy().astype(np.float32), noise_seeds, config, info,
-                            loaded.path, loaded.provenance)
+    return _result(loaded, arrays, labels, meta, z.numpy(), None if ws is None else ws.numpy(), noise_seeds, info)
 
 
 def variation(
@@ -508,19 +595,18 @@ def variation(
     model, config = loaded.generator, loaded.config
     if not model.has_w or not getattr(model.synthesis, "use_noise", False):
         raise VolGANError(f"variation: the '{config['family']}' model has no noise inputs to vary")
-    truncation, _ = _sampling_options(loaded, truncation, "random", batch)
+    truncation, _ = _sampling_options(loaded, truncation, "random", batch, "variation")
     if k < 1:
         raise VolGANError(f"--k {k}: need at least 1 draw")
     z = sample_z(1, model.z_dim, seed, config["latent"]["distribution"]).repeat(k, 1)
     with torch.inference_mode():
         ws = model.mapping(z[:1].to(next(model.parameters()).device), truncation).cpu().repeat(k, 1, 1)
     noise_seeds = np.array([_noise_seed(seed, 1_000_000 + i) for i in range(k)], np.uint32)
-    arrays, info = _run_batches(loaded, None, ws, noise_seeds, "random", batch, amp, progress, cancel,
-                                "variation")
+    arrays, labels, info = _run_batches(loaded, None, ws, noise_seeds, "random", batch, amp, progress, cancel,
+                                        "variation")
     info.update({"mode": "variation", "k": k, "seed": seed, "truncation_psi": truncation, "noise_mode": "random"})
     meta = [{"model": str(config.get("name", "")), "mode": "variation", "draw": str(i)} for i in range(k)]
-    return GenerationResult(_volumes(arrays, config, meta), z.numpy(), ws.numpy(), noise_seeds, config, info,
-                            loaded.path, loaded.provenance)
+    return _result(loaded, arrays, labels, meta, z.numpy(), ws.numpy(), noise_seeds, info)
 
 
 def mix(
@@ -536,7 +622,7 @@ def mix(
         raise VolGANError(f"mix: the '{config['family']}' family has no w space to mix")
     if not 0 <= int(cutoff) <= model.num_ws:
         raise VolGANError(f"--cutoff {cutoff}: expected a layer index in 0..{model.num_ws}")
-    truncation, noise = _sampling_options(loaded, truncation, noise, batch)
+    truncation, noise = _sampling_options(loaded, truncation, noise, batch, "mix")
     dist = config["latent"]["distribution"]
     seeds_b = [int(s) for s in seeds_b]
     if not seeds_b:
@@ -550,10 +636,9 @@ def mix(
     ws = wb.clone()
     ws[:, :cutoff] = wa[:, :cutoff]
     noise_seeds = np.array([_noise_seed(seed_a, 0)] * len(seeds_b), np.uint32) if noise == "random" else None
-    arrays, info = _run_batches(loaded, None, ws, noise_seeds, noise, batch, amp, progress, cancel, "mix")
+    arrays, labels, info = _run_batches(loaded, None, ws, noise_seeds, noise, batch, amp, progress, cancel, "mix")
     info.update({"mode": "mix", "seed_a": seed_a, "seeds_b": seeds_b, "cutoff": int(cutoff),
                  "truncation_psi": truncation, "noise_mode": noise})
     meta = [{"model": str(config.get("name", "")), "mode": "mix", "seed_a": str(seed_a), "seed_b": str(s)}
             for s in seeds_b]
-    return GenerationResult(_volumes(arrays, config, meta), zb.numpy(), ws.numpy(), noise_seeds, config, info,
-                            loaded.path, loaded.provenance)
+    return _result(loaded, arrays, labels, meta, zb.numpy(), ws.numpy(), noise_seeds, info)

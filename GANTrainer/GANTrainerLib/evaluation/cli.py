@@ -56,7 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="bone only: threshold in image units, or 'miccai2020' (225; default)")
     f.add_argument("--alpha", type=float, default=0.05,
                    help="cow only: Fisher's exact test level at which an artery's presence is flagged")
-    f.add_argument("--seed", type=int, default=0, help="seed of the real-vs-real split")
+    f.add_argument("--bootstrap", type=int, default=200, metavar="N",
+                   help="cow only: resampling replicates of the variant distances' 95 %% intervals (0: none)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the real-vs-real split and the resampling")
     f.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     f.set_defaults(func=_cmd_fidelity)
 
@@ -72,13 +74,14 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
         if args.threshold is not None:
             raise VolGANError(f"--threshold {args.threshold}: applies to bone patches only, but --real {args.real} "
                               "holds label maps (cow); drop --threshold, or pass --kind bone")
-        result = cow_fidelity(args.real, args.fake, seed=args.seed, alpha=args.alpha, progress=progress_from_args(args))
+        result = cow_fidelity(args.real, args.fake, seed=args.seed, alpha=args.alpha, progress=progress_from_args(args),
+                              n_boot=args.bootstrap)
         out = write_fidelity_report(result, args.out, overwrite=args.overwrite)
         tv = result["variants"]
         print(f"CoW morphometric fidelity of {result['n_generated']} generated vs {result['n_real']} real label maps "
-              f"written to {out}; variant TV distance anterior {tv['anterior']['tv_distance']:.3f} (real vs real "
-              f"{tv['anterior']['tv_distance_real_vs_real']:.3f}), posterior {tv['posterior']['tv_distance']:.3f} "
-              f"(real vs real {tv['posterior']['tv_distance_real_vs_real']:.3f})")
+              f"written to {out}; variant TV distance " + ", ".join(
+                  f"{side} {tv[side]['tv_distance']:.3f} (real vs real {tv[side]['tv_distance_real_vs_real']:.3f})"
+                  for side in ("anterior", "posterior", "joint")))
         print("flagged: " + ("; ".join(result["flags"]) if result["flags"] else "none"))
         return 0
     threshold = args.threshold or "miccai2020"

@@ -26,11 +26,13 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from VolGANCore import VolGANError
+
+from .variants import PARTS, SEGMENTS, variant_fidelity
 
 __all__ = ["BONE_FIDELITY_KEYS", "COW_FIDELITY_MEASURES", "bone_fidelity", "cow_fidelity", "detect_fidelity_kind",
            "write_fidelity_report"]
@@ -230,16 +232,11 @@ def _measure_cow_folder(folder, what: str, prog) -> list[dict[str, Any]]:
     return cases
 
 
-def _tv_table(real: list[str], gen: list[str]) -> tuple[list[dict[str, Any]], float]:
+def _frequency_table(real: list[str], gen: list[str]) -> list[dict[str, Any]]:
     keys = sorted(set(real) | set(gen), key=lambda k: (-(real.count(k) + gen.count(k)), k))
-    table, tv = [], 0.0
-    for k in keys:
-        pr = real.count(k) / len(real) if real else 0.0
-        pg = gen.count(k) / len(gen) if gen else 0.0
-        table.append({"vector": k, "real_count": real.count(k), "real_frequency": pr,
-                      "generated_count": gen.count(k), "generated_frequency": pg})
-        tv += abs(pr - pg)
-    return table, 0.5 * tv
+    return [{"vector": k, "real_count": real.count(k), "real_frequency": real.count(k) / len(real) if real else 0.0,
+             "generated_count": gen.count(k), "generated_frequency": gen.count(k) / len(gen) if gen else 0.0}
+            for k in keys]
 
 
 def cow_fidelity(
@@ -249,6 +246,7 @@ def cow_fidelity(
     alpha: float = 0.05,              # Fisher's exact test level for flagging an artery's presence
     progress=None,
     cancel=None,
+    n_boot: int = 200,                # resampling replicates of the variant distances' intervals (0: none)
 ) -> dict[str, Any]:
     """Per-artery presence, radius and length distributions, and variant-vector frequencies, real vs generated.
 
@@ -256,9 +254,10 @@ def cow_fidelity(
     -------
     dict with ``kind`` ("cow"), ``n_real``, ``n_generated``, ``presence`` (one row per TopCoW class),
     ``parameters`` (one row per artery and measure: means, SDs, Wasserstein, W1/SD, KS and their real-vs-real
-    values), ``variants`` (``anterior`` / ``posterior``: frequency tables, total-variation distance and its
-    real-vs-real value), ``flags`` (readable lines), ``values`` (raw values per set and parameter) and
-    ``cases`` (per-subject presence ids and variant vectors).
+    values), ``variants`` (``anterior`` / ``posterior`` / ``joint``: frequency tables, total-variation distance,
+    its interval and its real-vs-real value; :mod:`.variants`), ``variant_segments`` (presence rate of each of
+    the eight variant segments, real vs generated), ``flags`` (readable lines), ``values`` (raw values per set
+    and parameter) and ``cases`` (per-subject presence ids and variant vectors).
     """
     from scipy.stats import fisher_exact
 
@@ -341,13 +340,18 @@ def cow_fidelity(
                 row["wasserstein_over_sd_real_vs_real"] = base["wasserstein"] / sd if sd else None
             table.append(row)
 
+    def bits(c):
+        return [int(b) for b in c["anterior"] + c["posterior"]]
+
+    vf = variant_fidelity([bits(c) for c in sets["real"]], [bits(c) for c in sets["generated"]], n_boot=n_boot,
+                          seed=seed)
     variants = {}
-    for side, names in (("anterior", ["L-A1", "Acom", "3rd-A2", "R-A1"]), ("posterior", ["L-Pcom", "L-P1", "R-P1", "R-Pcom"])):
-        vr = [c[side] for c in sets["real"]]
-        vg = [c[side] for c in sets["generated"]]
-        freq, tv = _tv_table(vr, vg)
-        _, tv_base = _tv_table([c[side] for c in halves["a"]], [c[side] for c in halves["b"]])
-        variants[side] = {"names": names, "table": freq, "tv_distance": tv, "tv_distance_real_vs_real": tv_base}
+    for side, part in (("anterior", PARTS["anterior"]), ("posterior", PARTS["posterior"]), ("joint", PARTS["joint"])):
+        vr = ["".join(map(str, bits(c)[part])) for c in sets["real"]]
+        vg = ["".join(map(str, bits(c)[part])) for c in sets["generated"]]
+        variants[side] = {"names": list(SEGMENTS[part]), "table": _frequency_table(vr, vg),
+                          "tv_distance": vf["tvd"][side], "tv_distance_ci": vf["ci"].get(side),
+                          "tv_distance_real_vs_real": vf["real_vs_real"][side]}
 
     def case_rows(cases):
         return [{"case": c["case"], "file": c["file"], "present": [r["label"] for r in c["rows"] if r["present"]],
@@ -357,7 +361,8 @@ def cow_fidelity(
             "real_folder": str(real), "generated_folder": str(fake),
             "real_vs_real_split": {"half_a": [sets["real"][i]["case"] for i in half_a],
                                    "half_b": [sets["real"][i]["case"] for i in half_b]},
-            "presence": presence, "parameters": table, "variants": variants, "flags": flags, "values": values,
+            "presence": presence, "parameters": table, "variants": variants, "variant_segments": vf["presence"],
+            "flags": flags, "values": values,
             "cases": {"real": case_rows(sets["real"]), "generated": case_rows(sets["generated"])}}
 
 
@@ -396,8 +401,10 @@ def _cow_markdown(result: dict[str, Any]) -> list[str]:
                      f"{_f(row['ks'])} | {_f(row['ks_real_vs_real'])} |")
     lines += ["", "![violins](violins.png)", "", "## Variant vectors (TopCoW)", ""]
     for side, v in result["variants"].items():
+        ci = v.get("tv_distance_ci")
+        ci_text = f", 95 % interval {ci['low']:.3f}–{ci['high']:.3f}" if ci else ""
         lines += [f"**{side.capitalize()}** [{', '.join(v['names'])}] (1 = present): total-variation distance "
-                  f"{v['tv_distance']:.3f} (real vs real {v['tv_distance_real_vs_real']:.3f}).", "",
+                  f"{v['tv_distance']:.3f}{ci_text} (real vs real {v['tv_distance_real_vs_real']:.3f}).", "",
                   "| vector | real | generated |", "|---|---|---|"]
         for t in v["table"]:
             lines.append(f"| `{t['vector']}` | {t['real_frequency']:.2f} ({t['real_count']}) | "

@@ -5,12 +5,39 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["register", "register_segmentation_experiment", "register_evaluate_segmentation"]
+__all__ = ["register", "register_segmentation_experiment", "register_evaluate_segmentation", "register_segment"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     register_segmentation_experiment(sub)
     register_evaluate_segmentation(sub)
+    register_segment(sub)
+
+
+def register_segment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment", help="label a folder of volumes with a saved segmenter (e.g. the experiment's teacher)",
+        description="Label every volume of --images with a segmentation checkpoint written by volgan "
+                    "segmentation-experiment (OUT/checkpoints/fold*_teacher.pt) and write OUT/<case>.nii.gz label maps "
+                    "in its scheme. Use it to score an image-only generator's samples with volgan evaluate-morphometry "
+                    "(CoW variant and artery fidelity via the teacher).")
+    p.add_argument("--model", required=True, metavar="CKPT", help="segmentation checkpoint (.pt)")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of volumes (at the model's spacing)")
+    p.add_argument("--out", required=True, metavar="DIR", help="label folder (new or empty unless --overwrite)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=_cmd_segment)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from VolGANCore.cli import progress_from_args
+
+    from .apply import segment_folder
+
+    res = segment_folder(args.model, args.images, args.out, device=args.device, overwrite=args.overwrite,
+                         progress=progress_from_args(args))
+    print(f"labelled {res['cases']} volume(s) in scheme {res['scheme']} to {res['out']}")
+    return 0
 
 
 def register_segmentation_experiment(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +68,11 @@ def register_segmentation_experiment(sub: argparse._SubParsersAction) -> None:
                    help="scheme of the label files (default: the file header's, else topcow13)")
     p.add_argument("--teacher", metavar="CKPT", help="a saved teacher checkpoint (…/checkpoints/fold*_teacher.pt) "
                                                      "instead of training one per fold")
+    p.add_argument("--regimes", nargs="+", metavar="R", default=None,
+                   choices=["real", "synthetic", "real+synthetic", "synthetic-generated"],
+                   help="training regimes (default: real synthetic real+synthetic); synthetic-generated trains on the "
+                        "synthetic volumes' own generated labels (--synthetic-labels, or a joint --synthetic-model) "
+                        "next to synthetic, which then uses a teacher's labels")
     p.add_argument("--folds", type=int, default=5, help="k of the k-fold split of the real set (default 5)")
     p.add_argument("--n-real", type=int, metavar="N", help="real training volumes per student (default: all of the fold)")
     p.add_argument("--n-synthetic", type=int, metavar="M", help="synthetic training volumes per student (default: all)")
@@ -74,7 +106,8 @@ def _cmd_segmentation_experiment(args: argparse.Namespace) -> int:
         label_scheme=args.label_scheme, input_label_scheme=args.input_label_scheme, teacher=args.teacher,
         folds=args.folds, n_real=args.n_real, n_synthetic=args.n_synthetic, config=args.config, epochs=args.epochs,
         device=args.device, amp=args.amp, seed=args.seed, export_nnunet=args.export_nnunet, nnunet_id=args.nnunet_id,
-        overwrite=args.overwrite, scoring=args.scoring, progress=progress_from_args(args))
+        overwrite=args.overwrite, scoring=args.scoring, progress=progress_from_args(args),
+        **({"regimes": tuple(args.regimes)} if args.regimes else {}))
     hd, unit = ("hd95_vox", "voxels (HDRFDST@0.95)") if args.scoring == "paper" else ("hd95_mm", "mm")
     for reg, s in res["summary"].items():  # the result, printed even with --quiet
         print(f"{reg}: mean Dice {_pm(s['mean_dice'], s['mean_dice_sd'])}, mean HD95 "

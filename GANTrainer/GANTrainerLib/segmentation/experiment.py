@@ -10,7 +10,10 @@ Protocol (``docs/evaluation.md``, "Downstream segmentation experiment"):
    training volumes of that fold (the paper's recipe, without leakage).
 3. Students are trained per regime: ``real`` (n_real real volumes of the fold's training part), ``synthetic``
    (n_synthetic teacher-labelled synthetic volumes) and ``real+synthetic`` (both, sampled uniformly from the
-   pooled set). When the real-only student would see exactly the teacher's training set with the same recipe,
+   pooled set). The fourth regime, ``synthetic-generated`` ("synthetic, generated labels"), trains on the same
+   synthetic volumes with their own generated labels (``synthetic_labels``, or a joint image + label
+   ``synthetic_model``'s); asked for, it runs next to ``synthetic`` (teacher labels), whose teacher is then
+   trained (or given) as usual. When the real-only student would see exactly the teacher's training set with the same recipe,
    the teacher is reused as that student (``reuse_teacher``; recorded in the results).
 4. Every regime's student labels the held-out volumes (sliding window); each case is scored per class with Dice
    and a distance — ``scoring="volgan"``: HD95 in mm with our empty-class rules; ``"paper"``: EvaluateSegmentation's
@@ -45,11 +48,12 @@ from VolGANCore.volume import Volume
 
 from .metrics import DETECTION_CLASSES, DETECTION_IOU, SCORINGS, nanmean_or_nan, score_case
 
-__all__ = ["REGIMES", "Case", "TrainRequest", "Predictor", "DynUNetTrainer", "OracleTrainer",
+__all__ = ["REGIMES", "STANDARD_REGIMES", "Case", "TrainRequest", "Predictor", "DynUNetTrainer", "OracleTrainer",
            "load_labelled_set", "load_image_set", "make_folds", "paired_wilcoxon", "summarise",
            "run_segmentation_experiment", "prediction_path", "EMPTY_CLASS_RULES", "PAPER_RULES", "SCORINGS"]
 
-REGIMES = ("real", "synthetic", "real+synthetic")
+REGIMES = ("real", "synthetic", "real+synthetic", "synthetic-generated")
+STANDARD_REGIMES = REGIMES[:3]  # the paper's three; synthetic-generated (generated labels) when asked for
 
 EMPTY_CLASS_RULES = (
     "A class absent from both prediction and ground truth is not scored (Dice and HD95 NaN, left out of every "
@@ -383,7 +387,7 @@ def run_segmentation_experiment(
     epochs: int | None = None,                            # override the config's epochs
     device: str = "auto",                                 # torch device ("auto": cuda > mps > cpu)
     amp: str = "auto",                                    # "auto" (bf16/fp16 on CUDA) or "off"
-    regimes: Sequence[str] = REGIMES,                     # training regimes to compare
+    regimes: Sequence[str] = STANDARD_REGIMES,            # training regimes to compare (REGIMES)
     seed: int = 0,                                        # folds, subsets, network initialisation, sampling
     reuse_teacher: bool = True,                           # teacher doubles as the real-only student when identical
     save_predictions: bool = True,                        # write held-out predictions (NIfTI) per regime
@@ -472,8 +476,9 @@ def _check_settings(label_scheme, input_label_scheme, regimes, n_real, n_synthet
     _check_count(n_synthetic, "--n-synthetic")
     if scoring not in SCORINGS:
         raise VolGANError(f"--scoring {scoring}: choose one of {', '.join(SCORINGS)}")
-    if synthetic_labels is not None and teacher is not None:
-        raise VolGANError("pass either --synthetic-labels or --teacher, not both (given labels make the teacher unused)")
+    if synthetic_labels is not None and teacher is not None and "synthetic-generated" not in regimes:
+        raise VolGANError("pass either --synthetic-labels or --teacher, not both (given labels make the teacher unused; "
+                          "to compare both, add the synthetic-generated regime)")
 
 
 def _check_outside_inputs(out: Path, folders) -> None:
@@ -521,9 +526,23 @@ class _Request:
     export_nnunet: Any
 
     @property
+    def teacher_labels(self) -> bool:
+        """The synthetic/real+synthetic regimes learn a teacher's labels (not the given or generated ones)."""
+        return "synthetic-generated" in self.regimes or (self.synthetic_labels is None and not self.joint_model)
+
+    @property
+    def joint_model(self) -> bool:
+        """The synthetic volumes come from a joint image + label generator (with their own labels)."""
+        if self.synthetic_model is None:
+            return False
+        from VolumetricGANLib.checkpoint import read_config
+
+        return bool((read_config(self.synthetic_model).get("architecture") or {}).get("label_classes"))
+
+    @property
     def trains_teacher(self) -> bool:
-        """A teacher is trained per fold (no given synthetic labels, no saved teacher)."""
-        return self.synthetic_labels is None and self.teacher is None
+        """A teacher is trained per fold (teacher labels wanted, no saved teacher)."""
+        return self.teacher_labels and self.teacher is None
 
     @property
     def steps_per_fold(self) -> int:
@@ -553,13 +572,16 @@ def _read_data(req: _Request, n_generate, out: Path, progress, cancel) -> _Data:
     generated, synthetic = None, req.synthetic
     if req.synthetic_model is not None:
         generated, syn_all = _generate_synthetic(req.synthetic_model, n_generate, req.seed, req.device, progress,
-                                                 cancel)
+                                                 cancel, req.label_scheme)
         synthetic = out / "synthetic"
     elif req.synthetic_labels is not None:
         syn_all = load_labelled_set(synthetic, req.synthetic_labels, req.label_scheme, req.input_label_scheme,
                                     "synthetic", progress, cancel)
     else:
         syn_all = load_image_set(synthetic, "synthetic", progress, cancel)
+    if "synthetic-generated" in req.regimes and any(c.label is None for c in syn_all):
+        raise VolGANError("regime synthetic-generated: the synthetic volumes have no generated labels (pass "
+                          "--synthetic-labels, or a joint image + label --synthetic-model)")
     spacing = _check_spacing(real + syn_all)
     fold_idx = make_folds(len(real), req.folds, req.seed)
     min_train = min(len(real) - len(f) for f in fold_idx)
@@ -624,7 +646,7 @@ def _shared_synthetic_labels(req: _Request, data: _Data, teacher_model, tmp: Pat
             write_volume(c.image.with_array(shared[c.case], label_scheme=req.label_scheme),
                          tmp / "teacher_labels" / f"{c.case}.nii.gz")
         return shared
-    if req.synthetic_labels is not None:
+    if not req.teacher_labels:
         return {c.case: c.label for c in data.syn}
     return None
 
@@ -647,14 +669,17 @@ def _run_fold(f: int, test: np.ndarray, req: _Request, data: _Data, trainer, reu
     syn_prefix = f"syn_f{f}_" if req.trains_teacher else "syn_"
     for reg in req.regimes:
         rc = [real[i] for i in sub] if reg in ("real", "real+synthetic") else []
-        sc = data.syn if reg in ("synthetic", "real+synthetic") else []
-        record.train_sets[reg].append({"train": [c.case for c in rc] + [syn_prefix + c.case for c in sc],
+        sc = data.syn if reg in ("synthetic", "real+synthetic", "synthetic-generated") else []
+        generated = reg == "synthetic-generated"  # the synthetic volumes' own labels, not the teacher's
+        sl = [c.label if generated else syn_labels[c.case] for c in sc]
+        record.train_sets[reg].append({"train": [c.case for c in rc] + [("syn_gen_" if generated else syn_prefix)
+                                                                        + c.case for c in sc],
                                        "val": [real[i].case for i in test]})
         if reg == "real" and reuse:
             model = fold_teacher
             info["real_student_is_teacher"] = True
         else:
-            model = trainer(_train_request(f, reg, rc + sc, [c.label for c in rc] + [syn_labels[c.case] for c in sc],
+            model = trainer(_train_request(f, reg, rc + sc, [c.label for c in rc] + sl,
                                            [c.case for c in rc] + ["syn:" + c.case for c in sc], req, data, trainer,
                                            ws, record))
         ws.prog.step(f"fold {f + 1} {reg}")
@@ -836,14 +861,21 @@ def _check_synthetic_source(synthetic, synthetic_labels, synthetic_model, n_gene
     _check_count(n_generate, "--n-generate")
 
 
-def _generate_synthetic(model, n: int, seed: int, device: str, progress, cancel):
+def _generate_synthetic(model, n: int, seed: int, device: str, progress, cancel, label_scheme: str = "topcow13"):
     """Sample ``n`` volumes from the generator ``model``; return the result and its cases (named as the files
-    :func:`VolumetricGANLib.generate.write_generated` writes them)."""
+    :func:`VolumetricGANLib.generate.write_generated` writes them), labelled with a joint model's own labels
+    (converted to ``label_scheme``)."""
     from VolumetricGANLib.generate import generate, generated_file_names
 
     result = generate(model, n=n, seed=seed, device=device, progress=progress, cancel=cancel)
     names = generated_file_names(n)
-    return result, [Case(case_id(Path(name)), vol, None, Path(model)) for name, vol in zip(names, result.volumes)]
+    labels = [None] * n
+    if result.labels is not None:
+        labels = [np.asarray(lab.array if lab.label_scheme == label_scheme
+                             else convert_labels(lab.array, lab.label_scheme, label_scheme), np.int16)
+                  for lab in result.labels]
+    return result, [Case(case_id(Path(name)), vol, lab, Path(model))
+                    for name, vol, lab in zip(names, result.volumes, labels)]
 
 
 def _finite_json(obj: Any) -> Any:

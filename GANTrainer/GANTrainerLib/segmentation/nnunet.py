@@ -35,7 +35,8 @@ from VolGANCore.volume import Volume
 
 __all__ = ["nnunet_labels", "export_nnunet_dataset", "export_regimes", "REGIME_SUFFIX"]
 
-REGIME_SUFFIX = {"real": "Real", "synthetic": "Synthetic", "real+synthetic": "RealSynthetic"}
+REGIME_SUFFIX = {"real": "Real", "synthetic": "Synthetic", "real+synthetic": "RealSynthetic",
+                 "synthetic-generated": "SyntheticGenerated"}
 
 
 def nnunet_labels(scheme: str) -> tuple[dict[str, int], dict[int, int]]:
@@ -136,12 +137,14 @@ def export_regimes(root, real, syn, syn_labels_by_fold: dict[int, dict[str, np.n
         for f in sorted(syn_labels_by_fold):
             lab = syn_labels_by_fold[f]
             syn_cases += [(f"syn_f{f}_{c.case}", c.image, lab[c.case], ("syn", c.case)) for c in syn]
-    clash = {c[0] for c in real_cases} & {c[0] for c in syn_cases}
+    # the synthetic volumes with their own generated labels (the synthetic-generated regime)
+    gen_cases = [("syn_gen_" + c.case, c.image, c.label, ("syn-gen", c.case)) for c in syn if c.label is not None]
+    clash = {c[0] for c in real_cases} & {c[0] for c in syn_cases + gen_cases}
     if clash:
         raise VolGANError(f"nnU-Net export: real case ids {sorted(clash)[:3]} collide with synthetic case names; "
                           "rename the real files")
     for k, (reg, splits) in enumerate(train_sets.items()):
-        cases = real_cases + (syn_cases if reg != "real" else [])
+        cases = real_cases + {"real": [], "synthetic-generated": gen_cases}.get(reg, syn_cases)
         folder = export_nnunet_dataset(root, int(first_id) + k, f"{name}{REGIME_SUFFIX[reg]}", cases, splits, scheme,
                                        description=f"volgan segmentation experiment, regime '{reg}'",
                                        overwrite=overwrite)

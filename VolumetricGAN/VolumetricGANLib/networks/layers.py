@@ -601,6 +601,10 @@ class MappedGenerator(nn.Module):
         truncation_cutoff: int | None = None,          # truncate only the first `cutoff` ws
         noise_mode: str | None = None,                 # 'random', 'const' or 'none' (None: the family default)
         noise=None,                                    # explicit noise inputs
+        c: torch.Tensor | None = None,                 # (N, c_dim) conditioning (conditional generators only)
     ) -> torch.Tensor:
-        ws = self.mapping(z, truncation_psi, truncation_cutoff)
+        if c is None:
+            ws = self.mapping(z, truncation_psi, truncation_cutoff)
+        else:
+            ws = self.mapping(z, truncation_psi, truncation_cutoff, c=c)
         return self.synthesis(ws, noise_mode=noise_mode or self.default_noise_mode, noise=noise)

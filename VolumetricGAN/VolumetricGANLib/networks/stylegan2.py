@@ -89,12 +89,17 @@ class MappingNetwork(nn.Module):
         num_layers: int = 8,           # fully connected layers
         lr_multiplier: float = 0.01,   # learning-rate multiplier of the FC layers
         w_avg_beta: float = 0.995,     # decay of the running mean of w (tracked in training mode)
+        c_dim: int = 0,                # conditioning vector length (0 = unconditional)
     ) -> None:
         super().__init__()
         self.z_dim, self.w_dim, self.num_ws = int(z_dim), int(w_dim), int(num_ws)
+        self.c_dim = int(c_dim)
         self.num_layers = int(num_layers)
         self.w_avg_beta = float(w_avg_beta)
-        feats = [self.z_dim] + [self.w_dim] * self.num_layers
+        if self.c_dim:
+            # c is embedded to w_dim, normalised, and concatenated to the normalised z (StyleGAN2-ADA's rule)
+            self.embed = EqualLinear(self.c_dim, self.w_dim)
+        feats = [self.z_dim + (self.w_dim if self.c_dim else 0)] + [self.w_dim] * self.num_layers
         self.layers = nn.ModuleList(
             EqualLinear(feats[i], feats[i + 1], activation="lrelu", lr_multiplier=lr_multiplier)
             for i in range(self.num_layers)
@@ -107,10 +112,18 @@ class MappingNetwork(nn.Module):
         truncation_psi: float = 1.0,           # 1 = no truncation, 0 = every sample is w_avg
         truncation_cutoff: int | None = None,  # truncate only the first `cutoff` ws (None = all)
         update_w_avg: bool | None = None,      # default: update in training mode
+        c: torch.Tensor | None = None,         # (N, c_dim) conditioning vectors (conditional networks only)
     ) -> torch.Tensor:
         assert_shape(z, [None, self.z_dim], "MappingNetwork z")
+        if self.c_dim and c is None:
+            raise ShapeError(f"MappingNetwork: this network is conditional (c_dim={self.c_dim}); pass c")
+        if not self.c_dim and c is not None:
+            raise ShapeError("MappingNetwork: this network is unconditional; c must be None")
         with torch.autocast(device_type=z.device.type, enabled=False):
             x = normalize_2nd_moment(z.float())
+            if self.c_dim:
+                assert_shape(c, [z.shape[0], self.c_dim], "MappingNetwork c")
+                x = torch.cat([x, normalize_2nd_moment(self.embed(c.float()))], dim=1)
             for layer in self.layers:
                 x = layer(x)
             if update_w_avg if update_w_avg is not None else self.training:
@@ -129,7 +142,7 @@ class _SynthesisBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, w_dim: int, shape: tuple[int, int, int],
                  up: tuple[int, int, int] | None, img_channels: int, architecture: str, is_last: bool,
                  use_noise: bool, conv_clamp: float | None, resample_filter: Sequence[float],
-                 fused_modconv: bool | str) -> None:
+                 fused_modconv: bool | str, label_classes: int = 0) -> None:
         super().__init__()
         self.in_ch, self.out_ch, self.shape = in_ch, out_ch, shape
         self.architecture = architecture
@@ -149,12 +162,20 @@ class _SynthesisBlock(nn.Module):
             self.torgb = ModulatedConv3d(out_ch, img_channels, w_dim, shape, kernel_size=1, use_noise=False,
                                          activation="linear", demodulate=False, conv_clamp=conv_clamp,
                                          fused_modconv=fused_modconv)
+            if label_classes:
+                # the label branch: class logits beside toRGB, from the same features and style
+                self.tolabel = ModulatedConv3d(out_ch, label_classes, w_dim, shape, kernel_size=1, use_noise=False,
+                                               activation="linear", demodulate=False, conv_clamp=conv_clamp,
+                                               fused_modconv=fused_modconv)
+        self.label_classes = int(label_classes) if self.num_torgb else 0
         if architecture == "skip" and not self.is_first:
             self.img_up = Resample3d(img_channels, up=up, resample_filter=resample_filter)
+            if label_classes:
+                self.label_up = Resample3d(label_classes, up=up, resample_filter=resample_filter)
         if architecture == "resnet" and not self.is_first:
             self.skip = EqualConv3d(in_ch, out_ch, 1, bias=False, up=up, resample_filter=resample_filter)
 
-    def forward(self, x, img, ws, noise_mode, noise):
+    def forward(self, x, img, ws, noise_mode, noise, logits=None):
         n = ws.shape[0]
         if self.is_first:
             x = self.const.to(ws.dtype).unsqueeze(0).repeat(n, 1, 1, 1, 1)
@@ -169,14 +190,22 @@ class _SynthesisBlock(nn.Module):
             x = self.conv1(x, ws[:, 1], noise_mode, noise[1])
         if img is not None and self.architecture == "skip":
             img = self.img_up(img)
+            logits = self.label_up(logits) if logits is not None else None
         if self.num_torgb:
             y = self.torgb(x, ws[:, self.num_conv]).float()
             img = img.add_(y) if img is not None else y
-        return x, img
+            if self.label_classes:
+                y = self.tolabel(x, ws[:, self.num_conv]).float()
+                logits = logits.add_(y) if logits is not None else y
+        return x, img, logits
 
 
 class SynthesisNetwork(nn.Module):
-    """ws (N, num_ws, w_dim) → volume (N, img_channels, *output_shape)."""
+    """ws (N, num_ws, w_dim) → volume (N, img_channels + label_classes, *output_shape).
+
+    With ``label_classes`` K > 0 the last K channels are class logits (background first) from a label
+    branch beside toRGB at every resolution (skip architecture: summed over up-sampled levels, as the image).
+    """
 
     def __init__(
         self,
@@ -193,6 +222,7 @@ class SynthesisNetwork(nn.Module):
         conv_clamp: float | None = 256.0,              # clamp activations to ±conv_clamp
         resample_filter: Sequence[float] = (1, 3, 3, 1),  # low-pass taps for up-sampling
         fused_modconv: bool | str = "auto",            # modulated-conv path
+        label_classes: int = 0,                        # class-logit channels of a label branch (0 = none)
     ) -> None:
         super().__init__()
         if architecture not in ("skip", "resnet"):
@@ -201,6 +231,9 @@ class SynthesisNetwork(nn.Module):
         self.output_shape = tuple(int(s) for s in output_shape)
         self.base_shape = tuple(int(s) for s in base_shape)
         self.img_channels = int(img_channels)
+        self.label_classes = int(label_classes)
+        if self.label_classes == 1 or self.label_classes < 0:
+            raise ValueError(f"label_classes: 0 (no labels) or at least 2 (background + classes), got {label_classes}")
         if up_factors is None:
             up_factors = derive_up_factors(self.output_shape, self.base_shape)
         self.up_factors = [tuple(int(f) for f in step) for step in up_factors]
@@ -220,7 +253,7 @@ class SynthesisNetwork(nn.Module):
             block = _SynthesisBlock(
                 self.channels[max(i - 1, 0)], self.channels[i], self.w_dim, shape,
                 None if i == 0 else self.up_factors[i - 1], self.img_channels, architecture,
-                i == len(shapes) - 1, use_noise, conv_clamp, resample_filter, fused_modconv)
+                i == len(shapes) - 1, use_noise, conv_clamp, resample_filter, fused_modconv, self.label_classes)
             self.blocks.append(block)
             self.num_ws += block.num_conv
         self.num_ws += self.blocks[-1].num_torgb
@@ -260,14 +293,18 @@ class SynthesisNetwork(nn.Module):
         n_noise = len(self.noise_shapes())
         if noise is not None and len(noise) != n_noise:
             raise ShapeError(f"SynthesisNetwork: {len(noise)} noise tensors given, the network has {n_noise} noise inputs")
-        x = img = None
+        x = img = logits = None
         w_idx = n_idx = 0
         for block in self.blocks:
             nz = list(noise[n_idx:n_idx + block.num_conv]) if noise is not None else [None] * block.num_conv
-            x, img = block(x, img, ws[:, w_idx:w_idx + block.num_conv + block.num_torgb], noise_mode, nz)
+            x, img, logits = block(x, img, ws[:, w_idx:w_idx + block.num_conv + block.num_torgb], noise_mode, nz,
+                                   logits)
             w_idx += block.num_conv
             n_idx += block.num_conv
-        assert_shape(img, [ws.shape[0], self.img_channels, *self.output_shape], "SynthesisNetwork output")
+        if logits is not None:
+            img = torch.cat([img, logits], dim=1)
+        assert_shape(img, [ws.shape[0], self.img_channels + self.label_classes, *self.output_shape],
+                     "SynthesisNetwork output")
         return img
 
 
@@ -307,6 +344,8 @@ class StyleGAN2Generator(MappedGenerator):
         conv_clamp: float | None = 256.0,                # activation clamp (fp16 safety)
         resample_filter: Sequence[float] = (1, 3, 3, 1), # low-pass taps for up-sampling
         fused_modconv: bool | str = "auto",              # modulated-conv path
+        label_classes: int = 0,                          # class-logit output channels (0 = image only)
+        c_dim: int = 0,                                  # conditioning vector length (0 = unconditional)
     ) -> None:
         super().__init__()
         self._config = dict(
@@ -320,14 +359,21 @@ class StyleGAN2Generator(MappedGenerator):
             conv_clamp=None if conv_clamp is None else float(conv_clamp),
             resample_filter=[float(t) for t in resample_filter], fused_modconv=fused_modconv,
         )
+        if label_classes:  # older checkpoints' configs carry neither key: they rebuild unchanged
+            self._config["label_classes"] = int(label_classes)
+        if c_dim:
+            self._config["c_dim"] = int(c_dim)
         self.z_dim, self.w_dim = int(z_dim), int(w_dim)
+        self.c_dim = int(c_dim)
         self.synthesis = SynthesisNetwork(w_dim, output_shape, base_shape, up_factors, img_channels,
                                           channel_base, channel_max, channel_min, architecture, use_noise,
-                                          conv_clamp, resample_filter, fused_modconv)
+                                          conv_clamp, resample_filter, fused_modconv, label_classes)
         self.num_ws = self.synthesis.num_ws
         self.output_shape = self.synthesis.output_shape
         self.img_channels = self.synthesis.img_channels
-        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier, w_avg_beta)
+        self.label_classes = self.synthesis.label_classes
+        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier, w_avg_beta,
+                                      c_dim)
 
 
 class _DiscriminatorBlock(nn.Module):
@@ -351,7 +397,9 @@ class _DiscriminatorBlock(nn.Module):
 class StyleGAN2Discriminator(nn.Module):
     """Residual discriminator with minibatch standard deviation, mirroring the generator's levels.
 
-    Input ``(N, img_channels, *img_shape)``; output ``(N, 1)`` logits.
+    Input ``(N, img_channels, *img_shape)``; output ``(N, 1)`` logits. For a joint image+label generator,
+    ``img_channels`` is 1 + K (intensity, then class probabilities). With ``c_dim`` > 0 the output is the
+    projection of the features on an embedding of ``c`` (Miyato & Koyama, ICLR 2018, as StyleGAN2-ADA).
     """
 
     family = FAMILY
@@ -370,6 +418,8 @@ class StyleGAN2Discriminator(nn.Module):
         mbstd_num_channels: int = 1,                     # minibatch-std feature channels
         conv_clamp: float | None = 256.0,                # activation clamp
         resample_filter: Sequence[float] = (1, 3, 3, 1), # low-pass taps for down-sampling
+        c_dim: int = 0,                                  # conditioning vector length (0 = unconditional)
+        cmap_dim: int | None = None,                     # projection width (default: base-level channels)
     ) -> None:
         super().__init__()
         self._config = dict(
@@ -409,13 +459,23 @@ class StyleGAN2Discriminator(nn.Module):
         self.epilogue_conv = EqualConv3d(c0 + self.mbstd_num_channels, c0, 3, activation="lrelu",
                                          conv_clamp=conv_clamp)
         self.epilogue_fc = EqualLinear(c0 * math.prod(self.base_shape), c0, activation="lrelu")
-        self.out = EqualLinear(c0, 1)
+        self.c_dim = int(c_dim)
+        if self.c_dim:
+            self._config["c_dim"] = self.c_dim
+            self.cmap_dim = int(cmap_dim or c0)
+            self._config["cmap_dim"] = self.cmap_dim
+            self.c_embed = EqualLinear(self.c_dim, self.cmap_dim)
+            self.c_mapping = nn.Sequential(*(EqualLinear(self.cmap_dim, self.cmap_dim, activation="lrelu",
+                                                         lr_multiplier=0.01) for _ in range(2)))
+        self.out = EqualLinear(c0, self.cmap_dim if self.c_dim else 1)
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)
 
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
+    def forward(self, img: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         assert_shape(img, [None, self.img_channels, *self.img_shape], "StyleGAN2Discriminator input")
+        if bool(self.c_dim) != (c is not None):
+            raise ShapeError(f"StyleGAN2Discriminator: c_dim={self.c_dim}; pass c exactly when c_dim > 0")
         x = self.fromrgb(img)
         # fromrgb (1 input channel, 1×1×1 kernel) returns NCDHW whatever the layout: follow the next layer's
         x = like_weight_layout(x, self.blocks[0].conv0.weight if len(self.blocks) else self.epilogue_conv.weight)
@@ -425,4 +485,9 @@ class StyleGAN2Discriminator(nn.Module):
             x = minibatch_std(x, self.mbstd_group_size, self.mbstd_num_channels)
         x = self.epilogue_conv(x)
         x = self.epilogue_fc(x.flatten(1))
-        return self.out(x)
+        x = self.out(x)
+        if self.c_dim:
+            assert_shape(c, [img.shape[0], self.c_dim], "StyleGAN2Discriminator c")
+            cmap = self.c_mapping(normalize_2nd_moment(self.c_embed(c.to(x.dtype))))
+            x = (x * cmap).sum(dim=1, keepdim=True) / math.sqrt(self.cmap_dim)
+        return x
