@@ -6,7 +6,6 @@ import dataclasses
 import os
 import pickle
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -65,7 +65,7 @@ def test_export_keeps_only_the_ema_generator_generates_identically_and_cards_the
     card = card_path(out).read_text()
     assert montage_path(out).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(bone.samples.png)" in card
     for needle in ("A test release.", "## Training run", " start: ", "tiny-spongiosa",
-                   "| step | kimg | fd_quick", "### Log (`log.txt`)", f"by `fd_quick`"):
+                   "| step | kimg | fd_quick", "### Log (`log.txt`)", "by `fd_quick`"):
         assert needle in card, needle
 
 

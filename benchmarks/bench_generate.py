@@ -83,7 +83,7 @@ def _authors_style_generator(sd):
 def cases(quick: bool) -> list[Case]:
     import torch
 
-    from VolumetricGANLib.checkpoint import make_config, save_checkpoint
+    from VolumetricGANLib.checkpoint import make_config
     from VolumetricGANLib.generate import generate, sample_z
     from VolumetricGANLib.importers import import_miccai2020_pgan
     from VolumetricGANLib.networks import StyleGAN2Generator

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
