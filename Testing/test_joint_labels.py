@@ -225,6 +225,7 @@ def test_variant_vectors_on_the_device_match_cow_variants(tmp_path):
         assert variant_vectors(labels_to_onehot(ids, "topcow13")).tolist() == [e]
 
 
+@pytest.mark.slow
 def test_one_joint_training_step_reaches_the_label_head():
     """D and G losses of a conditional joint model: finite, R1 over the one-hot reals, gradients into tolabel
     and the conditioning embeddings; fakes are conditioned on the pool's vectors."""
@@ -470,6 +471,7 @@ def _joint_settings(**kw):
     return s
 
 
+@pytest.mark.slow
 def test_a_joint_conditional_run_trains_saves_its_variants_and_generates_labelled_volumes(cow_phantoms, tmp_path):
     """The real loop on phantoms with their labels: losses finite with R1 and path length, the checkpoint records
     the training variant frequencies, and the model generates volumes with TopCoW label maps; resume works."""

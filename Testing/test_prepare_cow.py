@@ -442,6 +442,7 @@ def test_cancel_with_workers_terminates_the_running_ones(template_and_labels, tm
     assert [r["case"] for r in rows] == ["c0", "c1", "c2"] and rows[0]["resumed"] and not rows[1].get("resumed")
 
 
+@pytest.mark.slow
 def test_quality_flag_passes_good_registrations_and_flags_failed_ones(template_and_labels, tmp_path):
     """The measured criterion (benchmarks/prepare_quality_flag.py, docs/preparation.md) on a few of its cases: the
     real MRA moved (also deformed by 2 mm with bias, blur and noise) is ok; a 180° or 90° start without the search,

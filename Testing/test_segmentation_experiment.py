@@ -483,6 +483,7 @@ def test_bad_inputs_give_one_readable_error(phantoms, tmp_path, capsys):
         assert not out.exists(), name
 
 
+@pytest.mark.slow
 def test_volgan_segment_labels_a_folder_with_a_saved_teacher(phantoms, tiny_run, tmp_path, capsys):
     """`volgan segment`: the teacher's own predictions, in its scheme; a volume at another spacing is one line,
     exit 2, and no output folder."""
