@@ -152,7 +152,7 @@ def test_total_variation_and_fidelity_report():
     assert 0 < fid_bad["real_vs_real"]["anterior"] < fid_bad["tvd"]["anterior"]
     pres = fid_bad["presence"]["Acom"]
     assert pres["real"] == pytest.approx(real[:, 1].mean()) and pres["generated"] == real[0, 1]
-    assert fid_bad["frequencies"]["posterior"][0]["generated"] in (0.0, 1.0)
+    assert fid_bad["frequencies"]["posterior"][0]["generated_frequency"] in (0.0, 1.0)
     with pytest.raises(VolGANError, match="generated variants"):
         variant_fidelity(real, [[0, 1]])
 

@@ -247,7 +247,6 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
                 "units": config["intensity"].get("units", ""), "labelScheme": config.get("label_scheme"),
                 "styleControls": "stylegan" in str(config["family"]).lower(),  # truncation, noise, variation, mix
                 "steerable": ok and not note, "steeringNote": note,  # the panel steers bone models only
-                "jointLabels": bool((config.get("architecture") or {}).get("label_classes")),
                 "conditional": bool((config.get("architecture") or {}).get("c_dim"))}  # CoW variant choice
         self._modelInfos[key] = info
         return dict(info)

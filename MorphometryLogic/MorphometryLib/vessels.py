@@ -41,6 +41,7 @@ import numpy as np
 
 from VolGANCore.errors import VolGANError
 from VolGANCore.labels import TOPCOW13
+from VolGANCore.names import COW_ANTERIOR, COW_POSTERIOR
 from VolGANCore.volume import Volume
 
 __all__ = ["centreline_analysis", "vessel_morphometry", "binary_vessel_morphometry", "cow_variants"]
@@ -379,8 +380,7 @@ def cow_variants(labels: Volume) -> dict[str, Any]:
     posterior = [int(present["L-Pcom"]), int(_touch(arr, ids["L-PCA"], ids["BA"])),
                  int(_touch(arr, ids["R-PCA"], ids["BA"])), int(present["R-Pcom"])]
     return {"anterior": anterior, "posterior": posterior,
-            "anterior_names": ["L-A1", "Acom", "3rd-A2", "R-A1"],
-            "posterior_names": ["L-Pcom", "L-P1", "R-P1", "R-Pcom"]}
+            "anterior_names": list(COW_ANTERIOR), "posterior_names": list(COW_POSTERIOR)}
 
 
 def binary_vessel_morphometry(mask: Volume, bins: Sequence[float] | None = None) -> dict[str, Any]:

@@ -5,7 +5,7 @@ torch; so the lists they offer live here, in plain Python, and the libraries tak
 definition, nothing to keep in sync). This module imports nothing.
 """
 
-__all__ = ["BONE_PARAMETERS", "PADDING_MODES"]
+__all__ = ["BONE_PARAMETERS", "PADDING_MODES", "COW_ANTERIOR", "COW_POSTERIOR", "COW_VARIANT_SEGMENTS"]
 
 # The bone parameters MorphometryLib.bone measures (its ALL_PARAMETERS, in this order), with what they mean.
 BONE_PARAMETERS = {
@@ -18,3 +18,9 @@ BONE_PARAMETERS = {
 # nn.Conv3d padding modes of the progressive generator's 3×3×3 convs (VolumetricGANLib.networks.pgan;
 # ``volgan train --padding``); "zeros" is the published one.
 PADDING_MODES = ("zeros", "replicate", "reflect", "circular")
+
+# The Circle-of-Willis variant vectors of the TopCoW 2023 challenge (MorphometryLib.vessels.cow_variants measures
+# them; joint generation is conditioned on them; evaluation compares their frequencies), 1 = present.
+COW_ANTERIOR = ("L-A1", "Acom", "3rd-A2", "R-A1")
+COW_POSTERIOR = ("L-Pcom", "L-P1", "R-P1", "R-Pcom")
+COW_VARIANT_SEGMENTS = COW_ANTERIOR + COW_POSTERIOR

@@ -20,14 +20,13 @@ import torch
 
 from VolGANCore.errors import VolGANError
 from VolGANCore.labels import LabelScheme, get_scheme
+from VolGANCore.names import COW_ANTERIOR, COW_POSTERIOR, COW_VARIANT_SEGMENTS
 
 __all__ = ["VARIANT_NAMES", "ANTERIOR", "POSTERIOR", "class_ids", "labels_to_onehot", "split_output",
            "discriminator_input", "hard_labels", "variant_vector", "variant_vectors", "variant_condition", "parse_variant",
            "lr_flip_permutation"]
 
-ANTERIOR = ("L-A1", "Acom", "3rd-A2", "R-A1")
-POSTERIOR = ("L-Pcom", "L-P1", "R-P1", "R-Pcom")
-VARIANT_NAMES = ANTERIOR + POSTERIOR
+ANTERIOR, POSTERIOR, VARIANT_NAMES = COW_ANTERIOR, COW_POSTERIOR, COW_VARIANT_SEGMENTS
 
 
 def class_ids(scheme: str | LabelScheme) -> np.ndarray:

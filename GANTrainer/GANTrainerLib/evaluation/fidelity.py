@@ -232,13 +232,6 @@ def _measure_cow_folder(folder, what: str, prog) -> list[dict[str, Any]]:
     return cases
 
 
-def _frequency_table(real: list[str], gen: list[str]) -> list[dict[str, Any]]:
-    keys = sorted(set(real) | set(gen), key=lambda k: (-(real.count(k) + gen.count(k)), k))
-    return [{"vector": k, "real_count": real.count(k), "real_frequency": real.count(k) / len(real) if real else 0.0,
-             "generated_count": gen.count(k), "generated_frequency": gen.count(k) / len(gen) if gen else 0.0}
-            for k in keys]
-
-
 def cow_fidelity(
     real: str | os.PathLike,          # folder of real TopCoW label maps
     fake: str | os.PathLike,          # folder of label maps of the generated volumes
@@ -346,10 +339,8 @@ def cow_fidelity(
     vf = variant_fidelity([bits(c) for c in sets["real"]], [bits(c) for c in sets["generated"]], n_boot=n_boot,
                           seed=seed)
     variants = {}
-    for side, part in (("anterior", PARTS["anterior"]), ("posterior", PARTS["posterior"]), ("joint", PARTS["joint"])):
-        vr = ["".join(map(str, bits(c)[part])) for c in sets["real"]]
-        vg = ["".join(map(str, bits(c)[part])) for c in sets["generated"]]
-        variants[side] = {"names": list(SEGMENTS[part]), "table": _frequency_table(vr, vg),
+    for side, part in PARTS.items():
+        variants[side] = {"names": list(SEGMENTS[part]), "table": vf["frequencies"][side],
                           "tv_distance": vf["tvd"][side], "tv_distance_ci": vf["ci"].get(side),
                           "tv_distance_real_vs_real": vf["real_vs_real"][side]}
 

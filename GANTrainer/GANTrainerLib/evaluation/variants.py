@@ -22,12 +22,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from VolGANCore.errors import VolGANError
+from VolGANCore.names import COW_VARIANT_SEGMENTS
 
 from .bootstrap import bootstrap_many, split_halves
 
 __all__ = ["SEGMENTS", "PARTS", "variant_matrix", "total_variation", "variant_fidelity", "conditional_accuracy"]
 
-SEGMENTS = ("L-A1", "Acom", "3rd-A2", "R-A1", "L-Pcom", "L-P1", "R-P1", "R-Pcom")
+SEGMENTS = COW_VARIANT_SEGMENTS
 PARTS = {"anterior": slice(0, 4), "posterior": slice(4, 8), "joint": slice(0, 8)}
 
 
@@ -58,21 +59,16 @@ def total_variation(real: np.ndarray, fake: np.ndarray, part: str = "joint") -> 
     return float(0.5 * np.abs(pa - pb).sum())
 
 
-def _label(m: np.ndarray, part: str, code: int) -> str:
-    names = SEGMENTS[PARTS[part]]
-    width = len(names)
-    return ",".join(str((code >> (width - 1 - k)) & 1) for k in range(width))
-
-
-def variant_fidelity(real, generated, n_boot: int = 500, seed: int = 0, top: int = 8) -> dict:
+def variant_fidelity(real, generated, n_boot: int = 500, seed: int = 0) -> dict:
     """Variant-frequency fidelity of a generated set against a real one (module docstring).
 
     Returns
     -------
     dict
         ``tvd`` {part: value}, ``ci`` {part: interval}, ``real_vs_real`` {part: value or None (< 4 reals)},
-        ``presence`` {segment: {"real", "generated", "difference"}}, ``frequencies`` {part: the most common
-        variants with their real and generated shares}, ``n_real``, ``n_generated``.
+        ``presence`` {segment: {"real", "generated", "difference"}}, ``frequencies`` {part: every variant seen, as
+        ``{"vector": "1101", "real_count", "real_frequency", "generated_count", "generated_frequency"}``, the most
+        common first}, ``n_real``, ``n_generated``.
     """
     r, g = variant_matrix(real, "real variants"), variant_matrix(generated, "generated variants")
     tvd = {p: total_variation(r, g, p) for p in PARTS}
@@ -86,10 +82,11 @@ def variant_fidelity(real, generated, n_boot: int = 500, seed: int = 0, top: int
                     "difference": float(g[:, k].mean() - r[:, k].mean())} for k, s in enumerate(SEGMENTS)}
     freqs = {}
     for p in PARTS:
-        a, b = _codes(r, p), _codes(g, p)
-        codes = sorted(set(a.tolist()) | set(b.tolist()), key=lambda c: (-(a == c).mean(), -(b == c).mean(), c))
-        freqs[p] = [{"variant": _label(r, p, c), "real": float((a == c).mean()), "generated": float((b == c).mean())}
-                    for c in codes[:top]]
+        a = ["".join(map(str, row)) for row in r[:, PARTS[p]]]
+        b = ["".join(map(str, row)) for row in g[:, PARTS[p]]]
+        keys = sorted(set(a) | set(b), key=lambda k: (-(a.count(k) + b.count(k)), k))
+        freqs[p] = [{"vector": k, "real_count": a.count(k), "real_frequency": a.count(k) / len(a),
+                     "generated_count": b.count(k), "generated_frequency": b.count(k) / len(b)} for k in keys]
     return {"tvd": tvd, "ci": ci, "real_vs_real": rvr, "presence": presence, "frequencies": freqs,
             "segments": list(SEGMENTS), "n_real": int(len(r)), "n_generated": int(len(g))}
 
