@@ -49,8 +49,9 @@ def test_dry_run_passes_every_step_and_skips_only_the_cuda_ones(gc, tmp_path):
     assert "## Correctness" in md and "## Throughput" in md and "| torchrun | pass |" in md
     assert by_name["torchrun"]["figures"]["backend"] == "gloo"           # a real process group under torchrun
     assert by_name["inf skip bf16"]["status"] == "pass"
+    assert by_name["train step joint"]["figures"]["variants in the pool"] == 4   # labelled reals, 4 variants
     assert any("ratio vs anchor" in k for k in by_name["train CoW"]["figures"])
-    for preset in ("spongiosa-pgan", "cow-stylegan"):                     # step 4 trained and exported both
+    for preset in ("spongiosa-pgan", "cow-stylegan", "cow-stylegan-labels"):  # step 4 trained and exported all
         assert (out / "models" / f"{preset}.vgan").is_file()
         assert (out / "models" / f"{preset}.card.md").is_file()
     assert (out / "gpu_check.log").stat().st_size > 0

@@ -97,6 +97,23 @@ def test_one_hot_and_discriminator_inputs_live_on_the_same_simplex():
     assert torch.allclose(fake[:, 1:].sum(1), torch.ones(2, 2, 3, 4), atol=1e-6)
 
 
+def test_straight_through_fakes_are_one_hot_with_the_softmax_gradient():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1 + K, 2, 3, 4, requires_grad=True)
+    st = discriminator_input(x, K, "straight-through")
+    assert torch.equal(st[:, 1:].detach().round(), labels_to_onehot(torch.from_numpy(
+        hard_labels(x[:, 1:].detach(), "topcow13")).unsqueeze(1).float(), "topcow13"))
+    assert torch.equal(st[:, :1], x[:, :1])
+    w = torch.randn(2, K, 2, 3, 4)
+    (st[:, 1:] * w).sum().backward()
+    grad_st = x.grad.clone()
+    x.grad = None
+    (discriminator_input(x, K)[:, 1:] * w).sum().backward()
+    assert torch.allclose(grad_st, x.grad) and grad_st[:, 1:].abs().sum() > 0  # the softmax's gradient
+    with pytest.raises(ValueError, match="straight-through"):
+        discriminator_input(x, K, "argmax")
+
+
 def test_a_left_right_mirror_swaps_left_and_right_classes():
     perm = lr_flip_permutation("topcow13")
     names = ["image", "background"] + [TOPCOW13.name_of(i) for i in TOPCOW13.ids]
@@ -262,6 +279,15 @@ def test_one_joint_training_step_reaches_the_label_head():
     assert G.synthesis.blocks[-1].tolabel.weight.grad.abs().sum() > 0
     assert G.mapping.embed.weight.grad.abs().sum() > 0
     assert set(map(tuple, loss.sample_c(64).tolist())) <= set(map(tuple, c_real.tolist()))
+    seen = []
+    D.register_forward_pre_hook(lambda m, args: seen.append(args[0][:, 1:].detach()))
+    st = StyleGAN2Loss(G, D, aug, r1_gamma=1.0, pl_weight=0.0, joint=spec, c_pool=pool, fake_labels="straight-through")
+    st.generator_loss(torch.randn(4, 16), step=1)[0].backward()
+    fake_labels = seen[-1]  # what D saw of the fakes: one-hot (or all zero where cutout or a shift emptied a voxel)
+    assert set(fake_labels.unique().round(decimals=4).tolist()) == {0.0, 1.0}
+    assert set(fake_labels.sum(1).round(decimals=4).unique().tolist()) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="fake_labels"):
+        StyleGAN2Loss(G, D, aug, joint=spec, c_pool=pool, fake_labels="gumbel")
 
 
 def test_joint_settings_are_checked():
@@ -503,7 +529,8 @@ def test_a_joint_conditional_run_trains_saves_its_variants_and_generates_labelle
     out = generate(res["checkpoint"], n=3, seed=1, device="cpu")
     assert len(out.labels) == 3 and out.labels[0].shape == (8, 16, 16)
     assert all(tuple(v) in {tuple(x) for x in cond["vectors"]} for v in out.variants.tolist())
-    assert list((tmp_path / "run" / "samples").glob("*.png"))
+    png = sorted((tmp_path / "run" / "samples").glob("*.png"))[-1].read_bytes()
+    assert int.from_bytes(png[16:20], "big") == round(2.2 * 5 * 80)  # 5 columns: the last shows the labels
     again = train(cow_phantoms / "images", tmp_path / "run", s, labels=cow_phantoms / "labels", resume=True,
                   max_steps=1, device="cpu", log=lambda m: None)
     assert again["step"] == 3
@@ -515,3 +542,44 @@ def test_a_joint_preset_without_labels_is_refused_before_anything_is_written(cow
     with pytest.raises(VolGANError, match="--labels DIR"):
         train(cow_phantoms / "images", tmp_path / "run", _joint_settings(), max_steps=1, device="cpu")
     assert not (tmp_path / "run").exists()
+
+
+def test_an_exported_joint_model_shows_its_generated_labels_in_the_card(joint_checkpoint, tmp_path):
+    from GANTrainerLib.export import export_model, montage_path
+    from VolumetricGANLib.checkpoint import card_path
+
+    out = export_model(joint_checkpoint, tmp_path / "joint-release.vgan")
+    card = card_path(out).read_text()
+    assert "each ray coloured by its generated label" in card and "(joint-release.samples.png)" in card
+    png = montage_path(out).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    again = export_model(joint_checkpoint, tmp_path / "again.vgan")
+    assert montage_path(again).read_bytes() == png  # seed 0, the same model: the same picture
+
+
+def test_the_demo_shows_a_shipped_joint_model_with_its_labels_and_read_back_variants(joint_checkpoint, tmp_path,
+                                                                                      monkeypatch):
+    import shutil
+
+    from GANTrainerLib import demo
+
+    monkeypatch.setattr(demo, "SHIPPED_MODELS", tmp_path / "models")
+    log: list[str] = []
+    assert demo.step_joint(tmp_path / "out", log) == {"shipped": False} and "skipped" in log[0]
+    (tmp_path / "models").mkdir()
+    shutil.copy(joint_checkpoint, tmp_path / "models" / f"{demo.JOINT_MODEL}.vgan")
+    log = []
+    figures = demo.step_joint(tmp_path / "out", log)
+    folder = tmp_path / "out" / "generated" / demo.JOINT_MODEL
+    # two unconditional samples, then the two training variants (the commoner first), each read back
+    assert [f["requested"] for f in figures["samples"]] == [None, None, [1, 1, 0, 1, 0, 1, 1, 0],
+                                                            [1, 0, 0, 1, 1, 1, 1, 1]]
+    assert (folder / "variant-11010110" / "sample_0000_labels.nii.gz").is_file()
+    assert (folder / "unconditional" / "sample_0001_labels.nii.gz").is_file() and (folder / "samples.png").is_file()
+    from MorphometryLib.vessels import cow_variants
+    from VolGANCore import read_label_volume
+    from VolumetricGANLib.labelmaps import variant_vector
+
+    read = variant_vector(cow_variants(read_label_volume(folder / "variant-10011111" / "sample_0000_labels.nii.gz")))
+    assert figures["samples"][3]["read_back"] == read.astype(int).tolist()
+    assert f"read back from its labels {''.join(map(str, figures['samples'][3]['read_back']))}" in log[-1]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
+import pytest
 
+from VolGANCore.errors import VolGANError
 from VolumetricGANLib.checkpoint import card_path
 from GANTrainerLib.run import GracefulStop, TrainingRun, read_metrics, read_status, save_montage
 
@@ -86,11 +88,38 @@ def test_montage_png(tmp_path, rng):
     assert os.listdir(tmp_path) == ["m.png"]
 
 
+def _png_size(path):
+    data = Path(path).read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_label_projection_keeps_every_labelled_ray_and_its_most_frequent_label():
+    from GANTrainerLib.run import label_projection
+
+    lab = np.zeros((4, 3, 3), np.int16)
+    lab[:, 0, 0] = [1, 2, 2, 0]   # 2 is the commonest label on this ray
+    lab[3, 1, 1] = 15             # a single labelled voxel at the far end still shows
+    proj = label_projection(lab)
+    assert proj.tolist() == [[2, 0, 0], [0, 15, 0], [0, 0, 0]]
+    assert label_projection(np.zeros((2, 2, 2), np.int16)).tolist() == [[0, 0], [0, 0]]
+
+
+def test_a_montage_with_labels_adds_a_coloured_column_and_checks_the_shapes(tmp_path, rng):
+    vols = rng.uniform(-1, 1, size=(2, 8, 16, 16))
+    lab = np.zeros((2, 8, 16, 16), np.int16)
+    lab[:, 2:5, 4:12, 7:9] = 1
+    plain = save_montage(vols, tmp_path / "plain.png")
+    joint = save_montage(vols, tmp_path / "joint.png", labels=lab, label_scheme="topcow13", row_titles=["a", "b"])
+    (wp, hp), (wj, hj) = _png_size(plain), _png_size(joint)
+    assert hj == hp and wj == pytest.approx(wp * 5 / 4, rel=0.02)
+    with pytest.raises(ValueError, match="do not match"):
+        save_montage(vols, tmp_path / "bad.png", labels=lab[:, :4])
+    with pytest.raises(VolGANError, match=r"unknown label id\(s\) \[13\]"):
+        save_montage(vols, tmp_path / "bad.png", labels=lab * 13)  # id 13 is not a TopCoW class
+    assert sorted(os.listdir(tmp_path)) == ["joint.png", "plain.png"]
+
+
 def test_keeping_no_checkpoint_is_refused(tmp_path):
-    import pytest
-
-    from VolGANCore import VolGANError
-
     with pytest.raises(VolGANError, match="at least 1"):
         TrainingRun(tmp_path / "run", keep_last=0, tensorboard=False)
 

@@ -21,11 +21,12 @@ Steps, in order of value
    inf skipped on device (fused Adam's ``found_inf`` for bf16, the NaN-poisoned GradScaler for fp16) without a
    host sync; BatchFeeder (side-stream prefetch) against plain loading; channels-last-3D against contiguous;
    generation under AMP against fp32; ``torchrun --nproc_per_node 1 -m VolGANCore.cli train`` on NCCL; steering
-   and inversion; a DynUNet AMP step.
+   and inversion; a DynUNet AMP step; three iterations of the joint image + label preset ``cow-stylegan-labels``.
 3. Throughput, side by side in the same run: our training iteration against the anchors' re-implemented
    iterations (``benchmarks/bench_train.py``) at the anchors' settings, with peak GPU memory; generation
    volumes/s; steering seconds per sample; evaluation features/s; a segmentation iteration.
-4. With the time left: ``spongiosa-pgan`` and ``cow-stylegan`` trained concurrently on the built-in phantoms
+4. With the time left: ``spongiosa-pgan``, ``cow-stylegan`` and ``cow-stylegan-labels`` (with the phantoms'
+   labels) trained concurrently on the built-in phantoms
    (made in the background from the start), run lengths sized from step 3's speed so each finishes with its
    quick metrics; exported with cards.
 
@@ -340,7 +341,8 @@ def tiny_dry_networks(settings) -> None:
         settings.discriminator = dict(settings.discriminator, max_res=1)
 
 
-def make_parts(check: Check, family: str, amp: str, batch: Optional[int] = None, preset: Optional[str] = None):
+def make_parts(check: Check, family: str, amp: str, batch: Optional[int] = None, preset: Optional[str] = None,
+               c_pool=None):
     """Networks on the device (channels-last as train() stores them) and the loop's parts for ``family``."""
     import torch
 
@@ -361,7 +363,7 @@ def make_parts(check: Check, family: str, amp: str, batch: Optional[int] = None,
     D = build_discriminator(s.family, s.discriminator).to(check.dev)
     to_channels_last_3d(G)
     to_channels_last_3d(D)
-    parts = build_train_parts(s, G, D, check.dev.type, dtype, scaler)
+    parts = build_train_parts(s, G, D, check.dev.type, dtype, scaler, c_pool=c_pool)
     G.train()
     D.train()
     return parts
@@ -494,6 +496,60 @@ def step_train(family: str, amp: str) -> Callable:
         return {}
 
     return run
+
+
+def joint_reals(check: Check, preset: str, seed: int = 1):
+    """Labelled reals for ``preset`` (a joint model): intensity and TopCoW label ids, ``(N, 2, D, H, W)``, a
+    different communicating artery in each volume, so the batch holds several CoW variants; and their pool."""
+    import torch
+
+    from GANTrainerLib.joint import VariantPool
+    from GANTrainerLib.train import settings_from_preset
+    from VolGANCore.labels import TOPCOW13
+    from VolumetricGANLib.labelmaps import labels_to_onehot, variant_vectors
+
+    s = settings_from_preset(preset)
+    if check.dry:
+        tiny_dry_networks(s)
+    n, (d, h, w) = s.batch, s.generator["output_shape"]
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(n, 1, d, h, w)
+    present = ("L-Pcom", "R-Pcom", "Acom", "3rd-A2")   # segments whose presence alone sets their variant entry
+    for i in range(n):
+        ids[i, :, d // 4: d // 2, h // 4: h // 2, w // 4: w // 2] = TOPCOW13.id_of(present[i % len(present)])
+    pool = VariantPool(variant_vectors(labels_to_onehot(ids, "topcow13"), "topcow13").to(check.dev))
+    x = torch.cat([torch.rand(n, 1, d, h, w, generator=g) * 2 - 1, ids], dim=1).to(check.dev)
+    return (x.contiguous(memory_format=torch.channels_last_3d) if check.cuda else x), pool
+
+
+def step_train_joint(check: Check, ctx: Ctx) -> dict:
+    """Three iterations of the joint image + label preset (issue 21) under bf16 (fp32 on a GPU without bf16):
+    finite, every network updated, no host sync in a plain iteration."""
+    import torch
+
+    amp = "bf16" if (not check.cuda or torch.cuda.is_bf16_supported()) else "off"
+    preset = "tiny-cow-labels" if check.dry else "cow-stylegan-labels"
+    reals, pool = joint_reals(check, preset)
+    parts = make_parts(check, "stylegan2-3d", amp, batch=reals.shape[0], preset=preset, c_pool=pool)
+    g0, d0 = params_of(parts.G), params_of(parts.D)
+    oks = []
+    for step in range(3):
+        ok_d, ok_g, st_d, st_g = iterate(parts, check, step, reals)
+        oks.append((float(ok_d), float(ok_g)))
+        ctx.check_time()
+    losses = {k: float(v) for k, v in {**st_d, **st_g}.items() if k.startswith("loss")}
+    expect(all(a == 1.0 and b == 1.0 for a, b in oks), f"a step was skipped as non-finite: {oks}")
+    expect(all(math.isfinite(v) for v in losses.values()), f"non-finite losses {losses}")
+    expect(changed(g0, parts.G) and changed(d0, parts.D), "the weights did not change")
+    expect(finite_all(parts.G) and finite_all(parts.D) and finite_all(parts.G_ema), "non-finite weights")
+    with host_sync_monitor(check) as syncs:
+        iterate(parts, check, 5, reals)
+    if syncs is not None:
+        ctx.figures["host syncs per plain iteration"] = len(syncs)
+        expect(not syncs, f"host syncs inside the iteration at {sorted(set(syncs))[:5]}")
+    ctx.figures.update({"amp": amp, "variants in the pool": len(pool.frequencies()["counts"]),
+                        **{k: round(v, 4) for k, v in losses.items()}})
+    return {}
 
 
 def step_inf_skip(amp: str) -> Callable:
@@ -992,12 +1048,12 @@ def phantom_paths(check: Check, wait_s: float) -> Optional[dict]:
         if p.returncode != 0:
             raise CheckFailed(f"a phantom writer exited with {p.returncode} (see work/phantom_*.log)")
     paths = {}
-    for kind in ("cow", "bone"):
-        merged = info["root"] / kind / "images"
+    for kind, sub in (("cow", "images"), ("bone", "images"), ("cow_labels", "labels")):
+        merged = info["root"] / kind.split("_")[0] / sub
         merged.mkdir(parents=True, exist_ok=True)
-        for part in sorted(info["root"].glob(f"{kind}_*")):
-            for f in sorted((part / "images").iterdir()):
-                link = merged / f"{part.name}_{f.name}"
+        for part in sorted(info["root"].glob(f"{kind.split('_')[0]}_*")):
+            for f in sorted((part / sub).iterdir()):
+                link = merged / f"{part.name}_{f.name}"   # the same name as its image: the pairs stay pairs
                 if not link.exists():
                     link.symlink_to(f.resolve())
         paths[kind] = merged
@@ -1035,7 +1091,7 @@ def step_train_runs(check: Check, ctx: Ctx) -> dict:
     from GANTrainerLib.run import read_status
 
     paths = phantom_paths(check, wait_s=min(120.0, ctx.left() - 60))
-    plans = {"spongiosa-pgan": paths["bone"], "cow-stylegan": paths["cow"]}
+    plans = {"spongiosa-pgan": paths["bone"], "cow-stylegan": paths["cow"], "cow-stylegan-labels": paths["cow"]}
     reserve = 45.0 if not check.dry else 5.0       # export, montage, summary after the runs
     run_s = ctx.left() - reserve
     if run_s < (10 if check.dry else 60):
@@ -1046,15 +1102,18 @@ def step_train_runs(check: Check, ctx: Ctx) -> dict:
         out = check.out / "runs" / preset
         cmd = [sys.executable, "-m", "VolGANCore.cli", "train", "--preset", preset, "--data", str(data),
                "--out", str(out), "--device", str(check.dev)]
+        if preset.endswith("-labels"):                                  # joint image + label model (issue 21)
+            cmd += ["--labels", str(paths["cow_labels"])]
         if check.dry:
-            cmd[cmd.index(preset)] = "tiny-" + ("spongiosa" if preset.startswith("spongiosa") else "cow")
+            cmd[cmd.index(preset)] = "tiny-" + ("spongiosa" if preset.startswith("spongiosa") else
+                                                "cow-labels" if preset.endswith("-labels") else "cow")
             cmd += ["--max-steps", "2", "--kimg", "0.016", "--snapshot-kimg", "0.004", "--metrics-kimg", "0.004"]
             if preset.startswith("spongiosa"):
                 cmd += ["--phase-kimg", "0.002"]                         # reach the top level in the first step
         else:
-            # both run at once: half the measured speed each, 70 % of the time for steps, the rest for start-up,
-            # quick metrics and snapshots
-            vps = speeds.get(preset, 8.0) / 2
+            # all run at once: a share of the measured speed each (the joint model's at the image-only model's),
+            # 70 % of the time for steps, the rest for start-up, quick metrics and snapshots
+            vps = speeds.get(preset.replace("-labels", ""), 8.0) / len(plans)
             kimg = max(0.1, vps * run_s * 0.7 / 1000.0)
             cmd += ["--kimg", f"{kimg:.3f}", "--snapshot-kimg", f"{kimg / 2:.3f}", "--metrics-kimg", f"{kimg / 2:.3f}"]
             if preset == "spongiosa-pgan":
@@ -1115,6 +1174,8 @@ def all_steps() -> list[Step]:
         steps.append(Step(f"train step {family} fp16", "correctness", step_train(family, "fp16"), 60, cuda_only=True,
                           what="3 training iterations under fp16 autocast with GradScaler"))
     steps += [
+        Step("train step joint", "correctness", step_train_joint, 60,
+             what="3 iterations of the joint image + label CoW preset (labels, variant conditioning)"),
         Step("inf skip bf16", "correctness", step_inf_skip("bf16"), 30,
              what="an inf in the reals: the D step is skipped (fused Adam found_inf), no host sync"),
         Step("inf skip fp16", "correctness", step_inf_skip("fp16"), 30, cuda_only=True,
@@ -1138,7 +1199,7 @@ def all_steps() -> list[Step]:
              what="Inception and MedicalNet features/s"),
         Step("segmentation", "throughput", step_throughput_segmentation, 40, what="DynUNet training iteration"),
         Step("train runs", "training", step_train_runs, 10_000,
-             what="spongiosa-pgan and cow-stylegan on the phantoms with the time left; exported"),
+             what="spongiosa-pgan, cow-stylegan and cow-stylegan-labels on the phantoms with the time left; exported"),
     ]
     return steps
 

@@ -156,6 +156,54 @@ def step_generate(out: Path, log: list[str]) -> dict:
     return figures
 
 
+JOINT_MODEL = "tiny-cow-labels"
+
+
+def step_joint(out: Path, log: list[str]) -> dict:
+    """The shipped joint model: CoW volumes with their own artery labels, unconditional and for chosen variants,
+    each sample's variant read back from its generated labels."""
+    import numpy as np
+
+    from MorphometryLib.vessels import cow_variants
+    from VolumetricGANLib.checkpoint import load_generator
+    from VolumetricGANLib.generate import generate, write_generated
+    from VolumetricGANLib.labelmaps import variant_vector
+
+    from .run import save_montage
+
+    ckpt = SHIPPED_MODELS / f"{JOINT_MODEL}.vgan"
+    if not ckpt.is_file():
+        log.append(f"- no `{JOINT_MODEL}.vgan` in `VolumetricGAN/Resources/Models/`: skipped")
+        return {"shipped": False}
+    loaded = load_generator(ckpt, device="cpu")
+    cond = loaded.config.get("conditioning") or {}
+    commonest = [v for _, v in sorted(zip(cond.get("counts", []), cond.get("vectors", [])), key=lambda cv: -cv[0])]
+    runs = [("unconditional", None, 2)] + [("variant-" + "".join(map(str, v)), v, 1) for v in commonest[:2]]
+    rows, volumes, labels, figures = [], [], [], []
+    for name, v, n in runs:
+        res = generate(loaded, n=n, seed=0, device="cpu",
+                       variant=None if v is None else {"anterior": v[:4], "posterior": v[4:]})
+        write_generated(res, out / "generated" / JOINT_MODEL / name)
+        for i, (vol, lab) in enumerate(zip(res.volumes, res.labels)):
+            got = variant_vector(cow_variants(lab)).astype(int).tolist()
+            asked = "drawn from the training frequencies" if v is None else "asked " + "".join(map(str, v))
+            rows.append((f"{name}/sample_{i:04d}", f"{asked}, read back from its labels {''.join(map(str, got))}"))
+            volumes.append(vol.array)
+            labels.append(lab.array)
+            figures.append({"sample": rows[-1][0], "requested": v, "read_back": got})
+    lo, hi = (float(x) for x in loaded.config["intensity"]["physical_range"])
+    folder = out / "generated" / JOINT_MODEL
+    fig = save_montage(np.stack(volumes), folder / "samples.png", title=f"{JOINT_MODEL}: image and its own labels",
+                       vmin=lo, vmax=hi, labels=np.stack(labels), label_scheme=loaded.config.get("label_scheme"),
+                       row_titles=[r[0] for r in rows])
+    names = ", ".join(cond.get("names", []))
+    log += [f"- `volgan generate --checkpoint {JOINT_MODEL}.vgan` (shipped): {len(rows)} volumes with their own "
+            f"TopCoW label maps (`sample_0000_labels.nii.gz`) in `generated/{JOINT_MODEL}/`; figure "
+            f"`generated/{JOINT_MODEL}/{fig.name}` (last column: each ray coloured by its label). Variant vectors "
+            f"({names}):", *[f"    - `{r[0]}`: {r[1]}" for r in rows]]
+    return {"shipped": True, "samples": figures}
+
+
 def step_evaluate(out: Path, log: list[str]) -> dict:
     """A reduced `volgan evaluate` of the generated spongiosa patches against the phantom patches."""
     from .evaluation.report import evaluate
@@ -308,6 +356,7 @@ STEPS: list[tuple[str, Step]] = [
     ("Morphometry", step_morphometry),
     ("Training (smoke runs of the tiny presets)", step_train_smoke),
     ("Generation", step_generate),
+    ("Joint image + label generation (CoW variants)", step_joint),
     ("Evaluation", step_evaluate),
     ("Steering", step_steer),
     ("Downstream segmentation (small CPU configuration)", step_segmentation),

@@ -145,7 +145,9 @@ def export_model(
     montage = montage_path(out)
     extra = (f"## Samples\n\n![Four samples (seed 0): mid-slices and MIP]({montage.name})\n\n"
              f"Seed 0, rows are samples; axial, coronal and sagittal mid-slices"
-             f"{' and the axial MIP' if _is_angio(config) else ''}, window {config['intensity']['physical_range']} "
+             f"{' and the axial MIP' if _is_angio(config) else ''}"
+             f"{' (then again with each ray coloured by its generated label)' if _is_joint(config) else ''}"
+             f", window {config['intensity']['physical_range']} "
              f"{config['intensity'].get('units', '')}.\n")
     metrics = blob.get("metrics") or {}
     if collapsed(metrics):
@@ -171,6 +173,10 @@ def _is_angio(config: dict[str, Any]) -> bool:
     return "willis" in str(config.get("anatomy") or "").lower()
 
 
+def _is_joint(config: dict[str, Any]) -> bool:
+    return bool((config.get("architecture") or {}).get("label_classes"))
+
+
 def _write_montage(model: Path, path: Path, config: dict[str, Any]) -> Path:
     import numpy as np
 
@@ -180,8 +186,10 @@ def _write_montage(model: Path, path: Path, config: dict[str, Any]) -> Path:
 
     result = generate(model, n=4, seed=0, device="cpu")
     lo, hi = (float(v) for v in config["intensity"]["physical_range"])
+    labels = np.stack([v.array for v in result.labels]) if result.labels else None
     return save_montage(np.stack([v.array for v in result.volumes]), path, title=f"{config.get('name') or model.stem}"
-                        f": 4 samples, seed 0", mip=_is_angio(config), vmin=lo, vmax=hi)
+                        f": 4 samples, seed 0", mip=_is_angio(config), vmin=lo, vmax=hi, labels=labels,
+                        label_scheme=config.get("label_scheme"))
 
 
 def describe(path: str | os.PathLike) -> str:

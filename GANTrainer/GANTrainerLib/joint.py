@@ -77,9 +77,10 @@ class JointSpec:
         c = variant_condition(variant_vectors(onehot, self.label_scheme)) if self.c_dim else None
         return torch.cat([batch[:, :1], onehot], dim=1), c
 
-    def fakes(self, x: torch.Tensor) -> torch.Tensor:
-        """The generator's ``(N, 1 + K, ...)`` output → the discriminator's input (intensity + softmax)."""
-        return discriminator_input(x, self.label_classes)
+    def fakes(self, x: torch.Tensor, mode: str = "softmax") -> torch.Tensor:
+        """The generator's ``(N, 1 + K, ...)`` output → the discriminator's input (intensity + class probabilities,
+        softmax or straight-through one-hot: :func:`~VolumetricGANLib.labelmaps.discriminator_input`)."""
+        return discriminator_input(x, self.label_classes, mode)
 
 
 class VariantPool:
@@ -144,7 +145,11 @@ class ImageView(torch.nn.Module):
             self._gen = torch.Generator(device=self.pool.vectors.device)
             self._gen.manual_seed(int(seed))
 
-    def forward(self, z: torch.Tensor, **kwargs) -> torch.Tensor:
+    def full(self, z: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The joint output (intensity and class logits) under the view's conditions."""
         if self.pool is not None:
             kwargs["c"] = self.pool.sample(z.shape[0], generator=self._gen).to(z.device)
-        return self.G(z, **kwargs)[:, :1]
+        return self.G(z, **kwargs)
+
+    def forward(self, z: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.full(z, **kwargs)[:, :1]

@@ -26,6 +26,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from VolumetricGANLib.labelmaps import FAKE_LABEL_INPUTS
+
 __all__ = ["StyleGAN2Loss", "WGANGPLoss"]
 
 
@@ -51,12 +53,15 @@ class StyleGAN2Loss:
         noise_mode: str = "random",            # synthesis noise during training
         joint=None,                            # JointSpec of a joint image + label generator (None: image only)
         c_pool=None,                           # VariantPool drawing fakes' conditioning (conditional joint models)
+        fake_labels: str = "softmax",          # joint models: D sees fakes' softmax or straight-through one-hot
     ) -> None:
         if loss not in ("logistic", "hinge"):
             raise ValueError(f"loss '{loss}': choose 'logistic' or 'hinge'")
         if joint is not None and joint.c_dim and c_pool is None:
             raise ValueError("a conditional generator needs c_pool (the training set's variant vectors)")
-        self.joint, self.c_pool = joint, c_pool
+        if fake_labels not in FAKE_LABEL_INPUTS:
+            raise ValueError(f"fake_labels {fake_labels!r}: choose one of {', '.join(FAKE_LABEL_INPUTS)}")
+        self.joint, self.c_pool, self.fake_labels = joint, c_pool, fake_labels
         self.G, self.D = G, D
         self.augment = augment or _identity
         self.loss = loss
@@ -95,7 +100,7 @@ class StyleGAN2Loss:
         return self.D(self.augment(x)) if c is None else self.D(self.augment(x), c)
 
     def _d_fake(self, fake: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
-        return self._d(fake if self.joint is None else self.joint.fakes(fake), c)
+        return self._d(fake if self.joint is None else self.joint.fakes(fake, self.fake_labels), c)
 
     # -- losses ----------------------------------------------------------------------------------------------
     def generator_loss(self, z: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:

@@ -30,7 +30,7 @@ from VolGANCore import VolGANError
 from VolGANCore.atomic import atomic_path, atomic_write_json
 from VolumetricGANLib.checkpoint import card_path
 
-__all__ = ["TrainingRun", "GracefulStop", "latest_checkpoint", "read_status", "save_montage", "read_metrics"]
+__all__ = ["TrainingRun", "GracefulStop", "latest_checkpoint", "read_status", "save_montage", "label_projection", "read_metrics"]
 
 STATUS_NAME = "run.json"
 
@@ -221,11 +221,37 @@ class GracefulStop:
         self._previous.clear()
 
 
+def label_projection(labels: np.ndarray, axis: int = 0) -> np.ndarray:
+    """A label map ``(D, H, W)`` projected along ``axis``: each ray gets the label id it holds most often
+    (background only where the ray holds no label), so a label shows wherever it is, even off the brightest
+    voxel."""
+    labels = np.asarray(labels)
+    ids = [int(i) for i in np.unique(labels) if i != 0]
+    out = np.zeros(np.delete(labels.shape, axis), dtype=labels.dtype)
+    if ids:
+        counts = np.stack([(labels == i).sum(axis=axis) for i in ids])
+        best = counts.argmax(axis=0)
+        out = np.where(counts.max(axis=0) > 0, np.asarray(ids)[best], 0).astype(labels.dtype)
+    return out
+
+
+def _label_rgba(projection: np.ndarray, scheme) -> np.ndarray:
+    """Label ids → RGBA (the scheme's colours; background transparent)."""
+    rgba = np.zeros(projection.shape + (4,), dtype=np.float32)
+    for i in np.unique(projection):
+        if i:
+            rgba[projection == i] = (*scheme.colour_of(int(i)), 1.0)
+    return rgba
+
+
 def save_montage(volumes: np.ndarray, path: str | os.PathLike, title: str = "", mip: bool = True,
-                 vmin: float = -1.0, vmax: float = 1.0) -> Path:
+                 vmin: float = -1.0, vmax: float = 1.0, labels: np.ndarray | None = None,
+                 label_scheme: str | None = None, row_titles: list[str] | None = None) -> Path:
     """A PNG with one row per volume: axial, coronal and sagittal mid-slices (+ axial MIP).
 
-    ``volumes`` is ``(N, D, H, W)`` or ``(N, 1, D, H, W)`` in network units; written atomically.
+    ``volumes`` is ``(N, D, H, W)`` or ``(N, 1, D, H, W)`` in network units; written atomically. With ``labels``
+    (``(N, D, H, W)`` ids of ``label_scheme``) a last column shows the axial MIP with each ray coloured by its
+    label (:func:`label_projection`), so one can see whether the labels sit on the bright vessels.
     """
     import matplotlib
 
@@ -237,23 +263,40 @@ def save_montage(volumes: np.ndarray, path: str | os.PathLike, title: str = "", 
         v = v[:, 0]
     if v.ndim != 4:
         raise ValueError(f"save_montage expects (N, D, H, W) volumes, got {v.shape}")
-    cols = 4 if mip else 3
+    scheme = None
+    if labels is not None:
+        from VolGANCore.labels import get_scheme
+
+        labels = np.asarray(labels)
+        if labels.shape != v.shape:
+            raise ValueError(f"save_montage: labels {labels.shape} do not match the volumes {v.shape}")
+        scheme = get_scheme(label_scheme or "topcow13")
+        scheme.check(labels, "save_montage labels")
+    cols = (4 if mip else 3) + (labels is not None)
     n = v.shape[0]
     fig, axes = plt.subplots(n, cols, figsize=(2.2 * cols, 2.2 * n), squeeze=False)
     for i in range(n):
         d, h, w = v[i].shape
         views = [v[i][d // 2], v[i][:, h // 2], v[i][:, :, w // 2]]
         names = ["axial", "coronal", "sagittal"]
-        if mip:
+        if mip or labels is not None:
             views.append(v[i].max(axis=0))
-            names.append("axial MIP")
+            names.append("axial MIP" if mip else "axial MIP + labels")
+        if labels is not None and mip:
+            views.append(views[-1])
+            names.append("+ labels (projection)")
         for j, (img, name) in enumerate(zip(views, names)):
             ax = axes[i, j]
             ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", aspect="equal")
+            if labels is not None and j == cols - 1:
+                ax.imshow(_label_rgba(label_projection(labels[i]), scheme), origin="lower", aspect="equal",
+                          alpha=0.8, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
                 ax.set_title(name, fontsize=8)
+            if j == 0 and row_titles:
+                ax.set_ylabel(row_titles[i], fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -912,12 +912,20 @@ class _Reports:
         """Rank 0: G_ema's samples of the fixed latents as a PNG; returns ``step`` (the montage's step)."""
         import torch
 
+        from VolumetricGANLib.labelmaps import hard_labels
+
+        from .joint import ImageView
         from .run import save_montage
 
+        sampler, labels, scheme = self._sampler(), None, self.parts.settings.label_scheme
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            imgs = self._sampler()(self.z_fixed, **self._generator_kwargs(prog)).float().cpu().numpy()
+            if isinstance(sampler, ImageView):   # a joint model: its labels as well
+                out = sampler.full(self.z_fixed, **self._generator_kwargs(prog)).float()
+                imgs, labels = out[:, :1].cpu().numpy(), hard_labels(out[:, 1:], scheme)
+            else:
+                imgs = sampler(self.z_fixed, **self._generator_kwargs(prog)).float().cpu().numpy()
         png = save_montage(imgs, self.out / "samples" / f"samples-{step:07d}.png",
-                           title=f"step {step}, {nimg / 1000:.2f} kimg")
+                           title=f"step {step}, {nimg / 1000:.2f} kimg", labels=labels, label_scheme=scheme)
         self.run.log_image("samples", step, png)
         return step
 

@@ -64,10 +64,24 @@ def split_output(x: torch.Tensor, label_classes: int) -> tuple[torch.Tensor, tor
     return x[:, :1], x[:, 1:]
 
 
-def discriminator_input(x: torch.Tensor, label_classes: int) -> torch.Tensor:
-    """Intensity + softmax of the class logits: what the discriminator sees of a generated sample."""
+FAKE_LABEL_INPUTS = ("softmax", "straight-through")
+
+
+def discriminator_input(x: torch.Tensor, label_classes: int, mode: str = "softmax") -> torch.Tensor:
+    """Intensity + class probabilities: what the discriminator sees of a generated sample.
+
+    ``mode`` "softmax" passes the softmax of the logits; "straight-through" passes the one-hot of their argmax
+    (exactly what :func:`hard_labels` writes, and on the same corners of the simplex as the reals' one-hot) with
+    the softmax's gradient (the straight-through estimator, Bengio et al. 2013).
+    """
+    if mode not in FAKE_LABEL_INPUTS:
+        raise ValueError(f"fake label input {mode!r}: choose one of {', '.join(FAKE_LABEL_INPUTS)}")
     img, logits = split_output(x, label_classes)
-    return torch.cat([img, torch.softmax(logits.float(), dim=1).to(img.dtype)], dim=1)
+    probs = torch.softmax(logits.float(), dim=1)
+    if mode == "straight-through":
+        hard = torch.zeros_like(probs).scatter_(1, probs.argmax(dim=1, keepdim=True), 1.0)
+        probs = hard + probs - probs.detach()
+    return torch.cat([img, probs.to(img.dtype)], dim=1)
 
 
 def hard_labels(logits: torch.Tensor, scheme: str | LabelScheme) -> np.ndarray:
