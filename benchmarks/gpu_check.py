@@ -462,6 +462,34 @@ def step_environment(check: Check, ctx: Ctx) -> dict:
 # =============================================================================================================
 # 2. Correctness
 # =============================================================================================================
+def three_iterations(parts, check: Check, ctx: Ctx, reals) -> None:
+    """Three training iterations (step 0 carries the lazy regularisers, R1 / path length; 1 and 2 are plain):
+    every step taken, losses and weights finite, both networks updated; then no host sync in a plain iteration."""
+    g0, d0 = params_of(parts.G), params_of(parts.D)
+    oks = []
+    for step in range(3):
+        ok_d, ok_g, st_d, st_g = iterate(parts, check, step, reals)
+        oks.append((float(ok_d), float(ok_g)))
+        ctx.check_time()
+    losses = {k: float(v) for k, v in {**st_d, **st_g}.items() if k.startswith("loss")}
+    expect(all(a == 1.0 and b == 1.0 for a, b in oks), f"a step was skipped as non-finite: {oks}")
+    expect(all(math.isfinite(v) for v in losses.values()), f"non-finite losses {losses}")
+    expect(changed(g0, parts.G) and changed(d0, parts.D), "the weights did not change")
+    expect(finite_all(parts.G) and finite_all(parts.D) and finite_all(parts.G_ema), "non-finite weights")
+    if parts.scaler_d.is_enabled():
+        ctx.figures["fp16 loss scale G/D"] = f"{parts.scaler_g.get_scale():g}/{parts.scaler_d.get_scale():g}"
+    # no host sync inside a plain iteration (the loop reads device values at log steps only): step 5 has no
+    # lazy regulariser (R1 every 16, path length every 4) and no ADA update (every 4 steps, one sync by design)
+    with host_sync_monitor(check) as syncs:
+        iterate(parts, check, 5, reals)
+    if syncs is not None:
+        ctx.figures["host syncs per plain iteration"] = len(syncs)
+        expect(not syncs, f"host syncs inside the iteration at {sorted(set(syncs))[:5]}")
+    else:
+        ctx.note("host-sync count: CUDA only")
+    ctx.figures.update({k: round(v, 4) for k, v in losses.items()})
+
+
 def step_train(family: str, amp: str) -> Callable:
     def run(check: Check, ctx: Ctx) -> dict:
         import torch
@@ -469,30 +497,7 @@ def step_train(family: str, amp: str) -> Callable:
         if amp == "bf16" and check.cuda and not torch.cuda.is_bf16_supported():
             raise Skip("this GPU has no bf16")
         parts = make_parts(check, family, amp)
-        reals = reals_for(parts, check)
-        g0, d0 = params_of(parts.G), params_of(parts.D)
-        oks = []
-        for step in range(3):  # step 0 carries the lazy regularisers (R1 / path length), 1 and 2 are plain
-            ok_d, ok_g, st_d, st_g = iterate(parts, check, step, reals)
-            oks.append((float(ok_d), float(ok_g)))
-            ctx.check_time()
-        losses = {k: float(v) for k, v in {**st_d, **st_g}.items() if k.startswith("loss")}
-        expect(all(a == 1.0 and b == 1.0 for a, b in oks), f"a step was skipped as non-finite: {oks}")
-        expect(all(math.isfinite(v) for v in losses.values()), f"non-finite losses {losses}")
-        expect(changed(g0, parts.G) and changed(d0, parts.D), "the weights did not change")
-        expect(finite_all(parts.G) and finite_all(parts.D) and finite_all(parts.G_ema), "non-finite weights")
-        if parts.scaler_d.is_enabled():
-            ctx.figures["fp16 loss scale G/D"] = f"{parts.scaler_g.get_scale():g}/{parts.scaler_d.get_scale():g}"
-        # no host sync inside a plain iteration (the loop reads device values at log steps only): step 5 has no
-        # lazy regulariser (R1 every 16, path length every 4) and no ADA update (every 4 steps, one sync by design)
-        with host_sync_monitor(check) as syncs:
-            iterate(parts, check, 5, reals)
-        if syncs is not None:
-            ctx.figures["host syncs per plain iteration"] = len(syncs)
-            expect(not syncs, f"host syncs inside the iteration at {sorted(set(syncs))[:5]}")
-        else:
-            ctx.note("host-sync count: CUDA only")
-        ctx.figures.update({k: round(v, 4) for k, v in losses.items()})
+        three_iterations(parts, check, ctx, reals_for(parts, check))
         return {}
 
     return run
@@ -531,24 +536,8 @@ def step_train_joint(check: Check, ctx: Ctx) -> dict:
     preset = "tiny-cow-labels" if check.dry else "cow-stylegan-labels"
     reals, pool = joint_reals(check, preset)
     parts = make_parts(check, "stylegan2-3d", amp, batch=reals.shape[0], preset=preset, c_pool=pool)
-    g0, d0 = params_of(parts.G), params_of(parts.D)
-    oks = []
-    for step in range(3):
-        ok_d, ok_g, st_d, st_g = iterate(parts, check, step, reals)
-        oks.append((float(ok_d), float(ok_g)))
-        ctx.check_time()
-    losses = {k: float(v) for k, v in {**st_d, **st_g}.items() if k.startswith("loss")}
-    expect(all(a == 1.0 and b == 1.0 for a, b in oks), f"a step was skipped as non-finite: {oks}")
-    expect(all(math.isfinite(v) for v in losses.values()), f"non-finite losses {losses}")
-    expect(changed(g0, parts.G) and changed(d0, parts.D), "the weights did not change")
-    expect(finite_all(parts.G) and finite_all(parts.D) and finite_all(parts.G_ema), "non-finite weights")
-    with host_sync_monitor(check) as syncs:
-        iterate(parts, check, 5, reals)
-    if syncs is not None:
-        ctx.figures["host syncs per plain iteration"] = len(syncs)
-        expect(not syncs, f"host syncs inside the iteration at {sorted(set(syncs))[:5]}")
-    ctx.figures.update({"amp": amp, "variants in the pool": len(pool.frequencies()["counts"]),
-                        **{k: round(v, 4) for k, v in losses.items()}})
+    three_iterations(parts, check, ctx, reals)
+    ctx.figures.update({"amp": amp, "variants in the pool": len(pool.frequencies()["counts"])})
     return {}
 
 
