@@ -336,6 +336,22 @@ def test_label_presets_build_joint_conditional_networks():
         assert list(G.output_shape) == shape and D.img_channels == 1 + K and D.c_dim == G.c_dim == 8
         assert JointSpec.of(G, p["label_scheme"]) == JointSpec("topcow13", K, 8)
         assert p["preprocess"].get("label_downsample", "first") == ("majority" if name.startswith("tiny") else "first")
+        assert p["loss"]["fake_labels"] == "straight-through"
+
+
+def test_volgan_train_chooses_what_the_discriminator_sees_of_generated_labels():
+    from GANTrainerLib.train import settings_from_preset
+    from VolGANCore.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--preset", "tiny-cow-labels", "--data", "d", "--out", "o",
+                                      "--fake-labels", "softmax"])
+    s = settings_from_preset(args.preset, fake_labels=args.fake_labels)
+    assert s.loss["fake_labels"] == "softmax" and s.loss["r1_gamma"] == 0.5   # the rest of the preset's loss kept
+    assert settings_from_preset("tiny-cow-labels").loss["fake_labels"] == "straight-through"
+    with pytest.raises(VolGANError, match="generates no labels"):
+        settings_from_preset("tiny-cow", fake_labels="softmax")
+    with pytest.raises(VolGANError, match="choose one of softmax, straight-through"):
+        settings_from_preset("tiny-cow-labels", fake_labels="gumbel")
 
 
 def test_image_view_gives_the_intensity_with_repeatable_conditions():

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from VolumetricGANLib.labelmaps import FAKE_LABEL_INPUTS
+from VolGANCore.names import FAKE_LABEL_INPUTS
 
 __all__ = ["StyleGAN2Loss", "WGANGPLoss"]
 

@@ -101,10 +101,13 @@ PRESETS["tiny-spongiosa"] = dict(
 # (background + 13 arteries) and is conditioned on the 8-entry CoW variant vector; the discriminator sees the
 # intensity and the class probabilities (GANTrainerLib.joint). Training needs a label folder.
 _JOINT = dict(label_classes=14, c_dim=8)
+# D sees the fakes' labels as straight-through one-hot maps: with the softmax a CPU run labelled its vessels at
+# 2 kimg and lost every label by 3 kimg, its background logit saturated (docs/joint-generation.md, "Proof on the CPU").
 PRESETS["cow-stylegan-labels"] = dict(
     copy.deepcopy(PRESETS["cow-stylegan"]), label_scheme="topcow13",
     generator=dict(PRESETS["cow-stylegan"]["generator"], **_JOINT),
     discriminator=dict(PRESETS["cow-stylegan"]["discriminator"], img_channels=15, c_dim=8),
+    loss=dict(PRESETS["cow-stylegan"]["loss"], fake_labels="straight-through"),
 )
 # 16×64×64 at 1.2 mm from the 0.6 mm phantoms: labels reduced by block majority, in step with the averaged image.
 PRESETS["tiny-cow-labels"] = dict(
@@ -114,6 +117,7 @@ PRESETS["tiny-cow-labels"] = dict(
                        img_channels=15, c_dim=8),
     preprocess=dict(roi_shape=[32, 128, 128], roi_centre="centre", intensity="minmax", downsample=2,
                     label_downsample="majority"),
+    loss=dict(PRESETS["tiny-cow"]["loss"], fake_labels="straight-through"),
 )
 
 

@@ -110,6 +110,7 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
     cfg["preset"] = name
     phase_kimg = overrides.pop("phase_kimg", None)
     padding = overrides.pop("padding", None)
+    fake_labels = overrides.pop("fake_labels", None)
     for key in ("lr_g", "lr_d", "ema_kimg"):  # command-line numbers that must be positive
         value = overrides.get(key)
         if value is not None and not float(value) > 0:
@@ -132,6 +133,15 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
             raise VolGANError(f"--padding {padding!r}: choose one of {', '.join(PADDING_MODES)}")
         generator = {k: v for k, v in cfg["generator"].items() if k != "padding_mode"}
         cfg["generator"] = generator if padding == "zeros" else dict(generator, padding_mode=padding)
+    if fake_labels is not None:
+        from VolGANCore.names import FAKE_LABEL_INPUTS
+
+        if not (cfg.get("generator") or {}).get("label_classes"):
+            raise VolGANError(f"--fake-labels sets what the discriminator sees of generated labels; preset '{name}' "
+                              "generates no labels (use a *-labels preset)")
+        if fake_labels not in FAKE_LABEL_INPUTS:
+            raise VolGANError(f"--fake-labels {fake_labels!r}: choose one of {', '.join(FAKE_LABEL_INPUTS)}")
+        cfg["loss"] = dict(cfg.get("loss") or {}, fake_labels=fake_labels)
     known = {f.name for f in dataclasses.fields(TrainSettings)}
     unknown = sorted(set(cfg) - known)
     if unknown:

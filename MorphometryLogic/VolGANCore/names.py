@@ -5,7 +5,8 @@ torch; so the lists they offer live here, in plain Python, and the libraries tak
 definition, nothing to keep in sync). This module imports nothing.
 """
 
-__all__ = ["BONE_PARAMETERS", "PADDING_MODES", "COW_ANTERIOR", "COW_POSTERIOR", "COW_VARIANT_SEGMENTS"]
+__all__ = ["BONE_PARAMETERS", "PADDING_MODES", "FAKE_LABEL_INPUTS", "COW_ANTERIOR", "COW_POSTERIOR",
+           "COW_VARIANT_SEGMENTS"]
 
 # The bone parameters MorphometryLib.bone measures (its ALL_PARAMETERS, in this order), with what they mean.
 BONE_PARAMETERS = {
@@ -18,6 +19,10 @@ BONE_PARAMETERS = {
 # nn.Conv3d padding modes of the progressive generator's 3×3×3 convs (VolumetricGANLib.networks.pgan;
 # ``volgan train --padding``); "zeros" is the published one.
 PADDING_MODES = ("zeros", "replicate", "reflect", "circular")
+
+# What the discriminator of a joint image + label model sees of the generated labels
+# (VolumetricGANLib.labelmaps.discriminator_input; ``volgan train --fake-labels``).
+FAKE_LABEL_INPUTS = ("softmax", "straight-through")
 
 # The Circle-of-Willis variant vectors of the TopCoW 2023 challenge (MorphometryLib.vessels.cow_variants measures
 # them; joint generation is conditioned on them; evaluation compares their frequencies), 1 = present.

@@ -20,7 +20,7 @@ import torch
 
 from VolGANCore.errors import VolGANError
 from VolGANCore.labels import LabelScheme, get_scheme
-from VolGANCore.names import COW_ANTERIOR, COW_POSTERIOR, COW_VARIANT_SEGMENTS
+from VolGANCore.names import COW_ANTERIOR, COW_POSTERIOR, COW_VARIANT_SEGMENTS, FAKE_LABEL_INPUTS
 
 __all__ = ["VARIANT_NAMES", "ANTERIOR", "POSTERIOR", "class_ids", "labels_to_onehot", "split_output",
            "discriminator_input", "hard_labels", "variant_vector", "variant_vectors", "variant_condition", "parse_variant",
@@ -62,9 +62,6 @@ def split_output(x: torch.Tensor, label_classes: int) -> tuple[torch.Tensor, tor
     if x.shape[1] != 1 + label_classes:
         raise VolGANError(f"generator output has {x.shape[1]} channels; expected 1 + {label_classes} classes")
     return x[:, :1], x[:, 1:]
-
-
-FAKE_LABEL_INPUTS = ("softmax", "straight-through")
 
 
 def discriminator_input(x: torch.Tensor, label_classes: int, mode: str = "softmax") -> torch.Tensor:
