@@ -65,6 +65,27 @@ def test_rotation_by_zero_with_unit_zoom_is_identity_up_to_interpolation():
     torch.testing.assert_close(aug(x, generator=torch.Generator().manual_seed(0)), x, atol=1e-5, rtol=1e-5)
 
 
+def test_on_the_cpu_an_unchosen_batch_skips_the_resampling_and_draws_the_same_random_numbers(monkeypatch):
+    import GANTrainerLib.augment as augment
+
+    calls = []
+    real = augment.F.grid_sample
+    monkeypatch.setattr(augment.F, "grid_sample", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(4, 2, 6, 10, 12)
+    rotating = 0
+    for seed in range(12):
+        # rotation/zoom is the first stage that draws (no brightness or contrast): its choice is the first draw
+        chosen = torch.rand(4, generator=torch.Generator().manual_seed(seed)) < 0.3
+        rotating += bool(chosen.any())
+        g_small, g_all = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        DiffAugment3D(p=0.3, rotation_deg=10, scaling=0.1)(x, generator=g_small)
+        DiffAugment3D(p=1.0, rotation_deg=10, scaling=0.1)(x, generator=g_all)       # never skips
+        assert torch.equal(g_small.get_state(), g_all.get_state())   # the same draws: runs stay reproducible
+    assert len(calls) == rotating + 12 and 0 < rotating < 12   # grid_sample only where a sample is rotated
+    unchosen = DiffAugment3D(p=1e-9, rotation_deg=10, scaling=0.1, flip_axes=(), translation=0, cutout=0)
+    assert torch.equal(unchosen(x, generator=torch.Generator().manual_seed(0)), x)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="probability p"):
         DiffAugment3D(p=1.5)
