@@ -4,24 +4,27 @@
 Not a throughput benchmark (``run.py`` does not pick it up). It trains ``tiny-cow-labels`` (16×64×64 at 1.2 mm,
 conditioned on the CoW variant) on the built-in phantoms, or takes a trained checkpoint, and measures:
 
-1. **Labels cover their own vessels**: per generated sample, the Dice between label > 0 and the image's brightest
-   5 % of voxels; the mean over ``--n`` samples (target ≥ 0.6). Every generated id must be a TopCoW id.
+1. **Labels cover their own vessels**, per generated sample (:func:`vessel_agreement`): the Dice between label > 0
+   and the image's brightest 5 % (the issue's measure), the Dice against as many of the brightest voxels as there
+   are labelled ones ("matched"), the share of labelled voxels among the brightest 5 %, the labelled fraction and
+   the number of classes; each next to the same figures of the phantoms' own labels. Every generated id must be a
+   TopCoW id.
 2. **Class volume fractions**: each class's share of the volume in the generated labels (mean over samples) next to
    the phantoms' mean ± 2 SD (after the same preprocessing as training).
 3. **Conditional accuracy** on the segments this resolution resolves (A1, P1; Pcom where visible): samples drawn
    with each training variant as the condition, their variant read back from their labels (``cow_variants``).
 
-    .venv/bin/python benchmarks/joint_labels_proof.py --train --kimg 20 --out /tmp/joint   # train, then measure
-    .venv/bin/python benchmarks/joint_labels_proof.py --checkpoint run/checkpoints/ckpt-0001000.vgan --out /tmp/m
+The verdict applies the issue's 0.6 to the matched Dice: the phantoms' own labels reach only 0.287 against their
+brightest 5 % (their arteries fill 0.8 % of the volume; the brightest 5 % also holds the unlabelled small
+branches), but 0.935 matched.
 
-Writes ``proof.json`` to ``--out`` and prints a summary.
+    .venv/bin/python benchmarks/joint_labels_proof.py --train --kimg 14 --threads 1 --out /tmp/joint  # train, measure
+    .venv/bin/python benchmarks/joint_labels_proof.py --checkpoint run/checkpoints/ckpt-0001000.vgan \
+        --data /tmp/joint/phantoms --out /tmp/m
 
-Measured 2026-12-06 (idle 2-core CPU, 200 phantoms, the preset's defaults): training runs at about 5.5 s per step
-of batch 4 with the quick metrics and per-minute snapshots (about 0.7 kimg in 16 min); stopped at step 175 the
-model labelled everything background (Dice 0.000; conditional accuracy 0). The target needs care: the phantoms'
-**own** labels reach only Dice 0.29 (0.22–0.34 over 20 of them) against their brightest 5 %, because their
-vessels fill 0.84 % of the 16×64×64 volume after preprocessing; a generated set should be compared with that
-value (or with the brightest fraction equal to the label fraction), not with 0.6.
+A second ``--train`` into the same ``--out`` resumes the run. Writes ``proof.json`` and ``samples.png`` (the
+samples with their labels) to ``--out`` and prints a summary. Results: docs/joint-generation.md, "Proof on the
+CPU".
 """
 
 from __future__ import annotations
@@ -45,17 +48,19 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def vessel_agreement(img: np.ndarray, ids: np.ndarray) -> dict[str, float]:
     """How well a label map sits on its own image's bright vessels: Dice of label > 0 with the brightest 5 % (the
     issue's measure), Dice with the brightest voxels as many as the labelled ones ("matched": not capped by the
-    unlabelled small branches), and the share of labelled voxels among the brightest 5 % (precision)."""
+    unlabelled small branches), the share of labelled voxels among the brightest 5 % (precision), the labelled
+    fraction of the volume and the number of artery classes present."""
     lab = ids > 0
     k = int(lab.sum())
     top5 = img >= np.quantile(img, 0.95)
     if k == 0:
-        return {"dice_5pct": 0.0, "dice_matched": 0.0, "precision_5pct": 0.0, "label_fraction": 0.0}
+        return {"dice_5pct": 0.0, "dice_matched": 0.0, "precision_5pct": 0.0, "label_fraction": 0.0, "classes": 0}
     order = np.argsort(img, axis=None)[::-1][:k]
     matched = np.zeros(img.size, bool)
     matched[order] = True
     return {"dice_5pct": dice(lab, top5), "dice_matched": dice(lab.ravel(), matched),
-            "precision_5pct": float(np.logical_and(lab, top5).sum() / k), "label_fraction": k / img.size}
+            "precision_5pct": float(np.logical_and(lab, top5).sum() / k), "label_fraction": k / img.size,
+            "classes": len(np.unique(ids[lab]))}
 
 
 def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -147,6 +152,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fake-labels", choices=("softmax", "straight-through"), help="what D sees of the fakes' "
                     "labels (default: the preset's)")
+    ap.add_argument("--ada-kimg", type=float, help="ADA's speed: kimg for p to go from 0 to 1 (default: the "
+                    "preset's 100)")
     ap.add_argument("--threads", type=int, help="torch threads (two 1-thread runs side by side use a 2-core "
                     "CPU better than one 2-thread run)")
     args = ap.parse_args()
@@ -166,7 +173,7 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         settings = settings_from_preset(args.preset, kimg=args.kimg, seed=args.seed, snapshot_kimg=1.0,
                                         metrics_kimg=2.0, sample_kimg=1.0, snapshot_minutes=15.0,
-                                        fake_labels=args.fake_labels)
+                                        fake_labels=args.fake_labels, ada_kimg=args.ada_kimg)
         run = train(data / "images", out / "run", settings, labels=data / "labels", device="cpu",
                     resume=(out / "run" / "checkpoints").is_dir())
         ckpt = Path(run["checkpoint"])
@@ -179,7 +186,7 @@ def main() -> None:
     gen, real = result["generated"], result["phantoms"] or {}
     for key, what in (("dice_5pct", "Dice(label > 0, brightest 5 %)"), ("dice_matched", "Dice(label > 0, as many "
                       "brightest voxels)"), ("precision_5pct", "labelled voxels among the brightest 5 %"),
-                      ("label_fraction", "labelled fraction of the volume")):
+                      ("label_fraction", "labelled fraction of the volume"), ("classes", "artery classes present")):
         ref = f"; phantoms {real[key]['mean']:.3f} ({real[key]['min']:.3f}–{real[key]['max']:.3f})" if real else ""
         print(f"{what}: generated {gen[key]['mean']:.3f} ({gen[key]['min']:.3f}–{gen[key]['max']:.3f}){ref}")
     print(f"TopCoW ids only: {result['ids_in_topcow']}; montage {result['montage']}")
