@@ -30,7 +30,8 @@ from VolGANCore import VolGANError
 from VolGANCore.atomic import atomic_path, atomic_write_json
 from VolumetricGANLib.checkpoint import card_path
 
-__all__ = ["TrainingRun", "GracefulStop", "latest_checkpoint", "read_status", "save_montage", "label_projection", "read_metrics"]
+__all__ = ["TrainingRun", "GracefulStop", "latest_checkpoint", "read_status", "save_montage", "label_projection",
+           "read_metrics"]
 
 STATUS_NAME = "run.json"
 
@@ -227,12 +228,10 @@ def label_projection(labels: np.ndarray, axis: int = 0) -> np.ndarray:
     voxel."""
     labels = np.asarray(labels)
     ids = [int(i) for i in np.unique(labels) if i != 0]
-    out = np.zeros(np.delete(labels.shape, axis), dtype=labels.dtype)
-    if ids:
-        counts = np.stack([(labels == i).sum(axis=axis) for i in ids])
-        best = counts.argmax(axis=0)
-        out = np.where(counts.max(axis=0) > 0, np.asarray(ids)[best], 0).astype(labels.dtype)
-    return out
+    if not ids:
+        return np.zeros(np.delete(labels.shape, axis), dtype=labels.dtype)
+    counts = np.stack([(labels == i).sum(axis=axis) for i in ids])
+    return np.where(counts.max(axis=0) > 0, np.asarray(ids)[counts.argmax(axis=0)], 0).astype(labels.dtype)
 
 
 def _label_rgba(projection: np.ndarray, scheme) -> np.ndarray:
