@@ -392,6 +392,7 @@ def _gone(pid: int) -> bool:
 
 def test_cancel_with_workers_terminates_the_running_ones(template_and_labels, tmp_path, monkeypatch):
     import _thread
+    import signal
     import threading
     import time
 
@@ -429,10 +430,16 @@ def test_cancel_with_workers_terminates_the_running_ones(template_and_labels, tm
             time.sleep(0.05)
         _thread.interrupt_main()
 
+    # Python's own SIGINT handler, whatever an earlier test in this worker may have left: interrupt_main does
+    # nothing under SIG_IGN or SIG_DFL (a full `make test` under heavy load once waited out the 300 s here)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt_when_hanging, daemon=True).start()
     t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        prepare_cow(tmp_path / "img", tmp_path / "out", **kw)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            prepare_cow(tmp_path / "img", tmp_path / "out", **kw)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - t0 < 60
     assert all(_gone(int((tmp_path / f"pid-c{i}.nrrd").read_text())) for i in (1, 2))
 
