@@ -173,7 +173,8 @@ def step_joint(out: Path, log: list[str]) -> dict:
 
     ckpt = SHIPPED_MODELS / f"{JOINT_MODEL}.vgan"
     if not ckpt.is_file():
-        log.append(f"- no `{JOINT_MODEL}.vgan` in `VolumetricGAN/Resources/Models/`: skipped")
+        log.append(f"- no `{JOINT_MODEL}.vgan` in `VolumetricGAN/Resources/Models/` (none ships until one passes its "
+                   "proof: docs/joint-generation.md, \"Proof on the CPU\"): skipped")
         return {"shipped": False}
     loaded = load_generator(ckpt, device="cpu")
     cond = loaded.config.get("conditioning") or {}
