@@ -177,6 +177,7 @@ def main() -> None:
                     "labels (default: the preset's)")
     ap.add_argument("--ada-kimg", type=float, help="ADA's speed: kimg for p to go from 0 to 1 (default: the "
                     "preset's 100)")
+    ap.add_argument("--lr-d", type=float, help="discriminator learning rate (default: the preset's 0.002)")
     ap.add_argument("--threads", type=int, help="torch threads (two 1-thread runs side by side use a 2-core "
                     "CPU better than one 2-thread run)")
     args = ap.parse_args()
@@ -196,7 +197,8 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         settings = settings_from_preset(args.preset, kimg=args.kimg, seed=args.seed, snapshot_kimg=1.0,
                                         metrics_kimg=2.0, sample_kimg=1.0, snapshot_minutes=15.0,
-                                        fake_labels=args.fake_labels, ada_kimg=args.ada_kimg)
+                                        fake_labels=args.fake_labels, ada_kimg=args.ada_kimg,
+                                        lr_d=args.lr_d)
         run = train(data / "images", out / "run", settings, labels=data / "labels", device="cpu",
                     resume=(out / "run" / "checkpoints").is_dir())
         ckpt = Path(run["checkpoint"])
