@@ -537,7 +537,7 @@ def test_a_joint_conditional_run_trains_saves_its_variants_and_generates_labelle
     from GANTrainerLib.data import Preprocess
     from VolGANCore import read_volume
 
-    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.preprocess.items()})
+    pre = Preprocess.from_settings(s.preprocess)
     expected = sorted(variant_vector(cow_variants(pre.apply(read_volume(p), read_label_volume(q))[1])).tolist()
                       for p, q in zip(list_volumes(cow_phantoms / "images"), list_volumes(cow_phantoms / "labels")))
     got = sorted(v for v, c in zip(cond["vectors"], cond["counts"]) for _ in range(c))

@@ -229,7 +229,7 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
         Only the config is read (:func:`VolumetricGANLib.checkpoint.read_config`: no tensor, no PyTorch), so the
         panel lists models before PyTorch is installed. Cached until the file changes.
         """
-        from VolumetricGANLib.checkpoint import card_path, read_config
+        from VolumetricGANLib.checkpoint import card_path, is_conditional, read_config
 
         path = Path(checkpoint)
         if not path.is_file():
@@ -247,7 +247,7 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
                 "units": config["intensity"].get("units", ""), "labelScheme": config.get("label_scheme"),
                 "styleControls": "stylegan" in str(config["family"]).lower(),  # truncation, noise, variation, mix
                 "steerable": ok and not note, "steeringNote": note,  # the panel steers bone models only
-                "conditional": bool((config.get("architecture") or {}).get("c_dim"))}  # CoW variant choice
+                "conditional": is_conditional(config)}  # CoW variant choice
         self._modelInfos[key] = info
         return dict(info)
 

@@ -79,7 +79,7 @@ def phantom_reference(data: Path, preprocess: dict, limit: int = 40) -> tuple[di
     from VolGANCore import list_volumes, read_label_volume, read_volume
     from VolGANCore.labels import TOPCOW13
 
-    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()})
+    pre = Preprocess.from_settings(preprocess)
     rows, agreement = [], []
     pairs = list(zip(list_volumes(data / "images"), list_volumes(data / "labels")))[:limit]
     for img, lab in pairs:
@@ -103,7 +103,7 @@ def figure(loaded, res, data: Path | None, preset: str, path: Path, title: str, 
     lo, hi = (float(x) for x in loaded.config["intensity"]["physical_range"])
     vols, labs, titles = [], [], []
     if data:
-        pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in get_preset(preset)["preprocess"].items()})
+        pre = Preprocess.from_settings(get_preset(preset)["preprocess"])
         for img, lab in list(zip(list_volumes(data / "images"), list_volumes(data / "labels")))[:phantoms]:
             image, labels = pre.apply(read_volume(img), read_label_volume(lab))
             vols.append(lo + (np.asarray(image.array, np.float32) + 1) / 2 * (hi - lo))   # network → physical units

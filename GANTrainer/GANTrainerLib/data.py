@@ -82,6 +82,11 @@ class Preprocess:
         if isinstance(self.roi_centre, str) and self.roi_centre not in ("centre", "label-centroid"):
             raise VolGANError(f"roi_centre '{self.roi_centre}': use 'centre', 'label-centroid' or a point (x, y, z)")
 
+    @classmethod
+    def from_settings(cls, preprocess: dict) -> "Preprocess":
+        """From a preset's or checkpoint's ``preprocess`` dict (JSON lists become tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items()})
+
     def to_dict(self) -> dict:
         d = json.loads(json.dumps(dataclasses.asdict(self)))
         if d["label_downsample"] == "first":  # recipes from before the option keep their cache keys

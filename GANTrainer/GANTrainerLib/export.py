@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from VolGANCore import VolGANError
-from VolumetricGANLib.checkpoint import SUFFIX, card_path, command_line, load_checkpoint, save_checkpoint
+from VolumetricGANLib.checkpoint import (SUFFIX, card_path, command_line, generates_labels, load_checkpoint,
+                                         save_checkpoint)
 
 from .quick_metrics import COLLAPSE_SPREAD, collapsed
 from .run import latest_checkpoint, read_metrics, read_status
@@ -146,7 +147,7 @@ def export_model(
     extra = (f"## Samples\n\n![Four samples (seed 0): mid-slices and MIP]({montage.name})\n\n"
              f"Seed 0, rows are samples; axial, coronal and sagittal mid-slices"
              f"{' and the axial MIP' if _is_angio(config) else ''}"
-             f"{' (then again with each ray coloured by its generated label)' if _is_joint(config) else ''}"
+             f"{' (then again with each ray coloured by its generated label)' if generates_labels(config) else ''}"
              f", window {config['intensity']['physical_range']} "
              f"{config['intensity'].get('units', '')}.\n")
     metrics = blob.get("metrics") or {}
@@ -171,10 +172,6 @@ def montage_path(model: str | os.PathLike) -> Path:
 
 def _is_angio(config: dict[str, Any]) -> bool:
     return "willis" in str(config.get("anatomy") or "").lower()
-
-
-def _is_joint(config: dict[str, Any]) -> bool:
-    return bool((config.get("architecture") or {}).get("label_classes"))
 
 
 def _write_montage(model: Path, path: Path, config: dict[str, Any]) -> Path:

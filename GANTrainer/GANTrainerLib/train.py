@@ -726,7 +726,7 @@ def _training_data(data, labels, out: Path, settings: TrainSettings, dist: Dist,
     numbers (building the config instantiates a generator, so it comes before the seeds are set)."""
     from .data import CachedVolumeSet, Preprocess
 
-    pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.preprocess.items()})
+    pre = Preprocess.from_settings(settings.preprocess)
     keep = settings.label_scheme if settings.generator.get("label_classes") else None  # joint: labels are data
     dataset = CachedVolumeSet.build(data, pre, out / "cache", labels_folder=labels, patch_size=settings.patch_size,
                                     progress=progress if dist.main else None, cancel=cancel, keep_labels=keep)

@@ -45,7 +45,7 @@ from VolGANCore.torchfile import safe_torch_load
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "SUFFIX",
     "make_config", "validate_config", "to_physical", "to_network",
-    "save_checkpoint", "load_checkpoint", "read_config", "LoadedModel", "load_generator", "load_discriminator",
+    "save_checkpoint", "load_checkpoint", "read_config", "generates_labels", "is_conditional", "LoadedModel", "load_generator", "load_discriminator",
     "build_from_config", "model_card", "card_path", "capture_rng_state", "restore_rng_state",
     "default_provenance", "command_line", "sha256_file",
 ]
@@ -365,6 +365,16 @@ class _HeaderUnpickler:
                 return None  # tensor storages are not read
 
         return Unpickler(io.BytesIO(data)).load()
+
+
+def generates_labels(config: Mapping[str, Any]) -> bool:
+    """Whether a model config describes a joint image + label generator (its architecture has a label branch)."""
+    return bool((config.get("architecture") or {}).get("label_classes"))
+
+
+def is_conditional(config: Mapping[str, Any]) -> bool:
+    """Whether a model config describes a generator conditioned on the CoW variant (``c_dim`` > 0)."""
+    return bool((config.get("architecture") or {}).get("c_dim"))
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

@@ -535,9 +535,9 @@ class _Request:
         """The synthetic volumes come from a joint image + label generator (with their own labels)."""
         if self.synthetic_model is None:
             return False
-        from VolumetricGANLib.checkpoint import read_config
+        from VolumetricGANLib.checkpoint import generates_labels, read_config
 
-        return bool((read_config(self.synthetic_model).get("architecture") or {}).get("label_classes"))
+        return generates_labels(read_config(self.synthetic_model))
 
     @property
     def trains_teacher(self) -> bool:
