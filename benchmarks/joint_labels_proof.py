@@ -68,27 +68,37 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
                   "max": float(np.max([r[key] for r in rows]))} for key in rows[0]}
 
 
+def sample_similarity(volumes) -> float:
+    """Mean Pearson correlation of the intensities between every two volumes: near the phantoms' own value for a
+    varied set, towards 1 when the generator draws one volume whatever its latent (mode collapse)."""
+    flat = np.stack([np.asarray(v, np.float64).ravel() for v in volumes])
+    corr = np.corrcoef(flat)
+    return float(corr[np.triu_indices(len(flat), 1)].mean())
+
+
 def class_fractions(labels: np.ndarray, ids) -> dict[int, float]:
     return {int(i): float((labels == i).mean()) for i in ids}
 
 
-def phantom_reference(data: Path, preprocess: dict, limit: int = 40) -> tuple[dict, list[dict]]:
-    """Over the first ``limit`` phantoms after the training preprocessing: each class's volume fraction (mean, SD)
-    and their own labels' agreement with their images (the ceiling a generated set is compared with)."""
+def phantom_reference(data: Path, preprocess: dict, limit: int = 40) -> tuple[dict, list[dict], float]:
+    """Over the first ``limit`` phantoms after the training preprocessing: each class's volume fraction (mean, SD),
+    their own labels' agreement with their images (the ceiling a generated set is compared with) and their
+    :func:`sample_similarity`."""
     from GANTrainerLib.data import Preprocess
     from VolGANCore import list_volumes, read_label_volume, read_volume
     from VolGANCore.labels import TOPCOW13
 
     pre = Preprocess.from_settings(preprocess)
-    rows, agreement = [], []
+    rows, agreement, images = [], [], []
     pairs = list(zip(list_volumes(data / "images"), list_volumes(data / "labels")))[:limit]
     for img, lab in pairs:
         image, labels = pre.apply(read_volume(img), read_label_volume(lab))
         rows.append(class_fractions(np.asarray(labels.array), TOPCOW13.ids))
         agreement.append(vessel_agreement(np.asarray(image.array), np.asarray(labels.array)))
+        images.append(np.asarray(image.array))
     fractions = {i: (float(np.mean([r[i] for r in rows])), float(np.std([r[i] for r in rows], ddof=1)))
                  for i in TOPCOW13.ids}
-    return fractions, agreement
+    return fractions, agreement, sample_similarity(images)
 
 
 def figure(loaded, res, data: Path | None, preset: str, path: Path, title: str, phantoms: int = 2,
@@ -131,7 +141,8 @@ def measure(checkpoint: Path, data: Path, n: int, seed: int, per_variant: int, p
     ids_ok = all(set(np.unique(lab.array).tolist()) <= set(TOPCOW13.ids_with_background) for lab in res.labels)
     gen_frac = {i: float(np.mean([class_fractions(np.asarray(lab.array), [i])[i] for lab in res.labels]))
                 for i in TOPCOW13.ids}
-    real_frac, real_agreement = phantom_reference(data, get_preset(preset)["preprocess"]) if data else ({}, [])
+    real_frac, real_agreement, real_similarity = (phantom_reference(data, get_preset(preset)["preprocess"]) if data
+                                                  else ({}, [], None))
     fractions = {TOPCOW13.name_of(i): {"generated": gen_frac[i], "real_mean": real_frac.get(i, (None, None))[0],
                                        "real_sd": real_frac.get(i, (None, None))[1]} for i in TOPCOW13.ids}
     for row in fractions.values():
@@ -156,6 +167,8 @@ def measure(checkpoint: Path, data: Path, n: int, seed: int, per_variant: int, p
     }
     return {"checkpoint": str(checkpoint), "n": n, "agreement": agreement, "generated": generated,
             "phantoms": summarise(real_agreement) if real_agreement else None, "dice_target": DICE_TARGET,
+            "similarity": {"generated": sample_similarity([v.array for v in res.volumes]),
+                           "phantoms": real_similarity},
             "ids_in_topcow": ids_ok, "class_fractions": fractions, "conditional_accuracy": accuracy,
             "montage": str(montage), "verdict": verdict, "passed": all(verdict.values())}
 
@@ -178,6 +191,12 @@ def main() -> None:
     ap.add_argument("--ada-kimg", type=float, help="ADA's speed: kimg for p to go from 0 to 1 (default: the "
                     "preset's 100)")
     ap.add_argument("--lr-d", type=float, help="discriminator learning rate (default: the preset's 0.002)")
+    ap.add_argument("--channel-base", type=int, help="channel_base of generator and discriminator (the preset's 32 "
+                    "gives 32, 16, 8, 4 channels from the constant to 16×64×64; 64 gives 32, 32, 16, 8)")
+    ap.add_argument("--mbstd-group", type=int, help="the discriminator's minibatch-std group (default: the "
+                    "preset's 2)")
+    ap.add_argument("--device", default="cpu", help="training device: cpu (the figures in the docs), cuda or auto; "
+                    "the measurements run on the CPU")
     ap.add_argument("--threads", type=int, help="torch threads (two 1-thread runs side by side use a 2-core "
                     "CPU better than one 2-thread run)")
     args = ap.parse_args()
@@ -199,7 +218,12 @@ def main() -> None:
                                         metrics_kimg=2.0, sample_kimg=1.0, snapshot_minutes=15.0,
                                         fake_labels=args.fake_labels, ada_kimg=args.ada_kimg,
                                         lr_d=args.lr_d)
-        run = train(data / "images", out / "run", settings, labels=data / "labels", device="cpu",
+        if args.channel_base:
+            settings.generator = dict(settings.generator, channel_base=args.channel_base)
+            settings.discriminator = dict(settings.discriminator, channel_base=args.channel_base)
+        if args.mbstd_group:
+            settings.discriminator = dict(settings.discriminator, mbstd_group_size=args.mbstd_group)
+        run = train(data / "images", out / "run", settings, labels=data / "labels", device=args.device,
                     resume=(out / "run" / "checkpoints").is_dir())
         ckpt = Path(run["checkpoint"])
     if ckpt is None:
@@ -214,6 +238,9 @@ def main() -> None:
                       ("label_fraction", "labelled fraction of the volume"), ("classes", "artery classes present")):
         ref = f"; phantoms {real[key]['mean']:.3f} ({real[key]['min']:.3f}–{real[key]['max']:.3f})" if real else ""
         print(f"{what}: generated {gen[key]['mean']:.3f} ({gen[key]['min']:.3f}–{gen[key]['max']:.3f}){ref}")
+    sim = result["similarity"]
+    print(f"between-sample correlation: generated {sim['generated']:.3f}"
+          + (f"; phantoms {sim['phantoms']:.3f}" if sim["phantoms"] is not None else ""))
     print(f"TopCoW ids only: {result['ids_in_topcow']}; montage {result['montage']}")
     outside = [k for k, v in result["class_fractions"].items() if v.get("within_2sd") is False]
     print("class fractions outside the phantoms' mean ± 2 SD: " + (", ".join(outside) or "none"))
