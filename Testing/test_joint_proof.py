@@ -55,19 +55,22 @@ def test_the_measurement_runs_on_a_joint_checkpoint_beside_phantoms(proof, tmp_p
     """Every figure of proof.json exists and is in range, the phantoms' own labels reach the matched Dice the docs
     quote them at, and an untrained model is judged not passed."""
     from VolumetricGANLib.checkpoint import make_config, save_checkpoint
-    from VolumetricGANLib.networks.stylegan2 import StyleGAN2Generator
+    from VolumetricGANLib.networks.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
     from VolumetricGANLib.phantoms import write_cow_dataset
 
     data = write_cow_dataset(tmp_path / "phantoms", n=3, seed=0)
     torch.manual_seed(0)
     arch = dict(z_dim=16, w_dim=16, output_shape=(16, 64, 64), base_shape=(2, 8, 8), channel_base=8, channel_max=8,
                 mapping_layers=2, label_classes=len(TOPCOW13.ids) + 1, c_dim=8)
+    d_arch = dict(img_shape=(16, 64, 64), base_shape=(2, 8, 8), channel_base=8, channel_max=8,
+                  img_channels=len(TOPCOW13.ids) + 2, c_dim=8, mbstd_group_size=2)
     cfg = make_config("stylegan2-3d", arch, spacing=(1.2, 1.2, 1.2), label_scheme="topcow13", name="untrained",
-                      intensity={"network_range": [-1, 1], "physical_range": [0, 1], "units": "TOF", "clip": False})
+                      discriminator=d_arch, intensity={"network_range": [-1, 1], "physical_range": [0, 1], "units": "TOF", "clip": False})
     cfg["conditioning"] = {"kind": "cow-variant", "names": ["L-A1", "Acom", "3rd-A2", "R-A1", "L-Pcom", "L-P1",
                                                             "R-P1", "R-Pcom"],
                            "vectors": [[1, 1, 0, 1, 0, 1, 1, 0]], "counts": [3]}
-    ckpt = save_checkpoint(tmp_path / "untrained.vgan", cfg, G_ema=StyleGAN2Generator(**arch))
+    G = StyleGAN2Generator(**arch)
+    ckpt = save_checkpoint(tmp_path / "untrained.vgan", cfg, G_ema=G, G=G, D=StyleGAN2Discriminator(**d_arch))
     result = proof.measure(ckpt, data, n=3, seed=0, per_variant=2, preset="tiny-cow-labels", out=tmp_path / "m")
     json.dumps(result)                                                  # proof.json can be written
     assert result["phantoms"]["dice_matched"]["min"] > 0.85             # docs: 0.935 over 40 phantoms
@@ -77,3 +80,9 @@ def test_the_measurement_runs_on_a_joint_checkpoint_beside_phantoms(proof, tmp_p
     assert result["conditional_accuracy"]["segments"] == list(proof.SEGMENTS_RESOLVED)
     assert result["ids_in_topcow"] and not result["passed"]
     assert Path(result["montage"]).read_bytes()[:4] == b"\x89PNG"
+    # D on training reals, on reals it never saw and on fakes: three summaries of the asked size, scores finite
+    scores = proof.discriminator_scores(ckpt, {"training": data, "held-out": data}, "tiny-cow-labels", n=2,
+                                        cache=tmp_path / "dcache")
+    assert set(scores) == {"training", "held-out", "generated"}
+    assert scores["training"] == scores["held-out"]                     # same reals, same conditions: same scores
+    assert all(np.isfinite(v["mean"]) and 0 <= v["positive"] <= 1 for v in scores.values())

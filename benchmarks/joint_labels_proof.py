@@ -101,6 +101,48 @@ def phantom_reference(data: Path, preprocess: dict, limit: int = 40) -> tuple[di
     return fractions, agreement, sample_similarity(images)
 
 
+def discriminator_scores(checkpoint: Path, folders: dict[str, Path], preset: str, n: int = 24, seed: int = 0,
+                         cache: Path | None = None) -> dict[str, dict[str, float]]:
+    """The training checkpoint's discriminator on ``n`` reals of each folder (e.g. the training phantoms and
+    held-out ones, each conditioned on its own variant) and on ``n`` fakes: mean, SD and the share scored > 0.
+    Held-out reals scored like the training reals mean D has not memorised the training set (if it gives them
+    the fakes' scores, it has: the case for more data or stronger augmentation)."""
+    import tempfile
+
+    import torch
+
+    from GANTrainerLib.data import CachedVolumeSet, Preprocess
+    from GANTrainerLib.joint import JointSpec, VariantPool
+    from GANTrainerLib.presets import get_preset
+    from VolumetricGANLib.checkpoint import load_checkpoint, load_discriminator, load_generator
+
+    D, cfg = load_discriminator(checkpoint)
+    G = load_generator(checkpoint, device="cpu").generator
+    trained = (load_checkpoint(checkpoint).get("training") or {}).get("settings", {})
+    mode = trained.get("loss", {}).get("fake_labels", "softmax")
+    spec = JointSpec.of(G, cfg.get("label_scheme"))
+    pre = Preprocess.from_settings(get_preset(preset)["preprocess"])
+    out, cache = {}, cache or Path(tempfile.mkdtemp(prefix="dscores-"))
+    D.eval()
+
+    def summary(scores):
+        return {"mean": float(scores.mean()), "sd": float(scores.std()), "positive": float((scores > 0).float().mean())}
+
+    with torch.no_grad():
+        for name, folder in folders.items():
+            ds = CachedVolumeSet.build(folder / "images", pre, cache, labels_folder=folder / "labels",
+                                       keep_labels=spec.label_scheme)
+            batch = torch.stack([torch.from_numpy(np.asarray(ds[i], np.float32)) for i in range(min(n, len(ds)))])
+            x, c = spec.reals(batch)
+            out[name] = summary(D(x, c).flatten())
+        pool = torch.tensor(cfg["conditioning"]["vectors"], dtype=torch.float32) if spec.c_dim else None
+        gen = torch.Generator().manual_seed(seed)
+        c = VariantPool(pool).sample(n, gen) if pool is not None else None
+        fakes = G(torch.randn(n, G.z_dim, generator=gen), c=c, noise_mode="random")
+        out["generated"] = summary(D(spec.fakes(fakes, mode), c).flatten())
+    return out
+
+
 def figure(loaded, res, data: Path | None, preset: str, path: Path, title: str, phantoms: int = 2,
            samples: int = 3) -> Path:
     """The first ``phantoms`` phantoms after the training preprocessing above the first ``samples`` samples, each
@@ -193,8 +235,13 @@ def main() -> None:
     ap.add_argument("--lr-d", type=float, help="discriminator learning rate (default: the preset's 0.002)")
     ap.add_argument("--channel-base", type=int, help="channel_base of generator and discriminator (the preset's 32 "
                     "gives 32, 16, 8, 4 channels from the constant to 16×64×64; 64 gives 32, 32, 16, 8)")
+    ap.add_argument("--d-channel-min", type=int, help="the discriminator's fewest channels per level (the preset's "
+                    "32 base gives 4 at 16×64×64, fewer than its 15 input channels: 1 + 14 classes)")
     ap.add_argument("--mbstd-group", type=int, help="the discriminator's minibatch-std group (default: the "
                     "preset's 2)")
+    ap.add_argument("--heldout", type=int, default=0, help="also score N phantoms not trained on (seed + 1, "
+                    "written to OUT/heldout) with the checkpoint's discriminator, beside N training phantoms and N "
+                    "fakes: does D memorise the training set?")
     ap.add_argument("--device", default="cpu", help="training device: cpu (the figures in the docs), cuda or auto; "
                     "the measurements run on the CPU")
     ap.add_argument("--threads", type=int, help="torch threads (two 1-thread runs side by side use a 2-core "
@@ -221,6 +268,8 @@ def main() -> None:
         if args.channel_base:
             settings.generator = dict(settings.generator, channel_base=args.channel_base)
             settings.discriminator = dict(settings.discriminator, channel_base=args.channel_base)
+        if args.d_channel_min:
+            settings.discriminator = dict(settings.discriminator, channel_min=args.d_channel_min)
         if args.mbstd_group:
             settings.discriminator = dict(settings.discriminator, mbstd_group_size=args.mbstd_group)
         run = train(data / "images", out / "run", settings, labels=data / "labels", device=args.device,
@@ -229,6 +278,16 @@ def main() -> None:
     if ckpt is None:
         ap.error("give --train or --checkpoint")
     result = measure(ckpt, data, args.n, args.seed, args.per_variant, args.preset, out)
+    if args.heldout:
+        from VolumetricGANLib.phantoms import write_cow_dataset
+
+        if data is None:
+            ap.error("--heldout needs --data (the training phantoms)")
+        heldout = out / "heldout"
+        if not (heldout / "images").is_dir():
+            write_cow_dataset(heldout, n=args.heldout, seed=args.seed + 1)
+        result["discriminator"] = discriminator_scores(ckpt, {"training": data, "held-out": heldout}, args.preset,
+                                                       n=args.heldout, seed=args.seed, cache=out / "dcache")
     result["seconds"] = round(time.perf_counter() - t0, 1)
     (out / "proof.json").write_text(json.dumps(result, indent=2))
     acc = result["conditional_accuracy"]
@@ -247,6 +306,8 @@ def main() -> None:
     if acc:
         print(f"conditional accuracy on {', '.join(acc['segments'])}: {acc['accuracy']:.2f} "
               f"(per segment: {', '.join(f'{k} {v:.2f}' for k, v in acc['per_segment'].items())})")
+    for name, sc in (result.get("discriminator") or {}).items():
+        print(f"discriminator on {name}: {sc['mean']:+.2f} ± {sc['sd']:.2f}, scored > 0: {sc['positive']:.2f}")
     print("verdict: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in result["verdict"].items())
           + f" -> {'passed' if result['passed'] else 'not passed'}")
     print(f"proof.json in {out} ({result['seconds']} s)")
