@@ -48,7 +48,7 @@ def segment_folder(
     with atomic_directory(out, overwrite=overwrite) as tmp, Progress(len(files), "segment", progress, cancel) as p:
         for f in files:
             vol = read_volume(f)
-            if not np.allclose(want, vol.array_spacing, rtol=0.05):
+            if not segmenter.fits_spacing(vol.array_spacing):
                 raise InputFileError(f, f"spacing (D,H,W) {tuple(round(s, 5) for s in vol.array_spacing)} mm, but the "
                                         f"segmenter {Path(model).name} was trained at {tuple(round(float(s), 5) for s in want)} mm",
                                      "resample the volumes, or use a segmenter trained at this spacing")

@@ -605,7 +605,7 @@ def _load_teacher(teacher, device: str, label_scheme: str, spacing):
     if tsch != label_scheme:
         raise InputFileError(teacher, f"the teacher predicts scheme '{tsch}' but the experiment uses '{label_scheme}'",
                              f"pass --label-scheme {tsch}")
-    if not np.allclose(teacher_model.plan["spacing"], spacing, rtol=0.05):
+    if not teacher_model.fits_spacing(spacing):
         raise InputFileError(teacher, f"the teacher was trained at spacing (D,H,W) {teacher_model.plan['spacing']} mm, "
                                       f"the data have {tuple(round(s, 5) for s in spacing)} mm",
                              "resample the data or train a teacher on this spacing")

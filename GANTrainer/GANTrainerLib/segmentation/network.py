@@ -176,6 +176,12 @@ class SegmentationModel:
         self.label_ids = [int(i) for i in config["label_ids"]]   # channel c -> label id (channel 0 = 0)
         self.plan = config["plan"]
 
+    SPACING_RTOL = 0.05                            # a volume may differ this much from the planned spacing
+
+    def fits_spacing(self, spacing) -> bool:
+        """Whether a (D, H, W) voxel size in mm is the one this model was trained at (within 5 %)."""
+        return bool(np.allclose(np.asarray(self.plan["spacing"], float), spacing, rtol=self.SPACING_RTOL))
+
     # -- inference ------------------------------------------------------------------------------------------
     def predict_array(self, array: np.ndarray) -> np.ndarray:
         """Label map (int16, scheme ids) of a (D, H, W) image array."""
