@@ -41,6 +41,18 @@ def test_vessel_agreement_rewards_labels_on_the_brightest_voxels_only(proof):
     assert proof.vessel_agreement(img, np.zeros_like(on))["dice_matched"] == 0.0
 
 
+def test_label_edits_change_classes_or_place_but_keep_the_vessels(proof):
+    ids = torch.zeros(1, 1, 4, 8, 8)
+    ids[0, 0, 2, 2:6, 1] = 1                                           # two arteries
+    ids[0, 0, 2, 2:6, 3] = 4
+    edits = proof.label_edits("topcow13", seed=0)
+    one, perm, moved = (edits[k](ids) for k in ("one artery class", "classes permuted", "labels moved 3 voxels"))
+    assert torch.equal(one > 0, ids > 0) and len(torch.unique(one[one > 0])) == 1
+    assert torch.equal(perm > 0, ids > 0) and not torch.equal(perm, ids)
+    assert set(torch.unique(perm).tolist()) <= set(TOPCOW13.ids_with_background)
+    assert torch.equal(moved[..., 4], ids[..., 1]) and moved.sum() == ids.sum()
+
+
 def test_sample_similarity_tells_a_collapsed_set_from_a_varied_one(proof):
     rng = np.random.default_rng(1)
     base = rng.normal(size=(8, 16, 16))
@@ -83,6 +95,7 @@ def test_the_measurement_runs_on_a_joint_checkpoint_beside_phantoms(proof, tmp_p
     # D on training reals, on reals it never saw and on fakes: three summaries of the asked size, scores finite
     scores = proof.discriminator_scores(ckpt, {"training": data, "held-out": data}, "tiny-cow-labels", n=2,
                                         cache=tmp_path / "dcache")
-    assert set(scores) == {"training", "held-out", "generated"}
+    assert set(scores) == {"training", "held-out", "generated", "training, one artery class",
+                           "training, classes permuted", "training, labels moved 3 voxels"}
     assert scores["training"] == scores["held-out"]                     # same reals, same conditions: same scores
     assert all(np.isfinite(v["mean"]) and 0 <= v["positive"] <= 1 for v in scores.values())

@@ -101,12 +101,34 @@ def phantom_reference(data: Path, preprocess: dict, limit: int = 40) -> tuple[di
     return fractions, agreement, sample_similarity(images)
 
 
+def label_edits(scheme: str, seed: int = 0) -> dict:
+    """Wrong labels for real images, as functions of a ``(N, 1, D, H, W)`` id tensor: every artery one class, the
+    artery classes permuted (seeded), the labels moved 3 voxels along W (off their vessels)."""
+    import torch
+
+    from VolGANCore.labels import get_scheme
+
+    arteries = list(get_scheme(scheme).ids)
+    order = torch.randperm(len(arteries), generator=torch.Generator().manual_seed(seed)).tolist()
+    table = torch.arange(max(arteries) + 1, dtype=torch.float32)
+    table[arteries] = torch.tensor([float(arteries[i]) for i in order])
+
+    return {
+        "one artery class": lambda ids: torch.where(ids > 0, torch.full_like(ids, float(arteries[0])), ids),
+        "classes permuted": lambda ids: table[ids.long()],
+        "labels moved 3 voxels": lambda ids: torch.roll(ids, 3, dims=-1),
+    }
+
+
 def discriminator_scores(checkpoint: Path, folders: dict[str, Path], preset: str, n: int = 24, seed: int = 0,
                          cache: Path | None = None) -> dict[str, dict[str, float]]:
     """The training checkpoint's discriminator on ``n`` reals of each folder (e.g. the training phantoms and
-    held-out ones, each conditioned on its own variant) and on ``n`` fakes: mean, SD and the share scored > 0.
-    Held-out reals scored like the training reals mean D has not memorised the training set (if it gives them
-    the fakes' scores, it has: the case for more data or stronger augmentation)."""
+    held-out ones, each conditioned on its own variant), on the first folder's reals with wrong labels
+    (:func:`label_edits`, conditioned on their true variant) and on ``n`` fakes: mean, SD and the share > 0.
+
+    Held-out reals scored like the training reals: D has not memorised the training set (given the fakes'
+    scores, it has: the case for more data or stronger augmentation). Wrong labels scored like the right ones:
+    D does not see that fault, so nothing teaches the generator to avoid it."""
     import tempfile
 
     import torch
@@ -115,6 +137,7 @@ def discriminator_scores(checkpoint: Path, folders: dict[str, Path], preset: str
     from GANTrainerLib.joint import JointSpec, VariantPool
     from GANTrainerLib.presets import get_preset
     from VolumetricGANLib.checkpoint import load_checkpoint, load_discriminator, load_generator
+    from VolumetricGANLib.labelmaps import labels_to_onehot
 
     D, cfg = load_discriminator(checkpoint)
     G = load_generator(checkpoint, device="cpu").generator
@@ -129,12 +152,15 @@ def discriminator_scores(checkpoint: Path, folders: dict[str, Path], preset: str
         return {"mean": float(scores.mean()), "sd": float(scores.std()), "positive": float((scores > 0).float().mean())}
 
     with torch.no_grad():
-        for name, folder in folders.items():
+        for k, (name, folder) in enumerate(folders.items()):
             ds = CachedVolumeSet.build(folder / "images", pre, cache, labels_folder=folder / "labels",
                                        keep_labels=spec.label_scheme)
             batch = torch.stack([torch.from_numpy(np.asarray(ds[i], np.float32)) for i in range(min(n, len(ds)))])
             x, c = spec.reals(batch)
             out[name] = summary(D(x, c).flatten())
+            for edit, fn in (label_edits(spec.label_scheme, seed).items() if k == 0 else ()):
+                onehot = labels_to_onehot(fn(batch[:, 1:].round()), spec.label_scheme, dtype=batch.dtype, check=False)
+                out[f"{name}, {edit}"] = summary(D(torch.cat([batch[:, :1], onehot], dim=1), c).flatten())
         pool = torch.tensor(cfg["conditioning"]["vectors"], dtype=torch.float32) if spec.c_dim else None
         gen = torch.Generator().manual_seed(seed)
         c = VariantPool(pool).sample(n, gen) if pool is not None else None
@@ -240,8 +266,9 @@ def main() -> None:
     ap.add_argument("--mbstd-group", type=int, help="the discriminator's minibatch-std group (default: the "
                     "preset's 2)")
     ap.add_argument("--heldout", type=int, default=0, help="also score N phantoms not trained on (seed + 1, "
-                    "written to OUT/heldout) with the checkpoint's discriminator, beside N training phantoms and N "
-                    "fakes: does D memorise the training set?")
+                    "written to OUT/heldout) with the checkpoint's discriminator, beside N training phantoms (with "
+                    "their labels and with wrong ones) and N fakes: does D memorise the training set, does it see "
+                    "wrong classes?")
     ap.add_argument("--device", default="cpu", help="training device: cpu (the figures in the docs), cuda or auto; "
                     "the measurements run on the CPU")
     ap.add_argument("--threads", type=int, help="torch threads (two 1-thread runs side by side use a 2-core "
