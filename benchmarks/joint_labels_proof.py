@@ -13,6 +13,10 @@ conditioned on the CoW variant) on the built-in phantoms, or takes a trained che
    the phantoms' mean ± 2 SD (after the same preprocessing as training).
 3. **Conditional accuracy** on the segments this resolution resolves (A1, P1; Pcom where visible): samples drawn
    with each training variant as the condition, their variant read back from their labels (``cow_variants``).
+4. **Between-sample correlation** of the intensities (mode collapse), next to the phantoms' own.
+5. With ``--heldout N`` (a training checkpoint): its **discriminator's scores** on training phantoms, on phantoms
+   it never saw, on training phantoms with wrong labels (one artery class, classes permuted, labels moved off
+   their vessels) and on fakes: whether D memorises, and which label faults it can see at all.
 
 The verdict applies the issue's 0.6 to the matched Dice: the phantoms' own labels reach only 0.287 against their
 brightest 5 % (their arteries fill 0.8 % of the volume; the brightest 5 % also holds the unlabelled small
