@@ -337,6 +337,9 @@ def test_label_presets_build_joint_conditional_networks():
         assert JointSpec.of(G, p["label_scheme"]) == JointSpec("topcow13", K, 8)
         assert p["preprocess"].get("label_downsample", "first") == ("majority" if name.startswith("tiny") else "first")
         assert p["loss"]["fake_labels"] == "straight-through"
+        # the discriminator's first layer keeps every input channel's information: no fewer outputs than the
+        # intensity + class channels it reads (tiny-cow's widths would give 4 for 15)
+        assert D.fromrgb.weight.shape[0] >= D.img_channels
 
 
 def test_volgan_train_chooses_what_the_discriminator_sees_of_generated_labels():
