@@ -3,16 +3,13 @@ re-implemented anchors cannot rot unnoticed."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from bench_scripts import load_benchmark
 from tiny_arch import tiny_stylegan_d, tiny_stylegan_g
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
 
 TINY_G = tiny_stylegan_g([8, 16, 16], [2, 4, 4], z_dim=32)
 TINY_D = tiny_stylegan_d([8, 16, 16], [2, 4, 4], mbstd_group_size=2)
@@ -20,10 +17,7 @@ TINY_D = tiny_stylegan_d([8, 16, 16], [2, 4, 4], mbstd_group_size=2)
 
 @pytest.fixture(scope="module")
 def bt():
-    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("bench_train")
 
 
 def _snapshot(*modules):
@@ -99,9 +93,7 @@ def test_timing_amortises_over_the_regulariser_cycle(bt):
 
 @pytest.mark.slow
 def test_the_critic_balance_experiment_runs_and_reports_finite_estimates():
-    spec = importlib.util.spec_from_file_location("pgan_critic_balance", BENCH.with_name("pgan_critic_balance.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("pgan_critic_balance")
     reals = torch.rand(8, 1, 32, 32, 32) * 2 - 1
     rows = mod.run(reals, lr_g=1e-4, lr_d=1e-3, steps=4, batch=4, every=2, level=1.0, amp=False, seed=0)
     assert [r[0] for r in rows] == [2, 4]
@@ -133,9 +125,7 @@ def test_the_border_frames_figure_draws_real_patches_and_each_model(tmp_path, mo
         cfg = make_config("pgan-3d", arch, spacing=(0.164,) * 3, latent="hypersphere", anatomy="spongiosa")
         path = save_checkpoint(tmp_path / f"{padding}.vgan", cfg, G_ema=build_generator("pgan-3d", arch))
         models.append(f"{padding}={path}")
-    spec = importlib.util.spec_from_file_location("border_frames_figure", BENCH.with_name("border_frames_figure.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("border_frames_figure")
     out = tmp_path / "frames.png"
     monkeypatch.setattr(sys, "argv", ["border_frames_figure.py", "--data", str(tmp_path / "real"), "--out", str(out),
                                       "--model", models[0], "--model", models[1]])

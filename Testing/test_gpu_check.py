@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,18 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from bench_scripts import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
 @pytest.fixture(scope="module")
 def gc():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = mod   # its dataclasses resolve their annotations through sys.modules
-    try:
-        spec.loader.exec_module(mod)
-        yield mod
+    try:   # its dataclasses resolve their annotations through sys.modules
+        yield load_benchmark("gpu_check", register=True)
     finally:
         sys.modules.pop("gpu_check", None)
 

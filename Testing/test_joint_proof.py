@@ -3,7 +3,6 @@ they claim, and the whole measurement runs on a joint checkpoint beside phantoms
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,17 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from bench_scripts import load_benchmark
 from VolGANCore.labels import TOPCOW13
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "joint_labels_proof.py"
 
 
 @pytest.fixture(scope="module")
 def proof():
-    spec = importlib.util.spec_from_file_location("joint_labels_proof", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("joint_labels_proof")
 
 
 def test_vessel_agreement_rewards_labels_on_the_brightest_voxels_only(proof):

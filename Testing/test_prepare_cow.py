@@ -454,13 +454,9 @@ def test_quality_flag_passes_good_registrations_and_flags_failed_ones(template_a
     """The measured criterion (benchmarks/prepare_quality_flag.py, docs/preparation.md) on a few of its cases: the
     real MRA moved (also deformed by 2 mm with bias, blur and noise) is ok; a 180° or 90° start without the search,
     and an unrelated scan (the real trabecular bone ROI), are suspect (or failed)."""
-    import importlib.util
-    from pathlib import Path
+    from bench_scripts import load_benchmark
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "prepare_quality_flag.py"
-    spec = importlib.util.spec_from_file_location("prepare_quality_flag", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("prepare_quality_flag")
     small = _half(template_and_labels[0])
     cases = bench.registration_cases(small, np.random.default_rng(4), n_good=1, degraded=[(2.0, 0.3, 0.05, 0.8)],
                                      far_off=[((0, 0, 180), "180 z"), ((0, 90, 0), "90 y")], unrelated=("bone",))
