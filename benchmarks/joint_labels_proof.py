@@ -264,9 +264,9 @@ def main() -> None:
                     "preset's 100)")
     ap.add_argument("--lr-d", type=float, help="discriminator learning rate (default: the preset's 0.002)")
     ap.add_argument("--channel-base", type=int, help="channel_base of generator and discriminator (the preset's 32 "
-                    "gives 32, 16, 8, 4 channels from the constant to 16×64×64; 64 gives 32, 32, 16, 8)")
+                    "gives the generator 32, 16, 8, 4 channels from the constant to 16×64×64; 64 gives 32, 32, 16, 8)")
     ap.add_argument("--d-channel-min", type=int, help="the discriminator's fewest channels per level (the preset's "
-                    "32 base gives 4 at 16×64×64, fewer than its 15 input channels: 1 + 14 classes)")
+                    "16; 1 gives tiny-cow's 4 at 16×64×64, fewer than its 15 input channels: 1 + 14 classes)")
     ap.add_argument("--mbstd-group", type=int, help="the discriminator's minibatch-std group (default: the "
                     "preset's 2)")
     ap.add_argument("--heldout", type=int, default=0, help="also score N phantoms not trained on (seed + 1, "
@@ -278,6 +278,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="torch threads (two 1-thread runs side by side use a 2-core "
                     "CPU better than one 2-thread run)")
     args = ap.parse_args()
+    if args.heldout and not args.data and not args.train:
+        ap.error("--heldout needs --data (the training phantoms)")
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     data, ckpt, t0 = args.data, args.checkpoint, time.perf_counter()
@@ -312,8 +314,6 @@ def main() -> None:
     if args.heldout:
         from VolumetricGANLib.phantoms import write_cow_dataset
 
-        if data is None:
-            ap.error("--heldout needs --data (the training phantoms)")
         heldout = out / "heldout"
         if not (heldout / "images").is_dir():
             write_cow_dataset(heldout, n=args.heldout, seed=args.seed + 1)
