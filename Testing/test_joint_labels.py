@@ -13,6 +13,7 @@ from VolGANCore.errors import VolGANError
 from VolGANCore.labels import TOPCOW13
 from VolumetricGANLib.labelmaps import (
     class_ids,
+    decode_classes,
     discriminator_input,
     hard_labels,
     labels_to_onehot,
@@ -112,6 +113,47 @@ def test_straight_through_fakes_are_one_hot_with_the_softmax_gradient():
     assert torch.allclose(grad_st, x.grad) and grad_st[:, 1:].abs().sum() > 0  # the softmax's gradient
     with pytest.raises(ValueError, match="straight-through"):
         discriminator_input(x, K, "argmax")
+
+
+def test_foreground_first_decoding_keeps_vessels_whose_artery_is_unsure():
+    # a voxel 40 % background, 30 % L-ICA, 30 % R-ICA: the argmax calls it background, foreground-first an artery
+    p = torch.zeros(1, K, 1, 1, 3)
+    p[0, :, 0, 0, 0] = torch.eye(K)[0] * 0.4 + (torch.eye(K)[4] + torch.eye(K)[6]) * 0.3
+    p[0, :, 0, 0, 1] = torch.eye(K)[0] * 0.6 + torch.eye(K)[2] * 0.4        # background either way
+    p[0, :, 0, 0, 2] = torch.eye(K)[0] * 0.2 + torch.eye(K)[13] * 0.8       # 3rd-A2 either way
+    logits = p.clamp_min(1e-6).log()
+    assert decode_classes(logits).flatten().tolist() == [0, 0, 13]
+    assert decode_classes(logits, "foreground").flatten().tolist() == [4, 0, 13]
+    assert hard_labels(logits, "topcow13", "foreground").flatten().tolist() == [4, 0, 15]
+    st = discriminator_input(torch.cat([torch.zeros(1, 1, 1, 1, 3), logits], 1), K, "straight-through", "foreground")
+    assert st[0, 1:, 0, 0].argmax(0).tolist() == [4, 0, 13]   # D sees what generation writes
+    with pytest.raises(ValueError, match="argmax, foreground"):
+        decode_classes(logits, "max")
+
+
+def test_the_label_decoding_is_recorded_with_the_generator(tmp_path):
+    from VolumetricGANLib.checkpoint import load_generator, make_config, save_checkpoint
+    from VolumetricGANLib.generate import generate, synthesize
+
+    torch.manual_seed(0)
+    arch = dict(TINY, label_classes=K, label_decoding="foreground")
+    G = StyleGAN2Generator(**arch)
+    cfg = make_config("stylegan2-3d", arch, spacing=(1.2, 1.2, 1.2), label_scheme="topcow13", name="fg",
+                      intensity={"network_range": [-1, 1], "physical_range": [0, 1], "units": "TOF", "clip": False})
+    path = save_checkpoint(tmp_path / "fg.vgan", cfg, G_ema=G)
+    loaded = load_generator(path).generator
+    res = generate(path, n=2, seed=3, device="cpu", noise="const")   # writes the recorded decoding's labels
+    out = synthesize(loaded, None, torch.as_tensor(np.asarray(res.latents["w"])).float(), "const", None, None)
+    assert loaded.label_decoding == "foreground"
+    for i in range(2):
+        assert np.array_equal(res.labels[i].array, hard_labels(out[i:i + 1, 1:], "topcow13", "foreground")[0])
+    assert G.label_decoding == "foreground" and G._config["label_decoding"] == "foreground"
+    assert "label_decoding" not in StyleGAN2Generator(**TINY, label_classes=K)._config   # argmax: configs as before
+    from GANTrainerLib.joint import JointSpec
+
+    assert JointSpec.of(G, "topcow13").decoding == "foreground"
+    with pytest.raises(ValueError, match="label_decoding 'max'"):
+        StyleGAN2Generator(**TINY, label_classes=K, label_decoding="max")
 
 
 def test_a_left_right_mirror_swaps_left_and_right_classes():

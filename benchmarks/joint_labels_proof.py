@@ -269,6 +269,10 @@ def main() -> None:
                     "16; 1 gives tiny-cow's 4 at 16×64×64, fewer than its 15 input channels: 1 + 14 classes)")
     ap.add_argument("--mbstd-group", type=int, help="the discriminator's minibatch-std group (default: the "
                     "preset's 2)")
+    ap.add_argument("--label-decoding", choices=("argmax", "foreground"), help="how the class logits become "
+                    "labels, in generation and in what D sees (default: the preset's)")
+    ap.add_argument("--r1-gamma", type=float, help="R1 weight (default: the preset's 0.5; StyleGAN2-ADA's rule "
+                    "0.0002 × voxels / batch gives 3.3 at 16×64×64 and batch 4)")
     ap.add_argument("--heldout", type=int, default=0, help="also score N phantoms not trained on (seed + 1, "
                     "written to OUT/heldout) with the checkpoint's discriminator, beside N training phantoms (with "
                     "their labels and with wrong ones) and N fakes: does D memorise the training set, does it see "
@@ -305,6 +309,10 @@ def main() -> None:
             settings.discriminator = dict(settings.discriminator, channel_min=args.d_channel_min)
         if args.mbstd_group:
             settings.discriminator = dict(settings.discriminator, mbstd_group_size=args.mbstd_group)
+        if args.label_decoding:
+            settings.generator = dict(settings.generator, label_decoding=args.label_decoding)
+        if args.r1_gamma is not None:
+            settings.loss = dict(settings.loss, r1_gamma=args.r1_gamma)
         run = train(data / "images", out / "run", settings, labels=data / "labels", device=args.device,
                     resume=(out / "run" / "checkpoints").is_dir())
         ckpt = Path(run["checkpoint"])

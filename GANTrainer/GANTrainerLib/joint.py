@@ -41,6 +41,7 @@ class JointSpec:
     label_scheme: str
     label_classes: int
     c_dim: int = 0
+    decoding: str = "argmax"   # how the class logits become labels (VolumetricGANLib.labelmaps.decode_classes)
 
     @classmethod
     def of(cls, G: torch.nn.Module, label_scheme: Optional[str]) -> Optional["JointSpec"]:
@@ -65,7 +66,7 @@ class JointSpec:
                               f"({', '.join(VARIANT_NAMES)})")
         if c_dim and label_scheme != "topcow13":
             raise VolGANError("variant conditioning needs TopCoW labels (label_scheme topcow13)")
-        return cls(label_scheme, k, c_dim)
+        return cls(label_scheme, k, c_dim, str(getattr(G, "label_decoding", "argmax")))
 
     def reals(self, batch: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """A ``(N, 2, D, H, W)`` batch (intensity, label ids) → the discriminator's input and the reals' ``c``
@@ -80,7 +81,7 @@ class JointSpec:
     def fakes(self, x: torch.Tensor, mode: str = "softmax") -> torch.Tensor:
         """The generator's ``(N, 1 + K, ...)`` output → the discriminator's input (intensity + class probabilities,
         softmax or straight-through one-hot: :func:`~VolumetricGANLib.labelmaps.discriminator_input`)."""
-        return discriminator_input(x, self.label_classes, mode)
+        return discriminator_input(x, self.label_classes, mode, self.decoding)
 
 
 class VariantPool:

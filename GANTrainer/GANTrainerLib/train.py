@@ -931,7 +931,8 @@ class _Reports:
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             if isinstance(sampler, ImageView):   # a joint model: its labels as well
                 out = sampler.full(self.z_fixed, **self._generator_kwargs(prog)).float()
-                imgs, labels = out[:, :1].cpu().numpy(), hard_labels(out[:, 1:], scheme)
+                imgs = out[:, :1].cpu().numpy()
+                labels = hard_labels(out[:, 1:], scheme, getattr(sampler.G, "label_decoding", "argmax"))
             else:
                 imgs = sampler(self.z_fixed, **self._generator_kwargs(prog)).float().cpu().numpy()
         png = save_montage(imgs, self.out / "samples" / f"samples-{step:07d}.png",

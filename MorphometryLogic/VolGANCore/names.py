@@ -5,7 +5,7 @@ torch; so the lists they offer live here, in plain Python, and the libraries tak
 definition, nothing to keep in sync). This module imports nothing.
 """
 
-__all__ = ["BONE_PARAMETERS", "PADDING_MODES", "FAKE_LABEL_INPUTS", "COW_ANTERIOR", "COW_POSTERIOR",
+__all__ = ["BONE_PARAMETERS", "PADDING_MODES", "FAKE_LABEL_INPUTS", "LABEL_DECODINGS", "COW_ANTERIOR", "COW_POSTERIOR",
            "COW_VARIANT_SEGMENTS"]
 
 # The bone parameters MorphometryLib.bone measures (its ALL_PARAMETERS, in this order), with what they mean.
@@ -23,6 +23,10 @@ PADDING_MODES = ("zeros", "replicate", "reflect", "circular")
 # What the discriminator of a joint image + label model sees of the generated labels
 # (VolumetricGANLib.labelmaps.discriminator_input; ``volgan train --fake-labels``).
 FAKE_LABEL_INPUTS = ("softmax", "straight-through")
+# How a joint generator's class logits become a label map (VolumetricGANLib.labelmaps.decode_classes): the plain
+# argmax, or foreground first (a voxel is labelled when the arteries together outweigh the background, then
+# with the likeliest artery).
+LABEL_DECODINGS = ("argmax", "foreground")
 
 # The Circle-of-Willis variant vectors of the TopCoW 2023 challenge (MorphometryLib.vessels.cow_variants measures
 # them; joint generation is conditioned on them; evaluation compares their frequencies), 1 = present.

@@ -231,7 +231,8 @@ def _run_batches(loaded: LoadedModel, z, ws, noise_seeds, noise_mode, batch, amp
             phys = to_physical(img[:, 0], config["intensity"])
             out[start:stop] = phys.cpu().numpy()
             if joint:
-                labels[start:stop] = hard_labels(img[:, 1:], config.get("label_scheme") or "topcow13")
+                labels[start:stop] = hard_labels(img[:, 1:], config.get("label_scheme") or "topcow13",
+                                                   getattr(model, "label_decoding", "argmax"))
             prog.advance(stop - start, f"{stop}/{n}")
     info = {
         "device": str(dev),

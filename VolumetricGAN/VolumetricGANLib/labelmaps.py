@@ -2,9 +2,10 @@
 
 A joint generator emits ``1 + K`` channels: the intensity, then K class logits, background first. Channel
 *k* of the logits is the *k*-th id of ``(0,) + scheme.ids`` (TopCoW: 0, 1–12, 15), so a label map is the
-argmax mapped through :func:`class_ids`. The discriminator sees the intensity with one-hot labels for reals
-and the softmax of the logits for fakes (:func:`discriminator_input`), so both live on the probability
-simplex.
+decoded class (:func:`decode_classes`: the argmax, or foreground first, as the generator records) mapped
+through :func:`class_ids`. The discriminator sees the intensity with one-hot labels for reals and the softmax of
+the logits, or the straight-through one-hot of the decoded classes, for fakes (:func:`discriminator_input`), so
+both live on the probability simplex.
 
 The CoW variant vector used for conditioning is the TopCoW challenge's pair of vectors, concatenated:
 anterior [L-A1, Acom, 3rd-A2, R-A1] then posterior [L-Pcom, L-P1, R-P1, R-Pcom] (1 = present), as
@@ -20,10 +21,10 @@ import torch
 
 from VolGANCore.errors import VolGANError
 from VolGANCore.labels import LabelScheme, get_scheme
-from VolGANCore.names import COW_ANTERIOR, COW_POSTERIOR, COW_VARIANT_SEGMENTS, FAKE_LABEL_INPUTS
+from VolGANCore.names import COW_ANTERIOR, COW_POSTERIOR, COW_VARIANT_SEGMENTS, FAKE_LABEL_INPUTS, LABEL_DECODINGS
 
 __all__ = ["VARIANT_NAMES", "ANTERIOR", "POSTERIOR", "class_ids", "labels_to_onehot", "split_output",
-           "discriminator_input", "hard_labels", "variant_vector", "variant_vectors", "variant_condition", "parse_variant",
+           "discriminator_input", "decode_classes", "hard_labels", "variant_vector", "variant_vectors", "variant_condition", "parse_variant",
            "lr_flip_permutation"]
 
 ANTERIOR, POSTERIOR, VARIANT_NAMES = COW_ANTERIOR, COW_POSTERIOR, COW_VARIANT_SEGMENTS
@@ -64,29 +65,48 @@ def split_output(x: torch.Tensor, label_classes: int) -> tuple[torch.Tensor, tor
     return x[:, :1], x[:, 1:]
 
 
-def discriminator_input(x: torch.Tensor, label_classes: int, mode: str = "softmax") -> torch.Tensor:
+def decode_classes(logits: torch.Tensor, decoding: str = "argmax") -> torch.Tensor:
+    """``(N, K, ...)`` class logits → ``(N, ...)`` class channel indices (0 = background).
+
+    ``decoding`` "argmax" takes the likeliest class. "foreground" first asks whether the voxel is a vessel at all
+    (the arteries' summed probability above the background's, i.e. ``logsumexp`` of their logits above the
+    background logit) and then which artery: under the argmax a vessel voxel whose probability is split between
+    two arteries falls to the background, so an unsure model labels only part of the vessels it draws.
+    """
+    if decoding == "argmax":
+        return logits.argmax(dim=1)
+    if decoding != "foreground":
+        raise ValueError(f"label decoding {decoding!r}: choose one of {', '.join(LABEL_DECODINGS)}")
+    arteries = logits[:, 1:].float()
+    vessel = torch.logsumexp(arteries, dim=1) > logits[:, 0].float()
+    return torch.where(vessel, arteries.argmax(dim=1) + 1, torch.zeros_like(vessel, dtype=torch.int64))
+
+
+def discriminator_input(x: torch.Tensor, label_classes: int, mode: str = "softmax",
+                        decoding: str = "argmax") -> torch.Tensor:
     """Intensity + class probabilities: what the discriminator sees of a generated sample.
 
-    ``mode`` "softmax" passes the softmax of the logits; "straight-through" passes the one-hot of their argmax
-    (exactly what :func:`hard_labels` writes, and on the same corners of the simplex as the reals' one-hot) with
-    the softmax's gradient (the straight-through estimator, Bengio et al. 2013).
+    ``mode`` "softmax" passes the softmax of the logits; "straight-through" passes the one-hot of the decoded
+    classes (:func:`decode_classes` with ``decoding``: exactly what :func:`hard_labels` writes, and on the same
+    corners of the simplex as the reals' one-hot) with the softmax's gradient (the straight-through estimator,
+    Bengio et al. 2013).
     """
     if mode not in FAKE_LABEL_INPUTS:
         raise ValueError(f"fake label input {mode!r}: choose one of {', '.join(FAKE_LABEL_INPUTS)}")
     img, logits = split_output(x, label_classes)
     probs = torch.softmax(logits.float(), dim=1)
     if mode == "straight-through":
-        hard = torch.zeros_like(probs).scatter_(1, probs.argmax(dim=1, keepdim=True), 1.0)
+        hard = torch.zeros_like(probs).scatter_(1, decode_classes(logits, decoding).unsqueeze(1), 1.0)
         probs = hard + probs - probs.detach()
     return torch.cat([img, probs.to(img.dtype)], dim=1)
 
 
-def hard_labels(logits: torch.Tensor, scheme: str | LabelScheme) -> np.ndarray:
-    """``(N, K, D, H, W)`` class logits (or probabilities) → ``(N, D, H, W)`` label ids (argmax)."""
+def hard_labels(logits: torch.Tensor, scheme: str | LabelScheme, decoding: str = "argmax") -> np.ndarray:
+    """``(N, K, D, H, W)`` class logits → ``(N, D, H, W)`` label ids (:func:`decode_classes` with ``decoding``)."""
     ids = class_ids(scheme)
     if logits.shape[1] != len(ids):
         raise VolGANError(f"{logits.shape[1]} class channels do not match scheme {scheme!r} ({len(ids)} with background)")
-    return ids[logits.argmax(dim=1).cpu().numpy()]
+    return ids[decode_classes(logits, decoding).cpu().numpy()]
 
 
 def variant_vector(variants: Mapping[str, Sequence[int]]) -> np.ndarray:

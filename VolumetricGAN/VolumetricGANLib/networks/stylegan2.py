@@ -345,6 +345,7 @@ class StyleGAN2Generator(MappedGenerator):
         resample_filter: Sequence[float] = (1, 3, 3, 1), # low-pass taps for up-sampling
         fused_modconv: bool | str = "auto",              # modulated-conv path
         label_classes: int = 0,                          # class-logit output channels (0 = image only)
+        label_decoding: str = "argmax",                  # how the logits become a label map (labelmaps.decode_classes)
         c_dim: int = 0,                                  # conditioning vector length (0 = unconditional)
     ) -> None:
         super().__init__()
@@ -359,8 +360,14 @@ class StyleGAN2Generator(MappedGenerator):
             conv_clamp=None if conv_clamp is None else float(conv_clamp),
             resample_filter=[float(t) for t in resample_filter], fused_modconv=fused_modconv,
         )
+        from VolGANCore.names import LABEL_DECODINGS
+
+        if label_decoding not in LABEL_DECODINGS:
+            raise ValueError(f"label_decoding {label_decoding!r}: choose one of {', '.join(LABEL_DECODINGS)}")
         if label_classes:  # older checkpoints' configs carry neither key: they rebuild unchanged
             self._config["label_classes"] = int(label_classes)
+            if label_decoding != "argmax":
+                self._config["label_decoding"] = str(label_decoding)
         if c_dim:
             self._config["c_dim"] = int(c_dim)
         self.z_dim, self.w_dim = int(z_dim), int(w_dim)
@@ -372,6 +379,7 @@ class StyleGAN2Generator(MappedGenerator):
         self.output_shape = self.synthesis.output_shape
         self.img_channels = self.synthesis.img_channels
         self.label_classes = self.synthesis.label_classes
+        self.label_decoding = str(label_decoding)
         self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_multiplier, w_avg_beta,
                                       c_dim)
 
