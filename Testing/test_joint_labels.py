@@ -382,6 +382,11 @@ def test_label_presets_build_joint_conditional_networks():
         # the discriminator's first layer keeps every input channel's information: no fewer outputs than the
         # intensity + class channels it reads (tiny-cow's widths would give 4 for 15)
         assert D.fromrgb.weight.shape[0] >= D.img_channels
+    # the tiny preset's R1 weight follows StyleGAN2-ADA's rule 0.0002 × voxels / batch (tiny-cow's 0.5 let the
+    # wide discriminator win and the samples collapse)
+    p = get_preset("tiny-cow-labels")
+    assert p["loss"]["r1_gamma"] == pytest.approx(0.0002 * np.prod(p["generator"]["output_shape"]) / p["batch"],
+                                                  rel=0.02)
 
 
 def test_volgan_train_chooses_what_the_discriminator_sees_of_generated_labels():
@@ -391,7 +396,7 @@ def test_volgan_train_chooses_what_the_discriminator_sees_of_generated_labels():
     args = build_parser().parse_args(["train", "--preset", "tiny-cow-labels", "--data", "d", "--out", "o",
                                       "--fake-labels", "softmax"])
     s = settings_from_preset(args.preset, fake_labels=args.fake_labels)
-    assert s.loss["fake_labels"] == "softmax" and s.loss["r1_gamma"] == 0.5   # the rest of the preset's loss kept
+    assert s.loss["fake_labels"] == "softmax" and s.loss["r1_gamma"] == 3.3   # the rest of the preset's loss kept
     assert settings_from_preset("tiny-cow-labels").loss["fake_labels"] == "straight-through"
     with pytest.raises(VolGANError, match="generates no labels"):
         settings_from_preset("tiny-cow", fake_labels="softmax")

@@ -271,8 +271,8 @@ def main() -> None:
                     "preset's 2)")
     ap.add_argument("--label-decoding", choices=("argmax", "foreground"), help="how the class logits become "
                     "labels, in generation and in what D sees (default: the preset's)")
-    ap.add_argument("--r1-gamma", type=float, help="R1 weight (default: the preset's 0.5; StyleGAN2-ADA's rule "
-                    "0.0002 × voxels / batch gives 3.3 at 16×64×64 and batch 4)")
+    ap.add_argument("--r1-gamma", type=float, help="R1 weight (default: the preset's 3.3, StyleGAN2-ADA's rule "
+                    "0.0002 × voxels / batch at 16×64×64 and batch 4; the earlier runs in the docs had tiny-cow's 0.5)")
     ap.add_argument("--heldout", type=int, default=0, help="also score N phantoms not trained on (seed + 1, "
                     "written to OUT/heldout) with the checkpoint's discriminator, beside N training phantoms (with "
                     "their labels and with wrong ones) and N fakes: does D memorise the training set, does it see "
@@ -298,8 +298,10 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(args.threads)
+        # a checkpoint per kimg; the time snapshot only guards a slow run (at 15 min, one 1-thread run wrote a
+        # near-duplicate a few steps before each kimg checkpoint)
         settings = settings_from_preset(args.preset, kimg=args.kimg, seed=args.seed, snapshot_kimg=1.0,
-                                        metrics_kimg=2.0, sample_kimg=1.0, snapshot_minutes=15.0,
+                                        metrics_kimg=2.0, sample_kimg=1.0, snapshot_minutes=30.0,
                                         fake_labels=args.fake_labels, ada_kimg=args.ada_kimg,
                                         lr_d=args.lr_d)
         if args.channel_base:
