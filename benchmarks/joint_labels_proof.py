@@ -246,6 +246,8 @@ def measure(checkpoint: Path, data: Path, n: int, seed: int, per_variant: int, p
 
 
 def main() -> None:
+    from VolGANCore.names import LABEL_DECODINGS
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="folder for phantoms, the run and proof.json")
     ap.add_argument("--train", action="store_true", help="train tiny-cow-labels on phantoms first")
@@ -269,7 +271,7 @@ def main() -> None:
                     "16; 1 gives tiny-cow's 4 at 16×64×64, fewer than its 15 input channels: 1 + 14 classes)")
     ap.add_argument("--mbstd-group", type=int, help="the discriminator's minibatch-std group (default: the "
                     "preset's 2)")
-    ap.add_argument("--label-decoding", choices=("argmax", "foreground"), help="how the class logits become "
+    ap.add_argument("--label-decoding", choices=LABEL_DECODINGS, help="how the class logits become "
                     "labels, in generation and in what D sees (default: the preset's)")
     ap.add_argument("--r1-gamma", type=float, help="R1 weight (default: the preset's 3.3, StyleGAN2-ADA's rule "
                     "0.0002 × voxels / batch at 16×64×64 and batch 4; the earlier runs in the docs had tiny-cow's 0.5)")
