@@ -66,7 +66,7 @@ class JointSpec:
                               f"({', '.join(VARIANT_NAMES)})")
         if c_dim and label_scheme != "topcow13":
             raise VolGANError("variant conditioning needs TopCoW labels (label_scheme topcow13)")
-        return cls(label_scheme, k, c_dim, str(getattr(G, "label_decoding", "argmax")))
+        return cls(label_scheme, k, c_dim, G.label_decoding)
 
     def reals(self, batch: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """A ``(N, 2, D, H, W)`` batch (intensity, label ids) → the discriminator's input and the reals' ``c``

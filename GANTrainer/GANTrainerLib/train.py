@@ -932,7 +932,7 @@ class _Reports:
             if isinstance(sampler, ImageView):   # a joint model: its labels as well
                 out = sampler.full(self.z_fixed, **self._generator_kwargs(prog)).float()
                 imgs = out[:, :1].cpu().numpy()
-                labels = hard_labels(out[:, 1:], scheme, getattr(sampler.G, "label_decoding", "argmax"))
+                labels = hard_labels(out[:, 1:], scheme, sampler.G.label_decoding)
             else:
                 imgs = sampler(self.z_fixed, **self._generator_kwargs(prog)).float().cpu().numpy()
         png = save_montage(imgs, self.out / "samples" / f"samples-{step:07d}.png",

@@ -232,7 +232,7 @@ def _run_batches(loaded: LoadedModel, z, ws, noise_seeds, noise_mode, batch, amp
             out[start:stop] = phys.cpu().numpy()
             if joint:
                 labels[start:stop] = hard_labels(img[:, 1:], config.get("label_scheme") or "topcow13",
-                                                   getattr(model, "label_decoding", "argmax"))
+                                                   model.label_decoding)
             prog.advance(stop - start, f"{stop}/{n}")
     info = {
         "device": str(dev),
