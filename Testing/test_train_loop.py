@@ -182,6 +182,20 @@ def test_resume_with_new_learning_rates_uses_them_and_says_so(data, tmp_path):
     messages = []
     train(data, tmp_path / "r", settings(lr_g=2e-4), resume=True, max_steps=1, log=messages.append)
     assert "learning rates" not in messages[0]                                 # unchanged: nothing to say
+    assert "settings" not in messages[0]
+
+
+@pytest.mark.slow
+def test_resume_with_other_training_settings_says_which(data, tmp_path):
+    train(data, tmp_path / "r", settings(), max_steps=1, log=lambda m: None)
+    messages = []
+    loss = dict(TINY["loss"], r1_gamma=2.0, pl_weight=0.5)
+    train(data, tmp_path / "r", settings(loss=loss, ada_kimg=0.02, kimg=5.0, log_steps=5), resume=True, max_steps=1,
+          log=messages.append)   # a longer run, other logging: free; the loss and ADA's speed: said
+    assert messages[0].endswith("; settings other than the checkpoint's: ada_kimg 0.01 → 0.02, "
+                                "loss.pl_weight 1.0 → 0.5, loss.r1_gamma unset → 2.0"), messages[0]
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert "loss.r1_gamma unset → 2.0" in log                                 # the run's own record says it too
 
 
 def test_resume_without_checkpoint_is_a_clear_error(data, tmp_path):

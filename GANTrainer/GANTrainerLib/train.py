@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import math
 import os
 import time
@@ -97,8 +98,6 @@ class TrainSettings:
 
 
 def json_clean(obj):
-    import json
-
     return json.loads(json.dumps(obj))
 
 
@@ -211,6 +210,37 @@ def _apply_learning_rates(optimisers: dict) -> str:
     return ", ".join(changes)
 
 
+# What a resumed run may change without changing what it trains: its length, reporting and memory layout (the
+# learning rates are reported from the optimiser state, the networks are checked, the random streams are restored).
+# Any other setting that differs from the one the checkpoint was trained with is said on resume.
+_RESUME_FREE = frozenset({"kimg", "snapshot_kimg", "snapshot_minutes", "sample_kimg", "metrics_kimg", "metrics_n",
+                          "metrics_morph_n", "metrics_track", "metrics_budget", "metrics_inception_weights",
+                          "metrics_medicalnet_weights", "log_steps", "keep_last", "max_bad_steps", "channels_last",
+                          "seed", "lr_g", "lr_d", "generator", "discriminator"})
+_UNSET = object()
+
+
+def _changed_settings(saved: dict, now: dict) -> str:
+    """The training settings ``now`` that differ from the checkpoint's ``saved`` ones (both
+    :meth:`TrainSettings.to_dict`) as text ("loss.r1_gamma 0.5 → 3.3"), empty if none. Dicts are compared key by
+    key; a key one side lacks shows as "unset"."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    def show(v) -> str:
+        return "unset" if v is _UNSET else json.dumps(v)
+
+    a, b = (flat({k: v for k, v in d.items() if k not in _RESUME_FREE}) for d in (saved, now))
+    return ", ".join(f"{k} {show(a.get(k, _UNSET))} → {show(b.get(k, _UNSET))}"
+                     for k in sorted(a.keys() | b.keys()) if a.get(k, _UNSET) != b.get(k, _UNSET))
+
+
 def _update_ema(G_ema, G, beta: float) -> None:
     import torch
 
@@ -224,8 +254,6 @@ def _update_ema(G_ema, G, beta: float) -> None:
 def _check_same_networks(saved: dict, G, settings: TrainSettings, ckpt) -> None:
     """Refuse to resume networks of another configuration (e.g. another ``--padding``): the parameters would load
     into the new networks without complaint when only a setting without parameters changed."""
-    import json
-
     now = {"architecture": G.config(), "discriminator": json.loads(json.dumps(settings.discriminator))}
     for key, value in now.items():
         before = saved.get(key)
@@ -404,8 +432,6 @@ def train(
 def _check_resumable(out: Path, settings: TrainSettings) -> None:
     """Before anything is written: ``out`` holds a checkpoint of this family whose generator has the settings this
     run names (from its config alone; the full network comparison follows once the networks are built)."""
-    import json
-
     from VolumetricGANLib.checkpoint import read_config
 
     from .run import latest_checkpoint
@@ -455,6 +481,7 @@ class Restored:
     learning_rates: str = ""                     # "G 0.0025 → 0.0002" where this run's rates replaced the saved ones
     quick_metrics: Optional[str] = None          # the note on the restored best quick metric (None: none restored)
     quick_metrics_dropped: bool = False          # the saved best was not comparable with this run's quick metrics
+    settings: str = ""                           # "loss.r1_gamma 0.5 → 3.3": other settings than the checkpoint's
 
 
 @dataclasses.dataclass
@@ -529,6 +556,8 @@ class TrainingState:
         p.opt_g.load_state_dict(tr["opt_g"])
         p.opt_d.load_state_dict(tr["opt_d"])
         restored = Restored(_apply_learning_rates({"G": (p.opt_g, settings.lr_g), "D": (p.opt_d, settings.lr_d)}))
+        if tr.get("settings"):
+            restored.settings = _changed_settings(tr["settings"], settings.to_dict())
         p.scaler_g.load_state_dict(tr["scaler_g"])
         p.scaler_d.load_state_dict(tr["scaler_d"])
         self.step, self.nimg = int(tr["step"]), int(tr["nimg"])
@@ -803,7 +832,8 @@ def _resume_or_start(state: TrainingState, out: Path, resume: bool, dist: Dist, 
     restored = state.restore(load_checkpoint(ckpt, map_location="cpu", expect_family=parts.settings.family), ckpt,
                              dist, dev)
     msg = f"resumed from step {state.step} ({state.nimg / 1000:.2f} kimg) of {ckpt}" + (
-        f"; learning rates now {restored.learning_rates}" if restored.learning_rates else "")
+        f"; learning rates now {restored.learning_rates}" if restored.learning_rates else "") + (
+        f"; settings other than the checkpoint's: {restored.settings}" if restored.settings else "")
     if dist.main:
         log(msg)
         run.log(msg)
