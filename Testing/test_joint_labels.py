@@ -404,6 +404,29 @@ def test_volgan_train_chooses_what_the_discriminator_sees_of_generated_labels():
         settings_from_preset("tiny-cow-labels", fake_labels="gumbel")
 
 
+def test_volgan_train_sets_the_label_decoding_and_the_r1_weight():
+    from GANTrainerLib.train import settings_from_preset
+    from VolGANCore.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--preset", "tiny-cow-labels", "--data", "d", "--out", "o",
+                                      "--label-decoding", "foreground", "--r1-gamma", "13"])
+    s = settings_from_preset(args.preset, label_decoding=args.label_decoding, r1_gamma=args.r1_gamma)
+    assert StyleGAN2Generator(**s.generator).label_decoding == "foreground"
+    assert s.loss["r1_gamma"] == 13.0 and s.loss["fake_labels"] == "straight-through"   # the rest of the loss kept
+    # argmax, the default, stays unwritten: the run's generator config is the preset's
+    assert settings_from_preset("tiny-cow-labels", label_decoding="argmax").generator == \
+        settings_from_preset("tiny-cow-labels").generator
+    assert settings_from_preset("tiny-cow", r1_gamma=0).loss["r1_gamma"] == 0.0              # image-only: R1 too
+    with pytest.raises(VolGANError, match="generates no labels"):
+        settings_from_preset("tiny-cow", label_decoding="foreground")
+    with pytest.raises(VolGANError, match="choose one of argmax, foreground"):
+        settings_from_preset("tiny-cow-labels", label_decoding="sample")
+    with pytest.raises(VolGANError, match="must be ≥ 0"):
+        settings_from_preset("tiny-cow-labels", r1_gamma=-1.0)
+    with pytest.raises(VolGANError, match="trains with wgan-gp"):
+        settings_from_preset("tiny-spongiosa", r1_gamma=1.0)
+
+
 def test_image_view_gives_the_intensity_with_repeatable_conditions():
     from GANTrainerLib.joint import ImageView, VariantPool
 

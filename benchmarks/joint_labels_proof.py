@@ -305,7 +305,8 @@ def main() -> None:
         settings = settings_from_preset(args.preset, kimg=args.kimg, seed=args.seed, snapshot_kimg=1.0,
                                         metrics_kimg=2.0, sample_kimg=1.0, snapshot_minutes=30.0,
                                         fake_labels=args.fake_labels, ada_kimg=args.ada_kimg,
-                                        lr_d=args.lr_d)
+                                        lr_d=args.lr_d, label_decoding=args.label_decoding,
+                                        r1_gamma=args.r1_gamma)
         if args.channel_base:
             settings.generator = dict(settings.generator, channel_base=args.channel_base)
             settings.discriminator = dict(settings.discriminator, channel_base=args.channel_base)
@@ -313,10 +314,6 @@ def main() -> None:
             settings.discriminator = dict(settings.discriminator, channel_min=args.d_channel_min)
         if args.mbstd_group:
             settings.discriminator = dict(settings.discriminator, mbstd_group_size=args.mbstd_group)
-        if args.label_decoding:
-            settings.generator = dict(settings.generator, label_decoding=args.label_decoding)
-        if args.r1_gamma is not None:
-            settings.loss = dict(settings.loss, r1_gamma=args.r1_gamma)
         run = train(data / "images", out / "run", settings, labels=data / "labels", device=args.device,
                     resume=(out / "run" / "checkpoints").is_dir())
         ckpt = Path(run["checkpoint"])

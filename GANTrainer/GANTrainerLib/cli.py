@@ -8,7 +8,7 @@ import os
 
 
 def register(sub) -> None:
-    from VolGANCore.names import FAKE_LABEL_INPUTS, PADDING_MODES
+    from VolGANCore.names import FAKE_LABEL_INPUTS, LABEL_DECODINGS, PADDING_MODES
 
     from .presets import PRESETS
 
@@ -33,6 +33,11 @@ def register(sub) -> None:
     p.add_argument("--fake-labels", choices=FAKE_LABEL_INPUTS,
                    help="joint image + label presets: what the discriminator sees of the generated labels "
                         "(straight-through one-hot, the presets' choice, or softmax; docs/joint-generation.md)")
+    p.add_argument("--label-decoding", choices=LABEL_DECODINGS,
+                   help="joint image + label presets: how class scores become labels (argmax, the presets' choice, "
+                        "or foreground first; recorded with the model; docs/joint-generation.md)")
+    p.add_argument("--r1-gamma", type=float,
+                   help="StyleGAN2 presets: R1 weight γ (StyleGAN2-ADA's rule of thumb: 0.0002 × voxels / batch)")
     p.add_argument("--lr-g", type=float, help="generator learning rate (preset value otherwise)")
     p.add_argument("--lr-d", type=float, help="discriminator learning rate (preset value otherwise)")
     p.add_argument("--ema-kimg", type=float, help="half-life of the generator's moving average in kimg")
@@ -69,6 +74,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     settings = settings_from_preset(args.preset, amp=args.amp, batch=args.batch, accumulate=args.accumulate,
                                     kimg=args.kimg, snapshot_kimg=args.snapshot_kimg, phase_kimg=args.phase_kimg,
                                     padding=args.padding, fake_labels=args.fake_labels,
+                                    label_decoding=args.label_decoding, r1_gamma=args.r1_gamma,
                                     lr_g=args.lr_g, lr_d=args.lr_d, ema_kimg=args.ema_kimg, seed=args.seed,
                                     metrics_kimg=args.metrics_kimg, metrics_track=args.metrics_track,
                                     metrics_inception_weights=args.inception_weights,

@@ -110,6 +110,8 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
     phase_kimg = overrides.pop("phase_kimg", None)
     padding = overrides.pop("padding", None)
     fake_labels = overrides.pop("fake_labels", None)
+    label_decoding = overrides.pop("label_decoding", None)
+    r1_gamma = overrides.pop("r1_gamma", None)
     for key in ("lr_g", "lr_d", "ema_kimg"):  # command-line numbers that must be positive
         value = overrides.get(key)
         if value is not None and not float(value) > 0:
@@ -135,17 +137,36 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
     if fake_labels is not None:
         from VolGANCore.names import FAKE_LABEL_INPUTS
 
-        if not (cfg.get("generator") or {}).get("label_classes"):
-            raise VolGANError(f"--fake-labels sets what the discriminator sees of generated labels; preset '{name}' "
-                              "generates no labels (use a *-labels preset)")
+        _joint_only(cfg, name, "--fake-labels sets what the discriminator sees of generated labels")
         if fake_labels not in FAKE_LABEL_INPUTS:
             raise VolGANError(f"--fake-labels {fake_labels!r}: choose one of {', '.join(FAKE_LABEL_INPUTS)}")
         cfg["loss"] = dict(cfg.get("loss") or {}, fake_labels=fake_labels)
+    if label_decoding is not None:
+        from VolGANCore.names import LABEL_DECODINGS
+
+        _joint_only(cfg, name, "--label-decoding sets how generated class scores become labels")
+        if label_decoding not in LABEL_DECODINGS:
+            raise VolGANError(f"--label-decoding {label_decoding!r}: choose one of {', '.join(LABEL_DECODINGS)}")
+        generator = {k: v for k, v in cfg["generator"].items() if k != "label_decoding"}  # the default unwritten
+        cfg["generator"] = generator if label_decoding == "argmax" else dict(generator, label_decoding=label_decoding)
+    if r1_gamma is not None:
+        if (cfg.get("loss") or {}).get("kind") != "stylegan2":
+            raise VolGANError(f"--r1-gamma sets the StyleGAN2 loss's R1 weight; preset '{name}' trains with "
+                              f"{(cfg.get('loss') or {}).get('kind')} (its gradient penalty is the loss's own)")
+        if not float(r1_gamma) >= 0:
+            raise VolGANError(f"--r1-gamma must be ≥ 0 (got {r1_gamma}; 0 turns R1 off)")
+        cfg["loss"] = dict(cfg["loss"], r1_gamma=float(r1_gamma))
     known = {f.name for f in dataclasses.fields(TrainSettings)}
     unknown = sorted(set(cfg) - known)
     if unknown:
         raise VolGANError(f"unknown training setting(s) {unknown}")
     return TrainSettings(**cfg)
+
+
+def _joint_only(cfg: dict, name: str, what: str) -> None:
+    """Refuse an option of joint image + label presets for a preset whose generator makes no labels."""
+    if not (cfg.get("generator") or {}).get("label_classes"):
+        raise VolGANError(f"{what}; preset '{name}' generates no labels (use a *-labels preset)")
 
 
 # -- mixed precision -----------------------------------------------------------------------------------------
