@@ -267,6 +267,8 @@ def main() -> None:
     ap.add_argument("--lr-d", type=float, help="discriminator learning rate (default: the preset's 0.002)")
     ap.add_argument("--channel-base", type=int, help="channel_base of generator and discriminator (the preset's 32 "
                     "gives the generator 32, 16, 8, 4 channels from the constant to 16×64×64; 64 gives 32, 32, 16, 8)")
+    ap.add_argument("--g-channel-min", type=int, help="the generator's fewest channels per level (the preset's "
+                    "otherwise: tiny-cow-labels has 4 at 16×64×64 for its 15 outputs)")
     ap.add_argument("--d-channel-min", type=int, help="the discriminator's fewest channels per level (the preset's "
                     "16; 1 gives tiny-cow's 4 at 16×64×64, fewer than its 15 input channels: 1 + 14 classes)")
     ap.add_argument("--mbstd-group", type=int, help="the discriminator's minibatch-std group (default: the "
@@ -310,6 +312,8 @@ def main() -> None:
         if args.channel_base:
             settings.generator = dict(settings.generator, channel_base=args.channel_base)
             settings.discriminator = dict(settings.discriminator, channel_base=args.channel_base)
+        if args.g_channel_min:
+            settings.generator = dict(settings.generator, channel_min=args.g_channel_min)
         if args.d_channel_min:
             settings.discriminator = dict(settings.discriminator, channel_min=args.d_channel_min)
         if args.mbstd_group:
