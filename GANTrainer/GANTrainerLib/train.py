@@ -150,9 +150,10 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
         generator = {k: v for k, v in cfg["generator"].items() if k != "label_decoding"}  # the default unwritten
         cfg["generator"] = generator if label_decoding == "argmax" else dict(generator, label_decoding=label_decoding)
     if r1_gamma is not None:
-        if (cfg.get("loss") or {}).get("kind") != "stylegan2":
-            raise VolGANError(f"--r1-gamma sets the StyleGAN2 loss's R1 weight; preset '{name}' trains with "
-                              f"{(cfg.get('loss') or {}).get('kind')} (its gradient penalty is the loss's own)")
+        kind = (cfg.get("loss") or {}).get("kind")
+        if kind != "stylegan2":
+            raise VolGANError(f"--r1-gamma sets the StyleGAN2 loss's R1 weight; preset '{name}' trains with {kind} "
+                              "(its gradient penalty is the loss's own)")
         if not float(r1_gamma) >= 0:
             raise VolGANError(f"--r1-gamma must be ≥ 0 (got {r1_gamma}; 0 turns R1 off)")
         cfg["loss"] = dict(cfg["loss"], r1_gamma=float(r1_gamma))
@@ -275,7 +276,7 @@ def _update_ema(G_ema, G, beta: float) -> None:
 def _check_same_networks(saved: dict, G, settings: TrainSettings, ckpt) -> None:
     """Refuse to resume networks of another configuration (e.g. another ``--padding``): the parameters would load
     into the new networks without complaint when only a setting without parameters changed."""
-    now = {"architecture": G.config(), "discriminator": json.loads(json.dumps(settings.discriminator))}
+    now = {"architecture": G.config(), "discriminator": json_clean(settings.discriminator)}
     for key, value in now.items():
         before = saved.get(key)
         if before is not None and value is not None and before != value:
@@ -465,7 +466,7 @@ def _check_resumable(out: Path, settings: TrainSettings) -> None:
         raise VolGANError(f"{ckpt}: a {config['family']} checkpoint; preset '{settings.preset or 'custom'}' trains "
                           f"{settings.family} (resume with the run's own preset, or start a new run with another --out)")
     saved = config.get("architecture") or {}
-    wanted = json.loads(json.dumps(settings.generator))
+    wanted = json_clean(settings.generator)
     diff = sorted(k for k, v in wanted.items() if k in saved and saved[k] != v)
     if diff:
         raise VolGANError(f"{ckpt}: its generator has " + ", ".join(f"{k}={saved[k]!r}" for k in diff)
