@@ -3,6 +3,8 @@ augmentation, and the CoW variant-fidelity metrics."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -349,7 +351,7 @@ def test_joint_settings_are_checked():
         JointSpec.of(G, "topcow13").reals(torch.zeros(2, 1, 4, 16, 16))
 
 
-def test_majority_label_downsampling_keeps_thin_vessels_in_place():
+def test_majority_label_downsampling_keeps_thin_vessels_in_place_and_can_keep_every_class():
     from VolGANCore import Volume
     from VolGANCore.geometry import downsample
 
@@ -363,8 +365,55 @@ def test_majority_label_downsampling_keeps_thin_vessels_in_place():
     assert (first[:, 1, 1] == 6).all() and (first[:, 2, 2] == 0).all()  # the corner: minority id, vessel missed
     assert (major[:, 1, 1] == 4).all() and (major[:, 2, 2] == 5).all() and (major == 9).sum() == 0
     assert np.count_nonzero(major) == 4
+    # keeping every class present: the dropped quarter-block class keeps its densest block, the rest is the majority
+    lab[2:4, 6, 6] = 9            # a second, sparser trace of class 9 (one voxel of its block)
+    lab[2, 6, 7] = 0
+    kept = downsample(Volume(lab), 2, label=True, label_mode="majority-present").array
+    major = downsample(Volume(lab), 2, label=True, label_mode="majority").array
+    assert (major == 9).sum() == 0 and (kept == 9).sum() == 1 and kept[0, 3, 3] == 9
+    # class 6 (a line inside class 4's blocks) has no background block: it takes its first densest block from 4
+    assert (major == 6).sum() == 0 and (kept == 6).sum() == 1 and kept[0, 1, 1] == 6
+    changed = np.argwhere(kept != major).tolist()
+    assert changed == [[0, 1, 1], [0, 3, 3]] and set(np.unique(kept)) == set(np.unique(lab))
+    # a dropped class whose densest block the majority gave to another class keeps a background block instead
+    lab2 = np.zeros((2, 4, 4), np.int16)
+    lab2[:, 0:2, 0:2] = 4
+    lab2[0, 0, 0], lab2[0, 2, 2] = 7, 7   # one voxel inside class 4's block, one in a background block
+    kept2 = downsample(Volume(lab2), 2, label=True, label_mode="majority-present").array
+    assert kept2[0, 0, 0] == 4 and kept2[0, 1, 1] == 7 and set(np.unique(kept2)) == {0, 4, 7}
     with pytest.raises(VolGANError, match="label_mode"):
         downsample(Volume(lab), 2, label=True, label_mode="mean")
+
+
+@pytest.mark.slow
+def test_the_tiny_joint_preset_keeps_every_artery_and_its_variant_presence_at_1_2_mm(tmp_path):
+    """tiny-cow-labels reduces 0.6 mm phantom labels to 1.2 mm: every class of every phantom stays present, so
+    the presence bits of its variant vectors (the conditioning) are the full-resolution ones; the plain majority
+    drops short thin arteries (the Acom) from some of these same phantoms."""
+    from GANTrainerLib.data import Preprocess
+    from GANTrainerLib.presets import get_preset
+    from VolGANCore import list_volumes, read_label_volume, read_volume
+    from VolumetricGANLib.labelmaps import variant_vectors
+    from VolumetricGANLib.phantoms import write_cow_dataset
+
+    data = write_cow_dataset(tmp_path / "set", n=10, seed=0)
+    pre = Preprocess.from_settings(get_preset("tiny-cow-labels")["preprocess"])
+    plain = dataclasses.replace(pre, label_downsample="majority")
+    presence = [1, 2, 4, 7]                                   # Acom, 3rd-A2, L-Pcom, R-Pcom
+
+    def bits(lab):
+        onehot = labels_to_onehot(torch.as_tensor(np.asarray(lab, np.int64))[None, None], "topcow13")
+        return variant_vectors(onehot)[0, presence].tolist()
+
+    dropped = 0
+    for img, lab in zip(list_volumes(data / "images"), list_volumes(data / "labels")):
+        full = read_label_volume(lab)
+        _, kept = pre.apply(read_volume(img), full)
+        _, majority = plain.apply(read_volume(img), full)
+        assert kept.shape == (16, 64, 64) and set(np.unique(kept.array)) == set(np.unique(full.array))
+        assert bits(kept.array) == bits(full.array)
+        dropped += len(set(np.unique(full.array)) - set(np.unique(majority.array)))
+    assert dropped > 0
 
 
 def test_label_presets_build_joint_conditional_networks():
@@ -377,7 +426,8 @@ def test_label_presets_build_joint_conditional_networks():
         D = StyleGAN2Discriminator(**p["discriminator"])
         assert list(G.output_shape) == shape and D.img_channels == 1 + K and D.c_dim == G.c_dim == 8
         assert JointSpec.of(G, p["label_scheme"]) == JointSpec("topcow13", K, 8)
-        assert p["preprocess"].get("label_downsample", "first") == ("majority" if name.startswith("tiny") else "first")
+        assert p["preprocess"].get("label_downsample", "first") == ("majority-present" if name.startswith("tiny")
+                                                                     else "first")
         assert p["loss"]["fake_labels"] == "straight-through"
         # the discriminator's first layer keeps every input channel's information: no fewer outputs than the
         # intensity + class channels it reads (tiny-cow's widths would give 4 for 15)
@@ -581,7 +631,7 @@ def _joint_settings(**kw):
     s.discriminator = dict(s.discriminator, img_shape=[8, 16, 16], base_shape=[2, 4, 4], channel_base=16,
                            channel_max=16)
     s.preprocess = dict(roi_shape=[16, 32, 32], roi_centre="centre", intensity="minmax", downsample=2,
-                        label_downsample="majority")
+                        label_downsample="majority-present")
     s.loss = dict(s.loss, r1_interval=1, pl_weight=1.0, pl_interval=1)
     return s
 

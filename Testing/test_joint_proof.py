@@ -78,7 +78,13 @@ def test_the_measurement_runs_on_a_joint_checkpoint_beside_phantoms(proof, tmp_p
                            "vectors": [[1, 1, 0, 1, 0, 1, 1, 0]], "counts": [3]}
     G = StyleGAN2Generator(**arch)
     ckpt = save_checkpoint(tmp_path / "untrained.vgan", cfg, G_ema=G, G=G, D=StyleGAN2Discriminator(**d_arch))
-    result = proof.measure(ckpt, data, n=3, seed=0, per_variant=2, preset="tiny-cow-labels", out=tmp_path / "m")
+    preset_pre = proof.trained_preprocess(ckpt, "tiny-cow-labels")     # no training settings: the preset's
+    assert preset_pre["downsample"] == 2 and preset_pre["roi_shape"] == [32, 128, 128]
+    own = dict(preset_pre, label_downsample="first")                   # a training checkpoint records its own
+    trained = save_checkpoint(tmp_path / "trained.vgan", cfg, G_ema=G, training={"settings": {"preprocess": own}},
+                              write_card=False)
+    assert proof.trained_preprocess(trained, "tiny-cow-labels") == own
+    result = proof.measure(ckpt, data, n=3, seed=0, per_variant=2, preprocess=preset_pre, out=tmp_path / "m")
     json.dumps(result)                                                  # proof.json can be written
     assert result["phantoms"]["dice_matched"]["min"] > 0.85             # docs: 0.935 over 40 phantoms
     assert 0 < result["phantoms"]["label_fraction"]["mean"] < 0.02
@@ -88,7 +94,7 @@ def test_the_measurement_runs_on_a_joint_checkpoint_beside_phantoms(proof, tmp_p
     assert result["ids_in_topcow"] and not result["passed"]
     assert Path(result["montage"]).read_bytes()[:4] == b"\x89PNG"
     # D on training reals, on reals it never saw and on fakes: three summaries of the asked size, scores finite
-    scores = proof.discriminator_scores(ckpt, {"training": data, "held-out": data}, "tiny-cow-labels", n=2,
+    scores = proof.discriminator_scores(ckpt, {"training": data, "held-out": data}, preset_pre, n=2,
                                         cache=tmp_path / "dcache")
     assert set(scores) == {"training", "held-out", "generated", "training, one artery class",
                            "training, classes permuted", "training, labels moved 3 voxels"}

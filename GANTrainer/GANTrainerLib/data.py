@@ -40,6 +40,7 @@ from VolGANCore.geometry import crop_or_pad, downsample, resample
 from VolGANCore.dataset import case_id, list_volumes
 from VolGANCore.io import read_label_volume, read_volume
 from VolGANCore.labels import get_scheme
+from VolGANCore.names import LABEL_DOWNSAMPLES
 from VolGANCore.progress import CancelToken, Progress, ProgressCallback
 
 __all__ = [
@@ -68,7 +69,7 @@ class Preprocess:
     percentiles: tuple[float, float] = (0.5, 99.5)                # for intensity="percentile"
     window: tuple[float, float] = (-350.0, 1100.0)                # for intensity="window" (physical units)
     downsample: int = 1                                           # block-average by this factor after the ROI
-    label_downsample: str = "first"                               # labels' block rule: "first" or "majority"
+    label_downsample: str = "first"                               # labels' block rule: one of LABEL_DOWNSAMPLES
 
     def __post_init__(self) -> None:
         if self.intensity not in ("minmax", "percentile", "window", "none"):
@@ -77,8 +78,9 @@ class Preprocess:
             raise VolGANError(f"window {self.window}: upper bound must exceed the lower bound")
         if int(self.downsample) < 1:
             raise VolGANError(f"downsample {self.downsample}: must be a positive integer")
-        if self.label_downsample not in ("first", "majority"):
-            raise VolGANError(f"label_downsample '{self.label_downsample}': choose 'first' or 'majority'")
+        if self.label_downsample not in LABEL_DOWNSAMPLES:
+            raise VolGANError(f"label_downsample '{self.label_downsample}': choose one of "
+                              f"{', '.join(LABEL_DOWNSAMPLES)}")
         if isinstance(self.roi_centre, str) and self.roi_centre not in ("centre", "label-centroid"):
             raise VolGANError(f"roi_centre '{self.roi_centre}': use 'centre', 'label-centroid' or a point (x, y, z)")
 

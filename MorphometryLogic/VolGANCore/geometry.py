@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .errors import VolGANError
+from .names import LABEL_DOWNSAMPLES
 from .volume import Volume
 
 __all__ = ["resample", "crop_or_pad", "downsample"]
@@ -81,24 +82,31 @@ def downsample(volume: Volume, factor: int, label: bool = False, label_mode: str
     Labels: ``label_mode="first"`` takes the block's first voxel; ``"majority"`` labels a block foreground when
     at least half its voxels are, with its most frequent foreground id (the smallest id on a tie), like the
     partial-volume fraction of the block-averaged image it goes with (thin vessels keep their place instead of
-    being sampled at the block's corner). The shape must be divisible by ``factor``; spacing grows by
+    being sampled at the block's corner). ``"majority-present"`` is the majority, and a class the majority drops
+    entirely keeps the block where it is densest (a background block if it has one there): a short artery about
+    one block thick (the Acom at 1.2 mm) vanishes from a quarter of the CoW phantoms under the majority, and
+    with it the presence a CoW variant vector reads. The shape must be divisible by ``factor``; spacing grows by
     ``factor`` and the origin moves to the centre of the first block, so the volume covers the same region.
     """
     f = int(factor)
     if any(s % f for s in volume.shape):
         raise VolGANError(f"downsample {f}: shape {volume.shape} is not divisible by {f}")
-    if label_mode not in ("first", "majority"):
-        raise VolGANError(f"label_mode '{label_mode}': choose 'first' or 'majority'")
+    if label_mode not in LABEL_DOWNSAMPLES:
+        raise VolGANError(f"label_mode '{label_mode}': choose one of {', '.join(LABEL_DOWNSAMPLES)}")
     d, h, w = (s // f for s in volume.shape)
-    if label and label_mode == "majority":
+    if label and label_mode != "first":
         blocks = np.asarray(volume.array).reshape(d, f, h, f, w, f).transpose(0, 2, 4, 1, 3, 5).reshape(d, h, w, -1)
-        ids = np.unique(blocks)
-        fg = [i for i in ids.tolist() if i != 0]
+        fg = [i for i in np.unique(blocks).tolist() if i != 0]
         counts = np.stack([(blocks == i).sum(-1) for i in fg], -1) if fg else np.zeros((d, h, w, 0), np.int64)
         out = np.zeros((d, h, w), volume.array.dtype)
         if fg:
             best = np.asarray(fg, dtype=volume.array.dtype)[counts.argmax(-1)]
             out = np.where(counts.sum(-1) * 2 >= f ** 3, best, 0).astype(volume.array.dtype)
+        if label_mode == "majority-present":
+            for k, i in enumerate(fg):
+                if not (out == i).any():
+                    free = np.where(out == 0, counts[..., k], 0)
+                    out.flat[int((free if free.max() > 0 else counts[..., k]).argmax())] = i
     elif label:
         out = volume.array[::f, ::f, ::f]
     else:

@@ -5,8 +5,8 @@ torch; so the lists they offer live here, in plain Python, and the libraries tak
 definition, nothing to keep in sync). This module imports nothing.
 """
 
-__all__ = ["BONE_PARAMETERS", "PADDING_MODES", "FAKE_LABEL_INPUTS", "LABEL_DECODINGS", "COW_ANTERIOR", "COW_POSTERIOR",
-           "COW_VARIANT_SEGMENTS"]
+__all__ = ["BONE_PARAMETERS", "PADDING_MODES", "FAKE_LABEL_INPUTS", "LABEL_DECODINGS", "LABEL_DOWNSAMPLES",
+           "COW_ANTERIOR", "COW_POSTERIOR", "COW_VARIANT_SEGMENTS"]
 
 # The bone parameters MorphometryLib.bone measures (its ALL_PARAMETERS, in this order), with what they mean.
 BONE_PARAMETERS = {
@@ -27,6 +27,10 @@ FAKE_LABEL_INPUTS = ("softmax", "straight-through")
 # argmax, or foreground first (a voxel is labelled when the arteries together outweigh the background, then
 # with the likeliest artery).
 LABEL_DECODINGS = ("argmax", "foreground")
+# How a label map is reduced by a block factor (VolGANCore.geometry.downsample, the ``label_downsample`` of a
+# training preprocess): the block's first voxel; the block's majority; or the majority keeping every class present
+# (a class the majority drops keeps the block where it is densest, so a thin, short artery stays present).
+LABEL_DOWNSAMPLES = ("first", "majority", "majority-present")
 
 # The Circle-of-Willis variant vectors of the TopCoW 2023 challenge (MorphometryLib.vessels.cow_variants measures
 # them; joint generation is conditioned on them; evaluation compares their frequencies), 1 = present.
