@@ -48,7 +48,9 @@ def test_generate_volumes_geometry_units_latents(ckpt):
     G = load_generator(ckpt).generator
     with torch.no_grad():
         raw = G(torch.from_numpy(lat["z"]))[:, 0].numpy()
-    assert np.allclose(vols[3].array, (raw[3] + 1) * 500, atol=1e-3)   # [-1, 1] → [0, 1000]
+    # [-1, 1] → [0, 1000]; atol 1e-2 is 1e-5 of the range: float32 results of different batch compositions (2 here,
+    # 5 above) differ by a few 1e-6 in network units on some CPUs (their conv kernels), 2e-3 after the scaling
+    assert np.allclose(vols[3].array, (raw[3] + 1) * 500, atol=1e-2)
     assert prog.events[-1].finished and prog.events[-1].done == 5
 
 
@@ -57,8 +59,8 @@ def test_same_seed_same_volumes_batch_invariant_and_latents_file(ckpt, tmp_path)
     a = generate(ckpt, n=4, seed=7, batch=4, device="cpu", noise="random")
     b = generate(ckpt, n=4, seed=7, batch=1, device="cpu", noise="random")
     c = generate(ckpt, n=4, seed=8, batch=4, device="cpu", noise="random")
-    for va, vb in zip(a.volumes, b.volumes):
-        assert np.allclose(va.array, vb.array, atol=1e-3)
+    for va, vb in zip(a.volumes, b.volumes):                            # 1e-5 of the range (see above)
+        assert np.allclose(va.array, vb.array, atol=1e-2)
     assert not np.allclose(a.volumes[0].array, c.volumes[0].array)
     assert len({int(s) for s in a.noise_seeds}) == 4
     # latents written by one run reproduce it
