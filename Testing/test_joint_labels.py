@@ -375,7 +375,7 @@ def test_majority_label_downsampling_keeps_thin_vessels_in_place_and_can_keep_ev
     assert (major == 6).sum() == 0 and (kept == 6).sum() == 1 and kept[0, 1, 1] == 6
     changed = np.argwhere(kept != major).tolist()
     assert changed == [[0, 1, 1], [0, 3, 3]] and set(np.unique(kept)) == set(np.unique(lab))
-    # a dropped class whose densest block the majority gave to another class keeps a background block instead
+    # a dropped class whose (tied) densest blocks are another class's and background's keeps the background one
     lab2 = np.zeros((2, 4, 4), np.int16)
     lab2[:, 0:2, 0:2] = 4
     lab2[0, 0, 0], lab2[0, 2, 2] = 7, 7   # one voxel inside class 4's block, one in a background block
