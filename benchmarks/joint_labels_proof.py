@@ -139,12 +139,12 @@ def discriminator_scores(checkpoint: Path, folders: dict[str, Path], preprocess:
 
     from GANTrainerLib.data import CachedVolumeSet, Preprocess
     from GANTrainerLib.joint import JointSpec, VariantPool
-    from VolumetricGANLib.checkpoint import load_checkpoint, load_discriminator, load_generator
+    from VolumetricGANLib.checkpoint import load_discriminator, load_generator
     from VolumetricGANLib.labelmaps import labels_to_onehot
 
     D, cfg = load_discriminator(checkpoint)
     G = load_generator(checkpoint, device="cpu").generator
-    trained = (load_checkpoint(checkpoint).get("training") or {}).get("settings", {})
+    trained = trained_settings(checkpoint)
     mode = trained.get("loss", {}).get("fake_labels", "softmax")
     spec = JointSpec.of(G, cfg.get("label_scheme"))
     pre = Preprocess.from_settings(preprocess)
@@ -196,14 +196,19 @@ def figure(loaded, res, data: Path | None, preprocess: dict, path: Path, title: 
     return save_montage(np.stack(vols), path, vmin=lo, vmax=hi, labels=np.stack(labs), row_titles=titles, title=title)
 
 
+def trained_settings(checkpoint: Path) -> dict:
+    """The training settings a training checkpoint records (empty for an exported model)."""
+    from VolumetricGANLib.checkpoint import load_checkpoint
+
+    return (load_checkpoint(checkpoint).get("training") or {}).get("settings") or {}
+
+
 def trained_preprocess(checkpoint: Path, preset: str) -> dict:
     """The preprocessing ``checkpoint`` was trained with (its training settings record it), or the preset's for a
     model without them: the phantoms are compared after the same preprocessing as the training set."""
     from GANTrainerLib.presets import get_preset
-    from VolumetricGANLib.checkpoint import load_checkpoint
 
-    trained = (load_checkpoint(checkpoint).get("training") or {}).get("settings") or {}
-    return trained.get("preprocess") or get_preset(preset)["preprocess"]
+    return trained_settings(checkpoint).get("preprocess") or get_preset(preset)["preprocess"]
 
 
 def measure(checkpoint: Path, data: Path, n: int, seed: int, per_variant: int, preprocess: dict, out: Path) -> dict:
