@@ -1,5 +1,6 @@
-"""VolGANCore's shared PyTorch rules: safe_torch_load (one readable line per bad file, nothing unpickled runs)
-and amp_dtype (the one --amp rule of generate, segmentation and training)."""
+"""VolGANCore's shared PyTorch rules: safe_torch_load (one readable line per bad file, nothing unpickled runs),
+amp_dtype (the one --amp rule of generate, segmentation and training) and conv_kernels (bf16 training on a CPU
+whose oneDNN conv3d weight gradients are wrong)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pickle
 import pytest
 import torch
 
-from VolGANCore.env import Amp, amp_dtype
+import VolGANCore.env as env
+from VolGANCore.env import Amp, amp_dtype, conv_kernels, cpu_bf16_conv3d_grads_ok
 from VolGANCore.errors import InputFileError, VolGANError
 from VolGANCore.torchfile import pickle_globals, safe_torch_load
 
@@ -118,3 +120,43 @@ def test_amp_on_cuda_follows_bf16_support(monkeypatch, bf16, device):
             amp_dtype("bf16", dev, training=True)
     dtype, scaler = amp_dtype("auto", dev)                           # unpacks as a (dtype, grad scaler) pair
     assert (dtype, scaler) == tuple(auto)
+
+
+# -- conv_kernels: bf16 conv3d weight gradients on CPU ----------------------------------------------------------------
+def _bf16_weight_grad_error(seed: int) -> float:
+    """Relative max error of a bf16-autocast conv3d weight gradient against float64, for the StyleGAN presets'
+    base resolution (an input two voxels deep, 3×3×3 kernel) with the current oneDNN switch."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 16, 2, 8, 8, generator=gen).to(memory_format=torch.channels_last_3d)
+    w = torch.randn(16, 16, 3, 3, 3, generator=gen, requires_grad=True)
+    g = torch.randn(2, 16, 2, 8, 8, generator=gen)
+    (ref,) = torch.autograd.grad(torch.nn.functional.conv3d(x.double(), w.double(), padding=1), w, g.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = torch.nn.functional.conv3d(x, w, padding=1)
+    (got,) = torch.autograd.grad(y, w, g.bfloat16())
+    return float((got.double() - ref).abs().max() / ref.abs().max())
+
+
+def test_bf16_training_kernels_give_right_conv3d_weight_gradients_on_this_cpu():
+    with conv_kernels("cpu", torch.bfloat16):
+        errors = [_bf16_weight_grad_error(seed) for seed in range(5)]
+    assert all(e < 0.05 for e in errors), errors            # bf16 rounding: ~0.4 %; the oneDNN fault: 1e24 to NaN
+    assert torch.backends.mkldnn.enabled                    # the switch is restored after the block
+
+
+def test_the_onednn_check_tells_the_truth_about_this_cpu(monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)
+    errors = [_bf16_weight_grad_error(seed) for seed in range(5)]
+    assert cpu_bf16_conv3d_grads_ok() == all(e < 0.05 for e in errors), errors
+
+
+@pytest.mark.parametrize("kernel_ok", [True, False])
+def test_conv_kernels_turn_onednn_off_only_for_bf16_on_a_cpu_with_the_fault(monkeypatch, kernel_ok):
+    monkeypatch.setattr(env, "cpu_bf16_conv3d_grads_ok", lambda: kernel_ok)
+    for device, dtype, off in (("cpu", torch.bfloat16, not kernel_ok), ("cpu", None, False),
+                               ("cuda", torch.bfloat16, False), ("cuda", torch.float16, False)):
+        with conv_kernels(device, dtype):
+            assert torch.backends.mkldnn.enabled == (not off), (device, dtype)
+        assert torch.backends.mkldnn.enabled
+    noted = [line for line in env.format_environment() if "oneDNN's bf16 conv3d weight gradients are wrong" in line]
+    assert len(noted) == (0 if kernel_ok else 1)           # `volgan info` and the panels say so

@@ -157,6 +157,32 @@ def test_non_finite_losses_stop_the_run_with_a_message(data, tmp_path, monkeypat
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kernel_ok", [False, True])
+def test_bf16_training_on_a_cpu_with_wrong_onednn_gradients_runs_without_onednn_and_says_so(data, tmp_path,
+                                                                                             monkeypatch, kernel_ok):
+    """VolGANCore.env.conv_kernels around every step, forward (the losses) and backward (a gradient hook) alike."""
+    import VolGANCore.env as env
+    from GANTrainerLib import losses
+
+    monkeypatch.setattr(env, "cpu_bf16_conv3d_grads_ok", lambda: kernel_ok)
+    seen = []
+    real = losses.StyleGAN2Loss.discriminator_loss
+
+    def spy(self, *a, **k):
+        seen.append(("forward", torch.backends.mkldnn.enabled))
+        total, stats = real(self, *a, **k)
+        total.register_hook(lambda g: seen.append(("backward", torch.backends.mkldnn.enabled)))
+        return total, stats
+
+    monkeypatch.setattr(losses.StyleGAN2Loss, "discriminator_loss", spy)
+    train(data, tmp_path / "b", settings(amp="bf16"), max_steps=2, log=lambda m: None)
+    assert len(seen) == 4 and {on for _, on in seen} == {kernel_ok}, seen
+    assert torch.backends.mkldnn.enabled                       # restored after each step
+    noted = "oneDNN's bf16 conv3d weight gradients are wrong here" in (tmp_path / "b" / "log.txt").read_text()
+    assert noted == (not kernel_ok)
+
+
+@pytest.mark.slow
 def test_cancel_checkpoints_and_marks_stopped(data, tmp_path):
     token = CancelToken()
 

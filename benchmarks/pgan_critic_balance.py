@@ -56,6 +56,7 @@ from GANTrainerLib.losses import WGANGPLoss
 from GANTrainerLib.evaluation.border import border_profile, frame_index
 from GANTrainerLib.presets import get_preset
 from VolGANCore import read_volume
+from VolGANCore.env import conv_kernels
 from VolumetricGANLib.networks.pgan import ProgressiveDiscriminator, ProgressiveGenerator
 from VolumetricGANLib.phantoms import write_bone_dataset
 
@@ -90,25 +91,26 @@ def run(reals: torch.Tensor, lr_g: float, lr_d: float, steps: int, batch: int, e
     real_spread = data[:64, 0].std(0).mean().item()
     real_profile = border_profile(data[:64, 0].numpy())
     rows = []
-    for step in range(1, steps + 1):
-        D.requires_grad_(True)
-        opt_d.zero_grad(set_to_none=True)
-        with autocast():
-            l_d, st = loss.discriminator_loss(data[rng.choice(len(data), batch, replace=False)], z(batch), step,
-                                              progress=level)
-        l_d.backward()
-        opt_d.step()
-        D.requires_grad_(False)
-        opt_g.zero_grad(set_to_none=True)
-        with autocast():
-            l_g, _ = loss.generator_loss(z(batch), step, progress=level)
-        l_g.backward()
-        opt_g.step()
-        if step % every == 0:
-            with torch.no_grad():
-                fake = G(z(64), progress=level).float()[:, 0]
-            spread = fake.std(0).mean().item() / real_spread
-            rows.append((step, float(st["wdist"]), spread, frame_index(real_profile, border_profile(fake.numpy()))))
+    with conv_kernels("cpu", torch.bfloat16 if amp else None):   # as the training loop: right bf16 gradients
+        for step in range(1, steps + 1):
+            D.requires_grad_(True)
+            opt_d.zero_grad(set_to_none=True)
+            with autocast():
+                l_d, st = loss.discriminator_loss(data[rng.choice(len(data), batch, replace=False)], z(batch), step,
+                                                  progress=level)
+            l_d.backward()
+            opt_d.step()
+            D.requires_grad_(False)
+            opt_g.zero_grad(set_to_none=True)
+            with autocast():
+                l_g, _ = loss.generator_loss(z(batch), step, progress=level)
+            l_g.backward()
+            opt_g.step()
+            if step % every == 0:
+                with torch.no_grad():
+                    fake = G(z(64), progress=level).float()[:, 0]
+                spread = fake.std(0).mean().item() / real_spread
+                rows.append((step, float(st["wdist"]), spread, frame_index(real_profile, border_profile(fake.numpy()))))
     return rows
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from VolGANCore import VolGANError
-from VolGANCore.env import amp_dtype
+from VolGANCore.env import amp_dtype, conv_kernels, onednn_off_for_training
 from VolGANCore.progress import CancelToken, Progress, ProgressCallback
 
 from .distributed import Dist, all_reduce_grads, any_rank, broadcast_params, gather_states, init_distributed
@@ -333,6 +333,10 @@ class TrainParts:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.autocast_dtype)
 
+    def kernels(self):
+        """The context of a whole training step (forward and backward): :func:`VolGANCore.env.conv_kernels`."""
+        return conv_kernels(self.device_type, self.autocast_dtype)
+
 
 def build_train_parts(settings: TrainSettings, G, D, device_type: str = "cpu", autocast_dtype=None,
                       use_scaler: bool = False, c_pool=None) -> TrainParts:
@@ -386,7 +390,12 @@ def train_iteration(
     skipped when its loss is not finite. Returns ``(ok_d, ok_g, stats_d, stats_g)``; the caller advances
     ``step`` by 1 and ``nimg`` by ``batch_total``.
     """
-    dist = dist or Dist()
+    with parts.kernels():
+        return _train_iteration(parts, step, nimg, batch_total, next_reals, latents, prog, dist or Dist())
+
+
+def _train_iteration(parts: TrainParts, step: int, nimg: int, batch_total: int, next_reals, latents,
+                     prog: Optional[float], dist: Dist) -> tuple[bool, bool, dict, dict]:
     settings, G, D, loss, kind = parts.settings, parts.G, parts.D, parts.loss, parts.kind
     kw = {"progress": prog} if kind == "wgan-gp" else {}
     # ---- discriminator step ----
@@ -619,6 +628,9 @@ def _train(data, out, settings: TrainSettings, labels, resume, device, max_steps
     G, D = _build_networks(settings, dataset, dev)
     c_pool = _variant_pool(settings, G, dataset, dev, config)
     parts = build_train_parts(settings, G, D, dev.type, autocast_dtype, use_scaler, c_pool)
+    if run is not None and onednn_off_for_training(dev.type, autocast_dtype):
+        run.log(f"bf16 on this CPU: oneDNN's bf16 conv3d weight gradients are wrong here (torch {torch.__version__}); "
+                "training uses torch's native convolutions instead (slower; --amp off is faster and exact)")
     phase = _Phase(settings, getattr(G, "max_res", 0))
     gen = torch.Generator(device=dev)                          # this rank's latents
     gen.manual_seed(int(settings.seed) * 1000 + dist.rank)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import platform
 import sys
 from typing import Any, NamedTuple
 
 __all__ = ["package_versions", "device_report", "pick_device", "AMP_MODES", "Amp", "amp_dtype", "environment_report",
-           "format_environment"]
+           "format_environment", "cpu_bf16_conv3d_grads_ok", "onednn_off_for_training", "conv_kernels"]
 
 _PACKAGES = ("numpy", "scipy", "SimpleITK", "nibabel", "torch", "monai", "tqdm", "slicer", "vtk")
 
@@ -40,6 +42,9 @@ def device_report() -> dict[str, Any]:
     rep: dict[str, Any] = {"torch": torch.__version__, "cuda_build": torch.version.cuda, "devices": ["cpu"]}
     rep["cpu"] = {"name": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                   "amp": ["bfloat16"]}
+    if not cpu_bf16_conv3d_grads_ok():
+        rep["cpu"]["bf16_note"] = ("oneDNN's bf16 conv3d weight gradients are wrong on this CPU; bf16 training "
+                                   "here uses torch's native convolution instead (slower)")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
@@ -81,6 +86,62 @@ def pick_device(requested: str = "auto") -> str:
 
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_conv3d_grads_ok() -> bool:
+    """Whether bf16 conv3d weight gradients on this CPU agree with float64 (checked once per process, ~10 ms).
+
+    Found 2026-12-07 with torch 2.13.0 (oneDNN) on an AMD EPYC with avx512_bf16: for a 3×3×3 convolution of an
+    input two voxels deep — the base resolution (2×8×8) of the StyleGAN presets — oneDNN's bf16 weight gradient is
+    garbage (relative errors of 1e24 to inf, NaN now and then, a different value on every call), while the forward
+    pass, the input gradient, float32 and torch's native bf16 kernel are right. Training under bf16 on such a CPU
+    must not use oneDNN's convolutions (:func:`conv_kernels`). The check runs the case three times.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 2, 4, 4, generator=gen, dtype=torch.float64)
+    w = torch.randn(16, 16, 3, 3, 3, generator=gen, dtype=torch.float64)
+    g = torch.randn(2, 16, 2, 4, 4, generator=gen, dtype=torch.float64)
+    mask = [False, True, False]
+    ref = torch.ops.aten.convolution_backward(g, x, w, None, [1] * 3, [1] * 3, [1] * 3, False, [0] * 3, 1, mask)[1]
+    xb, wb, gb = x.bfloat16(), w.bfloat16(), g.bfloat16()
+    with _onednn(True):
+        for _ in range(3):
+            got = torch.ops.aten.convolution_backward(gb, xb, wb, None, [1] * 3, [1] * 3, [1] * 3, False, [0] * 3, 1,
+                                                      mask)[1].double()
+            if not bool(((got - ref).abs().max() <= 0.05 * ref.abs().max()).item()):
+                return False
+    return True
+
+
+@contextlib.contextmanager
+def _onednn(enabled: bool):
+    """torch's oneDNN (mkldnn) switch, set for the block and restored after it."""
+    import torch
+
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
+
+
+def onednn_off_for_training(device_type: str, dtype: Any) -> bool:
+    """Whether training on ``device_type`` under autocast ``dtype`` must avoid oneDNN's convolutions: bf16 on a CPU
+    where :func:`cpu_bf16_conv3d_grads_ok` finds its weight gradients wrong."""
+    import torch
+
+    return device_type == "cpu" and dtype == torch.bfloat16 and not cpu_bf16_conv3d_grads_ok()
+
+
+def conv_kernels(device_type: str, dtype: Any):
+    """The context of a training step on ``device_type`` under autocast ``dtype`` (forward and backward inside):
+    oneDNN switched off where :func:`onednn_off_for_training` says so, so that torch's native convolution computes
+    the weight gradients; a no-op everywhere else (GPUs, float32, a CPU whose kernel is right)."""
+    return _onednn(False) if onednn_off_for_training(device_type, dtype) else contextlib.nullcontext()
 
 
 class Amp(NamedTuple):
@@ -147,6 +208,8 @@ def format_environment(rep: dict[str, Any] | None = None) -> list[str]:
         extra = f", {d['memory_gib']} GiB, compute capability {d['capability']}" if "memory_gib" in d else ""
         threads = f", {d['threads']} threads" if "threads" in d else ""
         lines.append(f"device {dev}: {d.get('name', '')}{extra}{threads}; AMP dtypes: {', '.join(d['amp'])}")
+        if d.get("bf16_note"):
+            lines.append(f"  note: {d['bf16_note']}")
     if len(comp["devices"]) == 1:
         lines.append("no GPU visible: training and generation run on the CPU "
                      "(see README > Troubleshooting > GPU not found)")
