@@ -286,6 +286,72 @@ def test_variant_vectors_on_the_device_match_cow_variants(tmp_path):
         assert variant_vectors(labels_to_onehot(ids, "topcow13")).tolist() == [e]
 
 
+def test_soft_variant_scores_are_the_variant_vector_on_one_hot_maps_and_pass_gradients():
+    """variant_scores: 0/1 on one-hot maps (equal to variant_vectors), in between on probabilities, and
+    differentiable towards the classes that decide each segment."""
+    from VolumetricGANLib.labelmaps import variant_scores, variant_vectors
+
+    ids = torch.zeros(2, 1, 4, 16, 16, dtype=torch.int64)
+    ids[:, :, 1:3, 4:12, 7:9] = TOPCOW13.id_of("BA")
+    ids[0, :, 1:3, 4:8, 9:11] = TOPCOW13.id_of("R-PCA")     # touches BA: R-P1 present in the first
+    ids[1, :, 1:3, 4:8, 12:14] = TOPCOW13.id_of("R-PCA")    # a gap: absent in the second
+    ids[1, :, 1, 2, 2] = TOPCOW13.id_of("Acom")
+    onehot = labels_to_onehot(ids, "topcow13")
+    scores = variant_scores(onehot)
+    assert torch.equal(scores, variant_vectors(onehot)) and scores[:, [1, 6]].tolist() == [[0, 1], [1, 0]]
+    logits = (onehot * 4.0).requires_grad_(True)            # a softened version of the same maps
+    soft = variant_scores(torch.softmax(logits, 1))
+    assert ((soft > 0) & (soft < 1)).all() and torch.equal((soft > 0.5).float(), scores)
+    soft[1, 1].backward()                                  # the Acom score of the second map: its Acom voxel only
+    where = logits.grad[1].abs().sum(0).nonzero().tolist()
+    acom = list(class_ids("topcow13")).index(TOPCOW13.id_of("Acom"))
+    assert where == [[1, 2, 2]] and logits.grad[1, acom, 1, 2, 2] > 0    # more Acom logit, more Acom
+    assert logits.grad[0].abs().sum() == 0                 # and nothing from the other map
+    with pytest.raises(VolGANError, match=r"expected \(N, 14, D, H, W\)"):
+        variant_scores(onehot[:, :5])
+
+
+@pytest.mark.slow
+def test_the_variant_consistency_term_teaches_the_generator_its_condition():
+    """StyleGAN2Loss(variant_weight): the generator loss carries the binary cross-entropy between the variant its
+    class probabilities show and the requested one; minimising that term alone makes the samples show the
+    requested variants (not one for all: the pool holds two opposite vectors)."""
+    from GANTrainerLib.joint import JointSpec, VariantPool
+    from GANTrainerLib.losses import StyleGAN2Loss
+
+    torch.manual_seed(0)
+    G = StyleGAN2Generator(**TINY, label_classes=K, c_dim=8)
+    D = StyleGAN2Discriminator(img_shape=(4, 16, 16), base_shape=(1, 4, 4), img_channels=1 + K, channel_base=16,
+                               channel_max=16, c_dim=8, mbstd_group_size=2)
+    spec = JointSpec.of(G, "topcow13")
+    pool = VariantPool(torch.tensor([[1, 1, 0, 1, 0, 1, 1, 0], [0, 0, 1, 0, 1, 0, 0, 1]], dtype=torch.float32))
+    loss = StyleGAN2Loss(G, D, r1_gamma=0.0, pl_weight=0.0, joint=spec, c_pool=pool, variant_weight=2.0,
+                         style_mixing_prob=0.0)
+    plain = StyleGAN2Loss(G, D, r1_gamma=0.0, pl_weight=0.0, joint=spec, c_pool=pool, style_mixing_prob=0.0)
+    torch.manual_seed(1)
+    total, stats = loss.generator_loss(torch.randn(4, 16), step=0)
+    torch.manual_seed(1)
+    base, base_stats = plain.generator_loss(torch.randn(4, 16), step=0)
+    assert "reg/variant" not in base_stats
+    assert torch.allclose(total, base + 2.0 * stats["reg/variant"], atol=1e-5)
+    opt = torch.optim.Adam(G.parameters(), lr=0.01)
+    c = pool.sample(8, generator=torch.Generator().manual_seed(0))
+    assert len(set(map(tuple, c.tolist()))) == 2
+    z = torch.randn(8, 16)
+    first = None
+    for _ in range(60):
+        opt.zero_grad(set_to_none=True)
+        vc, match = loss.variant_consistency(G(z, c=c), c)
+        first = float(vc.detach()) if first is None else first
+        vc.backward()
+        opt.step()
+    vc, match = loss.variant_consistency(G(z, c=c).detach(), c)
+    assert float(vc) < 0.2 * first and float(match) == 1.0, (first, float(vc), float(match))
+    with pytest.raises(ValueError, match="variant_weight needs a generator conditioned"):
+        StyleGAN2Loss(StyleGAN2Generator(**TINY, label_classes=K), D, joint=JointSpec("topcow13", K),
+                      variant_weight=1.0)
+
+
 @pytest.mark.slow
 def test_one_joint_training_step_reaches_the_label_head():
     """D and G losses of a conditional joint model: finite, R1 over the one-hot reals, gradients into tolabel
@@ -475,6 +541,13 @@ def test_volgan_train_sets_the_label_decoding_and_the_r1_weight():
         settings_from_preset("tiny-cow-labels", r1_gamma=-1.0)
     with pytest.raises(VolGANError, match="trains with wgan-gp"):
         settings_from_preset("tiny-spongiosa", r1_gamma=1.0)
+    args = build_parser().parse_args(["train", "--preset", "tiny-cow-labels", "--data", "d", "--out", "o",
+                                      "--variant-weight", "0.5"])
+    assert settings_from_preset(args.preset, variant_weight=args.variant_weight).loss["variant_weight"] == 0.5
+    with pytest.raises(VolGANError, match="generates no labels"):
+        settings_from_preset("tiny-cow", variant_weight=1.0)
+    with pytest.raises(VolGANError, match="--variant-weight must be ≥ 0"):
+        settings_from_preset("tiny-cow-labels", variant_weight=-1.0)
 
 
 def test_image_view_gives_the_intensity_with_repeatable_conditions():

@@ -16,7 +16,10 @@ the training loop decides when to read them.
 :class:`StyleGAN2Loss` also trains joint image + label generators (``joint``, a
 :class:`GANTrainerLib.joint.JointSpec`): reals arrive as (intensity, label ids) and reach D as intensity +
 one-hot, fakes as intensity + softmax; a conditional model's fakes draw their CoW variant from ``c_pool`` and
-reals bring their own. Path-length regularisation then acts on the intensity channel only.
+reals bring their own. Path-length regularisation then acts on the intensity channel only. ``variant_weight``
+adds to the generator's loss a variant-consistency term: the binary cross-entropy between the variant its own
+class probabilities show (:func:`VolumetricGANLib.labelmaps.variant_scores`) and the one it was asked for, so
+the conditioning is obeyed by construction instead of only through the projection discriminator.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class StyleGAN2Loss:
         joint=None,                            # JointSpec of a joint image + label generator (None: image only)
         c_pool=None,                           # VariantPool drawing fakes' conditioning (conditional joint models)
         fake_labels: str = "softmax",          # joint models: D sees fakes' softmax or straight-through one-hot
+        variant_weight: float = 0.0,           # conditional joint models: weight of the variant-consistency term
     ) -> None:
         if loss not in ("logistic", "hinge"):
             raise ValueError(f"loss '{loss}': choose 'logistic' or 'hinge'")
@@ -61,7 +65,12 @@ class StyleGAN2Loss:
             raise ValueError("a conditional generator needs c_pool (the training set's variant vectors)")
         if fake_labels not in FAKE_LABEL_INPUTS:
             raise ValueError(f"fake_labels {fake_labels!r}: choose one of {', '.join(FAKE_LABEL_INPUTS)}")
+        if variant_weight and not (joint is not None and joint.c_dim):
+            raise ValueError("variant_weight needs a generator conditioned on the CoW variant (c_dim 8)")
+        if not float(variant_weight) >= 0:
+            raise ValueError(f"variant_weight must be ≥ 0 (got {variant_weight})")
         self.joint, self.c_pool, self.fake_labels = joint, c_pool, fake_labels
+        self.variant_weight = float(variant_weight)
         self.G, self.D = G, D
         self.augment = augment or _identity
         self.loss = loss
@@ -110,12 +119,29 @@ class StyleGAN2Loss:
         main = F.softplus(-logits).mean() if self.loss == "logistic" else (-logits).mean()
         stats = {"loss/G": main.detach(), "scores/fake": logits.detach().mean()}
         total = main
+        if self.variant_weight > 0:
+            vc, match = self.variant_consistency(fake, c)
+            total = total + vc * self.variant_weight
+            stats["reg/variant"], stats["reg/variant_match"] = vc.detach(), match
         if self.pl_weight > 0 and step >= self.pl_start_step and step % self.pl_interval == 0:
             pl = self.path_length_penalty(z[: max(1, z.shape[0] // self.pl_batch_shrink)])
             total = total + pl * (self.pl_weight * self.pl_interval)
             stats["reg/pl_penalty"] = pl.detach()
             stats["reg/pl_mean"] = self.pl_mean.detach()
         return total, stats
+
+    def variant_consistency(self, fake: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Binary cross-entropy (float32, mean over fakes and the 8 segments) between the soft variant vectors of
+        the fakes' class probabilities and their conditioning ``c`` (±1); and the share of fakes whose soft
+        vector, thresholded at 0.5, is the requested one (detached)."""
+        from VolumetricGANLib.labelmaps import variant_scores
+
+        probs = torch.softmax(fake[:, 1:].float(), dim=1)
+        scores = variant_scores(probs, self.joint.label_scheme).clamp(1e-6, 1 - 1e-6)
+        want = (c > 0).float()
+        bce = -(want * scores.log() + (1 - want) * (1 - scores).log()).mean()
+        match = ((scores > 0.5) == (want > 0.5)).all(dim=1).float().mean()
+        return bce, match
 
     def path_length_penalty(self, z: torch.Tensor) -> torch.Tensor:
         fake, ws = self.generate(z, self.sample_c(z.shape[0]))

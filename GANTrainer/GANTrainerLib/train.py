@@ -112,6 +112,7 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
     fake_labels = overrides.pop("fake_labels", None)
     label_decoding = overrides.pop("label_decoding", None)
     r1_gamma = overrides.pop("r1_gamma", None)
+    variant_weight = overrides.pop("variant_weight", None)
     for key in ("lr_g", "lr_d", "ema_kimg"):  # command-line numbers that must be positive
         value = overrides.get(key)
         if value is not None and not float(value) > 0:
@@ -157,6 +158,13 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
         if not float(r1_gamma) >= 0:
             raise VolGANError(f"--r1-gamma must be ≥ 0 (got {r1_gamma}; 0 turns R1 off)")
         cfg["loss"] = dict(cfg["loss"], r1_gamma=float(r1_gamma))
+    if variant_weight is not None:
+        _joint_only(cfg, name, "--variant-weight weighs the generator's variant-consistency term")
+        if not cfg["generator"].get("c_dim"):
+            raise VolGANError(f"--variant-weight: preset '{name}' is not conditioned on the CoW variant")
+        if not float(variant_weight) >= 0:
+            raise VolGANError(f"--variant-weight must be ≥ 0 (got {variant_weight}; 0 turns the term off)")
+        cfg["loss"] = dict(cfg["loss"], variant_weight=float(variant_weight))
     known = {f.name for f in dataclasses.fields(TrainSettings)}
     unknown = sorted(set(cfg) - known)
     if unknown:

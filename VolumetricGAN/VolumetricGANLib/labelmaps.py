@@ -24,8 +24,8 @@ from VolGANCore.labels import LabelScheme, get_scheme
 from VolGANCore.names import COW_ANTERIOR, COW_POSTERIOR, COW_VARIANT_SEGMENTS, FAKE_LABEL_INPUTS, LABEL_DECODINGS
 
 __all__ = ["VARIANT_NAMES", "ANTERIOR", "POSTERIOR", "class_ids", "labels_to_onehot", "split_output",
-           "discriminator_input", "decode_classes", "hard_labels", "variant_vector", "variant_vectors", "variant_condition", "parse_variant",
-           "lr_flip_permutation"]
+           "discriminator_input", "decode_classes", "hard_labels", "variant_vector", "variant_vectors", "variant_scores",
+           "variant_condition", "parse_variant", "lr_flip_permutation"]
 
 ANTERIOR, POSTERIOR, VARIANT_NAMES = COW_ANTERIOR, COW_POSTERIOR, COW_VARIANT_SEGMENTS
 
@@ -174,33 +174,46 @@ def _channel(scheme: LabelScheme, name: str) -> int:
     return 1 + list(scheme.ids).index(scheme.id_of(name))
 
 
-def variant_vectors(onehot: torch.Tensor, scheme: str | LabelScheme = "topcow13") -> torch.Tensor:
-    """CoW variant vectors of a batch of one-hot label maps ``(N, K, D, H, W)`` → ``(N, 8)`` float 0/1, on the device.
+def variant_scores(probs: torch.Tensor, scheme: str | LabelScheme = "topcow13") -> torch.Tensor:
+    """Soft CoW variant vectors of class probabilities ``(N, K, D, H, W)`` → ``(N, 8)`` in [0, 1], differentiable.
 
-    The same rule as :func:`MorphometryLib.vessels.cow_variants` (26-adjacency = a 3×3×3 max-pool dilation):
-    A1 when the ACA touches the same-side ICA, P1 when the PCA touches the BA, the others when present. For a
-    generator's output, pass the one-hot of its argmax. No host synchronisation.
+    The rule of :func:`MorphometryLib.vessels.cow_variants` on probabilities: a segment's presence is its class's
+    highest probability, a contact (A1: ACA–ICA of one side, P1: PCA–BA) the highest product of one class's
+    probability and the other's over the 26 neighbours (a 3×3×3 max-pool). On one-hot maps this is exactly the 0/1
+    vector; on a generator's softmax it is what the variant-consistency term of training scores
+    (:class:`GANTrainerLib.losses.StyleGAN2Loss`, ``variant_weight``). No host synchronisation.
     """
     s = get_scheme(scheme) if isinstance(scheme, str) else scheme
-    if onehot.ndim != 5 or onehot.shape[1] != len(s.ids) + 1:
-        raise VolGANError(f"variant_vectors: expected (N, {len(s.ids) + 1}, D, H, W) one-hot labels, "
-                          f"got shape {tuple(onehot.shape)}")
-    x = onehot.float()
+    if probs.ndim != 5 or probs.shape[1] != len(s.ids) + 1:
+        raise VolGANError(f"variant vectors: expected (N, {len(s.ids) + 1}, D, H, W) one-hot labels or class "
+                          f"probabilities, got shape {tuple(probs.shape)}")
+    x = probs.float()
 
     def ch(name: str) -> torch.Tensor:
         k = _channel(s, name)
         return x[:, k:k + 1]
 
     def present(name: str) -> torch.Tensor:
-        return ch(name).amax(dim=(1, 2, 3, 4)) > 0.5
+        return ch(name).amax(dim=(1, 2, 3, 4))
 
     def touch(a: str, b: str) -> torch.Tensor:
         grown = torch.nn.functional.max_pool3d(ch(a), kernel_size=3, stride=1, padding=1)
-        return (grown * ch(b)).amax(dim=(1, 2, 3, 4)) > 0.5
+        return (grown * ch(b)).amax(dim=(1, 2, 3, 4))
 
     bits = [touch("L-ACA", "L-ICA"), present("Acom"), present("3rd-A2"), touch("R-ACA", "R-ICA"),
             present("L-Pcom"), touch("L-PCA", "BA"), touch("R-PCA", "BA"), present("R-Pcom")]
-    return torch.stack(bits, dim=1).float()
+    return torch.stack(bits, dim=1)
+
+
+def variant_vectors(onehot: torch.Tensor, scheme: str | LabelScheme = "topcow13") -> torch.Tensor:
+    """CoW variant vectors of a batch of one-hot label maps ``(N, K, D, H, W)`` → ``(N, 8)`` float 0/1, on the device.
+
+    The same rule as :func:`MorphometryLib.vessels.cow_variants` (26-adjacency = a 3×3×3 max-pool dilation):
+    A1 when the ACA touches the same-side ICA, P1 when the PCA touches the BA, the others when present
+    (:func:`variant_scores` > 0.5). For a generator's output, pass the one-hot of its argmax. No host
+    synchronisation.
+    """
+    return (variant_scores(onehot, scheme) > 0.5).float()
 
 
 def variant_condition(vectors: torch.Tensor) -> torch.Tensor:
