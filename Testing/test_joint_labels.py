@@ -352,6 +352,45 @@ def test_the_variant_consistency_term_teaches_the_generator_its_condition():
                       variant_weight=1.0)
 
 
+def test_the_hinge_consistency_term_stops_pushing_beyond_its_margin():
+    """variant_margin m: zero loss (and no gradient) once every requested segment scores ≥ 0.5 + m and every
+    unwanted one ≤ 0.5 − m; linear in the shortfall otherwise. The cross-entropy keeps pushing."""
+    from GANTrainerLib.joint import JointSpec, VariantPool
+    from GANTrainerLib.losses import StyleGAN2Loss
+
+    G = StyleGAN2Generator(**TINY, label_classes=K, c_dim=8)
+    D = StyleGAN2Discriminator(img_shape=(4, 16, 16), base_shape=(1, 4, 4), img_channels=1 + K, channel_base=16,
+                               channel_max=16, c_dim=8, mbstd_group_size=2)
+    spec = JointSpec.of(G, "topcow13")
+    vec = torch.tensor([[0, 1, 0, 0, 0, 0, 0, 0]], dtype=torch.float32)   # the Acom only
+    pool = VariantPool(vec)
+    hinge = StyleGAN2Loss(G, D, joint=spec, c_pool=pool, variant_weight=1.0, variant_margin=0.25)
+    bce = StyleGAN2Loss(G, D, joint=spec, c_pool=pool, variant_weight=1.0)
+    acom = list(class_ids("topcow13")).index(TOPCOW13.id_of("Acom"))
+
+    def fake(p_acom: float) -> torch.Tensor:
+        """One voxel at Acom probability p_acom (rest background); everything else background."""
+        logits = torch.full((1, 1 + K, 4, 16, 16), -30.0)
+        logits[:, 1] = 30.0                                  # channel 1 of the output = background
+        logits[0, 1, 1, 2, 2] = 0.0
+        logits[0, 1 + acom, 1, 2, 2] = float(torch.logit(torch.tensor(p_acom)))
+        return logits.requires_grad_(True)
+
+    c = pool.sample(1)
+    for p, expected in ((0.9, 0.0), (0.75, 0.0), (0.6, 0.15 / 8), (0.2, 0.55 / 8)):
+        x = fake(p)
+        value, match = hinge.variant_consistency(x, c)
+        assert value.item() == pytest.approx(expected, abs=1e-4), p
+        assert match.item() == float(p > 0.5)
+        value.backward()
+        assert (x.grad.abs().sum() > 0) == (expected > 0)   # no push once beyond the margin
+    x = fake(0.9)
+    bce.variant_consistency(x, c)[0].backward()
+    assert x.grad.abs().sum() > 0                           # the cross-entropy pushes a present Acom still higher
+    with pytest.raises(ValueError, match=r"variant_margin must be in \[0, 0.5\)"):
+        StyleGAN2Loss(G, D, joint=spec, c_pool=pool, variant_weight=1.0, variant_margin=0.5)
+
+
 @pytest.mark.slow
 def test_one_joint_training_step_reaches_the_label_head():
     """D and G losses of a conditional joint model: finite, R1 over the one-hot reals, gradients into tolabel
@@ -548,6 +587,11 @@ def test_volgan_train_sets_the_label_decoding_and_the_r1_weight():
         settings_from_preset("tiny-cow", variant_weight=1.0)
     with pytest.raises(VolGANError, match="--variant-weight must be ≥ 0"):
         settings_from_preset("tiny-cow-labels", variant_weight=-1.0)
+    assert settings_from_preset("tiny-cow-labels", variant_weight=1.0, variant_margin=0.2).loss["variant_margin"] == 0.2
+    with pytest.raises(VolGANError, match="give it a --variant-weight"):
+        settings_from_preset("tiny-cow-labels", variant_margin=0.2)
+    with pytest.raises(VolGANError, match=r"--variant-margin must be in \[0, 0.5\)"):
+        settings_from_preset("tiny-cow-labels", variant_weight=1.0, variant_margin=0.7)
 
 
 def test_image_view_gives_the_intensity_with_repeatable_conditions():

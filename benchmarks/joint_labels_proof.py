@@ -291,6 +291,8 @@ def main() -> None:
                     "0.0002 × voxels / batch at 16×64×64 and batch 4; the earlier runs in the docs had tiny-cow's 0.5)")
     ap.add_argument("--variant-weight", type=float, help="weight of the generator's variant-consistency term "
                     "(default: the preset's)")
+    ap.add_argument("--variant-margin", type=float, help="hinge margin of the variant-consistency term (default: "
+                    "the preset's, 0 = cross-entropy)")
     ap.add_argument("--heldout", type=int, default=0, help="also score N phantoms not trained on (seed + 1, "
                     "written to OUT/heldout) with the checkpoint's discriminator, beside N training phantoms (with "
                     "their labels and with wrong ones) and N fakes: does D memorise the training set, does it see "
@@ -322,7 +324,8 @@ def main() -> None:
                                         metrics_kimg=2.0, sample_kimg=1.0, snapshot_minutes=30.0,
                                         fake_labels=args.fake_labels, ada_kimg=args.ada_kimg,
                                         lr_d=args.lr_d, label_decoding=args.label_decoding,
-                                        r1_gamma=args.r1_gamma, variant_weight=args.variant_weight)
+                                        r1_gamma=args.r1_gamma, variant_weight=args.variant_weight,
+                                        variant_margin=args.variant_margin)
         if args.channel_base:
             settings.generator = dict(settings.generator, channel_base=args.channel_base)
             settings.discriminator = dict(settings.discriminator, channel_base=args.channel_base)

@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--variant-weight", type=float,
                    help="conditional *-labels presets: weight of the generator's variant-consistency term "
                         "(the variant its own labels show vs the one asked for; 0 turns it off)")
+    p.add_argument("--variant-margin", type=float,
+                   help="with --variant-weight: a hinge that stops pushing once a segment scores beyond 0.5 ± M "
+                        "(default 0: cross-entropy)")
     p.add_argument("--lr-g", type=float, help="generator learning rate (preset value otherwise)")
     p.add_argument("--lr-d", type=float, help="discriminator learning rate (preset value otherwise)")
     p.add_argument("--ema-kimg", type=float, help="half-life of the generator's moving average in kimg")
@@ -78,7 +81,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                     kimg=args.kimg, snapshot_kimg=args.snapshot_kimg, phase_kimg=args.phase_kimg,
                                     padding=args.padding, fake_labels=args.fake_labels,
                                     label_decoding=args.label_decoding, r1_gamma=args.r1_gamma,
-                                    variant_weight=args.variant_weight,
+                                    variant_weight=args.variant_weight, variant_margin=args.variant_margin,
                                     lr_g=args.lr_g, lr_d=args.lr_d, ema_kimg=args.ema_kimg, seed=args.seed,
                                     metrics_kimg=args.metrics_kimg, metrics_track=args.metrics_track,
                                     metrics_inception_weights=args.inception_weights,

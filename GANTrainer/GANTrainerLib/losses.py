@@ -58,6 +58,7 @@ class StyleGAN2Loss:
         c_pool=None,                           # VariantPool drawing fakes' conditioning (conditional joint models)
         fake_labels: str = "softmax",          # joint models: D sees fakes' softmax or straight-through one-hot
         variant_weight: float = 0.0,           # conditional joint models: weight of the variant-consistency term
+        variant_margin: float = 0.0,           # 0: cross-entropy; m > 0: hinge, no push beyond 0.5 ± m
     ) -> None:
         if loss not in ("logistic", "hinge"):
             raise ValueError(f"loss '{loss}': choose 'logistic' or 'hinge'")
@@ -69,8 +70,10 @@ class StyleGAN2Loss:
             raise ValueError("variant_weight needs a generator conditioned on the CoW variant (c_dim 8)")
         if not float(variant_weight) >= 0:
             raise ValueError(f"variant_weight must be ≥ 0 (got {variant_weight})")
+        if not 0 <= float(variant_margin) < 0.5:
+            raise ValueError(f"variant_margin must be in [0, 0.5) (got {variant_margin})")
         self.joint, self.c_pool, self.fake_labels = joint, c_pool, fake_labels
-        self.variant_weight = float(variant_weight)
+        self.variant_weight, self.variant_margin = float(variant_weight), float(variant_margin)
         self.G, self.D = G, D
         self.augment = augment or _identity
         self.loss = loss
@@ -131,16 +134,21 @@ class StyleGAN2Loss:
         return total, stats
 
     def variant_consistency(self, fake: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Binary cross-entropy (float32, mean over fakes and the 8 segments) between the soft variant vectors of
-        the fakes' class probabilities and their conditioning ``c`` (±1); and the share of fakes whose soft
+        """How far the soft variant vectors of the fakes' class probabilities are from their conditioning ``c``
+        (±1), float32, mean over fakes and the 8 segments: the binary cross-entropy, or with ``variant_margin`` m
+        a hinge that is zero once a requested segment scores ≥ 0.5 + m (an unwanted one ≤ 0.5 − m), so a
+        present segment is not pushed to ever higher confidence (and size); and the share of fakes whose soft
         vector, thresholded at 0.5, is the requested one (detached)."""
         from VolumetricGANLib.labelmaps import variant_scores
 
         probs = torch.softmax(fake[:, 1:].float(), dim=1)
         scores = variant_scores(probs, self.joint.label_scheme).clamp(1e-6, 1 - 1e-6)
         want = (c > 0).float()
-        bce = -(want * scores.log() + (1 - want) * (1 - scores).log()).mean()
         match = ((scores > 0.5) == (want > 0.5)).all(dim=1).float().mean()
+        if self.variant_margin > 0:
+            sign = want * 2 - 1                          # +1: wanted present, −1: wanted absent
+            return F.relu(self.variant_margin - sign * (scores - 0.5)).mean(), match
+        bce = -(want * scores.log() + (1 - want) * (1 - scores).log()).mean()
         return bce, match
 
     def path_length_penalty(self, z: torch.Tensor) -> torch.Tensor:

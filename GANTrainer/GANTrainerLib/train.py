@@ -113,6 +113,7 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
     label_decoding = overrides.pop("label_decoding", None)
     r1_gamma = overrides.pop("r1_gamma", None)
     variant_weight = overrides.pop("variant_weight", None)
+    variant_margin = overrides.pop("variant_margin", None)
     for key in ("lr_g", "lr_d", "ema_kimg"):  # command-line numbers that must be positive
         value = overrides.get(key)
         if value is not None and not float(value) > 0:
@@ -165,6 +166,12 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
         if not float(variant_weight) >= 0:
             raise VolGANError(f"--variant-weight must be ≥ 0 (got {variant_weight}; 0 turns the term off)")
         cfg["loss"] = dict(cfg["loss"], variant_weight=float(variant_weight))
+    if variant_margin is not None:
+        if not float((cfg.get("loss") or {}).get("variant_weight", 0)) > 0:
+            raise VolGANError("--variant-margin shapes the variant-consistency term: give it a --variant-weight")
+        if not 0 <= float(variant_margin) < 0.5:
+            raise VolGANError(f"--variant-margin must be in [0, 0.5) (got {variant_margin}; 0: cross-entropy)")
+        cfg["loss"] = dict(cfg["loss"], variant_margin=float(variant_margin))
     known = {f.name for f in dataclasses.fields(TrainSettings)}
     unknown = sorted(set(cfg) - known)
     if unknown:
