@@ -100,6 +100,26 @@ def test_liveness_needs_the_recorded_creation_time(tmp_path):
         BackgroundJob.attach(tmp_path / "nothing")
 
 
+def test_a_job_that_records_its_end_while_being_polled_is_not_called_failed(tmp_path, monkeypatch):
+    """The runner writes its final record and exits between two looks of poll(): the record read before the
+    liveness check says "running", the process is gone after it. poll() must report the recorded end, not a job
+    that "ended without recording a result" (seen once under load in the installed-layout training test)."""
+    folder = tmp_path / "job"
+    folder.mkdir()
+    record = {"kind": "train", "argv": ["train"], "state": "running", "created": time.time(), "pid": None,
+              "create_time": None, "returncode": None, "message": ""}
+    (folder / "job.json").write_text(json.dumps(record))
+    job = BackgroundJob.attach(folder)
+
+    def runner_ends_now(self, rec):
+        (folder / "job.json").write_text(json.dumps({**record, "state": "finished", "returncode": 0}))
+        return None, None
+
+    monkeypatch.setattr(BackgroundJob, "_processes", runner_ends_now)
+    status = job.poll()
+    assert (status["state"], status["returncode"], status["running"]) == ("finished", 0, False), status
+
+
 HANG_PLUGIN = '''
 import subprocess, sys, time
 

@@ -267,12 +267,13 @@ class BackgroundJob:
         """The job's status: ``state`` (starting, running, finished, failed, stopped, cancelled), ``progress``
         ({description, done, total, fraction, eta_s, message} or None), ``returncode``, ``message`` (on
         failure the error line the command printed), ``pid``, ``running``, ``kind``, ``argv``, ``folder``."""
+        running = self.isRunning()   # first: a record read after it is final once it says not running
         record = read_job(self.folder) or {"state": "starting"}
         status = {key: record.get(key) for key in ("state", "progress", "returncode", "message", "pid", "kind",
                                                    "argv", "out_folder", "created", "started", "ended")}
         status["folder"] = str(self.folder)
         status["stop_requested"] = self.stopRequestedAt() is not None
-        status["running"] = self.isRunning()
+        status["running"] = running
         if status["state"] not in TERMINAL_STATES and not status["running"]:
             # the runner ended without recording its end: it could not start, or it was killed
             status["state"] = "failed"
