@@ -17,9 +17,10 @@ the training loop decides when to read them.
 :class:`GANTrainerLib.joint.JointSpec`): reals arrive as (intensity, label ids) and reach D as intensity +
 one-hot, fakes as intensity + softmax; a conditional model's fakes draw their CoW variant from ``c_pool`` and
 reals bring their own. Path-length regularisation then acts on the intensity channel only. ``variant_weight``
-adds to the generator's loss a variant-consistency term: the binary cross-entropy between the variant its own
-class probabilities show (:func:`VolumetricGANLib.labelmaps.variant_scores`) and the one it was asked for, so
-the conditioning is obeyed by construction instead of only through the projection discriminator.
+adds to the generator's loss a variant-consistency term: the binary cross-entropy (with ``variant_margin``, a
+hinge) between the variant its own class probabilities show (:func:`VolumetricGANLib.labelmaps.variant_scores`)
+and the one it was asked for, so the conditioning reaches the generator directly, not only through the
+projection discriminator.
 """
 
 from __future__ import annotations
