@@ -391,6 +391,39 @@ def test_the_hinge_consistency_term_stops_pushing_beyond_its_margin():
         StyleGAN2Loss(G, D, joint=spec, c_pool=pool, variant_weight=1.0, variant_margin=0.5)
 
 
+def test_the_diversity_term_compares_intensities_and_the_foreground_the_labels_draw():
+    """Joint models: the diversity term compares the intensity and the foreground (label > 0) — of the reals'
+    label maps, and of the fakes' decoded labels, with the softmax's gradient: fakes that differ only in
+    probabilities no label shows count as identical, yet the term reaches the class logits."""
+    from GANTrainerLib.joint import JointSpec, VariantPool
+    from GANTrainerLib.losses import StyleGAN2Loss, pairwise_similarity
+
+    G = StyleGAN2Generator(**TINY, label_classes=K, c_dim=8)
+    D = StyleGAN2Discriminator(img_shape=(4, 16, 16), base_shape=(1, 4, 4), img_channels=1 + K, channel_base=16,
+                               channel_max=16, c_dim=8, mbstd_group_size=2)
+    spec = JointSpec.of(G, "topcow13")
+    loss = StyleGAN2Loss(G, D, joint=spec, c_pool=VariantPool(torch.ones(1, 8)), diversity_weight=1.0)
+    ids = torch.zeros(2, 1, 4, 16, 16)
+    ids[0, 0, 1, 2:6, 3] = TOPCOW13.id_of("BA")
+    ids[1, 0, 2, 8, 4:9] = TOPCOW13.id_of("Acom")
+    reals, _ = spec.reals(torch.cat([torch.rand(2, 1, 4, 16, 16), ids], dim=1))
+    features = loss._diversity_features(reals, generated=False)
+    assert torch.equal(features[:, 1], (ids[:, 0] > 0).float()) and torch.equal(features[:, 0], reals[:, 0])
+
+    torch.manual_seed(0)
+    logits = torch.full((2, K, 4, 16, 16), -5.0)
+    logits[:, 0] = 5.0                                         # background everywhere ...
+    logits[:, 3, 1, 2:6, 3] = 10.0                             # ... but one labelled segment, the same in both
+    logits[:, 4] += torch.rand(2, 4, 16, 16) * 4               # faint probabilities that differ, never decoded
+    fake = torch.cat([torch.rand(1, 1, 4, 16, 16).expand(2, -1, -1, -1, -1), logits], dim=1).requires_grad_(True)
+    loss.real_similarity = torch.tensor(0.2)
+    excess, similar = loss.diversity_excess(fake)
+    assert similar.item() == pytest.approx(1.0, abs=1e-5) and excess.item() == pytest.approx(0.8, abs=1e-5)
+    excess.backward()
+    assert fake.grad[:, 1:].abs().sum() > 0                    # the labels' softmax gets the gradient
+    assert pairwise_similarity(torch.softmax(logits, 1)[:, 4:5]) < 0.5   # the faint channel itself does differ
+
+
 @pytest.mark.slow
 def test_one_joint_training_step_reaches_the_label_head():
     """D and G losses of a conditional joint model: finite, R1 over the one-hot reals, gradients into tolabel
@@ -592,6 +625,20 @@ def test_volgan_train_sets_the_label_decoding_and_the_r1_weight():
         settings_from_preset("tiny-cow-labels", variant_margin=0.2)
     with pytest.raises(VolGANError, match=r"--variant-margin must be in \[0, 0.5\)"):
         settings_from_preset("tiny-cow-labels", variant_weight=1.0, variant_margin=0.7)
+    args = build_parser().parse_args(["train", "--preset", "tiny-cow-labels", "--data", "d", "--out", "o",
+                                      "--diversity-weight", "2"])
+    assert settings_from_preset(args.preset, diversity_weight=args.diversity_weight).loss["diversity_weight"] == 2.0
+    assert settings_from_preset("tiny-cow", diversity_weight=1.0).loss["diversity_weight"] == 1.0   # image-only too
+    with pytest.raises(VolGANError, match="--diversity-weight must be ≥ 0"):
+        settings_from_preset("tiny-cow-labels", diversity_weight=-0.5)
+    with pytest.raises(VolGANError, match="trains with wgan-gp"):
+        settings_from_preset("tiny-spongiosa", diversity_weight=1.0)
+    assert settings_from_preset("tiny-cow-labels", diversity_weight=1.0,
+                                diversity_start_kimg=2).loss["diversity_start_kimg"] == 2.0
+    with pytest.raises(VolGANError, match="give it a --diversity-weight"):
+        settings_from_preset("tiny-cow-labels", diversity_start_kimg=2)
+    with pytest.raises(VolGANError, match="--diversity-start-kimg must be ≥ 0"):
+        settings_from_preset("tiny-cow-labels", diversity_weight=1.0, diversity_start_kimg=-1)
 
 
 def test_image_view_gives_the_intensity_with_repeatable_conditions():

@@ -137,6 +137,15 @@ def test_run_folder_is_observable_and_checkpoint_generates(data, tmp_path):
     assert cfg["spacing"] == [0.5, 0.5, 1.0] and G(torch.randn(1, 8)).shape == (1, 1, 4, 8, 8)
 
 
+def test_the_diversity_term_starts_after_its_kimg_and_is_logged(data, tmp_path):
+    """loss.diversity_start_kimg counts the images the loop has shown (batch 2: 4 images = after two steps)."""
+    loss = dict(TINY["loss"], diversity_weight=1.0, diversity_start_kimg=0.004)
+    train(data, tmp_path / "d", settings(loss=loss), max_steps=4, log=lambda m: None)
+    rows = read_metrics(tmp_path / "d")
+    assert [("reg/similarity" in r) for r in rows] == [False, False, True, True]
+    assert all(-1 <= r["reg/similarity"] <= 1 and -1 <= r["reg/similarity_real"] <= 1 for r in rows[2:])
+
+
 @pytest.mark.slow
 def test_non_finite_losses_stop_the_run_with_a_message(data, tmp_path, monkeypatch):
     from GANTrainerLib import losses

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from GANTrainerLib.losses import StyleGAN2Loss, WGANGPLoss
+from GANTrainerLib.losses import StyleGAN2Loss, WGANGPLoss, pairwise_similarity
 from VolumetricGANLib.networks import StyleGAN2Discriminator, StyleGAN2Generator
 
 from tiny_arch import tiny_stylegan_d, tiny_stylegan_g
@@ -69,6 +69,89 @@ def test_style_mixing_mixes_layers(nets):
     plain = G.mapping(torch.randn(8, 16), 1.0, None)
     assert torch.allclose(plain[:, 0], plain[:, -1])          # unmixed: every layer gets the same w
     assert not torch.allclose(ws[:, 0], ws[:, -1])            # mixed: the last layer comes from z2
+
+
+def test_pairwise_similarity_is_the_mean_correlation_between_every_two_volumes():
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 3, 4, 4)
+    flat = x.flatten(2).transpose(0, 1).double().numpy()
+    import numpy as np
+
+    expect = np.mean([np.corrcoef(ch)[np.triu_indices(5, 1)].mean() for ch in flat])
+    assert pairwise_similarity(x).item() == pytest.approx(expect, abs=1e-5)
+    same = x[:1].repeat(3, 1, 1, 1, 1)
+    assert pairwise_similarity(same).item() == pytest.approx(1.0, abs=1e-5)
+    assert pairwise_similarity(torch.cat([x[:1], -x[:1]])).item() == pytest.approx(-1.0, abs=1e-5)
+    constant = torch.cat([x[:2, :1], torch.ones(2, 1, 3, 4, 4)], dim=1)      # a constant channel counts 0
+    assert pairwise_similarity(constant).item() == pytest.approx(pairwise_similarity(x[:2, :1]).item() / 2, abs=1e-5)
+    with pytest.raises(ValueError, match="at least two"):
+        pairwise_similarity(x[:1])
+
+
+def test_the_diversity_term_charges_fakes_only_for_resembling_each_other_more_than_reals_do(nets):
+    """diversity_weight: D steps keep a running mean of the reals' pairwise similarity (the first step sets it);
+    the generator pays weight × how far its fakes' similarity exceeds it, nothing below it."""
+    G, D = nets
+    torch.manual_seed(2)
+    reals, reals2 = torch.randn(4, 1, 4, 8, 8), torch.randn(4, 1, 4, 8, 8)
+    loss = StyleGAN2Loss(G, D, r1_gamma=0, style_mixing_prob=0, noise_mode="const", diversity_weight=3.0,
+                         similarity_decay=0.25)
+    plain = StyleGAN2Loss(G, D, r1_gamma=0, style_mixing_prob=0, noise_mode="const")
+    z = torch.randn(4, 16)
+    _, st = loss.generator_loss(z, step=0)
+    assert "reg/similarity" not in st                          # no reals seen yet: no bound, no term
+    loss.discriminator_loss(reals, z, step=1)
+    first = pairwise_similarity(reals)
+    assert loss.real_similarity.item() == pytest.approx(first.item(), abs=1e-6)
+    loss.discriminator_loss(reals2, z, step=1)
+    assert loss.real_similarity.item() == pytest.approx(first.lerp(pairwise_similarity(reals2), 0.25).item(), abs=1e-6)
+    base, _ = plain.generator_loss(z, step=1)
+    with torch.no_grad():
+        fakes_similar = pairwise_similarity(G(z, noise_mode="const")).item()
+    loss.real_similarity = torch.tensor(fakes_similar - 0.1)
+    total, st = loss.generator_loss(z, step=1)
+    assert st["reg/similarity"].item() == pytest.approx(fakes_similar, abs=1e-5)
+    assert total.item() == pytest.approx(base.item() + 3.0 * 0.1, abs=1e-4)
+    loss.real_similarity = torch.tensor(fakes_similar + 0.1)   # fakes already less alike than reals: no charge
+    total, _ = loss.generator_loss(z, step=1)
+    assert total.item() == pytest.approx(base.item(), abs=1e-5)
+    late = StyleGAN2Loss(G, D, r1_gamma=0, style_mixing_prob=0, noise_mode="const", diversity_weight=3.0,
+                         diversity_start_kimg=1.0)
+    late.real_similarity = torch.tensor(fakes_similar - 0.1)
+    late.nimg = 999
+    assert "reg/similarity" not in late.generator_loss(z, step=1)[1]     # before its start: off
+    late.nimg = 1000
+    assert late.generator_loss(z, step=1)[0].item() == pytest.approx(base.item() + 3.0 * 0.1, abs=1e-4)
+    with pytest.raises(ValueError, match="diversity_weight must be ≥ 0"):
+        StyleGAN2Loss(G, D, diversity_weight=-1.0)
+    with pytest.raises(ValueError, match="diversity_start_kimg must be ≥ 0"):
+        StyleGAN2Loss(G, D, diversity_weight=1.0, diversity_start_kimg=-1)
+
+
+def test_the_diversity_term_spreads_a_collapsed_generator(nets):
+    """A generator taught to draw one volume whatever its latent (pairwise similarity near 1) draws different
+    volumes again when the diversity term alone is minimised against reals that correlate 0."""
+    G, D = nets
+    torch.manual_seed(4)
+    target = torch.randn(1, 1, 4, 8, 8)
+    opt = torch.optim.Adam(G.parameters(), lr=0.01)
+    z = torch.randn(8, 16)
+    for _ in range(150):                                       # collapse it
+        opt.zero_grad(set_to_none=True)
+        F.mse_loss(G(z, noise_mode="const"), target.expand(8, -1, -1, -1, -1)).backward()
+        opt.step()
+    with torch.no_grad():
+        collapsed = pairwise_similarity(G(z, noise_mode="const")).item()
+    assert collapsed > 0.9
+    loss = StyleGAN2Loss(G, D, r1_gamma=0, style_mixing_prob=0, noise_mode="const", diversity_weight=1.0)
+    loss.real_similarity = torch.tensor(0.0)
+    for _ in range(100):
+        opt.zero_grad(set_to_none=True)
+        loss.diversity_excess(G(z, noise_mode="const"))[0].backward()
+        opt.step()
+    with torch.no_grad():
+        spread = pairwise_similarity(G(torch.randn(8, 16), noise_mode="const")).item()
+    assert spread < 0.5, (collapsed, spread)
 
 
 class LinearCritic(torch.nn.Module):

@@ -293,6 +293,9 @@ def main() -> None:
                     "(default: the preset's)")
     ap.add_argument("--variant-margin", type=float, help="hinge margin of the variant-consistency term (default: "
                     "the preset's, 0 = cross-entropy)")
+    ap.add_argument("--diversity-weight", type=float, help="weight of the term against mode collapse (fakes of a "
+                    "batch correlating more than reals; default: the preset's)")
+    ap.add_argument("--diversity-start-kimg", type=float, help="no diversity term before this many kimg")
     ap.add_argument("--heldout", type=int, default=0, help="also score N phantoms not trained on (seed + 1, "
                     "written to OUT/heldout) with the checkpoint's discriminator, beside N training phantoms (with "
                     "their labels and with wrong ones) and N fakes: does D memorise the training set, does it see "
@@ -325,7 +328,9 @@ def main() -> None:
                                         fake_labels=args.fake_labels, ada_kimg=args.ada_kimg,
                                         lr_d=args.lr_d, label_decoding=args.label_decoding,
                                         r1_gamma=args.r1_gamma, variant_weight=args.variant_weight,
-                                        variant_margin=args.variant_margin)
+                                        variant_margin=args.variant_margin,
+                                        diversity_weight=args.diversity_weight,
+                                        diversity_start_kimg=args.diversity_start_kimg)
         if args.channel_base:
             settings.generator = dict(settings.generator, channel_base=args.channel_base)
             settings.discriminator = dict(settings.discriminator, channel_base=args.channel_base)

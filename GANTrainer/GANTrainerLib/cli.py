@@ -44,6 +44,11 @@ def register(sub) -> None:
     p.add_argument("--variant-margin", type=float,
                    help="with --variant-weight: a hinge that stops pushing once a segment scores beyond 0.5 ± M "
                         "(default 0: cross-entropy)")
+    p.add_argument("--diversity-weight", type=float,
+                   help="StyleGAN2 presets: weight of a term against mode collapse (fakes of a batch that correlate "
+                        "more than reals do; 0 turns it off; docs/joint-generation.md)")
+    p.add_argument("--diversity-start-kimg", type=float,
+                   help="with --diversity-weight: no diversity term before this many thousand images (default 0)")
     p.add_argument("--lr-g", type=float, help="generator learning rate (preset value otherwise)")
     p.add_argument("--lr-d", type=float, help="discriminator learning rate (preset value otherwise)")
     p.add_argument("--ema-kimg", type=float, help="half-life of the generator's moving average in kimg")
@@ -82,6 +87,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                     padding=args.padding, fake_labels=args.fake_labels,
                                     label_decoding=args.label_decoding, r1_gamma=args.r1_gamma,
                                     variant_weight=args.variant_weight, variant_margin=args.variant_margin,
+                                    diversity_weight=args.diversity_weight,
+                                    diversity_start_kimg=args.diversity_start_kimg,
                                     lr_g=args.lr_g, lr_d=args.lr_d, ema_kimg=args.ema_kimg, seed=args.seed,
                                     metrics_kimg=args.metrics_kimg, metrics_track=args.metrics_track,
                                     metrics_inception_weights=args.inception_weights,

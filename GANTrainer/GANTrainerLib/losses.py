@@ -20,7 +20,12 @@ reals bring their own. Path-length regularisation then acts on the intensity cha
 adds to the generator's loss a variant-consistency term: the binary cross-entropy (with ``variant_margin``, a
 hinge) between the variant its own class probabilities show (:func:`VolumetricGANLib.labelmaps.variant_scores`)
 and the one it was asked for, so the conditioning reaches the generator directly, not only through the
-projection discriminator.
+projection discriminator. ``diversity_weight`` adds a term against mode collapse: the mean correlation between
+every two fakes of a batch (:func:`pairwise_similarity`; intensity, and for joint models the foreground their
+labels draw) in excess of the same correlation among the reals (a running mean over the D steps), so the
+generator is asked to differ between latents as much as the training volumes differ from each other, no more
+(a mode-seeking regulariser after Mao et al., CVPR 2019, and Yang et al., ICLR 2019, bounded by the data's own
+diversity).
 """
 
 from __future__ import annotations
@@ -32,11 +37,26 @@ import torch.nn.functional as F
 
 from VolGANCore.names import FAKE_LABEL_INPUTS
 
-__all__ = ["StyleGAN2Loss", "WGANGPLoss"]
+__all__ = ["StyleGAN2Loss", "WGANGPLoss", "pairwise_similarity"]
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def pairwise_similarity(x: torch.Tensor) -> torch.Tensor:
+    """Mean Pearson correlation between every two of the ``N`` volumes of ``x`` (N, C, ...), per channel, averaged
+    over the channels: float32, differentiable, no host synchronisation. A constant channel correlates 0 with
+    everything. Near 1 when a generator draws one volume whatever its latent; the phantoms' intensities 0.26."""
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"pairwise_similarity needs at least two volumes (got {n})")
+    f = x.float().flatten(2).transpose(0, 1)                 # (C, N, voxels)
+    f = f - f.mean(-1, keepdim=True)
+    f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    corr = f @ f.transpose(1, 2)                              # (C, N, N)
+    others = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    return corr[:, others].mean()
 
 
 class StyleGAN2Loss:
@@ -60,6 +80,9 @@ class StyleGAN2Loss:
         fake_labels: str = "softmax",          # joint models: D sees fakes' softmax or straight-through one-hot
         variant_weight: float = 0.0,           # conditional joint models: weight of the variant-consistency term
         variant_margin: float = 0.0,           # 0: cross-entropy; m > 0: hinge, no push beyond 0.5 ± m
+        diversity_weight: float = 0.0,         # weight of the term against fakes more alike than reals (0: off)
+        similarity_decay: float = 0.01,        # decay of the running mean of the reals' pairwise similarity
+        diversity_start_kimg: float = 0.0,     # no diversity term before this many thousand images (``nimg``)
     ) -> None:
         if loss not in ("logistic", "hinge"):
             raise ValueError(f"loss '{loss}': choose 'logistic' or 'hinge'")
@@ -73,6 +96,14 @@ class StyleGAN2Loss:
             raise ValueError(f"variant_weight must be ≥ 0 (got {variant_weight})")
         if not 0 <= float(variant_margin) < 0.5:
             raise ValueError(f"variant_margin must be in [0, 0.5) (got {variant_margin})")
+        if not float(diversity_weight) >= 0:
+            raise ValueError(f"diversity_weight must be ≥ 0 (got {diversity_weight})")
+        self.diversity_weight, self.similarity_decay = float(diversity_weight), float(similarity_decay)
+        if not float(diversity_start_kimg) >= 0:
+            raise ValueError(f"diversity_start_kimg must be ≥ 0 (got {diversity_start_kimg})")
+        self.diversity_start_nimg = float(diversity_start_kimg) * 1000
+        self.real_similarity: Optional[torch.Tensor] = None  # running mean over D steps (set by the first)
+        self.nimg = 0                                        # images shown so far: the training loop sets it
         self.joint, self.c_pool, self.fake_labels = joint, c_pool, fake_labels
         self.variant_weight, self.variant_margin = float(variant_weight), float(variant_margin)
         self.G, self.D = G, D
@@ -127,6 +158,11 @@ class StyleGAN2Loss:
             vc, match = self.variant_consistency(fake, c)
             total = total + vc * self.variant_weight
             stats["reg/variant"], stats["reg/variant_match"] = vc.detach(), match
+        if (self.diversity_weight > 0 and fake.shape[0] > 1 and self.real_similarity is not None
+                and self.nimg >= self.diversity_start_nimg):
+            excess, similar = self.diversity_excess(fake)
+            total = total + excess * self.diversity_weight
+            stats["reg/similarity"], stats["reg/similarity_real"] = similar, self.real_similarity
         if self.pl_weight > 0 and step >= self.pl_start_step and step % self.pl_interval == 0:
             pl = self.path_length_penalty(z[: max(1, z.shape[0] // self.pl_batch_shrink)])
             total = total + pl * (self.pl_weight * self.pl_interval)
@@ -152,6 +188,23 @@ class StyleGAN2Loss:
         bce = -(want * scores.log() + (1 - want) * (1 - scores).log()).mean()
         return bce, match
 
+    def diversity_excess(self, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """How much more the generator outputs ``fake`` (N ≥ 2) resemble each other than the reals do (≥ 0, the
+        diversity term before its weight), and their pairwise similarity (detached)."""
+        similar = pairwise_similarity(self._diversity_features(fake, generated=True))
+        return F.relu(similar - self.real_similarity), similar.detach()
+
+    def _diversity_features(self, x: torch.Tensor, generated: bool) -> torch.Tensor:
+        """What :func:`pairwise_similarity` compares: the intensity, and for joint models the foreground the labels
+        draw (1 − background), of a generator output (``generated``: its labels decoded as D sees them, hard
+        forward with the softmax's gradient, so faint probabilities that no label shows cannot make fakes
+        differ) or of the reals' D input (intensity + one-hot)."""
+        if self.joint is None:
+            return x[:, :1]
+        if generated:
+            x = self.joint.fakes(x, "straight-through")
+        return torch.cat([x[:, :1], 1 - x[:, 1:2]], dim=1)
+
     def path_length_penalty(self, z: torch.Tensor) -> torch.Tensor:
         fake, ws = self.generate(z, self.sample_c(z.shape[0]))
         if self.joint is not None:
@@ -174,6 +227,11 @@ class StyleGAN2Loss:
         c_real = None
         if self.joint is not None:
             reals, c_real = self.joint.reals(reals)
+        if self.diversity_weight > 0 and reals.shape[0] > 1:
+            with torch.no_grad():
+                similar = pairwise_similarity(self._diversity_features(reals, generated=False))
+            self.real_similarity = (similar if self.real_similarity is None
+                                    else self.real_similarity.to(similar.device).lerp(similar, self.similarity_decay))
         reals = reals.detach().requires_grad_(do_r1)
         real_logits = self._d(reals, c_real).float()
         if self.loss == "logistic":

@@ -114,6 +114,8 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
     r1_gamma = overrides.pop("r1_gamma", None)
     variant_weight = overrides.pop("variant_weight", None)
     variant_margin = overrides.pop("variant_margin", None)
+    diversity_weight = overrides.pop("diversity_weight", None)
+    diversity_start = overrides.pop("diversity_start_kimg", None)
     for key in ("lr_g", "lr_d", "ema_kimg"):  # command-line numbers that must be positive
         value = overrides.get(key)
         if value is not None and not float(value) > 0:
@@ -172,6 +174,20 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
         if not 0 <= float(variant_margin) < 0.5:
             raise VolGANError(f"--variant-margin must be in [0, 0.5) (got {variant_margin}; 0: cross-entropy)")
         cfg["loss"] = dict(cfg["loss"], variant_margin=float(variant_margin))
+    if diversity_weight is not None:
+        kind = (cfg.get("loss") or {}).get("kind")
+        if kind != "stylegan2":
+            raise VolGANError(f"--diversity-weight weighs a term of the StyleGAN2 loss; preset '{name}' trains "
+                              f"with {kind}")
+        if not float(diversity_weight) >= 0:
+            raise VolGANError(f"--diversity-weight must be ≥ 0 (got {diversity_weight}; 0 turns the term off)")
+        cfg["loss"] = dict(cfg["loss"], diversity_weight=float(diversity_weight))
+    if diversity_start is not None:
+        if not float((cfg.get("loss") or {}).get("diversity_weight", 0)) > 0:
+            raise VolGANError("--diversity-start-kimg delays the diversity term: give it a --diversity-weight")
+        if not float(diversity_start) >= 0:
+            raise VolGANError(f"--diversity-start-kimg must be ≥ 0 (got {diversity_start})")
+        cfg["loss"] = dict(cfg["loss"], diversity_start_kimg=float(diversity_start))
     known = {f.name for f in dataclasses.fields(TrainSettings)}
     unknown = sorted(set(cfg) - known)
     if unknown:
@@ -413,6 +429,7 @@ def _train_iteration(parts: TrainParts, step: int, nimg: int, batch_total: int, 
                      prog: Optional[float], dist: Dist) -> tuple[bool, bool, dict, dict]:
     settings, G, D, loss, kind = parts.settings, parts.G, parts.D, parts.loss, parts.kind
     kw = {"progress": prog} if kind == "wgan-gp" else {}
+    loss.nimg = nimg                             # for terms that start after so many images
     # ---- discriminator step ----
     D.requires_grad_(True)
     parts.opt_d.zero_grad(set_to_none=True)
