@@ -402,7 +402,8 @@ def test_the_diversity_term_compares_intensities_and_the_foreground_the_labels_d
     D = StyleGAN2Discriminator(img_shape=(4, 16, 16), base_shape=(1, 4, 4), img_channels=1 + K, channel_base=16,
                                channel_max=16, c_dim=8, mbstd_group_size=2)
     spec = JointSpec.of(G, "topcow13")
-    loss = StyleGAN2Loss(G, D, joint=spec, c_pool=VariantPool(torch.ones(1, 8)), diversity_weight=1.0)
+    loss = StyleGAN2Loss(G, D, joint=spec, c_pool=VariantPool(torch.ones(1, 8)), diversity_weight=1.0,
+                         similarity_pool=1)                    # voxel by voxel here; blocks: test_train_losses
     ids = torch.zeros(2, 1, 4, 16, 16)
     ids[0, 0, 1, 2:6, 3] = TOPCOW13.id_of("BA")
     ids[1, 0, 2, 8, 4:9] = TOPCOW13.id_of("Acom")

@@ -95,7 +95,7 @@ def test_the_diversity_term_charges_fakes_only_for_resembling_each_other_more_th
     torch.manual_seed(2)
     reals, reals2 = torch.randn(4, 1, 4, 8, 8), torch.randn(4, 1, 4, 8, 8)
     loss = StyleGAN2Loss(G, D, r1_gamma=0, style_mixing_prob=0, noise_mode="const", diversity_weight=3.0,
-                         similarity_decay=0.25)
+                         similarity_decay=0.25, similarity_pool=1)
     plain = StyleGAN2Loss(G, D, r1_gamma=0, style_mixing_prob=0, noise_mode="const")
     z = torch.randn(4, 16)
     _, st = loss.generator_loss(z, step=0)
@@ -116,7 +116,7 @@ def test_the_diversity_term_charges_fakes_only_for_resembling_each_other_more_th
     total, _ = loss.generator_loss(z, step=1)
     assert total.item() == pytest.approx(base.item(), abs=1e-5)
     late = StyleGAN2Loss(G, D, r1_gamma=0, style_mixing_prob=0, noise_mode="const", diversity_weight=3.0,
-                         diversity_start_kimg=1.0)
+                         diversity_start_kimg=1.0, similarity_pool=1)
     late.real_similarity = torch.tensor(fakes_similar - 0.1)
     late.nimg = 999
     assert "reg/similarity" not in late.generator_loss(z, step=1)[1]     # before its start: off
@@ -126,6 +126,24 @@ def test_the_diversity_term_charges_fakes_only_for_resembling_each_other_more_th
         StyleGAN2Loss(G, D, diversity_weight=-1.0)
     with pytest.raises(ValueError, match="diversity_start_kimg must be ≥ 0"):
         StyleGAN2Loss(G, D, diversity_weight=1.0, diversity_start_kimg=-1)
+
+
+def test_the_diversity_term_compares_blocks_so_speckle_does_not_make_fakes_differ(nets):
+    """similarity_pool (default 4): volumes with one layout and independent voxel speckle that averages out over
+    each 4³ block count as alike; the same volumes compared voxel by voxel do not."""
+    G, D = nets
+    torch.manual_seed(5)
+    layout = torch.randn(1, 1, 2, 2, 2).repeat_interleave(4, 2).repeat_interleave(4, 3).repeat_interleave(4, 4)
+    speckle = torch.randn(3, 1, 8, 8, 8)
+    speckle = speckle - F.avg_pool3d(speckle, 4).repeat_interleave(4, 2).repeat_interleave(4, 3).repeat_interleave(4, 4)
+    fakes = layout + 3 * speckle
+    blocks = StyleGAN2Loss(G, D, diversity_weight=1.0)
+    voxels = StyleGAN2Loss(G, D, diversity_weight=1.0, similarity_pool=1)
+    blocks.real_similarity = voxels.real_similarity = torch.tensor(0.0)
+    assert blocks.diversity_excess(fakes)[1].item() == pytest.approx(1.0, abs=1e-5)
+    assert voxels.diversity_excess(fakes)[1].item() < 0.3
+    with pytest.raises(ValueError, match="similarity_pool must be ≥ 1"):
+        StyleGAN2Loss(G, D, similarity_pool=0)
 
 
 def test_the_diversity_term_spreads_a_collapsed_generator(nets):
@@ -143,7 +161,8 @@ def test_the_diversity_term_spreads_a_collapsed_generator(nets):
     with torch.no_grad():
         collapsed = pairwise_similarity(G(z, noise_mode="const")).item()
     assert collapsed > 0.9
-    loss = StyleGAN2Loss(G, D, r1_gamma=0, style_mixing_prob=0, noise_mode="const", diversity_weight=1.0)
+    loss = StyleGAN2Loss(G, D, r1_gamma=0, style_mixing_prob=0, noise_mode="const", diversity_weight=1.0,
+                         similarity_pool=1)
     loss.real_similarity = torch.tensor(0.0)
     for _ in range(100):
         opt.zero_grad(set_to_none=True)

@@ -22,8 +22,8 @@ hinge) between the variant its own class probabilities show (:func:`VolumetricGA
 and the one it was asked for, so the conditioning reaches the generator directly, not only through the
 projection discriminator. ``diversity_weight`` adds a term against mode collapse: the mean correlation between
 every two fakes of a batch (:func:`pairwise_similarity`; intensity, and for joint models the foreground their
-labels draw) in excess of the same correlation among the reals (a running mean over the D steps), so the
-generator is asked to differ between latents as much as the training volumes differ from each other, no more
+labels draw, both averaged over 4³-voxel blocks) in excess of the same correlation among the reals (a running
+mean over the D steps), so the generator is asked to differ between latents as much as the training volumes differ from each other, no more
 (a mode-seeking regulariser after Mao et al., CVPR 2019, and Yang et al., ICLR 2019, bounded by the data's own
 diversity).
 """
@@ -83,6 +83,7 @@ class StyleGAN2Loss:
         diversity_weight: float = 0.0,         # weight of the term against fakes more alike than reals (0: off)
         similarity_decay: float = 0.01,        # decay of the running mean of the reals' pairwise similarity
         diversity_start_kimg: float = 0.0,     # no diversity term before this many thousand images (``nimg``)
+        similarity_pool: int = 4,              # the diversity term compares blocks of this many voxels per axis
     ) -> None:
         if loss not in ("logistic", "hinge"):
             raise ValueError(f"loss '{loss}': choose 'logistic' or 'hinge'")
@@ -102,6 +103,9 @@ class StyleGAN2Loss:
         if not float(diversity_start_kimg) >= 0:
             raise ValueError(f"diversity_start_kimg must be ≥ 0 (got {diversity_start_kimg})")
         self.diversity_start_nimg = float(diversity_start_kimg) * 1000
+        if not int(similarity_pool) >= 1:
+            raise ValueError(f"similarity_pool must be ≥ 1 (got {similarity_pool})")
+        self.similarity_pool = int(similarity_pool)
         self.real_similarity: Optional[torch.Tensor] = None  # running mean over D steps (set by the first)
         self.nimg = 0                                        # images shown so far: the training loop sets it
         self.joint, self.c_pool, self.fake_labels = joint, c_pool, fake_labels
@@ -198,12 +202,16 @@ class StyleGAN2Loss:
         """What :func:`pairwise_similarity` compares: the intensity, and for joint models the foreground the labels
         draw (1 − background), of a generator output (``generated``: its labels decoded as D sees them, hard
         forward with the softmax's gradient, so faint probabilities that no label shows cannot make fakes
-        differ) or of the reals' D input (intensity + one-hot)."""
+        differ) or of the reals' D input (intensity + one-hot); averaged over blocks of ``similarity_pool``
+        voxels per axis (at most the axis), so that fakes differ by where their structures lie, not by speckle."""
         if self.joint is None:
-            return x[:, :1]
-        if generated:
-            x = self.joint.fakes(x, "straight-through")
-        return torch.cat([x[:, :1], 1 - x[:, 1:2]], dim=1)
+            x = x[:, :1]
+        else:
+            if generated:
+                x = self.joint.fakes(x, "straight-through")
+            x = torch.cat([x[:, :1], 1 - x[:, 1:2]], dim=1)
+        kernel = [min(self.similarity_pool, n) for n in x.shape[2:]]
+        return F.avg_pool3d(x.float(), kernel) if max(kernel) > 1 else x
 
     def path_length_penalty(self, z: torch.Tensor) -> torch.Tensor:
         fake, ws = self.generate(z, self.sample_c(z.shape[0]))
