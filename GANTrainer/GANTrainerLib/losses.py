@@ -23,9 +23,9 @@ and the one it was asked for, so the conditioning reaches the generator directly
 projection discriminator. ``diversity_weight`` adds a term against mode collapse: the mean correlation between
 every two fakes of a batch (:func:`pairwise_similarity`; intensity, and for joint models the foreground their
 labels draw, both averaged over 4³-voxel blocks) in excess of the same correlation among the reals (a running
-mean over the D steps), so the generator is asked to differ between latents as much as the training volumes differ from each other, no more
-(a mode-seeking regulariser after Mao et al., CVPR 2019, and Yang et al., ICLR 2019, bounded by the data's own
-diversity).
+mean over the D steps), so the generator is asked to differ between latents as much as the training volumes
+differ from each other, no more (a mode-seeking regulariser after Mao et al., CVPR 2019, and Yang et al., ICLR
+2019, bounded by the data's own diversity).
 """
 
 from __future__ import annotations
