@@ -391,10 +391,10 @@ def test_the_hinge_consistency_term_stops_pushing_beyond_its_margin():
         StyleGAN2Loss(G, D, joint=spec, c_pool=pool, variant_weight=1.0, variant_margin=0.5)
 
 
-def test_the_diversity_term_compares_intensities_and_the_foreground_the_labels_draw():
-    """Joint models: the diversity term compares the intensity and the foreground (label > 0) — of the reals'
-    label maps, and of the fakes' decoded labels, with the softmax's gradient: fakes that differ only in
-    probabilities no label shows count as identical, yet the term reaches the class logits."""
+def test_the_diversity_term_compares_the_foreground_the_labels_draw():
+    """Joint models: the diversity term compares where the labels lie (label > 0) — the reals' label maps, and the
+    fakes' decoded labels with the softmax's gradient. Fakes that differ in their intensity (background shading)
+    or in probabilities no label shows count as identical, yet the term reaches the class logits."""
     from GANTrainerLib.joint import JointSpec, VariantPool
     from GANTrainerLib.losses import StyleGAN2Loss, pairwise_similarity
 
@@ -402,27 +402,27 @@ def test_the_diversity_term_compares_intensities_and_the_foreground_the_labels_d
     D = StyleGAN2Discriminator(img_shape=(4, 16, 16), base_shape=(1, 4, 4), img_channels=1 + K, channel_base=16,
                                channel_max=16, c_dim=8, mbstd_group_size=2)
     spec = JointSpec.of(G, "topcow13")
-    loss = StyleGAN2Loss(G, D, joint=spec, c_pool=VariantPool(torch.ones(1, 8)), diversity_weight=1.0,
-                         similarity_pool=1)                    # voxel by voxel here; blocks: test_train_losses
+    loss = StyleGAN2Loss(G, D, joint=spec, c_pool=VariantPool(torch.ones(1, 8)), diversity_weight=1.0)
     ids = torch.zeros(2, 1, 4, 16, 16)
     ids[0, 0, 1, 2:6, 3] = TOPCOW13.id_of("BA")
     ids[1, 0, 2, 8, 4:9] = TOPCOW13.id_of("Acom")
     reals, _ = spec.reals(torch.cat([torch.rand(2, 1, 4, 16, 16), ids], dim=1))
-    features = loss._diversity_features(reals, generated=False)
-    assert torch.equal(features[:, 1], (ids[:, 0] > 0).float()) and torch.equal(features[:, 0], reals[:, 0])
+    assert torch.equal(loss._diversity_features(reals, generated=False), (ids > 0).float())
 
     torch.manual_seed(0)
     logits = torch.full((2, K, 4, 16, 16), -5.0)
     logits[:, 0] = 5.0                                         # background everywhere ...
     logits[:, 3, 1, 2:6, 3] = 10.0                             # ... but one labelled segment, the same in both
     logits[:, 4] += torch.rand(2, 4, 16, 16) * 4               # faint probabilities that differ, never decoded
-    fake = torch.cat([torch.rand(1, 1, 4, 16, 16).expand(2, -1, -1, -1, -1), logits], dim=1).requires_grad_(True)
+    intensity = torch.rand(2, 1, 4, 16, 16)                    # and different intensities
+    fake = torch.cat([intensity, logits], dim=1).requires_grad_(True)
     loss.real_similarity = torch.tensor(0.2)
     excess, similar = loss.diversity_excess(fake)
     assert similar.item() == pytest.approx(1.0, abs=1e-5) and excess.item() == pytest.approx(0.8, abs=1e-5)
     excess.backward()
     assert fake.grad[:, 1:].abs().sum() > 0                    # the labels' softmax gets the gradient
     assert pairwise_similarity(torch.softmax(logits, 1)[:, 4:5]) < 0.5   # the faint channel itself does differ
+    assert pairwise_similarity(intensity) < 0.5                           # and so do the intensities
 
 
 @pytest.mark.slow

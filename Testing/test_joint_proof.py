@@ -57,6 +57,18 @@ def test_sample_similarity_tells_a_collapsed_set_from_a_varied_one(proof):
     assert abs(proof.sample_similarity(varied)) < 0.05
 
 
+def test_label_overlap_is_the_mean_dice_of_the_labelled_voxels_between_samples(proof):
+    a = np.zeros((4, 8, 8), np.uint8)
+    a[1, 2:6, 3] = 4
+    b = np.zeros_like(a)
+    b[1, 2:6, 3] = 1                                    # same voxels, another artery: same layout
+    c = np.zeros_like(a)
+    c[2, 2:6, 5] = 4                                    # elsewhere
+    assert proof.label_overlap([a, b]) == pytest.approx(1.0)
+    assert proof.label_overlap([a, c]) == pytest.approx(0.0)
+    assert proof.label_overlap([a, b, c]) == pytest.approx(1 / 3)
+
+
 @pytest.mark.slow
 def test_the_measurement_runs_on_a_joint_checkpoint_beside_phantoms(proof, tmp_path):
     """Every figure of proof.json exists and is in range, the phantoms' own labels reach the matched Dice the docs
@@ -89,6 +101,7 @@ def test_the_measurement_runs_on_a_joint_checkpoint_beside_phantoms(proof, tmp_p
     assert result["phantoms"]["dice_matched"]["min"] > 0.85             # docs: 0.935 over 40 phantoms
     assert 0 < result["phantoms"]["label_fraction"]["mean"] < 0.02
     assert -1 <= result["similarity"]["generated"] <= 1 and -1 <= result["similarity"]["phantoms"] < 0.9
+    assert 0 <= result["label_overlap"]["generated"] <= 1 and 0 < result["label_overlap"]["phantoms"] < 0.9
     assert set(result["class_fractions"]) == {TOPCOW13.name_of(i) for i in TOPCOW13.ids}
     assert result["conditional_accuracy"]["segments"] == list(proof.SEGMENTS_RESOLVED)
     assert result["ids_in_topcow"] and not result["passed"]

@@ -128,8 +128,8 @@ def test_the_diversity_term_charges_fakes_only_for_resembling_each_other_more_th
         StyleGAN2Loss(G, D, diversity_weight=1.0, diversity_start_kimg=-1)
 
 
-def test_the_diversity_term_compares_blocks_so_speckle_does_not_make_fakes_differ(nets):
-    """similarity_pool (default 4): volumes with one layout and independent voxel speckle that averages out over
+def test_the_diversity_term_can_compare_blocks_so_speckle_does_not_make_fakes_differ(nets):
+    """similarity_pool 4: volumes with one layout and independent voxel speckle that averages out over
     each 4³ block count as alike; the same volumes compared voxel by voxel do not."""
     G, D = nets
     torch.manual_seed(5)
@@ -137,8 +137,8 @@ def test_the_diversity_term_compares_blocks_so_speckle_does_not_make_fakes_diffe
     speckle = torch.randn(3, 1, 8, 8, 8)
     speckle = speckle - F.avg_pool3d(speckle, 4).repeat_interleave(4, 2).repeat_interleave(4, 3).repeat_interleave(4, 4)
     fakes = layout + 3 * speckle
-    blocks = StyleGAN2Loss(G, D, diversity_weight=1.0)
-    voxels = StyleGAN2Loss(G, D, diversity_weight=1.0, similarity_pool=1)
+    blocks = StyleGAN2Loss(G, D, diversity_weight=1.0, similarity_pool=4)
+    voxels = StyleGAN2Loss(G, D, diversity_weight=1.0)                  # the default: voxel by voxel
     blocks.real_similarity = voxels.real_similarity = torch.tensor(0.0)
     assert blocks.diversity_excess(fakes)[1].item() == pytest.approx(1.0, abs=1e-5)
     assert voxels.diversity_excess(fakes)[1].item() < 0.3

@@ -21,8 +21,8 @@ adds to the generator's loss a variant-consistency term: the binary cross-entrop
 hinge) between the variant its own class probabilities show (:func:`VolumetricGANLib.labelmaps.variant_scores`)
 and the one it was asked for, so the conditioning reaches the generator directly, not only through the
 projection discriminator. ``diversity_weight`` adds a term against mode collapse: the mean correlation between
-every two fakes of a batch (:func:`pairwise_similarity`; intensity, and for joint models the foreground their
-labels draw, both averaged over 4³-voxel blocks) in excess of the same correlation among the reals (a running
+every two fakes of a batch (:func:`pairwise_similarity`; for joint models of the foreground their labels draw,
+for image-only ones of the intensity) in excess of the same correlation among the reals (a running
 mean over the D steps), so the generator is asked to differ between latents as much as the training volumes
 differ from each other, no more (a mode-seeking regulariser after Mao et al., CVPR 2019, and Yang et al., ICLR
 2019, bounded by the data's own diversity).
@@ -83,7 +83,7 @@ class StyleGAN2Loss:
         diversity_weight: float = 0.0,         # weight of the term against fakes more alike than reals (0: off)
         similarity_decay: float = 0.01,        # decay of the running mean of the reals' pairwise similarity
         diversity_start_kimg: float = 0.0,     # no diversity term before this many thousand images (``nimg``)
-        similarity_pool: int = 4,              # the diversity term compares blocks of this many voxels per axis
+        similarity_pool: int = 1,              # the diversity term compares blocks of this many voxels per axis
     ) -> None:
         if loss not in ("logistic", "hinge"):
             raise ValueError(f"loss '{loss}': choose 'logistic' or 'hinge'")
@@ -199,17 +199,15 @@ class StyleGAN2Loss:
         return F.relu(similar - self.real_similarity), similar.detach()
 
     def _diversity_features(self, x: torch.Tensor, generated: bool) -> torch.Tensor:
-        """What :func:`pairwise_similarity` compares: the intensity, and for joint models the foreground the labels
-        draw (1 − background), of a generator output (``generated``: its labels decoded as D sees them, hard
-        forward with the softmax's gradient, so faint probabilities that no label shows cannot make fakes
-        differ) or of the reals' D input (intensity + one-hot); averaged over blocks of ``similarity_pool``
-        voxels per axis (at most the axis), so that fakes differ by where their structures lie, not by speckle."""
+        """What :func:`pairwise_similarity` compares: for joint models the foreground the labels draw (1 −
+        background: where the vessels lie, not the background's shading), of a generator output (``generated``:
+        its labels decoded as D sees them, hard forward with the softmax's gradient, so faint probabilities that
+        no label shows cannot make fakes differ) or of the reals' D input (one-hot); for image-only models the
+        intensity. With ``similarity_pool`` k > 1, averaged over blocks of k voxels per axis (at most the axis)."""
         if self.joint is None:
             x = x[:, :1]
         else:
-            if generated:
-                x = self.joint.fakes(x, "straight-through")
-            x = torch.cat([x[:, :1], 1 - x[:, 1:2]], dim=1)
+            x = 1 - (self.joint.fakes(x, "straight-through") if generated else x)[:, 1:2]
         kernel = [min(self.similarity_pool, n) for n in x.shape[2:]]
         return F.avg_pool3d(x.float(), kernel) if max(kernel) > 1 else x
 
