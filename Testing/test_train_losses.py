@@ -128,6 +128,24 @@ def test_the_diversity_term_charges_fakes_only_for_resembling_each_other_more_th
         StyleGAN2Loss(G, D, diversity_weight=1.0, diversity_start_kimg=-1)
 
 
+def test_the_fakes_the_diversity_term_judges_share_their_noise(nets):
+    """With random noise inputs the G step's fakes share one noise draw while the term is on, so four fakes of one
+    latent are identical (similarity 1); drawn with private noise, as before the term starts, they are not."""
+    G, D = nets
+    with torch.no_grad():
+        for name, p in G.named_parameters():
+            if name.endswith("noise_strength"):
+                p.fill_(1.0)
+    loss = StyleGAN2Loss(G, D, r1_gamma=0, style_mixing_prob=0, noise_mode="random", diversity_weight=1.0)
+    loss.real_similarity = torch.tensor(0.0)
+    z = torch.randn(1, 16).expand(4, -1)
+    _, st = loss.generator_loss(z, step=1)
+    assert st["reg/similarity"].item() == pytest.approx(1.0, abs=1e-5)
+    with torch.no_grad():
+        private, _ = loss.generate(z)
+    assert pairwise_similarity(private).item() < 0.99
+
+
 def test_the_diversity_term_can_compare_blocks_so_speckle_does_not_make_fakes_differ(nets):
     """similarity_pool 4: volumes with one layout and independent voxel speckle that averages out over
     each 4³ block count as alike; the same volumes compared voxel by voxel do not."""

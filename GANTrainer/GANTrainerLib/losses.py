@@ -24,7 +24,8 @@ projection discriminator. ``diversity_weight`` adds a term against mode collapse
 every two fakes of a batch (:func:`pairwise_similarity`; for joint models of the foreground their labels draw,
 for image-only ones of the intensity) in excess of the same correlation among the reals (a running
 mean over the D steps), so the generator is asked to differ between latents as much as the training volumes
-differ from each other, no more (a mode-seeking regulariser after Mao et al., CVPR 2019, and Yang et al., ICLR
+differ from each other, no more; the fakes it judges share one noise draw, so that they differ by their latents,
+not by their noise inputs (a mode-seeking regulariser after Mao et al., CVPR 2019, and Yang et al., ICLR
 2019, bounded by the data's own diversity).
 """
 
@@ -140,8 +141,14 @@ class StyleGAN2Loss:
         """Conditioning for ``n`` fakes: drawn from the training set's variants (None when unconditional)."""
         return self.c_pool.sample(n) if self.joint is not None and self.joint.c_dim else None
 
-    def generate(self, z: torch.Tensor, c: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, z: torch.Tensor, c: Optional[torch.Tensor] = None,
+                 shared_noise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fakes and their ws; ``shared_noise`` (with random noise): one noise draw for the whole batch, so the
+        fakes differ by their latents alone."""
         ws = self._ws(z, c)
+        if shared_noise and self.noise_mode == "random" and hasattr(self.G.synthesis, "noise_shapes"):
+            noise = [torch.randn(1, 1, *shape, device=ws.device) for shape in self.G.synthesis.noise_shapes()]
+            return self.G.synthesis(ws, noise=noise), ws
         return self.G.synthesis(ws, noise_mode=self.noise_mode), ws
 
     def _d(self, x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -153,7 +160,9 @@ class StyleGAN2Loss:
     # -- losses ----------------------------------------------------------------------------------------------
     def generator_loss(self, z: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
         c = self.sample_c(z.shape[0])
-        fake, _ = self.generate(z, c)
+        diverse = (self.diversity_weight > 0 and z.shape[0] > 1 and self.real_similarity is not None
+                   and self.nimg >= self.diversity_start_nimg)
+        fake, _ = self.generate(z, c, shared_noise=diverse)
         logits = self._d_fake(fake, c).float()
         main = F.softplus(-logits).mean() if self.loss == "logistic" else (-logits).mean()
         stats = {"loss/G": main.detach(), "scores/fake": logits.detach().mean()}
@@ -162,8 +171,7 @@ class StyleGAN2Loss:
             vc, match = self.variant_consistency(fake, c)
             total = total + vc * self.variant_weight
             stats["reg/variant"], stats["reg/variant_match"] = vc.detach(), match
-        if (self.diversity_weight > 0 and fake.shape[0] > 1 and self.real_similarity is not None
-                and self.nimg >= self.diversity_start_nimg):
+        if diverse:
             excess, similar = self.diversity_excess(fake)
             total = total + excess * self.diversity_weight
             stats["reg/similarity"], stats["reg/similarity_real"] = similar, self.real_similarity
