@@ -392,9 +392,10 @@ def test_the_hinge_consistency_term_stops_pushing_beyond_its_margin():
 
 
 def test_the_diversity_term_compares_the_foreground_the_labels_draw():
-    """Joint models: the diversity term compares where the labels lie (label > 0) — the reals' label maps, and the
-    fakes' decoded labels with the softmax's gradient. Fakes that differ in their intensity (background shading)
-    or in probabilities no label shows count as identical, yet the term reaches the class logits."""
+    """Joint models: the diversity term compares where the labels lie (label > 0, by their Dice) — the reals' label
+    maps, and the fakes' decoded labels with the softmax's gradient. Fakes that differ in their intensity
+    (background shading) or in probabilities no label shows count as identical, yet the term reaches the class
+    logits; fakes without labels count as identical too."""
     from GANTrainerLib.joint import JointSpec, VariantPool
     from GANTrainerLib.losses import StyleGAN2Loss, pairwise_similarity
 
@@ -423,6 +424,8 @@ def test_the_diversity_term_compares_the_foreground_the_labels_draw():
     assert fake.grad[:, 1:].abs().sum() > 0                    # the labels' softmax gets the gradient
     assert pairwise_similarity(torch.softmax(logits, 1)[:, 4:5]) < 0.5   # the faint channel itself does differ
     assert pairwise_similarity(intensity) < 0.5                           # and so do the intensities
+    bare = torch.cat([intensity, torch.full((2, K, 4, 16, 16), -5.0).index_fill(1, torch.tensor([0]), 5.0)], 1)
+    assert loss.diversity_excess(bare)[1].item() == pytest.approx(1.0)   # no labels at all: alike, not diverse
 
 
 @pytest.mark.slow
