@@ -392,8 +392,8 @@ def test_the_hinge_consistency_term_stops_pushing_beyond_its_margin():
 
 
 def test_the_diversity_term_compares_the_foreground_the_labels_draw():
-    """Joint models: the diversity term compares where the labels lie (label > 0, by their Dice) — the reals' label
-    maps, and the fakes' decoded labels with the softmax's gradient. Fakes that differ in their intensity
+    """Joint models: the diversity term compares where the labels lie (label > 0) — the reals' label maps, and the
+    fakes' decoded labels with the softmax's gradient. Fakes that differ in their intensity
     (background shading) or in probabilities no label shows count as identical, yet the term reaches the class
     logits; fakes without labels count as identical too."""
     from GANTrainerLib.joint import JointSpec, VariantPool

@@ -20,10 +20,9 @@ reals bring their own. Path-length regularisation then acts on the intensity cha
 adds to the generator's loss a variant-consistency term: the binary cross-entropy (with ``variant_margin``, a
 hinge) between the variant its own class probabilities show (:func:`VolumetricGANLib.labelmaps.variant_scores`)
 and the one it was asked for, so the conditioning reaches the generator directly, not only through the
-projection discriminator. ``diversity_weight`` adds a term against mode collapse: how much every two fakes of a
-batch resemble each other (joint models: the Dice of the foregrounds their labels draw, :func:`pairwise_overlap`;
-image-only ones: the correlation of their intensities, :func:`pairwise_similarity`) in excess of the same
-figure among the reals (a running mean over the D steps), so the generator is asked to differ between latents
+projection discriminator. ``diversity_weight`` adds a term against mode collapse: the mean correlation between
+every two fakes of a batch (:func:`pairwise_similarity`; joint models: of the foregrounds their labels draw,
+image-only ones: of their intensities) in excess of the same figure among the reals (a running mean over the D steps), so the generator is asked to differ between latents
 as much as the training volumes differ from each other, no more; the fakes it judges share one noise draw, so
 that they differ by their latents, not by their noise inputs (a mode-seeking regulariser after Mao et al., CVPR 2019, and Yang et al., ICLR
 2019, bounded by the data's own diversity).
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 
 from VolGANCore.names import FAKE_LABEL_INPUTS
 
-__all__ = ["StyleGAN2Loss", "WGANGPLoss", "pairwise_overlap", "pairwise_similarity"]
+__all__ = ["StyleGAN2Loss", "WGANGPLoss", "pairwise_similarity"]
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -47,30 +46,21 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
 
 def pairwise_similarity(x: torch.Tensor) -> torch.Tensor:
     """Mean Pearson correlation between every two of the ``N`` volumes of ``x`` (N, C, ...), per channel, averaged
-    over the channels: float32, differentiable, no host synchronisation. A constant channel correlates 0 with
-    everything. Near 1 when a generator draws one volume whatever its latent; the phantoms' intensities 0.26."""
+    over the channels: float32, differentiable, no host synchronisation. Two constant volumes count as alike (1),
+    a constant one against another as unlike (0): fakes with no labels at all must not pass for varied. Near 1
+    when a generator draws one volume whatever its latent; the phantoms' intensities 0.26, their label maps'
+    foregrounds 0.14."""
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"pairwise_similarity needs at least two volumes (got {n})")
     f = x.float().flatten(2).transpose(0, 1)                 # (C, N, voxels)
     f = f - f.mean(-1, keepdim=True)
-    f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    corr = f @ f.transpose(1, 2)                              # (C, N, N)
+    norm = f.norm(dim=-1, keepdim=True)
+    f = f / norm.clamp_min(1e-6)
+    flat = (norm < 1e-6).float()                              # constant volumes
+    corr = f @ f.transpose(1, 2) + flat @ flat.transpose(1, 2)  # (C, N, N)
     others = ~torch.eye(n, dtype=torch.bool, device=x.device)
     return corr[:, others].mean()
-
-
-def pairwise_overlap(masks: torch.Tensor) -> torch.Tensor:
-    """Mean Dice between every two of the ``N`` (soft) masks of ``masks`` (N, 1, ...): 2 Σ a·b / (Σ a + Σ b), with
-    one voxel of smoothing so that two empty masks count as alike (1) and an empty one against a drawn one as
-    unlike (≈ 0); float32, differentiable, no host synchronisation. The phantoms' label maps 0.16."""
-    n = masks.shape[0]
-    if n < 2:
-        raise ValueError(f"pairwise_overlap needs at least two masks (got {n})")
-    f = masks.float().flatten(1)
-    size = f.sum(1)
-    dice = (2 * (f @ f.T) + 1) / (size[:, None] + size[None, :] + 1)
-    return dice[~torch.eye(n, dtype=torch.bool, device=masks.device)].mean()
 
 
 class StyleGAN2Loss:
@@ -216,18 +206,11 @@ class StyleGAN2Loss:
     def diversity_excess(self, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """How much more the generator outputs ``fake`` (N ≥ 2) resemble each other than the reals do (≥ 0, the
         diversity term before its weight), and their pairwise similarity (detached)."""
-        similar = self._similarity(fake, generated=True)
+        similar = pairwise_similarity(self._diversity_features(fake, generated=True))
         return F.relu(similar - self.real_similarity), similar.detach()
 
-    def _similarity(self, x: torch.Tensor, generated: bool) -> torch.Tensor:
-        """The diversity term's measure of a batch: :func:`pairwise_overlap` of the labels' foregrounds (joint
-        models; a correlation would call fakes with no labels at all unlike each other) or
-        :func:`pairwise_similarity` of the intensities (image-only models)."""
-        features = self._diversity_features(x, generated)
-        return pairwise_similarity(features) if self.joint is None else pairwise_overlap(features)
-
     def _diversity_features(self, x: torch.Tensor, generated: bool) -> torch.Tensor:
-        """What :meth:`_similarity` compares: for joint models the foreground the labels draw (1 −
+        """What :func:`pairwise_similarity` compares: for joint models the foreground the labels draw (1 −
         background: where the vessels lie, not the background's shading), of a generator output (``generated``:
         its labels decoded as D sees them, hard forward with the softmax's gradient, so faint probabilities that
         no label shows cannot make fakes differ) or of the reals' D input (one-hot); for image-only models the
@@ -263,7 +246,7 @@ class StyleGAN2Loss:
             reals, c_real = self.joint.reals(reals)
         if self.diversity_weight > 0 and reals.shape[0] > 1:
             with torch.no_grad():
-                similar = self._similarity(reals, generated=False)
+                similar = pairwise_similarity(self._diversity_features(reals, generated=False))
             self.real_similarity = (similar if self.real_similarity is None
                                     else self.real_similarity.to(similar.device).lerp(similar, self.similarity_decay))
         reals = reals.detach().requires_grad_(do_r1)
