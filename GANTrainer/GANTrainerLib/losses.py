@@ -22,10 +22,11 @@ hinge) between the variant its own class probabilities show (:func:`VolumetricGA
 and the one it was asked for, so the conditioning reaches the generator directly, not only through the
 projection discriminator. ``diversity_weight`` adds a term against mode collapse: the mean correlation between
 every two fakes of a batch (:func:`pairwise_similarity`; joint models: of the foregrounds their labels draw,
-image-only ones: of their intensities) in excess of the same figure among the reals (a running mean over the D steps), so the generator is asked to differ between latents
-as much as the training volumes differ from each other, no more; the fakes it judges share one noise draw, so
-that they differ by their latents, not by their noise inputs (a mode-seeking regulariser after Mao et al., CVPR 2019, and Yang et al., ICLR
-2019, bounded by the data's own diversity).
+image-only ones: of their intensities) in excess of the same figure among the reals (a running mean over the D
+steps), so the generator is asked to differ between latents as much as the training volumes differ from each
+other, no more; the fakes it judges share one noise draw, so that they differ by their latents, not by their
+noise inputs (a mode-seeking regulariser after Mao et al., CVPR 2019, and Yang et al., ICLR 2019, bounded by
+the data's own diversity).
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ def pairwise_similarity(x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"pairwise_similarity needs at least two volumes (got {n})")
     f = x.float().flatten(2).transpose(0, 1)                 # (C, N, voxels)
     f = f - f.mean(-1, keepdim=True)
-    norm = f.norm(dim=-1, keepdim=True)
-    f = f / norm.clamp_min(1e-6)
-    flat = (norm < 1e-6).float()                              # constant volumes
+    norm = f.norm(dim=-1, keepdim=True)                      # ≥ 1 for a mask of at least one voxel
+    f = f / norm.clamp_min(1e-3)
+    flat = (norm < 1e-3).float()                              # constant volumes
     corr = f @ f.transpose(1, 2) + flat @ flat.transpose(1, 2)  # (C, N, N)
     others = ~torch.eye(n, dtype=torch.bool, device=x.device)
     return corr[:, others].mean()
