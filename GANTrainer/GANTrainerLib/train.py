@@ -169,8 +169,7 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
             raise VolGANError(f"--variant-weight must be ≥ 0 (got {variant_weight}; 0 turns the term off)")
         cfg["loss"] = dict(cfg["loss"], variant_weight=float(variant_weight))
     if variant_margin is not None:
-        if not float((cfg.get("loss") or {}).get("variant_weight", 0)) > 0:
-            raise VolGANError("--variant-margin shapes the variant-consistency term: give it a --variant-weight")
+        _needs_weight(cfg, "variant_weight", "--variant-margin shapes the variant-consistency term")
         if not 0 <= float(variant_margin) < 0.5:
             raise VolGANError(f"--variant-margin must be in [0, 0.5) (got {variant_margin}; 0: cross-entropy)")
         cfg["loss"] = dict(cfg["loss"], variant_margin=float(variant_margin))
@@ -183,8 +182,7 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
             raise VolGANError(f"--diversity-weight must be ≥ 0 (got {diversity_weight}; 0 turns the term off)")
         cfg["loss"] = dict(cfg["loss"], diversity_weight=float(diversity_weight))
     if diversity_start is not None:
-        if not float((cfg.get("loss") or {}).get("diversity_weight", 0)) > 0:
-            raise VolGANError("--diversity-start-kimg delays the diversity term: give it a --diversity-weight")
+        _needs_weight(cfg, "diversity_weight", "--diversity-start-kimg delays the diversity term")
         if not float(diversity_start) >= 0:
             raise VolGANError(f"--diversity-start-kimg must be ≥ 0 (got {diversity_start})")
         cfg["loss"] = dict(cfg["loss"], diversity_start_kimg=float(diversity_start))
@@ -193,6 +191,12 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
     if unknown:
         raise VolGANError(f"unknown training setting(s) {unknown}")
     return TrainSettings(**cfg)
+
+
+def _needs_weight(cfg: dict, weight: str, what: str) -> None:
+    """Refuse an option that shapes a loss term when the run does not switch that term on (``loss[weight]`` > 0)."""
+    if not float((cfg.get("loss") or {}).get(weight, 0)) > 0:
+        raise VolGANError(f"{what}: give it a --{weight.replace('_', '-')}")
 
 
 def _joint_only(cfg: dict, name: str, what: str) -> None:
