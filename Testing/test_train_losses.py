@@ -76,7 +76,6 @@ def test_pairwise_similarity_is_the_mean_correlation_between_every_two_volumes()
     torch.manual_seed(0)
     x = torch.randn(5, 2, 3, 4, 4)
     flat = x.flatten(2).transpose(0, 1).double().numpy()
-
     expect = np.mean([np.corrcoef(ch)[np.triu_indices(5, 1)].mean() for ch in flat])
     assert pairwise_similarity(x).item() == pytest.approx(expect, abs=1e-5)
     same = x[:1].repeat(3, 1, 1, 1, 1)
