@@ -75,9 +75,12 @@ def summarise(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 def sample_similarity(volumes) -> float:
     """Mean Pearson correlation of the intensities between every two volumes: near the phantoms' own value for a
     varied set, towards 1 when the generator draws one volume whatever its latent (mode collapse)."""
-    flat = np.stack([np.asarray(v, np.float64).ravel() for v in volumes])
-    corr = np.corrcoef(flat)
-    return float(corr[np.triu_indices(len(flat), 1)].mean())
+    import torch
+
+    from GANTrainerLib.losses import pairwise_similarity   # the measure the training's diversity term uses
+
+    stack = torch.from_numpy(np.stack([np.asarray(v, np.float32) for v in volumes]))
+    return float(pairwise_similarity(stack[:, None]))
 
 
 def label_overlap(label_maps) -> float:
