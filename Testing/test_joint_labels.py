@@ -391,6 +391,50 @@ def test_the_hinge_consistency_term_stops_pushing_beyond_its_margin():
         StyleGAN2Loss(G, D, joint=spec, c_pool=pool, variant_weight=1.0, variant_margin=0.5)
 
 
+def test_the_consistency_term_scores_only_the_segments_it_is_given():
+    """variant_segments: the term averages over the named segments only, so a segment left out (here the Acom, one
+    voxel at 16×64×64) neither costs nor pushes the generator, while the others still do; unknown, repeated or no
+    names are refused."""
+    from GANTrainerLib.joint import JointSpec, VariantPool
+    from GANTrainerLib.losses import StyleGAN2Loss
+
+    G = StyleGAN2Generator(**TINY, label_classes=K, c_dim=8)
+    D = StyleGAN2Discriminator(img_shape=(4, 16, 16), base_shape=(1, 4, 4), img_channels=1 + K, channel_base=16,
+                               channel_max=16, c_dim=8, mbstd_group_size=2)
+    spec = JointSpec.of(G, "topcow13")
+    pool = VariantPool(torch.zeros(1, 8))                   # every segment asked absent
+    every = StyleGAN2Loss(G, D, joint=spec, c_pool=pool, variant_weight=1.0)
+    no_acom = StyleGAN2Loss(G, D, joint=spec, c_pool=pool, variant_weight=1.0,
+                            variant_segments=["R-Pcom", "L-A1", "R-A1", "L-P1", "R-P1", "L-Pcom"])
+    assert no_acom.variant_columns == [0, 3, 4, 5, 6, 7]      # in the vector's order, whatever the names' order
+    ids = list(class_ids("topcow13"))
+
+    def fake(*names: str) -> torch.Tensor:
+        """Background everywhere but one confident voxel of each named class."""
+        logits = torch.full((1, 1 + K, 4, 16, 16), -30.0)
+        logits[:, 1] = 30.0
+        for i, name in enumerate(names):
+            logits[0, 1, 1, 2 + 3 * i, 2] = -30.0
+            logits[0, 1 + ids.index(TOPCOW13.id_of(name)), 1, 2 + 3 * i, 2] = 30.0
+        return logits.requires_grad_(True)
+
+    c = pool.sample(1)
+    x = fake("Acom")                                         # an unwanted Acom
+    value, match = no_acom.variant_consistency(x, c)
+    assert value.item() == pytest.approx(0.0, abs=1e-5) and match.item() == 1.0
+    value.backward()
+    assert x.grad.abs().sum() == 0                           # nothing pushes the Acom away
+    value, match = every.variant_consistency(x, c)
+    assert value.item() > 1.0 and match.item() == 0.0        # the full term does: −log(1e-6) / 8
+    x = fake("L-Pcom")                                       # an unwanted Pcom still costs
+    value, match = no_acom.variant_consistency(x, c)
+    assert value.item() == pytest.approx(every.variant_consistency(x, c)[0].item() * 8 / 6, rel=1e-4)
+    assert match.item() == 0.0
+    for bad in (["Acom", "Acom"], ["L-Acom"], []):
+        with pytest.raises(ValueError, match="name each segment once"):
+            StyleGAN2Loss(G, D, joint=spec, c_pool=pool, variant_weight=1.0, variant_segments=bad)
+
+
 def test_the_diversity_term_compares_the_foreground_the_labels_draw():
     """Joint models: the diversity term compares where the labels lie (label > 0) — the reals' label maps, and the
     fakes' decoded labels with the softmax's gradient. Fakes that differ in their intensity
@@ -629,6 +673,14 @@ def test_volgan_train_sets_the_label_decoding_and_the_r1_weight():
         settings_from_preset("tiny-cow-labels", variant_margin=0.2)
     with pytest.raises(VolGANError, match=r"--variant-margin must be in \[0, 0.5\)"):
         settings_from_preset("tiny-cow-labels", variant_weight=1.0, variant_margin=0.7)
+    args = build_parser().parse_args(["train", "--preset", "tiny-cow-labels", "--data", "d", "--out", "o",
+                                      "--variant-weight", "1", "--variant-segments", "R-P1, L-A1"])
+    assert settings_from_preset(args.preset, variant_weight=args.variant_weight,
+                                variant_segments=args.variant_segments).loss["variant_segments"] == ["L-A1", "R-P1"]
+    with pytest.raises(VolGANError, match="give it a --variant-weight"):
+        settings_from_preset("tiny-cow-labels", variant_segments="L-A1")
+    with pytest.raises(VolGANError, match="name each segment once, comma-separated, from L-A1,Acom"):
+        settings_from_preset("tiny-cow-labels", variant_weight=1.0, variant_segments="L-A1,A1")
     args = build_parser().parse_args(["train", "--preset", "tiny-cow-labels", "--data", "d", "--out", "o",
                                       "--diversity-weight", "2"])
     assert settings_from_preset(args.preset, diversity_weight=args.diversity_weight).loss["diversity_weight"] == 2.0

@@ -307,6 +307,9 @@ def main() -> None:
                     "(default: the preset's)")
     ap.add_argument("--variant-margin", type=float, help="hinge margin of the variant-consistency term (default: "
                     "the preset's, 0 = cross-entropy)")
+    ap.add_argument("--variant-segments", help="the segments the variant-consistency term scores, comma-separated "
+                    "(default: the preset's, all 8; e.g. " + ",".join(SEGMENTS_RESOLVED) + ", those this resolution "
+                    "resolves)")
     ap.add_argument("--diversity-weight", type=float, help="weight of the term against mode collapse (fakes of a "
                     "batch correlating more than reals; default: the preset's)")
     ap.add_argument("--diversity-start-kimg", type=float, help="no diversity term before this many kimg")
@@ -343,6 +346,7 @@ def main() -> None:
                                         lr_d=args.lr_d, label_decoding=args.label_decoding,
                                         r1_gamma=args.r1_gamma, variant_weight=args.variant_weight,
                                         variant_margin=args.variant_margin,
+                                        variant_segments=args.variant_segments,
                                         diversity_weight=args.diversity_weight,
                                         diversity_start_kimg=args.diversity_start_kimg)
         if args.channel_base:

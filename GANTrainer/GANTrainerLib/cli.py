@@ -44,6 +44,9 @@ def register(sub) -> None:
     p.add_argument("--variant-margin", type=float,
                    help="with --variant-weight: a hinge that stops pushing once a segment scores beyond 0.5 ± M "
                         "(default 0: cross-entropy)")
+    p.add_argument("--variant-segments",
+                   help="with --variant-weight: the segments the term scores, comma-separated (default: all 8, "
+                        "L-A1,Acom,3rd-A2,R-A1,L-Pcom,L-P1,R-P1,R-Pcom; leave out those the resolution cannot draw)")
     p.add_argument("--diversity-weight", type=float,
                    help="StyleGAN2 presets: weight of a term against mode collapse (fakes of a batch that correlate "
                         "more than reals do; 0 turns it off; docs/joint-generation.md)")
@@ -87,7 +90,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                     padding=args.padding, fake_labels=args.fake_labels,
                                     label_decoding=args.label_decoding, r1_gamma=args.r1_gamma,
                                     variant_weight=args.variant_weight, variant_margin=args.variant_margin,
-                                    diversity_weight=args.diversity_weight,
+                                    variant_segments=args.variant_segments, diversity_weight=args.diversity_weight,
                                     diversity_start_kimg=args.diversity_start_kimg,
                                     lr_g=args.lr_g, lr_d=args.lr_d, ema_kimg=args.ema_kimg, seed=args.seed,
                                     metrics_kimg=args.metrics_kimg, metrics_track=args.metrics_track,

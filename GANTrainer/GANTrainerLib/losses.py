@@ -36,13 +36,25 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from VolGANCore.names import FAKE_LABEL_INPUTS
+from VolGANCore.names import COW_VARIANT_SEGMENTS, FAKE_LABEL_INPUTS
 
 __all__ = ["StyleGAN2Loss", "WGANGPLoss", "pairwise_similarity"]
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+def _segment_columns(names) -> Optional[list[int]]:
+    """Columns of the CoW variant vector (:data:`VolGANCore.names.COW_VARIANT_SEGMENTS`) that ``names`` pick, in
+    the vector's order; ``None`` for all. A readable error for an unknown, repeated or empty choice."""
+    if names is None:
+        return None
+    names = [str(n) for n in names]
+    unknown = sorted(set(names) - set(COW_VARIANT_SEGMENTS))
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"variant_segments {names}: name each segment once, from {', '.join(COW_VARIANT_SEGMENTS)}")
+    return [i for i, n in enumerate(COW_VARIANT_SEGMENTS) if n in names]
 
 
 def pairwise_similarity(x: torch.Tensor) -> torch.Tensor:
@@ -85,6 +97,7 @@ class StyleGAN2Loss:
         fake_labels: str = "softmax",          # joint models: D sees fakes' softmax or straight-through one-hot
         variant_weight: float = 0.0,           # conditional joint models: weight of the variant-consistency term
         variant_margin: float = 0.0,           # 0: cross-entropy; m > 0: hinge, no push beyond 0.5 ± m
+        variant_segments=None,                 # the segments the term scores (names; None: all 8)
         diversity_weight: float = 0.0,         # weight of the term against fakes more alike than reals (0: off)
         similarity_decay: float = 0.01,        # decay of the running mean of the reals' pairwise similarity
         diversity_start_kimg: float = 0.0,     # no diversity term before this many thousand images (``nimg``)
@@ -102,6 +115,7 @@ class StyleGAN2Loss:
             raise ValueError(f"variant_weight must be ≥ 0 (got {variant_weight})")
         if not 0 <= float(variant_margin) < 0.5:
             raise ValueError(f"variant_margin must be in [0, 0.5) (got {variant_margin})")
+        self.variant_columns = _segment_columns(variant_segments)
         if not float(diversity_weight) >= 0:
             raise ValueError(f"diversity_weight must be ≥ 0 (got {diversity_weight})")
         self.diversity_weight, self.similarity_decay = float(diversity_weight), float(similarity_decay)
@@ -188,15 +202,18 @@ class StyleGAN2Loss:
 
     def variant_consistency(self, fake: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """How far the soft variant vectors of the fakes' class probabilities are from their conditioning ``c``
-        (±1), float32, mean over fakes and the 8 segments: the binary cross-entropy, or with ``variant_margin`` m
-        a hinge that is zero once a requested segment scores ≥ 0.5 + m (an unwanted one ≤ 0.5 − m), so a
-        present segment is not pushed to ever higher confidence (and size); and the share of fakes whose soft
-        vector, thresholded at 0.5, is the requested one (detached)."""
+        (±1), float32, mean over fakes and the 8 segments (``variant_segments``: those named): the binary
+        cross-entropy, or with ``variant_margin`` m a hinge that is zero once a requested segment scores
+        ≥ 0.5 + m (an unwanted one ≤ 0.5 − m), so a present segment is not pushed to ever higher confidence (and
+        size); and the share of fakes whose soft vector on those segments, thresholded at 0.5, is the requested
+        one (detached)."""
         from VolumetricGANLib.labelmaps import variant_scores
 
         probs = torch.softmax(fake[:, 1:].float(), dim=1)
         scores = variant_scores(probs, self.joint.label_scheme).clamp(1e-6, 1 - 1e-6)
         want = (c > 0).float()
+        if self.variant_columns is not None:
+            scores, want = scores[:, self.variant_columns], want[:, self.variant_columns]
         match = ((scores > 0.5) == (want > 0.5)).all(dim=1).float().mean()
         if self.variant_margin > 0:
             sign = want * 2 - 1                          # +1: wanted present, −1: wanted absent

@@ -114,6 +114,7 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
     r1_gamma = overrides.pop("r1_gamma", None)
     variant_weight = overrides.pop("variant_weight", None)
     variant_margin = overrides.pop("variant_margin", None)
+    variant_segments = overrides.pop("variant_segments", None)
     diversity_weight = overrides.pop("diversity_weight", None)
     diversity_start = overrides.pop("diversity_start_kimg", None)
     for key in ("lr_g", "lr_d", "ema_kimg"):  # command-line numbers that must be positive
@@ -173,6 +174,16 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
         if not 0 <= float(variant_margin) < 0.5:
             raise VolGANError(f"--variant-margin must be in [0, 0.5) (got {variant_margin}; 0: cross-entropy)")
         cfg["loss"] = dict(cfg["loss"], variant_margin=float(variant_margin))
+    if variant_segments is not None:
+        from VolGANCore.names import COW_VARIANT_SEGMENTS
+
+        _needs_weight(cfg, "variant_weight", "--variant-segments picks what the variant-consistency term scores")
+        names = [n.strip() for n in variant_segments.split(",")] if isinstance(variant_segments, str) \
+            else [str(n) for n in variant_segments]
+        if not names or set(names) - set(COW_VARIANT_SEGMENTS) or len(set(names)) != len(names):
+            raise VolGANError(f"--variant-segments {','.join(names)}: name each segment once, comma-separated, "
+                              f"from {','.join(COW_VARIANT_SEGMENTS)}")
+        cfg["loss"] = dict(cfg["loss"], variant_segments=[n for n in COW_VARIANT_SEGMENTS if n in names])
     if diversity_weight is not None:
         kind = (cfg.get("loss") or {}).get("kind")
         if kind != "stylegan2":
