@@ -18,8 +18,8 @@ the training loop decides when to read them.
 one-hot, fakes as intensity + softmax; a conditional model's fakes draw their CoW variant from ``c_pool`` and
 reals bring their own. Path-length regularisation then acts on the intensity channel only. ``variant_weight``
 adds to the generator's loss a variant-consistency term: the binary cross-entropy (with ``variant_margin``, a
-hinge) between the variant its own class probabilities show (:func:`VolumetricGANLib.labelmaps.variant_scores`)
-and the one it was asked for, so the conditioning reaches the generator directly, not only through the
+hinge; ``variant_segments``: on the named segments only) between the variant its own class probabilities show
+(:func:`VolumetricGANLib.labelmaps.variant_scores`) and the one it was asked for, so the conditioning reaches the generator directly, not only through the
 projection discriminator. ``diversity_weight`` adds a term against mode collapse: the mean correlation between
 every two fakes of a batch (:func:`pairwise_similarity`; joint models: of the foregrounds their labels draw,
 image-only ones: of their intensities) in excess of the same figure among the reals (a running mean over the D
