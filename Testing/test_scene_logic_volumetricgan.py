@@ -351,6 +351,29 @@ def test_shipped_models_lists_vgan_files_with_cards_and_families(headless, tiny_
     assert logic.shippedModels(tmp_path / "missing") == {}
 
 
+def test_shipped_sample_with_labels_comes_from_the_joint_model(headless, tmp_path):
+    """The shipped CoW models side by side: the plain entry samples the image-only model, the labelled one the joint
+    model, whose generated labels land as a TopCoW segmentation node beside the volume."""
+    import shutil
+    from pathlib import Path
+
+    from VolumetricGANSceneLogic import VolumetricGANSceneLogic
+
+    shipped = Path(__file__).resolve().parents[1] / "VolumetricGAN" / "Resources" / "Models"
+    for name in ("tiny-cow", "tiny-cow-labels"):
+        shutil.copy(shipped / f"{name}.vgan", tmp_path / f"{name}.vgan")
+    logic = VolumetricGANSceneLogic(headless.scene)
+    plain, joint = (logic.shippedModelFor("circle-of-willis", tmp_path, labels=x) for x in (False, True))
+    assert (plain["name"], plain["labels"], joint["name"], joint["labels"]) == ("tiny-cow", False,
+                                                                               "tiny-cow-labels", True)
+    assert joint["conditional"] and joint["labelScheme"] == "topcow13"
+    node = logic.loadShippedSample("circle-of-willis", seed=2, folders=tmp_path, labels=True)
+    assert mrml.node_to_volume(node).shape == (16, 64, 64)
+    segs = headless.scene.GetNodesByClass("vtkMRMLSegmentationNode")
+    assert segs.GetNumberOfItems() == 1
+    assert segs.GetItemAsObject(0).GetSegmentation().GetNumberOfSegments() >= 5   # arteries of one sample
+
+
 def test_shipped_sample_prefers_the_full_model_and_says_where_none_is(headless, tiny_bone_checkpoint, tmp_path):
     import shutil
 
@@ -366,3 +389,5 @@ def test_shipped_sample_prefers_the_full_model_and_says_where_none_is(headless, 
     np.testing.assert_array_equal(mrml.node_to_volume(node).array, mrml.node_to_volume(expected).array)
     with pytest.raises(VolGANError, match=f"no shipped circle-of-willis model in {tmp_path}"):
         logic.loadShippedSample("circle-of-willis", folders=tmp_path)
+    with pytest.raises(VolGANError, match=f"no shipped spongiosa model with labels in {tmp_path}"):
+        logic.shippedModelFor("spongiosa", tmp_path, labels=True)

@@ -335,14 +335,27 @@ def test_sample_data_registers_through_slicers_sampledata_and_each_entry_loads(l
     py.registerSampleData()
     sources = SampleData.SampleDataLogic.sampleDataSourcesByCategory("VolumetricGAN")
     names = [s.sampleName for s in sources]
-    assert len(sources) == 4, names
+    assert len(sources) == 5, names  # two phantoms; the shipped CoW, joint CoW and spongiosa models
+    assert "Synthetic CoW angiogram with its artery labels (tiny-cow-labels model)" in names
+    assert "Synthetic CoW angiogram (tiny-cow model)" in names       # the image-only model for the plain entry
     for source in sources:
         assert source.customDownloader is not None
         before = layer.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+        segmentations = layer.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
         nodes = source.customDownloader(source)  # what the Sample Data panel calls when the entry is chosen
         assert nodes and nodes[0].IsA("vtkMRMLScalarVolumeNode"), source.sampleName
         assert layer.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") > before
         assert layer.slicer.util.arrayFromVolume(nodes[0]).std() > 0, source.sampleName
+        labelled = layer.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") - segmentations
+        if "model" in source.sampleName:  # (the CoW phantom brings its label map too)
+            assert labelled == (1 if "artery labels" in source.sampleName else 0), source.sampleName
+        if "artery labels" in source.sampleName:
+            seg = layer.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetItemAsObject(segmentations)
+            segment_names = {seg.GetSegmentation().GetNthSegment(i).GetName()
+                             for i in range(seg.GetSegmentation().GetNumberOfSegments())}
+            from VolGANCore.labels import TOPCOW13
+
+            assert segment_names and segment_names <= {TOPCOW13.name_of(i) for i in TOPCOW13.ids}, segment_names
     models = [s for s in sources if "model" in s.sampleName]
     assert all(s.thumbnailFileName and pathlib.Path(s.thumbnailFileName).is_file() for s in models)
 

@@ -57,9 +57,9 @@ def registerSampleData():
             return [image_node]
         return load
 
-    def model_loader(anatomy):
+    def model_loader(anatomy, labels):
         def load(source):
-            return [VolumetricGANSceneLogic().loadShippedSample(anatomy, seed=0)]
+            return [VolumetricGANSceneLogic().loadShippedSample(anatomy, seed=0, labels=labels)]
         return load
 
     def register(title, loader, thumbnail=None):
@@ -78,13 +78,16 @@ def registerSampleData():
     for kind, title in (("cow", "CoW TOF-MRA phantom"), ("bone", "Trabecular bone phantom")):
         register(title, phantom_loader(kind))
     logic = VolumetricGANSceneLogic()
-    for anatomy, title in (("circle-of-willis", "Synthetic CoW angiogram"), ("spongiosa", "Synthetic spongiosa")):
+    for anatomy, labels, title in (("circle-of-willis", False, "Synthetic CoW angiogram"),
+                                   ("circle-of-willis", True, "Synthetic CoW angiogram with its artery labels"),
+                                   ("spongiosa", False, "Synthetic spongiosa")):
         try:
-            info = logic.shippedModelFor(anatomy)
+            info = logic.shippedModelFor(anatomy, labels=labels)
         except VolGANError:  # an installation without that model: no entry
             continue
         montage = Path(info["path"]).with_name(Path(info["path"]).name.replace(".vgan", ".samples.png"))
-        register(f"{title} ({info['name']} model)", model_loader(anatomy), montage if montage.is_file() else None)
+        register(f"{title} ({info['name']} model)", model_loader(anatomy, labels),
+                 montage if montage.is_file() else None)
 
 
 @parameterNodeWrapper

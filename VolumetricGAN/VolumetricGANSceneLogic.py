@@ -229,7 +229,7 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
         Only the config is read (:func:`VolumetricGANLib.checkpoint.read_config`: no tensor, no PyTorch), so the
         panel lists models before PyTorch is installed. Cached until the file changes.
         """
-        from VolumetricGANLib.checkpoint import card_path, is_conditional, read_config
+        from VolumetricGANLib.checkpoint import card_path, generates_labels, is_conditional, read_config
 
         path = Path(checkpoint)
         if not path.is_file():
@@ -247,6 +247,7 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
                 "units": config["intensity"].get("units", ""), "labelScheme": config.get("label_scheme"),
                 "styleControls": "stylegan" in str(config["family"]).lower(),  # truncation, noise, variation, mix
                 "steerable": ok and not note, "steeringNote": note,  # the panel steers bone models only
+                "labels": generates_labels(config),      # joint image + label model: a segmentation per volume
                 "conditional": is_conditional(config)}  # CoW variant choice
         self._modelInfos[key] = info
         return dict(info)
@@ -287,23 +288,25 @@ class VolumetricGANSceneLogic(mrml.SceneLogic):
                                    "steerable": False}
         return found
 
-    def shippedModelFor(self, anatomy: str, folders=None) -> dict:
+    def shippedModelFor(self, anatomy: str, folders=None, labels: bool = False) -> dict:
         """``modelInfo`` of the extension's shipped model of ``anatomy`` (``"circle-of-willis"`` or
-        ``"spongiosa"``); the full-preset model is preferred to a tiny one. ``folders`` default to
-        :meth:`shippedModelsFolders` (not the user's models)."""
+        ``"spongiosa"``): an image-only one, or with ``labels`` a joint image + label one; the full-preset model
+        is preferred to a tiny one. ``folders`` default to :meth:`shippedModelsFolders` (not the user's models)."""
         folders = self.shippedModelsFolders() if folders is None else folders
         found = [info for info in self.shippedModels(folders).values()
-                 if "error" not in info and info["anatomy"] == anatomy]
+                 if "error" not in info and info["anatomy"] == anatomy and info["labels"] == bool(labels)]
         if not found:
             where = ", ".join(str(f) for f in ([folders] if isinstance(folders, (str, os.PathLike)) else folders))
-            raise VolGANError(f"no shipped {anatomy} model in {where}; reinstall the extension, or train one with "
-                              f"`volgan train` and load its checkpoint in the VolumetricGAN module")
+            raise VolGANError(f"no shipped {anatomy} model{' with labels' if labels else ''} in {where}; reinstall "
+                              f"the extension, or train one with `volgan train` and load its checkpoint in the "
+                              f"VolumetricGAN module")
         return sorted(found, key=lambda info: (info["name"].startswith("tiny"), info["name"]))[0]
 
-    def loadShippedSample(self, anatomy: str, seed: int = 0, folders=None):
+    def loadShippedSample(self, anatomy: str, seed: int = 0, folders=None, labels: bool = False):
         """One volume sampled (``seed``) from the shipped model of ``anatomy`` into the scene (what the Sample
-        Data module's VolumetricGAN entries load); returns the volume node."""
-        info = self.shippedModelFor(anatomy, folders)
+        Data module's VolumetricGAN entries load); returns the volume node. With ``labels``, from the joint
+        model: its generated labels land beside the volume as a segmentation node (TopCoW names and colours)."""
+        info = self.shippedModelFor(anatomy, folders, labels)
         return self.generateVolumes(info["path"], mode="sample", n=1, seed=seed, device="cpu")["volumes"][0]
 
     # -- steering ----------------------------------------------------------------------------------------

@@ -201,7 +201,9 @@ def step_joint(out: Path, log: list[str]) -> dict:
     log += [f"- `volgan generate --checkpoint {JOINT_MODEL}.vgan` (shipped): {len(rows)} volumes with their own "
             f"TopCoW label maps (`sample_0000_labels.nii.gz`) in `generated/{JOINT_MODEL}/`; figure "
             f"`generated/{JOINT_MODEL}/{fig.name}` (last column: each ray coloured by its label). Variant vectors "
-            f"({names}):", *[f"    - `{r[0]}`: {r[1]}" for r in rows]]
+            f"({names}; segments the model's training left out of its variant-consistency term, such as the Acom of "
+            f"a voxel or two at 1.2 mm, may differ from the request: docs/joint-generation.md):",
+            *[f"    - `{r[0]}`: {r[1]}" for r in rows]]
     return {"shipped": True, "samples": figures}
 
 
