@@ -105,6 +105,15 @@ def test_the_measurement_runs_on_a_joint_checkpoint_beside_phantoms(proof, tmp_p
     assert set(result["class_fractions"]) == {TOPCOW13.name_of(i) for i in TOPCOW13.ids}
     assert result["conditional_accuracy"]["segments"] == list(proof.SEGMENTS_RESOLVED)
     assert result["ids_in_topcow"] and not result["passed"]
+    vf = result["variant_fidelity"]                                     # beside the verdict: the issue's evaluation
+    assert (vf["n_real"], vf["n_generated"]) == (3, 3) and set(vf["presence"]) == set(proof.SEGMENTS_RESOLVED) | {
+        "Acom", "3rd-A2"}
+    assert all(0 <= v <= 1 for v in vf["tvd"].values())
+    real_vectors = np.array(proof.phantom_reference(data, preset_pre)[4])   # the phantoms' own variant vectors
+    assert real_vectors.shape == (3, 8) and set(np.unique(real_vectors)) <= {0, 1}
+    names = ["L-A1", "Acom", "3rd-A2", "R-A1", "L-Pcom", "L-P1", "R-P1", "R-Pcom"]
+    assert {k: v["real"] for k, v in vf["presence"].items()} == pytest.approx(
+        dict(zip(names, real_vectors.mean(0))))
     assert Path(result["montage"]).read_bytes()[:4] == b"\x89PNG"
     # D on training reals, on reals it never saw and on fakes: three summaries of the asked size, scores finite
     scores = proof.discriminator_scores(ckpt, {"training": data, "held-out": data}, preset_pre, n=2,
@@ -119,8 +128,9 @@ def test_the_measurement_runs_on_a_joint_checkpoint_beside_phantoms(proof, tmp_p
 def test_the_shipped_joint_model_passes_its_proof(proof, tmp_path):
     """VolumetricGAN/Resources/Models/tiny-cow-labels.vgan is what the proof accepted (issue 21): on 8 samples of
     seed 0, beside the first 40 of the 200 training phantoms (seed 0), its labels cover its vessels (matched Dice
-    ≥ 0.6), carry TopCoW ids only, every class fraction lies within 2 SD of the phantoms', and its samples are not
-    collapsed. Guards the shipped file against a change in the generator's code or the measurement."""
+    ≥ 0.6), carry TopCoW ids only, every class fraction lies within 2 SD of the phantoms'; its samples are not
+    collapsed and show the CoW variants about as often as the phantoms do. Guards the shipped file against a change
+    in the generator's code or the measurement."""
     from VolumetricGANLib.phantoms import write_cow_dataset
 
     model = Path(__file__).resolve().parents[1] / "VolumetricGAN" / "Resources" / "Models" / "tiny-cow-labels.vgan"
@@ -128,7 +138,11 @@ def test_the_shipped_joint_model_passes_its_proof(proof, tmp_path):
     result = proof.measure(model, tmp_path / "phantoms", n=8, seed=0, per_variant=1,
                            preprocess=proof.trained_preprocess(model, "tiny-cow-labels"), out=tmp_path / "m")
     assert result["verdict"] == {"labels_cover_vessels": True, "ids_in_topcow": True, "fractions_within_2sd": True}
-    assert result["generated"]["dice_matched"]["mean"] == pytest.approx(0.722, abs=0.01)   # docs/joint-generation.md
+    assert result["generated"]["dice_matched"]["mean"] == pytest.approx(0.714, abs=0.01)   # docs/joint-generation.md
     assert result["similarity"]["generated"] < 1.5 * result["similarity"]["phantoms"]      # not one layout
     assert result["label_overlap"]["generated"] < 2 * result["label_overlap"]["phantoms"]
+    # the CoW variants as often as in the phantoms: a later checkpoint of the same run that had stopped drawing the
+    # Acom (11 % of samples against 93 %) passed the three checks but scored an anterior total variation of 0.82
+    vf = result["variant_fidelity"]
+    assert vf["tvd"]["anterior"] < 0.4 and vf["presence"]["Acom"]["generated"] >= 0.75
     assert result["conditional_accuracy"]["segments"] == list(proof.SEGMENTS_RESOLVED)

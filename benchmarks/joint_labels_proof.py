@@ -96,16 +96,20 @@ def class_fractions(labels: np.ndarray, ids) -> dict[int, float]:
     return {int(i): float((labels == i).mean()) for i in ids}
 
 
-def phantom_reference(data: Path, preprocess: dict, limit: int = 40) -> tuple[dict, list[dict], float, float]:
+def phantom_reference(data: Path, preprocess: dict, limit: int = 40) -> tuple[dict, list[dict], float, float, list]:
     """Over the first ``limit`` phantoms after the training preprocessing: each class's volume fraction (mean, SD),
     their own labels' agreement with their images (the ceiling a generated set is compared with), their
-    :func:`sample_similarity` and their :func:`label_overlap`."""
+    :func:`sample_similarity`, their :func:`label_overlap` and their CoW variant vectors (at the training
+    resolution: what the generator was conditioned on)."""
+    from MorphometryLib.vessels import cow_variants
+    from VolumetricGANLib.labelmaps import variant_vector
+
     from GANTrainerLib.data import Preprocess
     from VolGANCore import list_volumes, read_label_volume, read_volume
     from VolGANCore.labels import TOPCOW13
 
     pre = Preprocess.from_settings(preprocess)
-    rows, agreement, images, label_maps = [], [], [], []
+    rows, agreement, images, label_maps, variants = [], [], [], [], []
     pairs = list(zip(list_volumes(data / "images"), list_volumes(data / "labels")))[:limit]
     for img, lab in pairs:
         image, labels = pre.apply(read_volume(img), read_label_volume(lab))
@@ -113,9 +117,10 @@ def phantom_reference(data: Path, preprocess: dict, limit: int = 40) -> tuple[di
         agreement.append(vessel_agreement(np.asarray(image.array), np.asarray(labels.array)))
         images.append(np.asarray(image.array))
         label_maps.append(np.asarray(labels.array))
+        variants.append(variant_vector(cow_variants(labels)).astype(int).tolist())
     fractions = {i: (float(np.mean([r[i] for r in rows])), float(np.std([r[i] for r in rows], ddof=1)))
                  for i in TOPCOW13.ids}
-    return fractions, agreement, sample_similarity(images), label_overlap(label_maps)
+    return fractions, agreement, sample_similarity(images), label_overlap(label_maps), variants
 
 
 def label_edits(scheme: str, seed: int = 0) -> dict:
@@ -225,7 +230,7 @@ def trained_preprocess(checkpoint: Path, preset: str) -> dict:
 
 
 def measure(checkpoint: Path, data: Path, n: int, seed: int, per_variant: int, preprocess: dict, out: Path) -> dict:
-    from GANTrainerLib.evaluation.variants import conditional_accuracy
+    from GANTrainerLib.evaluation.variants import conditional_accuracy, variant_fidelity
     from MorphometryLib.vessels import cow_variants
     from VolGANCore.labels import TOPCOW13
     from VolumetricGANLib.checkpoint import load_generator
@@ -238,8 +243,13 @@ def measure(checkpoint: Path, data: Path, n: int, seed: int, per_variant: int, p
     ids_ok = all(set(np.unique(lab.array).tolist()) <= set(TOPCOW13.ids_with_background) for lab in res.labels)
     gen_frac = {i: float(np.mean([class_fractions(np.asarray(lab.array), [i])[i] for lab in res.labels]))
                 for i in TOPCOW13.ids}
-    real_frac, real_agreement, real_similarity, real_overlap = (phantom_reference(data, preprocess) if data
-                                                                else ({}, [], None, None))
+    real_frac, real_agreement, real_similarity, real_overlap, real_variants = (
+        phantom_reference(data, preprocess) if data else ({}, [], None, None, []))
+    gen_variants = [variant_vector(cow_variants(lab)).astype(int).tolist() for lab in res.labels]
+    fidelity = None
+    if real_variants:  # reported beside the verdict (the issue's evaluation), not part of it
+        vf = variant_fidelity(real_variants, gen_variants, n_boot=200, seed=seed)
+        fidelity = {k: vf[k] for k in ("tvd", "ci", "real_vs_real", "presence", "n_real", "n_generated")}
     fractions = {TOPCOW13.name_of(i): {"generated": gen_frac[i], "real_mean": real_frac.get(i, (None, None))[0],
                                        "real_sd": real_frac.get(i, (None, None))[1]} for i in TOPCOW13.ids}
     for row in fractions.values():
@@ -268,6 +278,7 @@ def measure(checkpoint: Path, data: Path, n: int, seed: int, per_variant: int, p
                            "phantoms": real_similarity},
             "label_overlap": {"generated": label_overlap([lab.array for lab in res.labels]), "phantoms": real_overlap},
             "ids_in_topcow": ids_ok, "class_fractions": fractions, "conditional_accuracy": accuracy,
+            "variant_fidelity": fidelity,
             "montage": str(montage), "verdict": verdict, "passed": all(verdict.values())}
 
 
@@ -394,6 +405,12 @@ def main() -> None:
     if acc:
         print(f"conditional accuracy on {', '.join(acc['segments'])}: {acc['accuracy']:.2f} "
               f"(per segment: {', '.join(f'{k} {v:.2f}' for k, v in acc['per_segment'].items())})")
+    vf = result.get("variant_fidelity")
+    if vf:
+        print(f"variant frequencies, total variation ({vf['n_generated']} samples vs {vf['n_real']} phantoms): "
+              + ", ".join(f"{p} {v:.2f} [{vf['ci'][p]['low']:.2f}, {vf['ci'][p]['high']:.2f}]" for p, v in vf["tvd"].items()))
+        print("presence, generated / phantoms: " + ", ".join(
+            f"{k} {v['generated']:.2f}/{v['real']:.2f}" for k, v in vf["presence"].items()))
     for name, sc in (result.get("discriminator") or {}).items():
         print(f"discriminator on {name}: {sc['mean']:+.2f} ± {sc['sd']:.2f}, scored > 0: {sc['positive']:.2f}")
     print("verdict: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in result["verdict"].items())
