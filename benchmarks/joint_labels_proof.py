@@ -13,7 +13,9 @@ conditioned on the CoW variant) on the built-in phantoms, or takes a trained che
    the phantoms' mean ± 2 SD (after the same preprocessing as training).
 3. **Conditional accuracy** on the segments this resolution resolves (A1, P1; Pcom where visible): samples drawn
    with each training variant as the condition, their variant read back from their labels (``cow_variants``).
-4. **Between-sample correlation** of the intensities (mode collapse), next to the phantoms' own.
+4. **Between-sample correlation** of the intensities and the labels' between-sample Dice (mode collapse), and the
+   **variant-frequency fidelity** of the unconditional samples (total variation of their variant vectors from the
+   phantoms', with its interval, and each segment's presence rate), next to the phantoms' own figures.
 5. With ``--heldout N`` (a training checkpoint): its **discriminator's scores** on training phantoms, on phantoms
    it never saw, on training phantoms with wrong labels (one artery class, classes permuted, labels moved off
    their vessels) and on fakes: whether D memorises, and which label faults it can see at all.
@@ -101,12 +103,11 @@ def phantom_reference(data: Path, preprocess: dict, limit: int = 40) -> tuple[di
     their own labels' agreement with their images (the ceiling a generated set is compared with), their
     :func:`sample_similarity`, their :func:`label_overlap` and their CoW variant vectors (at the training
     resolution: what the generator was conditioned on)."""
-    from MorphometryLib.vessels import cow_variants
-    from VolumetricGANLib.labelmaps import variant_vector
-
     from GANTrainerLib.data import Preprocess
+    from MorphometryLib.vessels import cow_variants
     from VolGANCore import list_volumes, read_label_volume, read_volume
     from VolGANCore.labels import TOPCOW13
+    from VolumetricGANLib.labelmaps import variant_vector
 
     pre = Preprocess.from_settings(preprocess)
     rows, agreement, images, label_maps, variants = [], [], [], [], []
@@ -408,7 +409,8 @@ def main() -> None:
     vf = result.get("variant_fidelity")
     if vf:
         print(f"variant frequencies, total variation ({vf['n_generated']} samples vs {vf['n_real']} phantoms): "
-              + ", ".join(f"{p} {v:.2f} [{vf['ci'][p]['low']:.2f}, {vf['ci'][p]['high']:.2f}]" for p, v in vf["tvd"].items()))
+              + ", ".join(f"{p} {v:.2f} [{vf['ci'][p]['low']:.2f}, {vf['ci'][p]['high']:.2f}]"
+                          for p, v in vf["tvd"].items()))
         print("presence, generated / phantoms: " + ", ".join(
             f"{k} {v['generated']:.2f}/{v['real']:.2f}" for k, v in vf["presence"].items()))
     for name, sc in (result.get("discriminator") or {}).items():

@@ -19,8 +19,8 @@ one-hot, fakes as intensity + softmax; a conditional model's fakes draw their Co
 reals bring their own. Path-length regularisation then acts on the intensity channel only. ``variant_weight``
 adds to the generator's loss a variant-consistency term: the binary cross-entropy (with ``variant_margin``, a
 hinge; ``variant_segments``: on the named segments only) between the variant its own class probabilities show
-(:func:`VolumetricGANLib.labelmaps.variant_scores`) and the one it was asked for, so the conditioning reaches the generator directly, not only through the
-projection discriminator. ``diversity_weight`` adds a term against mode collapse: the mean correlation between
+(:func:`VolumetricGANLib.labelmaps.variant_scores`) and the one it was asked for, so the conditioning reaches the
+generator directly, not only through the projection discriminator. ``diversity_weight`` adds a term against mode collapse: the mean correlation between
 every two fakes of a batch (:func:`pairwise_similarity`; joint models: of the foregrounds their labels draw,
 image-only ones: of their intensities) in excess of the same figure among the reals (a running mean over the D
 steps), so the generator is asked to differ between latents as much as the training volumes differ from each
@@ -45,7 +45,7 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _segment_columns(names) -> Optional[list[int]]:
+def segment_columns(names) -> Optional[list[int]]:
     """Columns of the CoW variant vector (:data:`VolGANCore.names.COW_VARIANT_SEGMENTS`) that ``names`` pick, in
     the vector's order; ``None`` for all. A readable error for an unknown, repeated or empty choice."""
     if names is None:
@@ -115,7 +115,7 @@ class StyleGAN2Loss:
             raise ValueError(f"variant_weight must be ≥ 0 (got {variant_weight})")
         if not 0 <= float(variant_margin) < 0.5:
             raise ValueError(f"variant_margin must be in [0, 0.5) (got {variant_margin})")
-        self.variant_columns = _segment_columns(variant_segments)
+        self.variant_columns = segment_columns(variant_segments)
         if not float(diversity_weight) >= 0:
             raise ValueError(f"diversity_weight must be ≥ 0 (got {diversity_weight})")
         self.diversity_weight, self.similarity_decay = float(diversity_weight), float(similarity_decay)

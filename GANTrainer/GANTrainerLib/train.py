@@ -177,13 +177,17 @@ def settings_from_preset(name: str, **overrides: Any) -> TrainSettings:
     if variant_segments is not None:
         from VolGANCore.names import COW_VARIANT_SEGMENTS
 
+        from .losses import segment_columns
+
         _needs_weight(cfg, "variant_weight", "--variant-segments picks what the variant-consistency term scores")
         names = [n.strip() for n in variant_segments.split(",")] if isinstance(variant_segments, str) \
             else [str(n) for n in variant_segments]
-        if not names or set(names) - set(COW_VARIANT_SEGMENTS) or len(set(names)) != len(names):
+        try:
+            columns = segment_columns(names)
+        except ValueError:
             raise VolGANError(f"--variant-segments {','.join(names)}: name each segment once, comma-separated, "
-                              f"from {','.join(COW_VARIANT_SEGMENTS)}")
-        cfg["loss"] = dict(cfg["loss"], variant_segments=[n for n in COW_VARIANT_SEGMENTS if n in names])
+                              f"from {','.join(COW_VARIANT_SEGMENTS)}") from None
+        cfg["loss"] = dict(cfg["loss"], variant_segments=[COW_VARIANT_SEGMENTS[i] for i in columns])
     if diversity_weight is not None:
         kind = (cfg.get("loss") or {}).get("kind")
         if kind != "stylegan2":
