@@ -45,6 +45,29 @@ def test_keeps_last_k_and_best(tmp_path):
         "ckpt-0000002.vgan", "ckpt-0000005.vgan", "ckpt-0000006.vgan"]
 
 
+def test_a_rewound_run_keeps_the_checkpoints_it_writes(tmp_path):
+    """Newer checkpoints deleted to resume from an older one (a diverged GAN run rewound): run.json still lists
+    them, but they must not count among the last K, or every new checkpoint, the one a killed run resumes from,
+    would be deleted as soon as it is written; the best is chosen among the files that exist."""
+    run = TrainingRun(tmp_path / "run", keep_last=2, best_mode="min", tensorboard=False)
+    for step, m in {10: 5.0, 20: 1.0, 30: 4.0, 40: 3.0, 45: None}.items():   # 45: written at a stop
+        run.register_checkpoint(fake_ckpt(run, step), step, metric=m)
+    assert [e["step"] for e in read_status(tmp_path / "run")["checkpoints"]] == [20, 40, 45]
+    for step in (40, 45):                                 # rewind to step 20
+        run.checkpoint_path(step).unlink()
+        card_path(run.checkpoint_path(step)).unlink()
+    again = TrainingRun(tmp_path / "run", keep_last=2, best_mode="min", tensorboard=False)  # the resumed process
+    again.register_checkpoint(fake_ckpt(again, 30), 30, metric=6.0)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.vgan")) == [
+        "ckpt-0000020.vgan", "ckpt-0000030.vgan"]
+    for step in (40, 50):
+        again.register_checkpoint(fake_ckpt(again, step), step)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("*.vgan")) == [
+        "ckpt-0000020.vgan", "ckpt-0000040.vgan", "ckpt-0000050.vgan"]     # the last 2 and the best on disk
+    status = read_status(tmp_path / "run")
+    assert status["best"]["step"] == 20 and [e["step"] for e in status["checkpoints"]] == [20, 40, 50]
+
+
 def test_status_and_metrics_survive_a_new_process(tmp_path):
     run = TrainingRun(tmp_path / "run", tensorboard=True)
     run.log_scalars(10, 0.08, {"loss/G": 1.5, "loss/D": 0.7})

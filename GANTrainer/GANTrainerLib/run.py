@@ -124,10 +124,13 @@ class TrainingRun:
         ``metric`` (named ``metric_name``, e.g. ``"fd_quick"``) ranks checkpoints by ``best_mode``; run.json's
         ``best`` is the entry with the best metric, name included. Paths in run.json are relative to the run
         folder, so a run folder can be moved (or written aside and renamed into place) without its status going
-        stale. Returns the deleted paths.
+        stale. Entries whose file is gone are forgotten first: after a rewind (newer checkpoints deleted to resume
+        from an older one) they would otherwise count among the last K, and each new checkpoint, the one a killed
+        run resumes from, would be deleted as soon as it was written; the new one is always kept. Returns the
+        deleted paths.
         """
         rel = self.relative(path)
-        entries = [e for e in self._status["checkpoints"] if e["path"] != rel]
+        entries = [e for e in self._status["checkpoints"] if e["path"] != rel and (self.folder / e["path"]).exists()]
         entries.append({"path": rel, "step": int(step), "metric": None if metric is None else float(metric),
                         "metric_name": metric_name if metric is not None else None})
         entries.sort(key=lambda e: e["step"])
@@ -136,7 +139,7 @@ class TrainingRun:
         if scored:
             pick = min if self.best_mode == "min" else max
             best = pick(scored, key=lambda e: e["metric"])
-        keep = {e["path"] for e in entries[-self.keep_last:]} | ({best["path"]} if best else set())
+        keep = {rel} | {e["path"] for e in entries[-self.keep_last:]} | ({best["path"]} if best else set())
         removed = []
         for e in entries:
             if e["path"] not in keep:
