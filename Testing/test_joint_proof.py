@@ -12,6 +12,7 @@ import torch
 
 from bench_scripts import load_benchmark
 from VolGANCore.labels import TOPCOW13
+from VolGANCore.names import COW_VARIANT_SEGMENTS
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +112,8 @@ def test_the_measurement_runs_on_a_joint_checkpoint_beside_phantoms(proof, tmp_p
     assert all(0 <= v <= 1 for v in vf["tvd"].values())
     real_vectors = np.array(proof.phantom_reference(data, preset_pre)[4])   # the phantoms' own variant vectors
     assert real_vectors.shape == (3, 8) and set(np.unique(real_vectors)) <= {0, 1}
-    names = ["L-A1", "Acom", "3rd-A2", "R-A1", "L-Pcom", "L-P1", "R-P1", "R-Pcom"]
     assert {k: v["real"] for k, v in vf["presence"].items()} == pytest.approx(
-        dict(zip(names, real_vectors.mean(0))))
+        dict(zip(COW_VARIANT_SEGMENTS, real_vectors.mean(0))))
     assert Path(result["montage"]).read_bytes()[:4] == b"\x89PNG"
     # D on training reals, on reals it never saw and on fakes: three summaries of the asked size, scores finite
     scores = proof.discriminator_scores(ckpt, {"training": data, "held-out": data}, preset_pre, n=2,

@@ -94,6 +94,14 @@ def label_overlap(label_maps) -> float:
     return float(np.mean([dice(a, b) for a, b in pairs]))
 
 
+def shown_variant(labels) -> list[int]:
+    """The 0/1 CoW variant vector (anterior + posterior, 8 entries) a label volume shows (``cow_variants``)."""
+    from MorphometryLib.vessels import cow_variants
+    from VolumetricGANLib.labelmaps import variant_vector
+
+    return variant_vector(cow_variants(labels)).astype(int).tolist()
+
+
 def class_fractions(labels: np.ndarray, ids) -> dict[int, float]:
     return {int(i): float((labels == i).mean()) for i in ids}
 
@@ -104,10 +112,8 @@ def phantom_reference(data: Path, preprocess: dict, limit: int = 40) -> tuple[di
     :func:`sample_similarity`, their :func:`label_overlap` and their CoW variant vectors (at the training
     resolution: what the generator was conditioned on)."""
     from GANTrainerLib.data import Preprocess
-    from MorphometryLib.vessels import cow_variants
     from VolGANCore import list_volumes, read_label_volume, read_volume
     from VolGANCore.labels import TOPCOW13
-    from VolumetricGANLib.labelmaps import variant_vector
 
     pre = Preprocess.from_settings(preprocess)
     rows, agreement, images, label_maps, variants = [], [], [], [], []
@@ -118,7 +124,7 @@ def phantom_reference(data: Path, preprocess: dict, limit: int = 40) -> tuple[di
         agreement.append(vessel_agreement(np.asarray(image.array), np.asarray(labels.array)))
         images.append(np.asarray(image.array))
         label_maps.append(np.asarray(labels.array))
-        variants.append(variant_vector(cow_variants(labels)).astype(int).tolist())
+        variants.append(shown_variant(labels))
     fractions = {i: (float(np.mean([r[i] for r in rows])), float(np.std([r[i] for r in rows], ddof=1)))
                  for i in TOPCOW13.ids}
     return fractions, agreement, sample_similarity(images), label_overlap(label_maps), variants
@@ -232,11 +238,9 @@ def trained_preprocess(checkpoint: Path, preset: str) -> dict:
 
 def measure(checkpoint: Path, data: Path, n: int, seed: int, per_variant: int, preprocess: dict, out: Path) -> dict:
     from GANTrainerLib.evaluation.variants import conditional_accuracy, variant_fidelity
-    from MorphometryLib.vessels import cow_variants
     from VolGANCore.labels import TOPCOW13
     from VolumetricGANLib.checkpoint import load_generator
     from VolumetricGANLib.generate import generate
-    from VolumetricGANLib.labelmaps import variant_vector
 
     loaded = load_generator(checkpoint, device="cpu")
     res = generate(loaded, n=n, seed=seed, device="cpu")
@@ -246,7 +250,7 @@ def measure(checkpoint: Path, data: Path, n: int, seed: int, per_variant: int, p
                 for i in TOPCOW13.ids}
     real_frac, real_agreement, real_similarity, real_overlap, real_variants = (
         phantom_reference(data, preprocess) if data else ({}, [], None, None, []))
-    gen_variants = [variant_vector(cow_variants(lab)).astype(int).tolist() for lab in res.labels]
+    gen_variants = [shown_variant(lab) for lab in res.labels]
     fidelity = None
     if real_variants:  # reported beside the verdict (the issue's evaluation), not part of it
         vf = variant_fidelity(real_variants, gen_variants, n_boot=200, seed=seed)
@@ -263,7 +267,7 @@ def measure(checkpoint: Path, data: Path, n: int, seed: int, per_variant: int, p
         conditioned = generate(loaded, n=per_variant, seed=seed + 1000 + k, device="cpu", variant=want)
         for lab in conditioned.labels:
             requested.append(v)
-            observed.append(variant_vector(cow_variants(lab)).astype(int).tolist())
+            observed.append(shown_variant(lab))
     accuracy = conditional_accuracy(requested, observed, segments=SEGMENTS_RESOLVED) if requested else None
     montage = figure(loaded, res, data, preprocess, out / "samples.png", f"{checkpoint.name}: two phantoms (top) and "
                      f"samples of seed {seed}")

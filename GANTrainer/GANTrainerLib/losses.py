@@ -20,13 +20,13 @@ reals bring their own. Path-length regularisation then acts on the intensity cha
 adds to the generator's loss a variant-consistency term: the binary cross-entropy (with ``variant_margin``, a
 hinge; ``variant_segments``: on the named segments only) between the variant its own class probabilities show
 (:func:`VolumetricGANLib.labelmaps.variant_scores`) and the one it was asked for, so the conditioning reaches the
-generator directly, not only through the projection discriminator. ``diversity_weight`` adds a term against mode collapse: the mean correlation between
-every two fakes of a batch (:func:`pairwise_similarity`; joint models: of the foregrounds their labels draw,
-image-only ones: of their intensities) in excess of the same figure among the reals (a running mean over the D
-steps), so the generator is asked to differ between latents as much as the training volumes differ from each
-other, no more; the fakes it judges share one noise draw, so that they differ by their latents, not by their
-noise inputs (a mode-seeking regulariser after Mao et al., CVPR 2019, and Yang et al., ICLR 2019, bounded by
-the data's own diversity).
+generator directly, not only through the projection discriminator. ``diversity_weight`` adds a term against
+mode collapse: the mean correlation between every two fakes of a batch (:func:`pairwise_similarity`; joint
+models: of the foregrounds their labels draw, image-only ones: of their intensities) in excess of the same figure
+among the reals (a running mean over the D steps), so the generator is asked to differ between latents as much as
+the training volumes differ from each other, no more; the fakes it judges share one noise draw, so that they
+differ by their latents, not by their noise inputs (a mode-seeking regulariser after Mao et al., CVPR 2019, and
+Yang et al., ICLR 2019, bounded by the data's own diversity).
 """
 
 from __future__ import annotations
